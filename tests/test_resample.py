@@ -1,0 +1,189 @@
+"""Tests for vigil.detectors.resample: raw points to one value per step, for many series.
+
+The state bank is the detector's (``new_state_bank``); only its resampling fields are used.
+Times are whole minutes after a fixed Monday so that step boundaries are easy to read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vigil.detectors.online import new_state_bank
+from vigil.detectors.resample import Steps, resample_batch
+
+T0 = 1_699_833_600_000  # Monday 2023-11-13 00:00 UTC
+STEP = 60_000
+MAX_FILL = 5
+
+
+def feed(bank, index, ts, values, max_fill: int = MAX_FILL) -> Steps:
+    return resample_batch(
+        bank,
+        np.asarray(index, np.int64),
+        np.asarray(ts, np.int64),
+        np.asarray(values, np.float64),
+        STEP,
+        max_fill,
+    )
+
+
+def at(minute: float) -> int:
+    return T0 + int(round(minute * STEP))
+
+
+def as_rows(steps: Steps) -> list[tuple[int, int, float, bool, bool]]:
+    return [
+        (int(i), int(t), float(v), bool(f), bool(g))
+        for i, t, v, f, g in zip(
+            steps.index, steps.ts_ms, steps.value, steps.filled, steps.after_gap, strict=True
+        )
+    ]
+
+
+def test_points_within_a_step_are_averaged():
+    bank = new_state_bank(1)
+    ts = [at(0), at(0.25), at(0.5), at(0.99), at(1)]
+    steps = feed(bank, [0] * 5, ts, [1.0, 2.0, 3.0, 10.0, 100.0])
+    assert steps.ts_ms.tolist() == [at(0)]
+    assert steps.value.tolist() == pytest.approx([4.0])  # (1 + 2 + 3 + 10) / 4
+    assert not steps.filled.any() and not steps.after_gap.any()
+
+
+def test_step_start_is_the_floor_of_the_point_time():
+    bank = new_state_bank(1)
+    steps = feed(bank, [0, 0], [at(2) + 59_999, at(3) + 1], [7.0, 8.0])
+    assert steps.ts_ms.tolist() == [at(2)]
+    assert int(bank["bucket_ms"][0]) == at(3)
+
+
+def test_open_step_closes_only_when_a_later_steps_point_arrives():
+    bank = new_state_bank(1)
+    assert len(feed(bank, [0], [at(0)], [1.0])) == 0
+    assert len(feed(bank, [0], [at(0.5)], [3.0])) == 0  # same step: still open
+    assert int(bank["bucket_count"][0]) == 2
+    steps = feed(bank, [0], [at(1.2)], [50.0])
+    assert as_rows(steps) == [(0, at(0), 2.0, False, False)]
+    # The new point's step is now the open one, carried in state.
+    assert (int(bank["bucket_ms"][0]), float(bank["bucket_sum"][0])) == (at(1), 50.0)
+
+
+def test_short_gap_is_filled_with_the_last_value_and_marked_filled():
+    bank = new_state_bank(1)
+    # Steps 0 and 1 observed, 2..4 missing (3 <= MAX_FILL), 5 observed, 6 stays open.
+    steps = feed(bank, [0] * 4, [at(0), at(1), at(5), at(6)], [1.0, 2.0, 9.0, 0.0])
+    assert as_rows(steps) == [
+        (0, at(0), 1.0, False, False),
+        (0, at(1), 2.0, False, False),
+        (0, at(2), 2.0, True, False),
+        (0, at(3), 2.0, True, False),
+        (0, at(4), 2.0, True, False),
+        (0, at(5), 9.0, False, False),
+    ]
+
+
+def test_gap_of_exactly_max_fill_steps_is_filled_one_more_is_not():
+    bank = new_state_bank(2)
+    ts = [at(0), at(1 + MAX_FILL), at(2 + MAX_FILL)]  # MAX_FILL missing steps
+    ts2 = [at(0), at(2 + MAX_FILL), at(3 + MAX_FILL)]  # MAX_FILL + 1 missing steps
+    steps = feed(bank, [0, 0, 0, 1, 1, 1], ts + ts2, [1.0, 2.0, 3.0] * 2)
+    s0, s1 = steps.index == 0, steps.index == 1
+    assert int(steps.filled[s0].sum()) == MAX_FILL and not steps.after_gap[s0].any()
+    assert not steps.filled[s1].any()
+    assert steps.after_gap[s1].tolist() == [False, True]
+
+
+def test_long_gap_is_not_filled_and_marks_the_next_step_after_gap():
+    bank = new_state_bank(1)
+    feed(bank, [0, 0], [at(0), at(1)], [1.0, 2.0])
+    steps = feed(bank, [0, 0], [at(120), at(121)], [5.0, 6.0])  # 118 steps missing
+    assert as_rows(steps) == [(0, at(1), 2.0, False, False), (0, at(120), 5.0, False, True)]
+
+
+def test_short_gap_spanning_two_batches_is_filled_from_state():
+    bank = new_state_bank(1)
+    feed(bank, [0, 0], [at(0), at(1)], [1.0, 4.0])
+    steps = feed(bank, [0, 0], [at(4), at(5)], [7.0, 8.0])  # steps 2 and 3 missing
+    assert as_rows(steps) == [
+        (0, at(1), 4.0, False, False),
+        (0, at(2), 4.0, True, False),
+        (0, at(3), 4.0, True, False),
+        (0, at(4), 7.0, False, False),
+    ]
+
+
+def test_out_of_order_points_within_a_batch_are_sorted():
+    rng = np.random.default_rng(11)
+    n = 400
+    index = rng.integers(0, 3, n)
+    ts = T0 + np.sort(rng.integers(0, 90 * STEP, n))
+    ts += index  # no repeated timestamps within a series, whatever the draw
+    values = rng.normal(10.0, 2.0, n)
+    ordered_bank, shuffled_bank = new_state_bank(3), new_state_bank(3)
+    ordered = feed(ordered_bank, index, ts, values)
+    perm = rng.permutation(n)
+    shuffled = feed(shuffled_bank, index[perm], ts[perm], values[perm])
+    assert len(ordered) > 100
+    assert as_rows(shuffled) == as_rows(ordered)
+    assert shuffled_bank.tobytes() == ordered_bank.tobytes()
+
+
+def test_steps_come_ordered_by_series_then_time():
+    bank = new_state_bank(3)
+    index = [2, 0, 1, 2, 0, 1, 2, 0, 1]
+    ts = [at(2), at(2), at(2), at(0), at(0), at(0), at(1), at(1), at(1)]
+    steps = feed(bank, index, ts, np.arange(9.0))
+    assert list(zip(steps.index.tolist(), steps.ts_ms.tolist(), strict=True)) == [
+        (0, at(0)),
+        (0, at(1)),
+        (1, at(0)),
+        (1, at(1)),
+        (2, at(0)),
+        (2, at(1)),
+    ]
+
+
+def test_points_at_or_before_the_watermark_are_dropped_and_counted():
+    bank = new_state_bank(1)
+    feed(bank, [0] * 3, [at(0), at(1), at(1.5)], [1.0, 2.0, 3.0])
+    assert int(bank["watermark_ms"][0]) == at(1.5)
+    before = bank.tobytes()
+    # Equal to the watermark, inside the open step but older, and in a closed step.
+    steps = feed(bank, [0] * 3, [at(1.5), at(1.2), at(0.5)], [100.0, 100.0, 100.0])
+    assert steps.dropped == 3 and len(steps) == 0
+    assert bank.tobytes() == before
+    # A later point is still applied; only the stale ones of its batch are counted.
+    steps = feed(bank, [0, 0], [at(0.7), at(2)], [100.0, 6.0])
+    assert steps.dropped == 1
+    assert as_rows(steps) == [(0, at(1), 2.5, False, False)]
+
+
+def test_watermarks_are_kept_per_series():
+    bank = new_state_bank(2)
+    feed(bank, [0, 0], [at(0), at(10)], [1.0, 1.0])
+    # Minute 5 is stale for series 0 but new for series 1.
+    steps = feed(bank, [0, 1, 1], [at(5), at(5), at(6)], [9.0, 2.0, 3.0])
+    assert steps.dropped == 1
+    assert as_rows(steps) == [(1, at(5), 2.0, False, False)]
+
+
+def test_repeated_timestamp_within_a_batch_keeps_the_first_arrival():
+    bank = new_state_bank(1)
+    steps = feed(bank, [0] * 4, [at(0), at(0), at(0.5), at(1)], [1.0, 99.0, 3.0, 0.0])
+    assert steps.dropped == 1
+    assert steps.value.tolist() == [2.0]
+
+
+def test_non_finite_values_are_dropped_and_counted():
+    bank = new_state_bank(1)
+    values = [1.0, np.nan, 3.0, np.inf, -np.inf, 5.0, 0.0]
+    ts = [at(0), at(0.5), at(0.7), at(1), at(1.5), at(2), at(3)]
+    steps = feed(bank, [0] * 7, ts, values)
+    assert steps.dropped == 3
+    # Step 1 had only non-finite points: it is missing, so it is filled.
+    assert as_rows(steps) == [
+        (0, at(0), 2.0, False, False),
+        (0, at(1), 2.0, True, False),
+        (0, at(2), 5.0, False, False),
+    ]
+    assert np.isfinite(bank["bucket_sum"]).all()

@@ -1,0 +1,632 @@
+"""The online seasonal detector: one compact state record per series, updated in batches.
+
+For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
+
+* **Baseline.** A slow level ``B`` (half-life ~1 day) and two seasonal profiles are learned
+  from the value: a daily profile ``D`` in 15-minute slots and a weekly profile ``W`` in
+  hourly slots (deviation from the daily one), both interpolated linearly between slots and
+  stored as float32. A profile is *applied* only once it explains enough of the variance
+  around ``B`` out of sample (``1 - E[(y-B-D)^2] / E[(y-B)^2] ≥ daily_on``), so a series
+  without seasonality gets none. The forecast is Holt-style on the deseasonalised value::
+
+      expected_t = L_{t-1} + T_{t-1} + g_d·D(t) + g_w·W(t)
+
+  with level ``L`` and trend ``T`` updated from the Huber-clipped residual, so a spike does
+  not drag the baseline while a lasting level shift is learned within hours.
+* **Scale.** ``σ = 1.2533 · EW mean |r|`` (an exponentially weighted mean absolute
+  deviation, robust to the outliers it is clipped against).
+* **Scores** as equivalent Gaussian z-scores, the largest of:
+  point ``|r|/σ``; level shift (short EW mean of the clipped z); variance change (short EW
+  mean of z²); total variation ``S = Σ|y(t+1) − y(t)|`` over a short window against its
+  long-run value (bursts of oscillation at a normal mean level); flatline (a run of
+  unchanged values, scored by how rare an unchanged step is for this series). Each window
+  statistic is normalised by its own long-run spread, so one parameter set serves all series.
+* **Incidents** open when the score passes ``z_open``, stay open while it is above
+  ``z_close``, and resolve after ``resolve_steps`` calm steps (hysteresis): a long anomaly is
+  one ``open``, an ``update`` when it becomes critical, and one ``resolve``.
+
+All state lives in one numpy structured record per series (:data:`STATE_DTYPE`, about 1.3 KB);
+a batch gathers the touched records, updates them step by step across all series at once
+(vectorised over series), and scatters them back.
+
+>>> det = SeriesDetector()
+>>> t0 = 1_700_006_400_000  # a Wednesday, 00:00 UTC
+>>> rng = np.random.default_rng(0)
+>>> for i in range(3 * 1440):
+...     _ = det.learn_one(t0 + i * 60_000, 50 + rng.normal())
+>>> det.score_one(t0 + 3 * 1440 * 60_000, 50.5) < 0.9
+True
+>>> det.score_one(t0 + 3 * 1440 * 60_000, 80.0) > 0.999
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import ndtr
+
+from vigil.detectors.resample import Steps, resample_batch
+
+__all__ = [
+    "ANOMALY_TYPES",
+    "EVENT_KINDS",
+    "SEVERITIES",
+    "DetectorParams",
+    "OnlineDetector",
+    "SeriesDetector",
+    "StepResults",
+    "StepScore",
+    "describe",
+    "STATE_DTYPE",
+    "new_state_bank",
+]
+
+DAILY_SLOTS = 96  # 15-minute slots
+WEEKLY_SLOTS = 168  # hourly slots, Monday 00:00 UTC first
+_MEAN_ABS_Z = float(np.sqrt(2.0 / np.pi))  # E|z| for z ~ N(0, 1)
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+MONDAY_OFFSET_MS = 4 * DAY_MS  # 1970-01-01 was a Thursday; 1970-01-05 a Monday
+
+STATE_DTYPE = np.dtype(
+    [
+        # resampling (see resample.py)
+        ("watermark_ms", "i8"),
+        ("bucket_ms", "i8"),
+        ("bucket_sum", "f8"),
+        ("bucket_count", "i8"),
+        ("last_step_ms", "i8"),
+        ("last_value", "f8"),
+        # baseline
+        ("n_steps", "i8"),
+        ("level", "f8"),
+        ("trend", "f8"),
+        ("slow_level", "f8"),
+        ("mad", "f8"),
+        ("var_none", "f8"),
+        ("var_daily", "f8"),
+        ("var_weekly", "f8"),
+        ("daily_on", "u1"),
+        ("weekly_on", "u1"),
+        # window statistics
+        ("prev_value", "f8"),
+        ("level_short", "f8"),
+        ("level_spread", "f8"),
+        ("var_short", "f8"),
+        ("var_center", "f8"),
+        ("var_spread", "f8"),
+        ("tv_short", "f8"),
+        ("tv_long", "f8"),
+        ("tv_spread", "f8"),
+        ("zero_rate", "f8"),
+        ("flat_run", "i4"),
+        # incident
+        ("incident_open", "u1"),
+        ("incident_severity", "u1"),
+        ("incident_calm", "i4"),
+        ("incident_start_ms", "i8"),
+        ("incident_peak", "f4"),
+        # seasonal profiles
+        ("daily", "f4", (DAILY_SLOTS,)),
+        ("weekly", "f4", (WEEKLY_SLOTS,)),
+    ]
+)
+
+ANOMALY_TYPES = ("none", "point", "level_shift", "variance", "oscillation", "flatline")
+SEVERITIES = ("none", "warning", "critical")
+EVENT_KINDS = ("", "open", "update", "resolve")
+
+
+def new_state_bank(n: int) -> np.ndarray:
+    """``n`` fresh series states (nothing learned yet)."""
+    bank = np.zeros(n, STATE_DTYPE)
+    for name in ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms"):
+        bank[name] = -1
+    return bank
+
+
+def _alpha(step_s: float, halflife_s: float) -> float:
+    """Per-step weight of an exponential average with the given half-life."""
+    return float(1.0 - 0.5 ** (step_s / halflife_s))
+
+
+@dataclass(frozen=True)
+class DetectorParams:
+    """Every knob of the online detector; times are in seconds so one set fits any step.
+
+    The defaults are one parameter set for all series (no per-series tuning).
+    """
+
+    step_s: int = 60
+    max_fill_s: int = 300
+    warmup_steps: int = 60
+    level_halflife_s: float = 3_600.0
+    trend_halflife_s: float = 86_400.0
+    slow_level_halflife_s: float = 86_400.0
+    scale_halflife_s: float = 6 * 3_600.0
+    daily_halflife_days: float = 3.0
+    weekly_halflife_weeks: float = 2.0
+    seasonality_halflife_s: float = 3 * 86_400.0
+    daily_on: float = 0.30
+    daily_off: float = 0.15
+    daily_min_days: float = 1.5
+    weekly_on: float = 0.20
+    weekly_off: float = 0.10
+    weekly_min_days: float = 9.0
+    huber: float = 3.0
+    short_window_steps: float = 10.0
+    variance_window_steps: float = 30.0
+    spread_halflife_s: float = 86_400.0
+    flat_min_steps: int = 10
+    z_open: float = 6.0
+    z_close: float = 3.0
+    z_critical: float = 12.0
+    resolve_steps: int = 15
+
+    @property
+    def step_ms(self) -> int:
+        return int(self.step_s * 1000)
+
+    @property
+    def max_fill_steps(self) -> int:
+        return int(self.max_fill_s // self.step_s)
+
+
+@dataclass(slots=True)
+class StepResults:
+    """Per-step outputs of one batch (aligned with :class:`Steps`)."""
+
+    steps: Steps
+    expected: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    z: np.ndarray  # equivalent z-score (largest of the statistics), 0 during warm-up
+    score: np.ndarray  # 1 - two-sided Gaussian tail probability of z
+    anomaly_type: np.ndarray  # index into ANOMALY_TYPES
+    contextual: np.ndarray  # bool: value plausible for the series, but not at this time
+    event: np.ndarray  # index into EVENT_KINDS
+    severity: np.ndarray  # index into SEVERITIES
+    incident_start_ms: np.ndarray
+    seasonality: np.ndarray  # 0 none, 1 daily, 2 daily + weekly
+
+    def events(self) -> np.ndarray:
+        """Positions of the steps that produced an incident event."""
+        return np.flatnonzero(self.event)
+
+
+def _interp(profile: np.ndarray, rows: np.ndarray, pos: np.ndarray):
+    """Linear interpolation in cyclic slot profiles; returns value, slots and weights."""
+    n = profile.shape[1]
+    i0 = pos.astype(np.int64) % n
+    w = pos - np.floor(pos)
+    i1 = (i0 + 1) % n
+    value = (1.0 - w) * profile[rows, i0] + w * profile[rows, i1]
+    return value, i0, i1, w
+
+
+class OnlineDetector:
+    """Batch form of the detector over a bank of series states (the hot path).
+
+    Parameters
+    ----------
+    params
+        :class:`DetectorParams`; one set for every series.
+
+    >>> det = OnlineDetector()
+    >>> bank = new_state_bank(2)
+    >>> t = 1_700_006_400_000 + 60_000 * np.arange(200)
+    >>> idx = np.r_[np.zeros(200, int), np.ones(200, int)]
+    >>> y = np.r_[np.full(200, 5.0) + np.sin(np.arange(200)), np.full(200, 9.0)]
+    >>> y[199] = 40.0  # a spike on series 0 (its step closes with the next batch)
+    >>> r = det.process(bank, idx, np.r_[t, t], y)
+    >>> r = det.process(bank, [0, 1], [t[-1] + 60_000] * 2, [5.0, 9.0])
+    >>> [ANOMALY_TYPES[a] for a in r.anomaly_type], [EVENT_KINDS[e] for e in r.event]
+    (['point', 'none'], ['open', ''])
+    """
+
+    def __init__(self, params: DetectorParams | None = None) -> None:
+        self.params = params or DetectorParams()
+        p = self.params
+        s = p.step_s
+        self._a_level = _alpha(s, p.level_halflife_s)
+        self._a_trend = _alpha(s, p.trend_halflife_s)
+        self._a_slow = _alpha(s, p.slow_level_halflife_s)
+        self._a_scale = _alpha(s, p.scale_halflife_s)
+        self._a_daily = _alpha(s, p.daily_halflife_days * 900.0)
+        self._a_weekly = _alpha(s, p.weekly_halflife_weeks * 3600.0)
+        self._a_season = _alpha(s, p.seasonality_halflife_s)
+        self._a_short = 2.0 / (p.short_window_steps + 1.0)
+        self._a_var = 2.0 / (p.variance_window_steps + 1.0)
+        self._a_spread = _alpha(s, p.spread_halflife_s)
+        self._daily_min_steps = p.daily_min_days * 86_400 / s
+        self._weekly_min_steps = p.weekly_min_days * 86_400 / s
+        # Spread of a short EW mean of iid N(0,1) — the floor of the level statistic's spread.
+        self._level_floor = float(np.sqrt(self._a_short / (2.0 - self._a_short)))
+        # ... and of a short EW mean of |N(0,1)| (sd of |z| is 0.60).
+        self._var_floor = float(0.60 * np.sqrt(self._a_var / (2.0 - self._a_var)))
+        # ... and of the log of a short EW mean of |Δy| for Gaussian noise (CV of |Δy| 0.76).
+        self._tv_floor = float(0.76 * np.sqrt(self._a_var / (2.0 - self._a_var)))
+
+    def process(self, bank: np.ndarray, index, ts_ms, values) -> StepResults:
+        """Fold raw points (any order, any series mix) into ``bank`` and score closed steps."""
+        p = self.params
+        steps = resample_batch(bank, index, ts_ms, values, p.step_ms, p.max_fill_steps)
+        return self.process_steps(bank, steps)
+
+    def process_steps(self, bank: np.ndarray, steps: Steps) -> StepResults:
+        """Score and learn already-resampled steps (ordered by series then time)."""
+        n = len(steps)
+        out = StepResults(
+            steps=steps,
+            expected=np.zeros(n),
+            lower=np.zeros(n),
+            upper=np.zeros(n),
+            z=np.zeros(n),
+            score=np.zeros(n),
+            anomaly_type=np.zeros(n, np.int8),
+            contextual=np.zeros(n, bool),
+            event=np.zeros(n, np.int8),
+            severity=np.zeros(n, np.int8),
+            incident_start_ms=np.full(n, -1, np.int64),
+            seasonality=np.zeros(n, np.int8),
+        )
+        if n == 0:
+            return out
+        # Rank of each step within its series: round r processes the r-th step of every series.
+        first = np.r_[True, steps.index[1:] != steps.index[:-1]]
+        group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        rank = np.arange(n) - group_start
+        order = np.argsort(rank, kind="stable")
+        bounds = np.searchsorted(rank[order], np.arange(rank.max() + 2))
+        for r in range(len(bounds) - 1):
+            pos = order[bounds[r] : bounds[r + 1]]
+            rows = steps.index[pos]
+            if len(rows) == len(bank) and rows[0] == 0 and rows[-1] == len(bank) - 1:
+                # Every row, in order (rows are sorted and unique): update in place, no copy.
+                self._round(bank, pos, steps, out)
+            else:
+                state = bank[rows]
+                self._round(state, pos, steps, out)
+                bank[rows] = state
+        return out
+
+    # One step for many series at once. `state` is a gathered copy, written back by the caller.
+    def _round(self, st: np.ndarray, pos: np.ndarray, steps: Steps, out: StepResults) -> None:
+        p = self.params
+        k = len(pos)
+        rows = np.arange(k)
+        t = steps.ts_ms[pos]
+        y = steps.value[pos]
+        filled = steps.filled[pos]
+        after_gap = steps.after_gap[pos]
+        observed = ~filled
+
+        fresh = st["n_steps"] == 0
+        if fresh.any():
+            f = fresh
+            st["level"][f] = y[f]
+            st["slow_level"][f] = y[f]
+            st["prev_value"][f] = y[f]
+            st["tv_short"][f] = 0.0
+            st["level_spread"][f] = self._level_floor
+            st["var_short"][f] = _MEAN_ABS_Z
+            st["var_center"][f] = _MEAN_ABS_Z
+            st["var_spread"][f] = self._var_floor
+            st["tv_spread"][f] = self._tv_floor
+
+        # Bias-corrected weights: early on, averages weigh every observation equally.
+        n = st["n_steps"].astype(np.float64)
+        warm = 1.0 / (n + 1.0)
+
+        def weight(alpha: float) -> np.ndarray:
+            return np.maximum(alpha, warm)
+
+        # Seasonal components at this time.
+        daily_pos = (t % DAY_MS) / (DAY_MS / DAILY_SLOTS)
+        weekly_pos = ((t - MONDAY_OFFSET_MS) % WEEK_MS) / (WEEK_MS / WEEKLY_SLOTS)
+        s_d, d0, d1, dw = _interp(st["daily"], rows, daily_pos)
+        s_w, w0, w1, ww = _interp(st["weekly"], rows, weekly_pos)
+
+        # Seasonality detection (out of sample: profiles before this step's update).
+        dev = y - st["slow_level"]
+        var_none, var_daily, var_weekly = st["var_none"], st["var_daily"], st["var_weekly"]
+        daily_gain = 1.0 - var_daily / np.maximum(var_none, 1e-300)
+        weekly_gain = 1.0 - var_weekly / np.maximum(var_daily, 1e-300)
+        old_d, old_w = st["daily_on"].astype(bool), st["weekly_on"].astype(bool)
+        new_d = np.where(old_d, daily_gain > p.daily_off, daily_gain > p.daily_on)
+        new_d &= n >= self._daily_min_steps
+        new_w = np.where(old_w, weekly_gain > p.weekly_off, weekly_gain > p.weekly_on)
+        new_w &= new_d & (n >= self._weekly_min_steps)
+        # Re-base the fast level when a component is switched, so the forecast is continuous.
+        st["level"] += np.where(new_d & ~old_d, -s_d, 0.0) + np.where(~new_d & old_d, s_d, 0.0)
+        st["level"] += np.where(new_w & ~old_w, -s_w, 0.0) + np.where(~new_w & old_w, s_w, 0.0)
+        st["daily_on"], st["weekly_on"] = new_d, new_w
+        season = np.where(new_d, s_d, 0.0) + np.where(new_w, s_w, 0.0)
+
+        # Forecast and residual.
+        forecast = st["level"] + st["trend"]
+        expected = forecast + season
+        r = y - expected
+        sigma = 1.2533 * st["mad"]
+        sigma = np.maximum(sigma, 1e-9 + 1e-6 * np.abs(st["slow_level"]))
+        z = r / sigma
+        zc = np.clip(z, -4.0, 4.0)
+
+        # Window statistics (short EW windows against their own long-run spread).
+        a_s = self._a_short
+        level_short = (1 - a_s) * st["level_short"] + a_s * zc
+        a_v = self._a_var
+        var_short = (1 - a_v) * st["var_short"] + a_v * np.abs(zc - st["level_short"])
+        dy = np.abs(y - st["prev_value"])
+        tv_long = st["tv_long"]
+        dy_c = np.where(tv_long > 0, np.minimum(dy, 10.0 * tv_long), dy)
+        tv_short = (1 - a_v) * st["tv_short"] + a_v * dy_c
+        zero = dy <= 1e-12 * np.maximum(1.0, np.abs(y))
+        flat_run = np.where(zero, st["flat_run"] + 1, 0)
+        # A long gap resets the short windows: nothing is known about the time in between.
+        if after_gap.any():
+            g = after_gap
+            level_short[g] = 0.0
+            var_short[g] = st["var_center"][g]
+            tv_short[g] = tv_long[g]
+            flat_run[g] = 0
+
+        stat_point = np.abs(z)
+        stat_level = np.abs(level_short) / np.maximum(1.25 * st["level_spread"], self._level_floor)
+        stat_var = (var_short - st["var_center"]) / np.maximum(
+            1.25 * st["var_spread"], self._var_floor
+        )
+        # Total variation on a log scale: the ratio of two EW means is right-skewed.
+        log_ratio = np.log(np.maximum(tv_short, 1e-300) / np.maximum(tv_long, 1e-300))
+        log_ratio = np.where(tv_long > 0, np.clip(log_ratio, -20.0, 20.0), 0.0)
+        stat_osc = log_ratio / np.maximum(1.25 * st["tv_spread"], self._tv_floor)
+        rare = -np.log(np.clip(st["zero_rate"], 1e-3, 0.999))
+        stat_flat = np.where(
+            flat_run >= p.flat_min_steps, np.sqrt(2.0 * flat_run * rare), 0.0
+        )
+        stats = np.stack([stat_point, stat_level, stat_var, stat_osc, stat_flat])
+        best = np.argmax(stats, axis=0)
+        z_eff = stats[best, rows]
+        scoring = observed & (n >= p.warmup_steps)
+        z_eff = np.where(scoring, np.maximum(z_eff, 0.0), 0.0)
+        anomalous = z_eff >= p.z_open
+
+        # Contextual: a point anomaly whose value is ordinary for the series at another time.
+        contextual = anomalous & (stat_point >= p.z_open) & new_d
+        if contextual.any():
+            c_rows = np.flatnonzero(contextual)
+            base = st["slow_level"][c_rows] + np.where(new_w[c_rows], s_w[c_rows], 0.0)
+            profile = st["daily"][c_rows]
+            floor = base + profile.min(axis=1) - 3 * sigma[c_rows]
+            ceiling = base + profile.max(axis=1) + 3 * sigma[c_rows]
+            contextual[c_rows] = (y[c_rows] >= floor) & (y[c_rows] <= ceiling)
+
+        # ---- learning (observed steps only; profiles and spreads skip anomalous steps) ----
+        learn = observed
+        calm = observed & ~anomalous
+        r_clip = np.clip(r, -p.huber * sigma, p.huber * sigma)
+        # Until the scale is known (first steps) learn the level from the raw residual.
+        r_clip = np.where(n < 3, r, r_clip)
+        level = np.where(learn, forecast + weight(self._a_level) * r_clip, forecast)
+        trend = np.where(
+            learn & (n >= 3),
+            (1 - self._a_trend) * st["trend"] + self._a_trend * (level - st["level"]),
+            st["trend"],
+        )
+        a_mad = weight(self._a_scale)
+        abs_r = np.abs(r)
+        abs_r = np.where(n >= 3, np.minimum(abs_r, 4.0 * np.maximum(sigma, 1e-300)), abs_r)
+        st["mad"] = np.where(learn, (1 - a_mad) * st["mad"] + a_mad * abs_r, st["mad"])
+        st["level"], st["trend"] = level, trend
+
+        # Slow baseline, profiles and seasonality variances learn from calm steps only.
+        a_season = weight(self._a_season)
+        e_none, e_d, e_w = dev, dev - s_d, dev - s_d - s_w
+        st["var_none"] = np.where(calm, (1 - a_season) * var_none + a_season * e_none**2, var_none)
+        st["var_daily"] = np.where(calm, (1 - a_season) * var_daily + a_season * e_d**2, var_daily)
+        st["var_weekly"] = np.where(
+            calm, (1 - a_season) * var_weekly + a_season * e_w**2, var_weekly
+        )
+        a_slow = weight(self._a_slow)
+        st["slow_level"] = np.where(calm, st["slow_level"] + a_slow * e_w, st["slow_level"])
+        c = calm.astype(np.float64)
+        self._learn_profile(st["daily"], rows, d0, d1, dw, c * self._a_daily * e_w)
+        self._learn_weekly(st["weekly"], rows, w0, w1, ww, c * self._a_weekly * e_w)
+
+        a_sp = weight(self._a_spread)
+        st["level_spread"] = np.where(
+            calm, (1 - a_sp) * st["level_spread"] + a_sp * np.abs(level_short), st["level_spread"]
+        )
+        st["var_spread"] = np.where(
+            calm,
+            (1 - a_sp) * st["var_spread"] + a_sp * np.abs(var_short - st["var_center"]),
+            st["var_spread"],
+        )
+        st["var_center"] = np.where(
+            calm, (1 - a_sp) * st["var_center"] + a_sp * var_short, st["var_center"]
+        )
+        tv_known = tv_long > 0
+        st["tv_spread"] = np.where(
+            calm & tv_known,
+            (1 - a_sp) * st["tv_spread"] + a_sp * np.abs(log_ratio),
+            st["tv_spread"],
+        )
+        st["tv_long"] = np.where(calm, (1 - a_sp) * tv_long + a_sp * dy_c, tv_long)
+        st["zero_rate"] = np.where(
+            calm, (1 - a_sp) * st["zero_rate"] + a_sp * zero, st["zero_rate"]
+        )
+        st["level_short"] = np.where(observed, level_short, st["level_short"])
+        st["var_short"] = np.where(observed, var_short, st["var_short"])
+        st["tv_short"] = np.where(observed, tv_short, st["tv_short"])
+        st["flat_run"] = np.where(observed, flat_run, st["flat_run"])
+        st["prev_value"] = np.where(observed, y, st["prev_value"])
+        st["n_steps"] += observed
+
+        # ---- incidents with hysteresis ----
+        p_z = p.z_open
+        severity = np.where(z_eff >= p.z_critical, 2, np.where(anomalous, 1, 0))
+        is_open = st["incident_open"].astype(bool)
+        opening = ~is_open & anomalous
+        hot = is_open & (z_eff >= p.z_close)
+        calm_count = np.where(is_open & ~hot & observed, st["incident_calm"] + 1, 0)
+        resolving = is_open & (calm_count >= p.resolve_steps)
+        escalating = is_open & (severity > st["incident_severity"])
+        previous_severity = st["incident_severity"].copy()
+        event = np.zeros(k, np.int8)
+        event[opening] = 1
+        event[escalating] = 2
+        event[resolving] = 3
+        st["incident_start_ms"] = np.where(opening, t, st["incident_start_ms"])
+        start = st["incident_start_ms"].copy()
+        st["incident_severity"] = np.where(
+            opening | escalating, severity, np.where(resolving, 0, st["incident_severity"])
+        )
+        st["incident_peak"] = np.where(
+            opening, z_eff, np.where(is_open, np.maximum(st["incident_peak"], z_eff), 0)
+        )
+        st["incident_calm"] = np.where(resolving, 0, calm_count)
+        st["incident_open"] = (is_open | opening) & ~resolving
+
+        band = p_z * sigma
+        out.expected[pos] = expected
+        out.lower[pos] = expected - band
+        out.upper[pos] = expected + band
+        out.z[pos] = z_eff
+        out.score[pos] = 1.0 - 2.0 * ndtr(-z_eff)
+        out.anomaly_type[pos] = np.where(anomalous, best + 1, 0)
+        out.contextual[pos] = contextual
+        out.event[pos] = event
+        # A resolve reports the severity the incident had; other steps their own.
+        out.severity[pos] = np.where(resolving, previous_severity, severity)
+        out.incident_start_ms[pos] = np.where(is_open | opening, start, -1)
+        out.seasonality[pos] = new_d.astype(np.int8) + new_w.astype(np.int8)
+
+    @staticmethod
+    def _learn_weekly(profile, rows, i0, i1, w, delta) -> None:
+        """Like :meth:`_learn_profile`, but keep each hour's mean over the 7 days at 0.
+
+        The weekly profile may only hold what differs between days of the week; anything
+        that repeats every day belongs to the daily profile. Without this the two profiles
+        split the daily shape between them and every daily series looks weekly.
+        """
+        days = np.arange(7) * 24
+        for slot, weight in ((i0, 1.0 - w), (i1, w)):
+            d = (weight * delta).astype(np.float32)
+            profile[rows, slot] += d
+            same_hour = (slot % 24)[:, None] + days[None, :]
+            profile[rows[:, None], same_hour] -= (d / 7)[:, None]
+
+    @staticmethod
+    def _learn_profile(profile, rows, i0, i1, w, delta) -> None:
+        """Move the two interpolating slots towards the target, keeping the profile's mean 0."""
+        # Each row appears once per round and i0 != i1, so plain fancy-index adds are exact.
+        slots = profile.shape[1]
+        profile[rows, i0] += ((1.0 - w) * delta).astype(np.float32)
+        profile[rows, i1] += (w * delta).astype(np.float32)
+        profile -= (delta / slots).astype(np.float32)[:, None]
+
+
+@dataclass(slots=True)
+class StepScore:
+    """What :class:`SeriesDetector` says about one closed step."""
+
+    ts_ms: int
+    value: float
+    expected: float
+    lower: float
+    upper: float
+    z: float
+    score: float
+    anomaly_type: str
+    contextual: bool
+    event: str
+    severity: str
+    incident_start_ms: int
+
+
+class SeriesDetector:
+    """river-style detector for one series: ``learn_one`` and ``score_one``.
+
+    It runs the very same batch code as the worker on a bank of one state. ``learn_one``
+    folds a raw point in and returns the steps it closed (usually one, scored before they
+    were learned); ``score_one`` says how anomalous a value at time ``ts_ms`` would be as the
+    next step, without changing anything.
+    """
+
+    def __init__(self, params: DetectorParams | None = None) -> None:
+        self.detector = OnlineDetector(params)
+        self.state = new_state_bank(1)
+
+    def learn_one(self, ts_ms: int, value: float) -> list[StepScore]:
+        result = self.detector.process(self.state, [0], [ts_ms], [value])
+        return _unpack(result)
+
+    def score_one(self, ts_ms: int, value: float) -> float:
+        state = self.state.copy()
+        p = self.detector.params
+        step = p.step_ms
+        # Score `value` as the next step at ts_ms: close the open step, then the probe's.
+        if state["bucket_count"][0] > 0:
+            self.detector.process_steps(
+                state,
+                resample_batch(state, [0], [state["bucket_ms"][0] + step], [0.0], step, 0),
+            )
+        steps = Steps(
+            index=np.zeros(1, np.int64),
+            ts_ms=np.array([ts_ms - ts_ms % step]),
+            value=np.array([float(value)]),
+            filled=np.zeros(1, bool),
+            after_gap=np.zeros(1, bool),
+        )
+        return float(self.detector.process_steps(state, steps).score[0])
+
+
+def _unpack(result: StepResults) -> list[StepScore]:
+    s = result.steps
+    return [
+        StepScore(
+            ts_ms=int(s.ts_ms[i]),
+            value=float(s.value[i]),
+            expected=float(result.expected[i]),
+            lower=float(result.lower[i]),
+            upper=float(result.upper[i]),
+            z=float(result.z[i]),
+            score=float(result.score[i]),
+            anomaly_type=ANOMALY_TYPES[result.anomaly_type[i]],
+            contextual=bool(result.contextual[i]),
+            event=EVENT_KINDS[result.event[i]],
+            severity=SEVERITIES[result.severity[i]],
+            incident_start_ms=int(result.incident_start_ms[i]),
+        )
+        for i in range(len(s))
+    ]
+
+
+
+def describe(result: StepResults, i: int) -> str:
+    """A one-line reason for a person, for step ``i`` of ``result``.
+
+    The reason names the statistic that fired and its size in σ of its own normal spread.
+    """
+    event = EVENT_KINDS[result.event[i]]
+    value, expected, z = result.steps.value[i], result.expected[i], result.z[i]
+    if event == "resolve":
+        return f"back to normal: {value:.4g} (expected {expected:.4g})"
+    kind = ANOMALY_TYPES[result.anomaly_type[i]]
+    direction = "above" if value >= expected else "below"
+    if kind == "point":
+        text = f"{value:.4g} is {z:.1f}σ {direction} the expected {expected:.4g}"
+        if result.contextual[i]:
+            text += " — normal at other hours, not at this time of day"
+        return text
+    if kind == "level_shift":
+        return f"level shift: recent values stay {direction} the expected {expected:.4g} ({z:.1f}σ)"
+    if kind == "variance":
+        return f"variance change: noise around {expected:.4g} much larger than usual ({z:.1f}σ)"
+    if kind == "oscillation":
+        return f"oscillation: total variation Σ|Δx| far above its usual value ({z:.1f}σ)"
+    if kind == "flatline":
+        return f"flatline: value stuck at {value:.4g} ({z:.1f}σ rare for this series)"
+    return f"score {z:.1f}σ"

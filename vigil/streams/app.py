@@ -1,0 +1,219 @@
+"""The Faust app: topics and the two agents of the detection worker.
+
+::
+
+    metric topics ──ingest──► vigil-points (partitioned by series) ──detect──► vigil-anomalies
+         │                                                      │
+         └── unusable records ──► vigil-deadletter               └── state ──► Redis
+
+``ingest`` parses raw records, dead-letters what it cannot use and re-partitions the points
+by series id, one message per target partition per batch. ``detect`` owns a set of
+partitions of the points topic — so every series is handled by exactly one worker of the
+consumer group — and runs :class:`~vigil.streams.pipeline.DetectionPipeline` on each batch:
+events are delivered first, then the states are saved, then the offsets are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import time
+
+import faust
+import redis.asyncio as aioredis
+from faust.types import EventT
+from mode import CrashingSupervisor
+
+from vigil.streams import metrics
+from vigil.streams.parsers import TimestampPolicy, make_parser
+from vigil.streams.pipeline import DetectionPipeline, decode_points, route
+from vigil.streams.records import DeadLetter, Reject
+from vigil.streams.settings import Settings
+from vigil.streams.state import RedisStateStore
+
+__all__ = ["create_app", "resolve_topics"]
+
+log = logging.getLogger("vigil.worker")
+
+
+def resolve_topics(settings: Settings) -> list[str]:
+    """The metric topics to consume: the configured list, or the pattern's current matches.
+
+    Faust's own ``pattern=`` subscribes to nothing with the aiokafka driver, so the regex is
+    resolved against the broker's topic list here.
+    """
+    if not settings.input_pattern:
+        return list(settings.input_topics)
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    names = admin.list_topics(timeout=10).topics
+    pattern = re.compile(settings.input_pattern)
+    internal = {settings.points_topic, settings.anomalies_topic, settings.deadletter_topic}
+    matched = sorted(
+        n for n in names if pattern.fullmatch(n) and n not in internal and not n.startswith("__")
+    )
+    if not matched:
+        raise SystemExit(f"no topic matches input pattern {settings.input_pattern!r}")
+    return matched
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def create_app(settings: Settings | None = None, topics: list[str] | None = None) -> faust.App:
+    """Build the worker's Faust app from ``settings`` (environment by default)."""
+    settings = settings or Settings()
+    topics = topics or resolve_topics(settings)
+    session = settings.session_timeout_s
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        topic_partitions=settings.points_partitions,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session,
+        broker_heartbeat_interval=max(session / 6, 0.5),
+        broker_rebalance_timeout=max(session * 1.7, 10),
+        broker_commit_interval=0.5,
+        web_enabled=settings.web_enabled,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        producer_linger_ms=5,
+    )
+    parser = make_parser(
+        settings.input_format,
+        name_field=settings.json_name_field,
+        value_field=settings.json_value_field,
+        timestamp_field=settings.json_timestamp_field,
+        labels_field=settings.json_labels_field,
+        label_fields=tuple(settings.json_label_fields),
+        timestamps=TimestampPolicy(
+            max_future_s=settings.max_future_s, max_past_s=settings.max_past_s
+        ),
+    )
+    input_topic = app.topic(*topics, value_serializer="raw", key_serializer="raw")
+    points_topic = app.topic(
+        settings.points_topic,
+        partitions=settings.points_partitions,
+        internal=True,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    anomalies_topic = app.topic(settings.anomalies_topic, internal=True, key_serializer="raw")
+    deadletter_topic = app.topic(settings.deadletter_topic, internal=True, key_serializer="raw")
+
+    redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
+    store = RedisStateStore(redis_client, settings.redis_prefix)
+    pipeline = DetectionPipeline(store, settings.detector, settings.max_cached_series)
+    app.vigil_pipeline = pipeline  # for the web views and tests
+
+    async def dead_letter(reject: Reject, event: EventT) -> asyncio.Future:
+        message = event.message
+        metrics.DEAD_LETTERS.labels(stage="parse").inc()
+        record = DeadLetter(
+            reason=reject.reason,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            raw_b64=base64.b64encode(reject.raw).decode(),
+            ts_ms=_now_ms(),
+        )
+        return await deadletter_topic.send(key=message.topic.encode(), value=record)
+
+    # An agent that fails on something unexpected stops the worker (non-zero exit) rather
+    # than leaving a live process that silently consumes nothing.
+    @app.agent(input_topic, name="vigil.ingest", supervisor_strategy=CrashingSupervisor)
+    async def ingest(stream):
+        async for events in stream.take_events(settings.ingest_batch, settings.batch_window_s):
+            now = _now_ms()
+            pending: list[asyncio.Future] = []
+            results = []
+            for event in events:
+                result = parser.parse(event.value or b"", now)
+                for reject in result.rejects:
+                    pending.append(await dead_letter(reject, event))
+                if len(result):
+                    results.append(result)
+            points = sum(len(r) for r in results)
+            metrics.POINTS_IN.inc(points)
+            metrics.MESSAGES_IN.inc(len(events))
+            routed = route(results, settings.points_partitions, settings.max_points_per_message)
+            for partition, blob in routed:
+                pending.append(
+                    await points_topic.send(
+                        key=str(partition).encode(), value=blob, partition=partition
+                    )
+                )
+            # Offsets are acked when this batch ends: wait until everything is delivered.
+            if pending:
+                await asyncio.gather(*pending)
+
+    @app.agent(points_topic, name="vigil.detect", supervisor_strategy=CrashingSupervisor)
+    async def detect(stream):
+        async for events in stream.take_events(settings.detect_batch, settings.batch_window_s):
+            started = time.perf_counter()
+            series, ts_ms, values = decode_points(e.value for e in events)
+            batch = await pipeline.process(series, ts_ms, values)
+            metrics.STATE_LATENCY.observe(store.last_latency_s)
+            delivered = [
+                await anomalies_topic.send(key=e.series.encode(), value=e) for e in batch.events
+            ]
+            if delivered:
+                await asyncio.gather(*delivered)
+            await pipeline.save(batch)
+            metrics.STATE_LATENCY.observe(store.last_latency_s)
+            metrics.POINTS_DETECTED.inc(batch.points)
+            metrics.STEPS_SCORED.inc(batch.steps)
+            metrics.POINTS_DROPPED.inc(batch.dropped)
+            for e in batch.events:
+                metrics.EVENTS_OUT.labels(kind=e.kind, severity=e.severity).inc()
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+            metrics.CACHED_SERIES.set(pipeline.cached_series)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app, revoked, **kwargs) -> None:
+        # Another worker may own these series now; Redis holds their latest state.
+        pipeline.forget()
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web, request):
+        body, content_type = metrics.exposition()
+        return web.bytes(body, content_type=content_type)
+
+    @app.page("/health")
+    async def health(web, request):
+        try:
+            await redis_client.ping()
+            redis_ok = True
+        except Exception:  # noqa: BLE001 - health reports, it does not raise
+            redis_ok = False
+        status = 200 if redis_ok else 503
+        return web.json({"redis": redis_ok, "topics": topics}, status=status)
+
+    if settings.input_pattern:
+
+        @app.timer(60.0)
+        async def watch_pattern() -> None:
+            current = await asyncio.get_running_loop().run_in_executor(
+                None, resolve_topics, settings
+            )
+            if set(current) != set(topics):
+                log.warning(
+                    "topics matching %r changed (%s); restarting the worker to resubscribe",
+                    settings.input_pattern,
+                    ", ".join(sorted(set(current) ^ set(topics))),
+                )
+                metrics.RESUBSCRIBES.inc()
+                # The CLI loop restarts the app with the new topic set.
+                app.vigil_restart = True
+                await app.stop()
+
+    app.vigil_restart = False
+    return app

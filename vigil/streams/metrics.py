@@ -1,0 +1,40 @@
+"""The worker's own metrics, exposed in Prometheus format at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+MESSAGES_IN = Counter("vigil_messages_in", "Input messages consumed from metric topics")
+POINTS_IN = Counter("vigil_points_in", "Points parsed from metric topics")
+DEAD_LETTERS = Counter("vigil_dead_letters", "Records sent to the dead-letter topic", ["stage"])
+POINTS_DETECTED = Counter("vigil_points_detected", "Points folded into series states")
+POINTS_DROPPED = Counter(
+    "vigil_points_dropped", "Points at or before their series' watermark (replays, late points)"
+)
+STEPS_SCORED = Counter("vigil_steps_scored", "Resampled steps scored by the detector")
+EVENTS_OUT = Counter("vigil_events_out", "Anomaly events published", ["kind", "severity"])
+STATE_LATENCY = Histogram(
+    "vigil_state_store_seconds",
+    "Latency of one batched Redis state read or write",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_SECONDS = Histogram(
+    "vigil_detect_batch_seconds",
+    "Wall time of one detection batch",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+CACHED_SERIES = Gauge("vigil_cached_series", "Series states held in worker memory")
+RESUBSCRIBES = Counter(
+    "vigil_resubscribes", "Restarts because the input pattern matched new topics"
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,807 @@
+"""Turn raw Kafka message bytes into points: JSON, Prometheus-adapter JSON and Influx line protocol.
+
+Every parser has one method, ``parse(raw, now_ms) -> ParseResult``, and never raises on bad
+input: whatever it cannot use becomes a :class:`~vigil.streams.records.Reject` with a short
+reason meant for a person reading the dead-letter topic. In a batch record (a JSON list, a
+``points``/``metrics`` envelope, NDJSON, several Influx lines) the good points are kept and
+each bad point is rejected on its own, its reason prefixed with where it was
+(``item 3: ...`` is a 0-based list index, ``line 2: ...`` a 1-based line number).
+
+>>> parser = make_parser("auto")
+>>> now = 1_714_564_800_000  # 2024-05-01T12:00:00Z
+>>> result = parser.parse(b'cpu,host=db-1 usage_idle=97.5,usage_user=2i', now)
+>>> list(zip(result.series, result.values))
+[('cpu_usage_idle{host="db-1"}', 97.5), ('cpu_usage_user{host="db-1"}', 2.0)]
+>>> parser.parse(b'{"name": "up", "value": "NaN", "timestamp": 1714564800}', now).rejects
+[Reject(reason='value is NaN', raw=b'{"name": "up", "value": "NaN", "timestamp": 1714564800}')]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+import orjson
+
+from vigil.streams.records import ParseResult, Reject, canonical_series
+
+__all__ = [
+    "AutoParser",
+    "InfluxLineParser",
+    "InvalidInput",
+    "JsonParser",
+    "Parser",
+    "PrometheusAdapterParser",
+    "TimestampPolicy",
+    "make_parser",
+]
+
+
+class InvalidInput(ValueError):
+    """A value that cannot be used; the message is the reject reason shown to people."""
+
+
+class Parser(Protocol):
+    """What every parser looks like to the stream: bytes in, points and rejects out."""
+
+    def parse(self, raw: bytes, now_ms: int) -> ParseResult: ...
+
+
+def _show(value: object, limit: int = 40) -> str:
+    """A short printable form of an offending value for a reject reason.
+
+    >>> _show("abc"), _show(1.5), _show("x" * 50)
+    ("'abc'", '1.5', "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...")
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _span(ms: float) -> str:
+    """A rough human duration, used to say how far off a timestamp is.
+
+    >>> _span(26_000 * 86_400_000), _span(3 * 3_600_000), _span(90_000), _span(1e300)
+    ('26000 days', '3 hours', '90 seconds', 'over 1000000 days')
+    """
+    ms = abs(ms)
+    if ms > 1_000_000 * 86_400_000:  # a garbage epoch would otherwise print 300 digits
+        return "over 1000000 days"
+    if ms >= 2 * 86_400_000:
+        return f"{ms // 86_400_000:.0f} days"
+    if ms >= 2 * 3_600_000:
+        return f"{ms // 3_600_000:.0f} hours"
+    if ms >= 2 * 60_000:
+        return f"{ms // 60_000:.0f} minutes"
+    return f"{ms / 1000:.0f} seconds"
+
+
+# --------------------------------------------------------------------------- timestamps
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+_Y2K_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; anything earlier is a unit mix-up or garbage
+_UNIT_MS = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
+_UNIT_WORD = {"s": "seconds", "ms": "ms", "us": "µs", "ns": "ns"}
+
+
+def _guess_unit(magnitude: float) -> str:
+    """The unit an epoch of this size is most likely in (valid for roughly 1973–5138).
+
+    >>> [_guess_unit(x) for x in (1.7e9, 1.7e12, 1.7e15, 1.7e18)]
+    ['s', 'ms', 'us', 'ns']
+    """
+    if magnitude < 1e11:
+        return "s"
+    if magnitude < 1e14:
+        return "ms"
+    if magnitude < 1e17:
+        return "us"
+    return "ns"
+
+
+def _iso_to_ms(text: str) -> int:
+    """ISO-8601 / RFC 3339 → epoch ms; naive times are UTC. Raises ValueError.
+
+    >>> _iso_to_ms("2024-05-01T12:00:00Z"), _iso_to_ms("2024-05-01 14:00:00.5+02:00")
+    (1714564800000, 1714564800500)
+    """
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        # Python 3.10's fromisoformat knows neither "Z" nor 9-digit fractions; 3.11+ never
+        # gets here for valid input, so the rewrite costs nothing on the common path.
+        parsed = datetime.fromisoformat(_normalise_iso(text))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    # Integer arithmetic on timedeltas: exact, unlike float(timestamp()) * 1000.
+    return (parsed - _EPOCH) // _ONE_MS
+
+
+def _normalise_iso(text: str) -> str:
+    """Rewrite the ISO forms older Pythons reject: a ``Z`` suffix, ``+HHMM``, >6 fraction digits.
+
+    >>> _normalise_iso("2024-05-01T12:00:00.123456789Z")
+    '2024-05-01T12:00:00.123456+00:00'
+    """
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    elif len(text) > 5 and text[-5] in "+-" and text[-4:].isdigit():
+        text = f"{text[:-2]}:{text[-2:]}"
+    dot = text.find(".", 19)
+    if dot >= 0:
+        end = dot + 1
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        text = text[: dot + 1] + text[dot + 1 : end][:6].ljust(6, "0") + text[end:]
+    return text
+
+
+@dataclass(frozen=True)
+class TimestampPolicy:
+    """How to read timestamps and which ones to believe; shared by all parsers.
+
+    ``unit`` says what a numeric epoch counts: ``"s"``, ``"ms"``, ``"us"``, ``"ns"`` or
+    ``"auto"`` (by magnitude). Strings holding a number are epochs too; other strings are
+    ISO-8601. Anything before 2000-01-01, more than ``max_past_s`` old or more than
+    ``max_future_s`` ahead of ``now_ms`` is rejected.
+
+    >>> policy = TimestampPolicy()
+    >>> now = 1_714_564_800_000
+    >>> [policy.to_ms(t, now) for t in (1714564800, 1714564800.25, "2024-05-01T12:00:00Z")]
+    [1714564800000, 1714564800250, 1714564800000]
+    >>> try:
+    ...     TimestampPolicy(unit="ms").to_ms(1714564800, now)
+    ... except InvalidInput as exc:
+    ...     print(exc)
+    timestamp 1714564800 is before 2000-01-01 (seconds given where ms expected?)
+    """
+
+    max_future_s: float = 86_400
+    max_past_s: float = 10 * 365 * 86_400
+    unit: str = "auto"
+    _future_ms: float = field(init=False, repr=False, compare=False)
+    _past_ms: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.unit != "auto" and self.unit not in _UNIT_MS:
+            raise ValueError(f"unit must be one of auto, s, ms, us, ns; got {self.unit!r}")
+        object.__setattr__(self, "_future_ms", self.max_future_s * 1000)
+        object.__setattr__(self, "_past_ms", self.max_past_s * 1000)
+
+    def with_unit(self, unit: str) -> TimestampPolicy:
+        """The same limits, reading numeric epochs in another unit."""
+        return TimestampPolicy(self.max_future_s, self.max_past_s, unit)
+
+    def to_ms(self, value: object, now_ms: int) -> int:
+        """``value`` (number, numeric string or ISO-8601 string) as checked UTC epoch ms.
+
+        Raises :class:`InvalidInput` whose message is the reject reason.
+        """
+        kind = type(value)
+        if kind is int or kind is float:
+            return self.epoch_to_ms(value, now_ms)
+        if kind is str:
+            return self._str_to_ms(value, now_ms)
+        if value is None:
+            raise InvalidInput("timestamp is null")
+        raise InvalidInput(f"unsupported timestamp type: {kind.__name__}")
+
+    def epoch_to_ms(self, epoch: float, now_ms: int, shown: str | None = None) -> int:
+        """A numeric epoch in this policy's unit as checked epoch ms (raises InvalidInput)."""
+        if epoch != epoch:
+            raise InvalidInput("timestamp is NaN")
+        if epoch in (math.inf, -math.inf):
+            raise InvalidInput("timestamp is infinite")
+        unit = self.unit if self.unit != "auto" else _guess_unit(abs(epoch))
+        if type(epoch) is int:
+            # Integer maths keeps ns/µs epochs exact (a float has only ~16 digits).
+            if unit == "s":
+                ms = epoch * 1000
+            elif unit == "ms":
+                ms = epoch
+            else:
+                ms = epoch // (1000 if unit == "us" else 1_000_000)
+        else:
+            scaled = epoch * _UNIT_MS[unit]
+            if scaled in (math.inf, -math.inf):  # e.g. 1e307 seconds overflows when scaled
+                raise InvalidInput(f"timestamp {shown or repr(epoch)} is out of range")
+            ms = round(scaled)
+        return self.check(ms, now_ms, shown if shown is not None else repr(epoch), epoch)
+
+    def check(self, ms: int, now_ms: int, shown: str, epoch: float | None = None) -> int:
+        """Return ``ms`` if believable, else raise InvalidInput naming ``shown``."""
+        if ms < _Y2K_MS:
+            raise InvalidInput(f"timestamp {shown} is before 2000-01-01{self._hint(epoch)}")
+        if ms > now_ms + self._future_ms:
+            raise InvalidInput(
+                f"timestamp {shown} is {_span(ms - now_ms)} in the future "
+                f"(max {_span(self._future_ms)}){self._hint(epoch)}"
+            )
+        if ms < now_ms - self._past_ms:
+            raise InvalidInput(
+                f"timestamp {shown} is {_span(now_ms - ms)} in the past "
+                f"(max {_span(self._past_ms)})"
+            )
+        return ms
+
+    def _hint(self, epoch: float | None) -> str:
+        """A guess at the mistake when a fixed unit disagrees with the epoch's magnitude."""
+        if epoch is None or self.unit == "auto":
+            return ""
+        likely = _guess_unit(abs(epoch))
+        if likely == self.unit:
+            return ""
+        return f" ({_UNIT_WORD[likely]} given where {_UNIT_WORD[self.unit]} expected?)"
+
+    def _str_to_ms(self, text: str, now_ms: int) -> int:
+        stripped = text.strip()
+        if not stripped:
+            raise InvalidInput("timestamp is an empty string")
+        # An ISO date has '-' at index 4 ("2024-..."); no epoch in a sane range does.
+        if len(stripped) >= 10 and stripped[4] == "-":
+            try:
+                ms = _iso_to_ms(stripped)
+            except ValueError:
+                raise InvalidInput(f"invalid ISO-8601 timestamp: {_show(text)}") from None
+            return self.check(ms, now_ms, stripped)
+        try:
+            epoch: float = int(stripped)
+        except ValueError:
+            try:
+                epoch = float(stripped)
+            except ValueError:
+                raise InvalidInput(
+                    f"timestamp is neither an epoch nor ISO-8601: {_show(text)}"
+                ) from None
+        return self.epoch_to_ms(epoch, now_ms, stripped)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _to_value(raw: object) -> float:
+    """A JSON value as a finite float: numbers and numeric strings; raises InvalidInput.
+
+    >>> _to_value(3), _to_value("9876543210"), _to_value(" 1.5")
+    (3.0, 9876543210.0, 1.5)
+    >>> try:
+    ...     _to_value(True)
+    ... except InvalidInput as exc:
+    ...     print(exc)
+    value is a boolean, not a number: True
+    """
+    kind = type(raw)
+    if kind is float:
+        value: float = raw
+    elif kind is int:
+        value = float(raw)  # orjson only yields ints that fit 64 bits: no overflow possible
+    elif kind is str:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise InvalidInput(f"value is not numeric: {_show(raw)}") from None
+    elif kind is bool:
+        raise InvalidInput(f"value is a boolean, not a number: {raw}")
+    elif raw is None:
+        raise InvalidInput("value is null")
+    else:
+        raise InvalidInput(f"value is not numeric: {kind.__name__} {_show(raw)}")
+    # x - x is 0.0 for every finite float and NaN for NaN and ±inf: one cheap test.
+    if value - value != 0.0:
+        raise InvalidInput("value is NaN" if value != value else "value is infinite")
+    return value
+
+
+# --------------------------------------------------------------------------- JSON
+
+_MISSING = object()
+
+
+def _dumps(item: object) -> bytes:
+    """One batch item back to bytes, for its own Reject."""
+    try:
+        return orjson.dumps(item)
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(item).encode()
+
+
+class JsonParser:
+    """JSON points: one object, a list of objects, ``{"points": [...]}``/``{"metrics": [...]}``,
+    or newline-delimited objects.
+
+    A point is ``{"name": ..., "value": ..., "timestamp": ..., "labels": {...}}`` (field names
+    configurable). Labels come from the ``labels_field`` object plus the top-level
+    ``label_fields``; label values are turned into strings and null ones dropped. A
+    ``__name__`` label is dropped, but serves as the name when the name field is missing.
+
+    >>> parser = JsonParser(label_fields=("host",))
+    >>> result = parser.parse(
+    ...     b'{"name": "node_load1", "value": 0.5, "timestamp": 1714564800000, "host": "db-1"}',
+    ...     now_ms=1_714_564_800_000,
+    ... )
+    >>> result.series, result.ts_ms, result.values
+    (['node_load1{host="db-1"}'], [1714564800000], [0.5])
+    """
+
+    def __init__(
+        self,
+        name_field: str = "name",
+        value_field: str = "value",
+        timestamp_field: str = "timestamp",
+        labels_field: str = "labels",
+        label_fields: tuple[str, ...] = (),
+        default_name: str | None = None,
+        timestamps: TimestampPolicy | None = None,
+    ) -> None:
+        self.name_field = name_field
+        self.value_field = value_field
+        self.timestamp_field = timestamp_field
+        self.labels_field = labels_field
+        self.label_fields = tuple(label_fields)
+        self.default_name = default_name
+        self.timestamps = timestamps if timestamps is not None else TimestampPolicy()
+
+    def parse(self, raw: bytes, now_ms: int) -> ParseResult:
+        result = ParseResult()
+        try:
+            self._parse_into(raw, now_ms, result)
+        except Exception as exc:  # a parser bug must not kill the stream: dead-letter it
+            return _internal_error(raw, exc)
+        return result
+
+    def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
+        if not raw or raw.isspace():
+            result.rejects.append(Reject("empty record", bytes(raw)))
+            return
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            lines = _ndjson_lines(raw)
+            if lines is None:
+                result.rejects.append(Reject(f"invalid JSON: {exc}", bytes(raw)))
+                return
+            for lineno, line in lines:
+                try:
+                    line_doc = orjson.loads(line)
+                except orjson.JSONDecodeError as line_exc:
+                    result.rejects.append(Reject(f"line {lineno}: invalid JSON: {line_exc}", line))
+                    continue
+                self._document(line_doc, line, f"line {lineno}: ", now_ms, result)
+            return
+        self._document(doc, bytes(raw), "", now_ms, result)
+
+    def _document(
+        self, doc: Any, raw: bytes, where: str, now_ms: int, result: ParseResult
+    ) -> None:
+        """One parsed JSON document: a point, a list of points or an envelope around a list."""
+        if type(doc) is dict:
+            items = doc.get("points")
+            if items is None:
+                items = doc.get("metrics")
+            if type(items) is not list:
+                try:
+                    result.add(*self._point(doc, now_ms))
+                except InvalidInput as exc:
+                    result.rejects.append(Reject(f"{where}{exc}", raw))
+                return
+        elif type(doc) is list:
+            items = doc
+        else:
+            result.rejects.append(
+                Reject(f"{where}not a JSON object or list: {type(doc).__name__}", raw)
+            )
+            return
+        if not items:
+            result.rejects.append(Reject(f"{where}empty batch", raw))
+            return
+        point = self._point
+        add = result.add
+        for index, item in enumerate(items):
+            try:
+                add(*point(item, now_ms))
+            except InvalidInput as exc:
+                result.rejects.append(Reject(f"{where}item {index}: {exc}", _dumps(item)))
+
+    def _point(self, item: Any, now_ms: int) -> tuple[str, int, float]:
+        """(series, ts_ms, value) of one JSON object; raises InvalidInput."""
+        if type(item) is not dict:
+            raise InvalidInput(f"not a JSON object: {type(item).__name__}")
+        labels: dict[str, str] = {}
+        label_obj = item.get(self.labels_field)
+        if label_obj is not None:
+            if type(label_obj) is not dict:
+                raise InvalidInput(
+                    f"field '{self.labels_field}' is not an object: {type(label_obj).__name__}"
+                )
+            for key, val in label_obj.items():
+                if val is not None and key != "__name__":
+                    labels[key] = val if type(val) is str else str(val)
+        for key in self.label_fields:
+            val = item.get(key)
+            if val is not None:
+                labels[key] = val if type(val) is str else str(val)
+
+        name = item.get(self.name_field)
+        if name is None:
+            name = label_obj.get("__name__") if label_obj else None
+            if name is None:
+                name = self.default_name
+                if name is None:
+                    raise InvalidInput(f"missing field '{self.name_field}'")
+        if type(name) is not str or not name:
+            raise InvalidInput(f"name is not a non-empty string: {_show(name)}")
+
+        value = item.get(self.value_field, _MISSING)
+        if value is _MISSING:
+            raise InvalidInput(f"missing field '{self.value_field}'")
+        stamp = item.get(self.timestamp_field, _MISSING)
+        if stamp is _MISSING:
+            raise InvalidInput(f"missing field '{self.timestamp_field}'")
+        number = _to_value(value)
+        ts_ms = self.timestamps.to_ms(stamp, now_ms)
+        return (canonical_series(name, labels) if labels else name), ts_ms, number
+
+
+def _ndjson_lines(raw: bytes) -> list[tuple[int, bytes]] | None:
+    """Numbered non-blank lines if ``raw`` looks like newline-delimited JSON, else None.
+
+    It does when there are several non-blank lines and the first parses on its own; a single
+    broken document spread over lines then stays one reject instead of one per line.
+    """
+    if b"\n" not in raw:
+        return None
+    lines = [(n, line.strip()) for n, line in enumerate(bytes(raw).split(b"\n"), 1)]
+    lines = [(n, line) for n, line in lines if line]
+    if len(lines) < 2:
+        return None
+    try:
+        orjson.loads(lines[0][1])
+    except orjson.JSONDecodeError:
+        return None
+    return lines
+
+
+class PrometheusAdapterParser(JsonParser):
+    """JSON as written by Telefonica's prometheus-kafka-adapter.
+
+    ``{"timestamp": "2024-05-01T12:00:00Z", "value": "0.5", "name": "up",
+    "labels": {"__name__": "up", "job": "node"}}`` — the value is a string (possibly ``"NaN"``,
+    which is rejected); one sample per message, a list of them, or several newline-separated.
+    These are exactly :class:`JsonParser`'s default field names, so this only pins them.
+
+    >>> sample = (b'{"timestamp": "2024-05-01T12:00:00Z", "value": "9876543210", "name": "up",'
+    ...           b' "labels": {"__name__": "up", "label1": "value1"}}')
+    >>> result = PrometheusAdapterParser().parse(sample, now_ms=1_714_564_800_000)
+    >>> result.series, result.ts_ms, result.values
+    (['up{label1="value1"}'], [1714564800000], [9876543210.0])
+    """
+
+    def __init__(self, timestamps: TimestampPolicy | None = None) -> None:
+        super().__init__(timestamps=timestamps)
+
+
+# --------------------------------------------------------------------------- Influx
+
+_INFLUX_BOOLS = {
+    "t": 1.0, "T": 1.0, "true": 1.0, "True": 1.0, "TRUE": 1.0,
+    "f": 0.0, "F": 0.0, "false": 0.0, "False": 0.0, "FALSE": 0.0,
+}  # fmt: skip
+# What a backslash escapes in measurement, tag and field keys/values. Before any other character
+# it is a literal backslash, as in InfluxDB: `my\m` and `my\\m` both mean the name my\m.
+_NAME_ESCAPES = ", =\\"
+_STRING_FIELD = None  # marks a quoted string field among (key, token) pairs
+
+
+class _LineScanner:
+    """Character-level reader for lines with escapes or quoted strings (the rare, slow path)."""
+
+    __slots__ = ("text", "pos")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def read(self, stops: str) -> str:
+        """Read up to an unescaped char in ``stops``; ``\\x`` is ``x`` for escapable ``x``."""
+        text, pos, end = self.text, self.pos, len(self.text)
+        out: list[str] = []
+        while pos < end:
+            char = text[pos]
+            if char == "\\" and pos + 1 < end and text[pos + 1] in _NAME_ESCAPES:
+                out.append(text[pos + 1])
+                pos += 2
+                continue
+            if char in stops:
+                break
+            out.append(char)
+            pos += 1
+        self.pos = pos
+        return "".join(out)
+
+    def skip_quoted(self) -> None:
+        """Step over a double-quoted string field (``\\"`` and ``\\\\`` inside)."""
+        text, pos, end = self.text, self.pos + 1, len(self.text)
+        while pos < end:
+            char = text[pos]
+            if char == "\\":
+                pos += 2
+            elif char == '"':
+                self.pos = pos + 1
+                return
+            else:
+                pos += 1
+        raise InvalidInput("unterminated string field")
+
+    def split_line(self) -> tuple[str, list[tuple[str, str]], list[tuple[str, str | None]], str]:
+        """(measurement, tags, fields, timestamp) with escapes resolved."""
+        measurement = self.read(", ")
+        tags: list[tuple[str, str]] = []
+        while self.peek() == ",":
+            self.pos += 1
+            key = self.read("=, ")
+            if self.peek() != "=":
+                raise InvalidInput(f"invalid tag {_show(key)} (expected key=value)")
+            self.pos += 1
+            tags.append((key, self.read(", ")))
+        if self.peek() != " ":
+            raise InvalidInput("missing fields")
+        while self.peek() == " ":
+            self.pos += 1
+        fields: list[tuple[str, str | None]] = []
+        while True:
+            key = self.read("=, ")
+            if self.peek() != "=":
+                raise InvalidInput(f"invalid field {_show(key)} (expected key=value)")
+            self.pos += 1
+            if self.peek() == '"':
+                self.skip_quoted()
+                fields.append((key, _STRING_FIELD))
+                if self.peek() not in ("", ",", " "):
+                    raise InvalidInput(f"unexpected text after string field {_show(key)}")
+            else:
+                fields.append((key, self.read(", ")))
+            if self.peek() != ",":
+                break
+            self.pos += 1
+        return measurement, tags, fields, self.text[self.pos :].strip()
+
+
+def _influx_number(key: str, token: str) -> float:
+    """One unquoted Influx field value (float, ``12i``, ``12u`` or boolean) as a float.
+
+    >>> [_influx_number("x", t) for t in ("1.5", "-12i", "12u", "true", "F", "1e3")]
+    [1.5, -12.0, 12.0, 1.0, 0.0, 1000.0]
+    """
+    if not token:
+        raise InvalidInput(f"field {_show(key)} has no value")
+    last = token[-1]
+    if last == "i" or last == "u":
+        try:
+            number = int(token[:-1])
+        except ValueError:
+            raise InvalidInput(f"invalid integer field {key}={token}") from None
+        if last == "u" and number < 0:
+            raise InvalidInput(f"negative unsigned field {key}={token}")
+        return float(number)
+    boolean = _INFLUX_BOOLS.get(token)
+    if boolean is not None:
+        return boolean
+    try:
+        value = float(token)
+    except ValueError:
+        raise InvalidInput(f"invalid field value {key}={_show(token)}") from None
+    if value - value != 0.0:  # NaN and ±inf are not valid line protocol
+        raise InvalidInput(f"field {_show(key)} is {'NaN' if value != value else 'infinite'}")
+    return value
+
+
+class InfluxLineParser:
+    """InfluxDB line protocol, as Telegraf's Kafka output writes it.
+
+    ``measurement[,tag=v...] field=value[,field2=value2] [timestamp]``, one or more lines per
+    message; blank and ``#`` lines are ignored. Every numeric field (float, ``12i``, ``12u``,
+    boolean as 1.0/0.0) becomes a point named ``measurement + separator + field`` with the tags
+    as labels — Telegraf's Prometheus naming, including its special case that measurement
+    ``prometheus`` (the prometheus input's ``metric_version = 2``) is left out of the name.
+    String fields are skipped; a line with nothing but string fields is rejected. A missing
+    timestamp means ``now_ms``.
+
+    >>> result = InfluxLineParser().parse(
+    ...     b'disk,path=/data\\\\ 1 used=12i,ro=false,label="x y" 1714564800000000000',
+    ...     now_ms=1_714_564_800_000,
+    ... )
+    >>> list(zip(result.series, result.ts_ms, result.values))
+    [('disk_used{path="/data 1"}', 1714564800000, 12.0), ('disk_ro{path="/data 1"}', 1714564800000, 0.0)]
+    """  # noqa: E501 - a doctest's expected output cannot be wrapped
+
+    def __init__(self, separator: str = "_", timestamps: TimestampPolicy | None = None) -> None:
+        self.separator = separator
+        self.timestamps = timestamps if timestamps is not None else TimestampPolicy(unit="ns")
+
+    def parse(self, raw: bytes, now_ms: int) -> ParseResult:
+        result = ParseResult()
+        try:
+            self._parse_into(raw, now_ms, result)
+        except Exception as exc:  # a parser bug must not kill the stream: dead-letter it
+            return _internal_error(raw, exc)
+        return result
+
+    def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
+        raw_lines: list[bytes] = []
+        try:
+            lines: list[str | None] = list(raw.decode("utf-8").split("\n"))
+        except UnicodeDecodeError:
+            # Decode line by line so one corrupt line costs only itself.
+            raw_lines = bytes(raw).split(b"\n")
+            lines = []
+            for line_bytes in raw_lines:
+                try:
+                    lines.append(line_bytes.decode("utf-8"))
+                except UnicodeDecodeError:
+                    lines.append(None)
+        failures: list[tuple[int, str, bytes]] = []
+        data_lines = 0
+        for lineno, line in enumerate(lines, 1):
+            if line is None:
+                data_lines += 1
+                failures.append((lineno, "invalid UTF-8", raw_lines[lineno - 1].strip()))
+                continue
+            line = line.strip()
+            if not line or line[0] == "#":
+                continue
+            data_lines += 1
+            try:
+                self._line(line, now_ms, result)
+            except InvalidInput as exc:
+                failures.append((lineno, str(exc), line.encode()))
+        if data_lines == 0:
+            result.rejects.append(Reject("empty record", bytes(raw)))
+        elif data_lines == 1 and failures:
+            # A one-line message is the record itself: keep its original bytes.
+            result.rejects.append(Reject(failures[0][1], bytes(raw)))
+        else:
+            for lineno, reason, line_raw in failures:
+                result.rejects.append(Reject(f"line {lineno}: {reason}", line_raw))
+
+    def _line(self, line: str, now_ms: int, result: ParseResult) -> None:
+        """Add the points of one line, all or none; raises InvalidInput."""
+        if "\\" in line or '"' in line:
+            measurement, tags, fields, stamp = _LineScanner(line).split_line()
+        else:
+            # Fast path, most Telegraf lines: nothing escaped, so plain splits are exact.
+            parts = line.split()
+            if len(parts) < 2:
+                raise InvalidInput("missing fields")
+            if len(parts) > 3:
+                raise InvalidInput(
+                    f"{len(parts)} space-separated parts, expected "
+                    "'measurement[,tags] fields [timestamp]' (unescaped space?)"
+                )
+            measurement, *tag_items = parts[0].split(",")
+            tags = []
+            for item in tag_items:
+                key, eq, val = item.partition("=")
+                if not eq:
+                    raise InvalidInput(f"invalid tag {_show(item)} (expected key=value)")
+                tags.append((key, val))
+            fields = []
+            for item in parts[1].split(","):
+                key, eq, val = item.partition("=")
+                if not eq:
+                    raise InvalidInput(f"invalid field {_show(item)} (expected key=value)")
+                fields.append((key, val))
+            stamp = parts[2] if len(parts) == 3 else ""
+
+        if not measurement:
+            raise InvalidInput("missing measurement")
+        labels: dict[str, str] = {}
+        for key, val in tags:
+            if not key or not val:
+                raise InvalidInput(f"empty tag key or value: {_show(key + '=' + val)}")
+            labels[key] = val
+        points: list[tuple[str, float]] = []
+        for key, token in fields:
+            if not key:
+                raise InvalidInput("empty field key")
+            if token is not _STRING_FIELD:
+                points.append((key, _influx_number(key, token)))
+        if not points:
+            raise InvalidInput("no numeric field")
+
+        if stamp:
+            try:
+                epoch = int(stamp)
+            except ValueError:
+                raise InvalidInput(f"invalid timestamp {_show(stamp)}") from None
+            ts_ms = self.timestamps.epoch_to_ms(epoch, now_ms)
+        else:
+            ts_ms = now_ms
+
+        prefix = "" if measurement == "prometheus" else measurement + self.separator
+        first = prefix + points[0][0]
+        series = canonical_series(first, labels) if labels else first
+        # Every field shares the tags: render the label part once, not once per field.
+        suffix = series[len(first) :]
+        add = result.add
+        for key, value in points:
+            add(prefix + key + suffix, ts_ms, value)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+class AutoParser:
+    """Pick the format per message: ``{`` or ``[`` first means JSON, anything else Influx.
+
+    Prometheus-adapter JSON needs no special case: it is JsonParser's default layout.
+
+    >>> parser = AutoParser()
+    >>> now = 1_714_564_800_000
+    >>> parser.parse(b'  [{"name": "up", "value": 1, "timestamp": 1714564800}]', now).series
+    ['up']
+    >>> parser.parse(b'mem used=1i', now).series
+    ['mem_used']
+    """
+
+    def __init__(
+        self, json_parser: JsonParser | None = None, influx_parser: InfluxLineParser | None = None
+    ) -> None:
+        self.json_parser = json_parser if json_parser is not None else JsonParser()
+        self.influx_parser = influx_parser if influx_parser is not None else InfluxLineParser()
+
+    def parse(self, raw: bytes, now_ms: int) -> ParseResult:
+        head = raw.lstrip()[:1]
+        if not head:
+            result = ParseResult()
+            result.rejects.append(Reject("empty record", bytes(raw)))
+            return result
+        if head == b"{" or head == b"[":
+            return self.json_parser.parse(raw, now_ms)
+        return self.influx_parser.parse(raw, now_ms)
+
+
+def make_parser(fmt: str, **options: Any) -> Parser:
+    """A parser for ``fmt`` ("json", "prometheus", "influx" or "auto"), built from ``options``.
+
+    Options are the parser's constructor arguments; ``timestamps`` may be a mapping of
+    :class:`TimestampPolicy` arguments (handy from config files). For "auto", ``separator`` and
+    ``influx_timestamps`` go to the Influx parser, the rest to the JSON one; unless told
+    otherwise Influx uses the JSON policy's limits with nanosecond epochs.
+
+    >>> make_parser("influx", separator=".").parse(b"cpu idle=1", now_ms=1).series
+    ['cpu.idle']
+    >>> make_parser("json", timestamps={"unit": "ms"}).timestamps
+    TimestampPolicy(max_future_s=86400, max_past_s=315360000, unit='ms')
+    """
+    for key in ("timestamps", "influx_timestamps"):
+        if isinstance(options.get(key), Mapping):
+            options[key] = TimestampPolicy(**options[key])
+    kind = fmt.strip().lower()
+    if kind == "json":
+        return JsonParser(**options)
+    if kind == "prometheus":
+        return PrometheusAdapterParser(**options)
+    if kind == "influx":
+        return InfluxLineParser(**options)
+    if kind == "auto":
+        influx_options: dict[str, Any] = {"timestamps": options.pop("influx_timestamps", None)}
+        if "separator" in options:
+            influx_options["separator"] = options.pop("separator")
+        json_parser = JsonParser(**options)
+        if influx_options["timestamps"] is None:
+            influx_options["timestamps"] = json_parser.timestamps.with_unit("ns")
+        return AutoParser(json_parser, InfluxLineParser(**influx_options))
+    raise ValueError(f"unknown format {fmt!r}; expected json, prometheus, influx or auto")
+
+
+def _internal_error(raw: bytes, exc: Exception) -> ParseResult:
+    """The whole record dead-lettered because the parser itself failed (a bug, not bad input)."""
+    result = ParseResult()
+    result.rejects.append(Reject(f"parser error: {type(exc).__name__}: {exc}", bytes(raw)))
+    return result

@@ -1,0 +1,87 @@
+"""One settings object for the whole worker, read from ``VIGIL_*`` environment variables.
+
+Nested detector knobs use a double underscore: ``VIGIL_DETECTOR__Z_OPEN=7``. A ``.env``
+file in the working directory is read too. Every field is documented in the README.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from vigil.detectors.online import DetectorParams
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Everything the worker, the CLI and the demo read; defaults suit a local setup."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VIGIL_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    app_id: str = Field("vigil", description="Faust app id = Kafka consumer group.")
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
+    input_topics: Annotated[list[str], NoDecode] = Field(["metrics"], description="Metric topics to consume.")
+    input_pattern: str | None = Field(
+        None, description="Regex of metric topics; resolved to names at start (and re-checked)."
+    )
+    input_format: Literal["auto", "json", "influx", "prometheus"] = "auto"
+    json_name_field: str = "name"
+    json_value_field: str = "value"
+    json_timestamp_field: str = "timestamp"
+    json_labels_field: str = "labels"
+    json_label_fields: Annotated[list[str], NoDecode] = Field(
+        [], description="Top-level JSON fields that become labels (e.g. host)."
+    )
+    max_future_s: float = Field(86_400, description="Reject timestamps further ahead than this.")
+    max_past_s: float = Field(3_650 * 86_400, description="Reject timestamps older than this.")
+
+    max_points_per_message: int = Field(
+        5_000, description="Largest routed message on the internal topic, in points."
+    )
+    points_topic: str = "vigil-points"
+    points_partitions: int = Field(8, ge=1, description="Partitions of the internal topic.")
+    anomalies_topic: str = "vigil-anomalies"
+    deadletter_topic: str = "vigil-deadletter"
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = Field("vigil:", description="Prefix of every Redis key vigil writes.")
+    max_cached_series: int = Field(
+        500_000, description="Series states kept in worker memory before the cache is reset."
+    )
+
+    ingest_batch: int = Field(2_000, description="Input messages per batch (Faust take).")
+    detect_batch: int = Field(500, description="Routed messages per detection batch.")
+    batch_window_s: float = Field(0.05, description="Longest wait to fill a batch.")
+    session_timeout_s: float = Field(
+        6.0, description="Kafka consumer session timeout; a new member joins after half of it."
+    )
+
+    web_enabled: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    log_level: str = "info"
+
+    detector: DetectorParams = DetectorParams()
+
+    @field_validator("input_topics", "json_label_fields", mode="before")
+    @classmethod
+    def _split_list(cls, value):
+        # From the environment accept "a,b,c" as well as a JSON list.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [t.strip() for t in text.split(",") if t.strip()]
+        return value
+
+    @property
+    def broker_url(self) -> str:
+        """The Faust broker URL (aiokafka transport; see docs/infrastructure)."""
+        hosts = ";".join(f"kafka://{h.strip()}" for h in self.kafka_bootstrap.split(","))
+        return hosts

@@ -1,0 +1,132 @@
+"""Series state in Redis: one compact binary key per series, read and written in batches.
+
+Key ``{prefix}state:{series id}`` holds ``b"VGS" + version byte + one STATE_DTYPE record``
+(about 1.3 KB). The record carries the series' watermark, so the state and the watermark
+are written together, in one pipeline per batch, before the batch's offsets are committed.
+Redis is the source of truth across restarts and rebalances; the worker keeps a copy of
+the states it owns in memory and only reads Redis on first touch.
+
+A Redis that restarts or drops the connection is retried with exponential backoff (the
+batch waits; nothing is lost and the worker does not crash).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
+
+from vigil.detectors.online import STATE_DTYPE, new_state_bank
+
+__all__ = ["FORMAT_VERSION", "RedisStateStore", "StateFormatError", "pack", "unpack"]
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"VGS"
+FORMAT_VERSION = 1
+HEADER = MAGIC + bytes([FORMAT_VERSION])
+RECORD_BYTES = STATE_DTYPE.itemsize
+VALUE_BYTES = len(HEADER) + RECORD_BYTES
+
+
+class StateFormatError(ValueError):
+    """A stored state that this version of vigil cannot read."""
+
+
+def pack(bank: np.ndarray) -> list[bytes]:
+    """One Redis value per row of ``bank``."""
+    raw = np.ascontiguousarray(bank).tobytes()
+    return [HEADER + raw[i : i + RECORD_BYTES] for i in range(0, len(raw), RECORD_BYTES)]
+
+
+def unpack(values: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """A bank with one row per value (fresh rows where None) and the mask of found ones.
+
+    >>> bank = new_state_bank(2); bank["n_steps"] = [3, 4]
+    >>> restored, found = unpack(pack(bank) + [None])
+    >>> restored["n_steps"].tolist(), found.tolist()
+    ([3, 4, 0], [True, True, False])
+    """
+    bank = new_state_bank(len(values))
+    found = np.zeros(len(values), bool)
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if len(value) != VALUE_BYTES or value[:3] != MAGIC:
+            raise StateFormatError(f"not a vigil state record ({len(value)} bytes)")
+        if value[3] != FORMAT_VERSION:
+            raise StateFormatError(f"state format version {value[3]}, expected {FORMAT_VERSION}")
+        bank[i] = np.frombuffer(value, STATE_DTYPE, count=1, offset=len(HEADER))[0]
+        found[i] = True
+    return bank, found
+
+
+def _retrying() -> AsyncRetrying:
+    # Retry for as long as Redis is away: losing state would be worse than waiting.
+    return AsyncRetrying(
+        retry=retry_if_exception_type((ConnectionError, TimeoutError, BusyLoadingError, OSError)),
+        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+
+
+class RedisStateStore:
+    """Batched state reads and writes; the worker's in-memory copy sits in front of it.
+
+    Parameters
+    ----------
+    client
+        A ``redis.asyncio.Redis`` (binary responses, i.e. ``decode_responses=False``).
+    prefix
+        Prefix of every key, so several deployments (or tests) share one Redis.
+    """
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
+        self.client = client
+        self.prefix = prefix
+        self.last_latency_s = 0.0
+
+    def key(self, series: str) -> str:
+        return f"{self.prefix}state:{series}"
+
+    async def load(self, series: Sequence[str]) -> list[bytes | None]:
+        """The stored values of ``series`` (None where a series is new), in one MGET."""
+        if not series:
+            return []
+        keys = [self.key(s) for s in series]
+        started = time.perf_counter()
+        async for attempt in _retrying():
+            with attempt:
+                values = await self.client.mget(keys)
+        self.last_latency_s = time.perf_counter() - started
+        return values
+
+    async def save(self, series: Sequence[str], values: Sequence[bytes], points: int = 0) -> None:
+        """Write states (and count ``points`` processed) atomically, in one pipeline."""
+        if not series:
+            return
+        mapping = {self.key(s): v for s, v in zip(series, values, strict=True)}
+        started = time.perf_counter()
+        async for attempt in _retrying():
+            with attempt:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    pipe.mset(mapping)
+                    if points:
+                        pipe.hincrby(f"{self.prefix}stats", "points_processed", points)
+                    await pipe.execute()
+        self.last_latency_s = time.perf_counter() - started
+
+    async def count_processed(self, field: str = "points_processed") -> int:
+        value = await self.client.hget(f"{self.prefix}stats", field)
+        return int(value or 0)
