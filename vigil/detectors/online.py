@@ -111,6 +111,7 @@ STATE_DTYPE = np.dtype(
         # seasonal profiles
         ("daily", "f4", (DAILY_SLOTS,)),
         ("weekly", "f4", (WEEKLY_SLOTS,)),
+        ("mad_hourly", "f4", (24,)),
     ]
 )
 
@@ -146,6 +147,7 @@ class DetectorParams:
     trend_halflife_s: float = 86_400.0
     slow_level_halflife_s: float = 86_400.0
     scale_halflife_s: float = 6 * 3_600.0
+    hourly_scale_halflife_days: float = 3.0
     daily_halflife_days: float = 3.0
     weekly_halflife_weeks: float = 2.0
     seasonality_halflife_s: float = 3 * 86_400.0
@@ -241,6 +243,8 @@ class OnlineDetector:
         self._a_var = 2.0 / (p.variance_window_steps + 1.0)
         self._a_spread = _alpha(s, p.spread_halflife_s)
         self._daily_min_steps = p.daily_min_days * 86_400 / s
+        self._day_steps = 86_400 / s
+        self._a_hour = _alpha(s, p.hourly_scale_halflife_days * 3600.0)
         self._weekly_min_steps = p.weekly_min_days * 86_400 / s
         # Spread of a short EW mean of iid N(0,1) — the floor of the level statistic's spread.
         self._level_floor = float(np.sqrt(self._a_short / (2.0 - self._a_short)))
@@ -349,7 +353,13 @@ class OnlineDetector:
         forecast = st["level"] + st["trend"]
         expected = forecast + season
         r = y - expected
-        sigma = 1.2533 * st["mad"]
+        # Noise often follows the day (busy hours are noisier): after a day, the scale is the
+        # hour's own, but never under a third of the overall one.
+        hour_pos = (t % DAY_MS) / 3_600_000.0
+        mad_hour, h0, h1, hw = _interp(st["mad_hourly"], rows, hour_pos)
+        hours_known = n >= self._day_steps
+        mad = np.where(hours_known, np.maximum(mad_hour, st["mad"] / 3.0), st["mad"])
+        sigma = 1.2533 * mad
         sigma = np.maximum(sigma, 1e-9 + 1e-6 * np.abs(st["slow_level"]))
         z = r / sigma
         zc = np.clip(z, -4.0, 4.0)
@@ -419,6 +429,15 @@ class OnlineDetector:
         abs_r = np.abs(r)
         abs_r = np.where(n >= 3, np.minimum(abs_r, 4.0 * np.maximum(sigma, 1e-300)), abs_r)
         st["mad"] = np.where(learn, (1 - a_mad) * st["mad"] + a_mad * abs_r, st["mad"])
+        hourly = st["mad_hourly"]
+        first_day = np.flatnonzero(~hours_known)
+        if len(first_day):
+            hourly[first_day] = st["mad"][first_day, None]
+        else:
+            # Move the two interpolating hour slots towards |r| (no mean constraint here).
+            step = np.where(learn, self._a_hour * (abs_r - mad_hour), 0.0)
+            hourly[rows, h0] += ((1.0 - hw) * step).astype(np.float32)
+            hourly[rows, h1] += (hw * step).astype(np.float32)
         st["level"], st["trend"] = level, trend
 
         # Slow baseline, profiles and seasonality variances learn from calm steps only.

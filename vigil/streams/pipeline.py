@@ -73,11 +73,12 @@ def route(
             group[0].append(s)
             group[1].append(t)
             group[2].append(v)
-    return [
-        (p, encode_points(s[lo : lo + max_points], t[lo : lo + max_points], v[lo : lo + max_points]))
-        for p, (s, t, v) in groups.items()
-        for lo in range(0, len(s), max_points)
-    ]
+    messages = []
+    for p, (s, t, v) in groups.items():
+        for lo in range(0, len(s), max_points):
+            hi = lo + max_points
+            messages.append((p, encode_points(s[lo:hi], t[lo:hi], v[lo:hi])))
+    return messages
 
 
 def decode_points(messages: Iterable[bytes]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ replay against the data's own clock (``speed=10_000`` plays a month in about fou
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -52,6 +53,15 @@ def encode_messages(
             raise ValueError(f"unknown replay format {fmt!r}; use json or influx")
 
 
+def _key_groups(series: list[str], groups: int) -> list[tuple[bytes, np.ndarray]]:
+    """Rows of a chunk grouped by the message key of their series (order kept)."""
+    keys = np.fromiter((zlib.crc32(s.encode()) % groups for s in series), np.int64, len(series))
+    order = np.argsort(keys, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1], True])
+    spans = zip(bounds[:-1], bounds[1:], strict=True)
+    return [(str(keys[order[lo]]).encode(), order[lo:hi]) for lo, hi in spans]
+
+
 def _influx_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
@@ -79,8 +89,14 @@ def replay(
     fmt: str = "json",
     shift_to_ms: int | None = None,
     progress: Callable[[int], None] | None = None,
+    key_groups: int = 64,
 ) -> int:
-    """Produce every point of ``dataset`` to ``topic``; returns the number of points sent."""
+    """Produce every point of ``dataset`` to ``topic``; returns the number of points sent.
+
+    Like a real exporter, every series keeps to one message key (one of ``key_groups``), so
+    its points stay on one partition and in time order — the worker drops points older
+    than a series' watermark.
+    """
     producer = make_producer(bootstrap)
     errors: list[str] = []
 
@@ -96,17 +112,21 @@ def replay(
     ):
         if data_start is None and len(ts):
             data_start = int(ts[0])
-        for payload, n in encode_messages(series, ts, values, batch, fmt):
-            while True:
-                try:
-                    producer.produce(topic, payload, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            producer.poll(0)
-            sent += n
-            if progress:
-                progress(n)
+        for key, rows in _key_groups(series, key_groups):
+            payloads = encode_messages(
+                [series[i] for i in rows], ts[rows], values[rows], batch, fmt
+            )
+            for payload, n in payloads:
+                while True:
+                    try:
+                        producer.produce(topic, payload, key=key, on_delivery=on_delivery)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+                producer.poll(0)
+                sent += n
+                if progress:
+                    progress(n)
         if speed > 0 and data_start is not None:
             due = (int(ts[-1]) - data_start) / 1000 / speed
             ahead = due - (time.monotonic() - wall_start)

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
 
     app_id: str = Field("vigil", description="Faust app id = Kafka consumer group.")
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
-    input_topics: Annotated[list[str], NoDecode] = Field(["metrics"], description="Metric topics to consume.")
+    input_topics: Annotated[list[str], NoDecode] = Field(
+        ["metrics"], description="Metric topics to consume."
+    )
     input_pattern: str | None = Field(
         None, description="Regex of metric topics; resolved to names at start (and re-checked)."
     )
