@@ -185,7 +185,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     @app.page("/metrics")
     async def prometheus_metrics(web, request):
         body, content_type = metrics.exposition()
-        return web.bytes(body, content_type=content_type)
+        # aiohttp refuses a charset inside content_type=; pass the header as it is.
+        return web.bytes(body, headers={"Content-Type": content_type})
 
     @app.page("/health")
     async def health(web, request):

@@ -153,6 +153,7 @@ class WorkerProcess:
         import sys
 
         self.log_path = log_path
+        self.env = env
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         full_env = dict(os.environ)
         full_env.update(env)

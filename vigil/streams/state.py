@@ -75,7 +75,7 @@ def _retrying() -> AsyncRetrying:
     # Retry for as long as Redis is away: losing state would be worse than waiting.
     return AsyncRetrying(
         retry=retry_if_exception_type((ConnectionError, TimeoutError, BusyLoadingError, OSError)),
-        wait=wait_exponential_jitter(initial=0.1, max=5.0),
+        wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     )

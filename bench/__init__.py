@@ -1,0 +1,8 @@
+"""Benchmarks of vigil: the numpy detector alone and the whole worker end to end.
+
+``vigil bench`` (see :mod:`bench.run`) prints one ``name: value unit`` line per figure:
+
+* :mod:`bench.detector` — the detector's batch path on a bank of series states, no I/O;
+* :mod:`bench.pipeline` — points/s and produce-to-anomaly latency through an embedded
+  Kafka-protocol broker, one ``vigil worker`` process and Redis.
+"""

