@@ -1,0 +1,35 @@
+# vigil — the two commands a newcomer needs:
+#   make demo   set up .venv and run the demo (embedded broker and Redis, generated telemetry)
+#   make test   set up .venv and run the test suite (real broker and Redis)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test bench lint setup clean
+
+$(BIN)/vigil: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $@
+
+setup: $(BIN)/vigil
+
+demo: $(BIN)/vigil
+	$(BIN)/vigil demo
+
+test: $(BIN)/vigil
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/vigil
+	$(BIN)/vigil bench
+
+lint: $(BIN)/vigil
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache artifacts
