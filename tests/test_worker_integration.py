@@ -292,3 +292,62 @@ def test_worker_rides_out_a_redis_restart_without_losing_points(stack: Stack):
         assert worker.alive()
     finally:
         server.stop()
+
+
+def test_new_topic_matching_the_pattern_is_picked_up(stack: Stack):
+    first = f"{stack.input_topic}-a"
+    create_topics(stack.broker, {first: 1})
+    worker = stack.start_worker(
+        VIGIL_INPUT_PATTERN=f"{stack.input_topic}-.*", VIGIL_PATTERN_REFRESH_S="1"
+    )
+    now_ms = time.time_ns() // 1_000_000
+    producer = Producer({"bootstrap.servers": stack.broker})
+    producer.produce(first, orjson.dumps({"name": "a", "timestamp": now_ms, "value": 1}))
+    producer.flush(10)
+    stack.wait_processed(1, worker, timeout=60)
+    later = f"{stack.input_topic}-b"
+    create_topics(stack.broker, {later: 1})
+    producer.produce(later, orjson.dumps({"name": "b", "timestamp": now_ms, "value": 1}))
+    producer.flush(10)
+    stack.wait_processed(2, worker, timeout=60)
+    assert "restarting the worker to resubscribe" in worker.log_path.read_text()
+
+
+def test_two_workers_share_the_partitions_and_detect_as_one(stack: Stack):
+    telemetry = _month(days=10, seed=3)
+    collector = TopicCollector(stack.broker, [stack.anomalies_topic])
+    workers = [stack.start_worker(), stack.start_worker()]
+
+    def detected(worker) -> float:
+        port = int(worker.env["VIGIL_WEB_PORT"])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        for line in text.decode().splitlines():
+            if line.startswith("vigil_points_detected_total "):
+                return float(line.split()[1])
+        return 0.0
+
+    try:
+        # Both members joined the group before any data flows.
+        wait_until(
+            lambda: all("Setting newly assigned partitions" in w.log_path.read_text()
+                        for w in workers),
+            30, "both workers to be assigned partitions",
+        )
+        time.sleep(4)  # the second join triggers one more rebalance
+        sent = replay(telemetry, stack.broker, stack.input_topic, batch=100)
+        stack.wait_processed(sent, workers[0], timeout=120)
+        expected = _expected_events(telemetry, stack)
+        wait_until(
+            lambda: len(collector.values(stack.anomalies_topic)) >= len(expected),
+            30, "all anomaly events",
+        )
+        time.sleep(1)
+        events = _events(collector, stack.anomalies_topic)
+        shares = [detected(w) for w in workers]
+    finally:
+        collector.close()
+    assert all(s > 0 for s in shares), f"one worker did all the work: {shares}"
+    assert sum(shares) == sent
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {e["event_id"] for e in expected}

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import re
+import signal
 import time
 
 import faust
@@ -200,7 +202,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
 
     if settings.input_pattern:
 
-        @app.timer(60.0)
+        @app.timer(settings.pattern_refresh_s)
         async def watch_pattern() -> None:
             current = await asyncio.get_running_loop().run_in_executor(
                 None, resolve_topics, settings
@@ -212,9 +214,10 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
                     ", ".join(sorted(set(current) ^ set(topics))),
                 )
                 metrics.RESUBSCRIBES.inc()
-                # The CLI loop restarts the app with the new topic set.
+                # Stop gracefully (commits offsets) as on SIGTERM; the CLI then execs a fresh
+                # worker that subscribes to the new set.
                 app.vigil_restart = True
-                await app.stop()
+                os.kill(os.getpid(), signal.SIGTERM)
 
     app.vigil_restart = False
     return app

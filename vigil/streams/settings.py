@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     input_pattern: str | None = Field(
         None, description="Regex of metric topics; resolved to names at start (and re-checked)."
     )
+    pattern_refresh_s: float = Field(
+        60.0, description="How often the input pattern is resolved again."
+    )
     input_format: Literal["auto", "json", "influx", "prometheus"] = "auto"
     json_name_field: str = "name"
     json_value_field: str = "value"
