@@ -14,12 +14,13 @@ state the target is about.
 
 from __future__ import annotations
 
+import os
 import time
 from functools import lru_cache
 
 import numpy as np
 
-from bench.report import Figure, info
+from bench.report import CpuMeter, Figure, info
 from vigil.detectors.online import OnlineDetector, new_state_bank
 from vigil.streams.state import VALUE_BYTES
 
@@ -96,7 +97,9 @@ def detector_figures(
     figures = []
     for n_series, rounds in sizes.items():
         info(f"detector core: {n_series:,} series, {rounds} timed rounds after {skip}")
+        meter = CpuMeter({"bench": os.getpid()})
         rate = points_per_second(n_series, rounds, skip=skip, learn_steps=learn_steps)
+        info(f"detector core: {n_series:,} series: {rate:,.0f} points/s; {meter.report()}")
         figures.append(Figure(f"detector_core_{_label(n_series)}_series", rate, "points/s"))
     # What Redis stores per series: a 4-byte header (magic + format version) + one record.
     figures.append(Figure("state_bytes_per_series", VALUE_BYTES, "bytes"))

@@ -6,10 +6,12 @@ Redis prefix, and a worker process started for it alone, so nothing carries over
 * **Throughput.** The worker is started and made ready first (a probe point has gone all
   the way through: group joined, Redis connected). Then the whole workload — a fleet of
   series, one point per series per minute, consecutive minutes — is produced at once,
-  far faster than the worker consumes it, and the figure is all points over the time from
-  the first produce call to the moment the Redis counter ``points_processed`` says the last
-  point is detected. Start-up and group join are outside that window; the pipeline's fill
-  and drain are inside it (conservative by one batch latency).
+  far faster than the worker consumes it. The timed window opens when the worker's ingest
+  counter first moves (an idle worker only sees new data when the broker answers its
+  pending long poll, a broker artefact that is not throughput) and closes when the Redis
+  counter ``points_processed`` says the last point is detected; the points of the first
+  ingest batch are not credited. Start-up and group join are outside the window; draining
+  the internal topic at the end is inside it. The run's whole span is logged as well.
 * **Latency.** The detector scores only after 60 warm-up steps, so ~90 minutes of normal
   data are fed first, as fast as possible. Then a paced stream at a given rate (half the
   measured saturation rate) carries planted spikes. A spike at minute ``m`` is scored when
@@ -33,12 +35,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 import redis
 
-from bench.report import info
+from bench.report import CpuMeter, info
 from vigil.streams.embedded import (
     WorkerProcess,
     create_topics,
@@ -47,6 +50,9 @@ from vigil.streams.embedded import (
     start_redis,
 )
 from vigil.streams.replay import make_producer
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
 
 __all__ = [
     "LatencyResult",
@@ -74,32 +80,6 @@ class Services:
     bootstrap: str
     redis_url: str
     pids: dict[str, int] = field(default_factory=dict)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far; 0 where /proc cannot tell."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU seconds each of some processes used between construction and :meth:`report`."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = dict(pids)
-        self.start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
-        self.started = time.monotonic()
-
-    def report(self) -> str:
-        wall = time.monotonic() - self.started
-        used = {name: cpu_seconds(pid) - self.start[name] for name, pid in self.pids.items()}
-        parts = [f"{name} {seconds / wall:.0%}" for name, seconds in used.items()]
-        return f"CPU over {wall:.1f} s (100 % = one core): " + ", ".join(parts)
 
 
 @contextlib.contextmanager
@@ -187,6 +167,7 @@ class Worker:
 
     def __init__(self, svc: Services, run: Run, stack: contextlib.ExitStack) -> None:
         datadir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vigil-bench-"))
+        stack.callback(_delete_keys, svc.redis_url, run.prefix)
         log_path = Path(tempfile.gettempdir()) / f"vigil-{run.run_id}-worker.log"
         env = run.worker_env(svc, datadir)
         self.metrics_url = f"http://127.0.0.1:{env['VIGIL_WEB_PORT']}/metrics"
@@ -233,7 +214,7 @@ class Worker:
             time.sleep(poll_s)
 
 
-def _make_ready(worker: Worker, producer, topic: str, at_ms: int) -> None:
+def _make_ready(worker: Worker, producer: Producer, topic: str, at_ms: int) -> None:
     """Send one probe point and wait until it is detected: the worker is then live."""
     payload = orjson.dumps([{"name": PROBE_SERIES, "labels": {}, "timestamp": at_ms, "value": 0}])
     producer.produce(topic, payload, key=b"probe")
@@ -241,6 +222,14 @@ def _make_ready(worker: Worker, producer, topic: str, at_ms: int) -> None:
     started = time.monotonic()
     worker.wait_processed(1)
     info(f"worker ready {time.monotonic() - started:.1f} s after the probe was sent")
+
+
+def _delete_keys(redis_url: str, prefix: str) -> None:
+    # A shared Redis (VIGIL_REDIS_URL) should not keep a benchmark's states.
+    with contextlib.suppress(Exception), redis.Redis.from_url(redis_url) as client:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=10_000))
+        for lo in range(0, len(keys), 10_000):
+            client.unlink(*keys[lo : lo + 10_000])
 
 
 def _delete_topics(bootstrap: str, topics: list[str]) -> None:
@@ -300,9 +289,7 @@ class Workload:
         """One normal value per series for ``minute``."""
         return self.level + self._rng.normal(0.0, 1.0, self.n_series) * self.noise
 
-    def messages(
-        self, minute: int, values: np.ndarray
-    ) -> list[tuple[bytes, bytes, int]]:
+    def messages(self, minute: int, values: np.ndarray) -> list[tuple[bytes, bytes, int]]:
         """``(key, payload, first series index)`` of every message of ``minute``."""
         ts = self.minute_ms(minute)
         texts = [f'{ts},"value":{v!r}}}' for v in values.tolist()]
@@ -319,7 +306,7 @@ def _minute_floor(ms: int) -> int:
     return ms - ms % MINUTE_MS
 
 
-def _produce_all(producer, topic: str, payloads: list[tuple[bytes, bytes, int]]) -> None:
+def _produce_all(producer: Producer, topic: str, payloads: list[tuple[bytes, bytes, int]]) -> None:
     for key, payload, _ in payloads:
         while True:
             try:
@@ -555,6 +542,7 @@ def measure_latency(
 
         sent_at: dict[tuple[int, int], float] = {}  # (minute, first series of message) → time
         interval = per_message / rate
+        meter = CpuMeter({"worker": worker.process.process.pid, **svc.pids})
         paced_start = time.monotonic()
         i = 0
         for m, msgs in paced:
@@ -569,9 +557,11 @@ def measure_latency(
                 i += 1
         producer.flush(30)
         paced_elapsed = time.monotonic() - paced_start
+        info(f"latency: paced phase {meter.report()}")
         worker.wait_processed(base + minutes * n_series)
         time.sleep(1.0)  # the last events are on their way to the reader
         arrivals = list(reader.arrivals)
+        del producer
 
     latencies: list[tuple[int, float]] = []  # (spike minute, seconds)
     for arrived, raw in arrivals:

@@ -638,3 +638,67 @@ def test_score_one_predicts_without_learning():
     det.learn_one(probe_ts, float(DAILY[DAY] + 20 * SIGMA))
     (closed,) = det.learn_one(probe_ts + MINUTE, float(DAILY[DAY + 1]))
     assert closed.score == pytest.approx(extreme)
+
+
+def test_results_do_not_depend_on_which_series_share_a_batch():
+    # A mature series processed alone, and again next to a series that starts on day 3
+    # (warm-up, first day of hourly scales) in the very same batches: identical bits.
+    rng = np.random.default_rng(11)
+    n = 5 * 1440
+    minutes = np.arange(n)
+    t = T0 + 60_000 * minutes
+    mature = 20 + 10 * np.exp(-(((minutes % 1440) / 60 - 14) / 3.5) ** 2) + rng.normal(0, 1, n)
+    young = 5 + rng.normal(0, 0.5, n)
+    young_from = 3 * 1440
+
+    def run(with_young: bool) -> StepResults:
+        det, bank = OnlineDetector(), new_state_bank(2)
+        parts = []
+        for lo in range(0, n, 700):
+            hi = min(lo + 700, n)
+            idx, ts, vs = [np.zeros(hi - lo, int)], [t[lo:hi]], [mature[lo:hi]]
+            if with_young and hi > young_from:
+                a = max(lo, young_from)
+                idx.append(np.ones(hi - a, int))
+                ts.append(t[a:hi])
+                vs.append(young[a:hi])
+            r = det.process(bank, np.concatenate(idx), np.concatenate(ts), np.concatenate(vs))
+            keep = r.steps.index == 0
+            parts.append((r.expected[keep], r.z[keep], r.event[keep]))
+        return [np.concatenate(x) for x in zip(*parts, strict=True)]
+
+    alone, together = run(False), run(True)
+    for a, b in zip(alone, together, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_random_batch_splits_of_generated_telemetry_give_identical_state():
+    from vigil.detectors.datasets import iter_points_in_time_order
+    from vigil.detectors.synthetic import generate_telemetry
+
+    telemetry = generate_telemetry(
+        hosts=1, metrics=["cpu_usage_percent", "network_rx_bytes", "memory_used_percent"],
+        days=4, seed=4, start_ms=T0,
+    )
+    ids = sorted(telemetry.series)
+    row = {s: i for i, s in enumerate(ids)}
+    series, ts, values = [], [], []
+    for s, t, v in iter_points_in_time_order(telemetry, chunk=100_000):
+        series += s
+        ts.append(t)
+        values.append(v)
+    index = np.array([row[s] for s in series])
+    ts, values = np.concatenate(ts), np.concatenate(values)
+
+    def final_state(cuts) -> np.ndarray:
+        det, bank = OnlineDetector(), new_state_bank(len(ids))
+        bounds = [0, *cuts, len(index)]
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            det.process(bank, index[lo:hi], ts[lo:hi], values[lo:hi])
+        return bank
+
+    reference = final_state([])
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        cuts = sorted(rng.choice(len(index), 200, replace=False).tolist())
+        assert final_state(cuts).tobytes() == reference.tobytes()

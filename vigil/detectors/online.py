@@ -198,6 +198,28 @@ class StepResults:
         return np.flatnonzero(self.event)
 
 
+def _log(x: np.ndarray) -> np.ndarray:
+    """Natural log from exactly rounded operations only (positive ``x``).
+
+    ``np.log`` may take a vectorised path for some elements of an array and a scalar one for
+    others, with results a unit in the last place apart; the detector's decisions would then
+    depend on how a batch happened to be split. ``x = m·2^e`` (exact, ``frexp``) and
+    ``ln m = 2·atanh(u)``, ``u = (m−1)/(m+1)``, summed to u⁹ (error < 1e-6 for m in [½, 1)).
+
+    >>> bool(np.allclose(_log(np.array([1e-3, 0.5, 1.0, 7.0, 1e12])),
+    ...                  np.log([1e-3, 0.5, 1.0, 7.0, 1e12]), rtol=0, atol=1e-6))
+    True
+    """
+    m, e = np.frexp(x)
+    u = (m - 1.0) / (m + 1.0)
+    u2 = u * u
+    series = u * (1.0 + u2 * (1.0 / 3.0 + u2 * (1.0 / 5.0 + u2 * (1.0 / 7.0 + u2 / 9.0))))
+    return 2.0 * series + e * _LN2
+
+
+_LN2 = 0.6931471805599453
+
+
 def _interp(profile: np.ndarray, rows: np.ndarray, pos: np.ndarray):
     """Linear interpolation in cyclic slot profiles; returns value, slots and weights."""
     n = profile.shape[1]
@@ -389,10 +411,10 @@ class OnlineDetector:
             1.25 * st["var_spread"], self._var_floor
         )
         # Total variation on a log scale: the ratio of two EW means is right-skewed.
-        log_ratio = np.log(np.maximum(tv_short, 1e-300) / np.maximum(tv_long, 1e-300))
+        log_ratio = _log(np.maximum(tv_short, 1e-300) / np.maximum(tv_long, 1e-300))
         log_ratio = np.where(tv_long > 0, np.clip(log_ratio, -20.0, 20.0), 0.0)
         stat_osc = log_ratio / np.maximum(1.25 * st["tv_spread"], self._tv_floor)
-        rare = -np.log(np.clip(st["zero_rate"], 1e-3, 0.999))
+        rare = -_log(np.clip(st["zero_rate"], 1e-3, 0.999))
         stat_flat = np.where(
             flat_run >= p.flat_min_steps, np.sqrt(2.0 * flat_run * rare), 0.0
         )
@@ -429,15 +451,15 @@ class OnlineDetector:
         abs_r = np.abs(r)
         abs_r = np.where(n >= 3, np.minimum(abs_r, 4.0 * np.maximum(sigma, 1e-300)), abs_r)
         st["mad"] = np.where(learn, (1 - a_mad) * st["mad"] + a_mad * abs_r, st["mad"])
+        # Move the two interpolating hour slots towards |r| (no mean constraint here); during
+        # a series' first day every slot simply follows the overall scale.
         hourly = st["mad_hourly"]
+        step = np.where(learn & hours_known, self._a_hour * (abs_r - mad_hour), 0.0)
+        hourly[rows, h0] += ((1.0 - hw) * step).astype(np.float32)
+        hourly[rows, h1] += (hw * step).astype(np.float32)
         first_day = np.flatnonzero(~hours_known)
         if len(first_day):
             hourly[first_day] = st["mad"][first_day, None]
-        else:
-            # Move the two interpolating hour slots towards |r| (no mean constraint here).
-            step = np.where(learn, self._a_hour * (abs_r - mad_hour), 0.0)
-            hourly[rows, h0] += ((1.0 - hw) * step).astype(np.float32)
-            hourly[rows, h1] += (hw * step).astype(np.float32)
         st["level"], st["trend"] = level, trend
 
         # Slow baseline, profiles and seasonality variances learn from calm steps only.

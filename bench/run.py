@@ -1,0 +1,123 @@
+"""``vigil bench``: run every benchmark and print one ``name: value unit`` line per figure.
+
+Stdout gets a ``machine:`` line and then the figures as they are measured; progress and
+diagnostics (CPU use per process, the windows measured) go to stderr. ``quick=True`` uses
+sizes that finish in well under a minute on a 2-core machine; the full run takes a few
+minutes and its end-to-end figures are steadier (start-up and drain weigh less).
+
+The figures, in order:
+
+1. ``detector_core_10k_series`` / ``detector_core_100k_series`` — the numpy detector alone
+   (:mod:`bench.detector`), and ``state_bytes_per_series``;
+2. ``e2e_batched_100_points_per_message`` / ``e2e_one_point_per_message`` — one worker
+   process end to end, saturated (:func:`bench.pipeline.measure_throughput`);
+3. ``latency_p50`` / ``latency_p99`` — produce → anomaly event at half the batched
+   saturation rate (:func:`bench.pipeline.measure_latency`), with ``latency_load`` (the rate
+   actually produced) and ``latency_samples`` (spikes matched to their event).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from bench.detector import detector_figures
+from bench.pipeline import measure_latency, measure_throughput, services
+from bench.report import Figure, info, machine_line
+
+__all__ = ["FULL", "QUICK", "Sizes", "run_all", "run_detector"]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each benchmark does."""
+
+    detector_rounds: dict[int, int]  # series → timed rounds (one point per series each)
+    detector_skip: int
+    fleet_series: int  # series of the end-to-end workloads
+    batched_minutes: int  # minutes of the fleet in the batched throughput run
+    single_minutes: int  # ... in the one-point-per-message run
+    latency_series: int
+    latency_paced_s: float
+    latency_spikes: int
+
+
+QUICK = Sizes(
+    detector_rounds={10_000: 20, 100_000: 5},
+    detector_skip=2,
+    fleet_series=10_000,
+    batched_minutes=50,  # 500k points
+    single_minutes=6,  # 60k points
+    latency_series=2_000,
+    latency_paced_s=8.0,
+    latency_spikes=400,
+)
+
+FULL = Sizes(
+    detector_rounds={10_000: 200, 100_000: 30},
+    detector_skip=3,
+    fleet_series=10_000,
+    batched_minutes=300,  # 3M points
+    single_minutes=30,  # 300k points
+    latency_series=10_000,
+    latency_paced_s=40.0,
+    latency_spikes=1_000,
+)
+
+
+def _emit(figure: Figure, results: dict[str, float]) -> None:
+    # Flushed one by one: a long run shows its figures as they come.
+    print(figure.line(), flush=True)
+    results[figure.name] = figure.value
+
+
+def run_detector(
+    rounds: dict[int, int], skip: int = 3, learn_steps: int = 2 * 1440
+) -> dict[str, float]:
+    """Only the detector-core figures (printed as they come); the tests use tiny sizes."""
+    results: dict[str, float] = {}
+    for figure in detector_figures(rounds, skip=skip, learn_steps=learn_steps):
+        _emit(figure, results)
+    return results
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    # Turn a polite kill into an exception so every `with` block stops what it started.
+    raise SystemExit(128 + signum)
+
+
+def run_all(quick: bool = False) -> dict[str, float]:
+    """Run every benchmark, print the figures, and return them as ``{name: value}``."""
+    sizes = QUICK if quick else FULL
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        print(machine_line(), flush=True)
+        results = run_detector(sizes.detector_rounds, skip=sizes.detector_skip)
+        with services() as svc:
+            batched = measure_throughput(
+                svc, "batched", sizes.fleet_series, sizes.batched_minutes, per_message=100
+            )
+            _emit(Figure("e2e_batched_100_points_per_message", batched.rate, "points/s"), results)
+            single = measure_throughput(
+                svc, "single", sizes.fleet_series, sizes.single_minutes, per_message=1
+            )
+            _emit(Figure("e2e_one_point_per_message", single.rate, "points/s"), results)
+            latency = measure_latency(
+                svc,
+                sizes.latency_series,
+                rate=0.5 * batched.rate,
+                paced_s=sizes.latency_paced_s,
+                target_spikes=sizes.latency_spikes,
+            )
+            _emit(Figure("latency_p50", latency.p50_ms, "ms"), results)
+            _emit(Figure("latency_p99", latency.p99_ms, "ms"), results)
+            _emit(Figure("latency_load", latency.rate, "points/s"), results)
+            _emit(Figure("latency_samples", latency.samples, "events"), results)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sys.stderr.flush()
+    info(f"bench finished in {time.monotonic() - started:.0f} s")
+    return results

@@ -1,0 +1,68 @@
+"""Tests for the benchmark harness: output format and workload encoding, on tiny sizes.
+
+No timing thresholds here — speed is what ``vigil bench`` reports, not what tests assert.
+The end-to-end parts need a broker and a worker and are exercised by running the bench.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from bench.pipeline import Workload
+from bench.report import FIGURE_LINE, format_value, machine_line
+from bench.run import run_detector
+from vigil.streams.parsers import make_parser
+from vigil.streams.replay import encode_messages
+
+
+def test_detector_figures_print_as_name_number_unit(capsys):
+    results = run_detector({50: 2, 120: 2}, skip=1, learn_steps=80)
+
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    parsed = {}
+    for line in lines:
+        match = FIGURE_LINE.match(line)
+        assert match, f"not 'name: number unit': {line!r}"
+        parsed[match["name"]] = (float(match["value"]), match["unit"])
+    assert parsed.keys() == results.keys() == {
+        "detector_core_50_series",
+        "detector_core_120_series",
+        "state_bytes_per_series",
+    }
+    assert parsed["detector_core_50_series"][1] == "points/s"
+    assert parsed["detector_core_50_series"][0] > 0
+    assert parsed["state_bytes_per_series"][1] == "bytes"
+
+
+def test_format_value_never_uses_exponents():
+    for value in (0.000123, 0.5, 7, 12.345, 999.9, 951_234.5, 3.2e9):
+        text = format_value(value)
+        assert "e" not in text
+        assert FIGURE_LINE.match(f"x: {text} unit")
+
+
+def test_machine_line():
+    line = machine_line()
+    assert line.startswith("machine: ")
+    assert " cores, " in line and ", Python 3." in line
+
+
+def test_workload_messages_are_what_replay_writes_and_the_parser_reads():
+    workload = Workload(n_series=250, per_message=100, start_ms=1_714_564_800_000)
+    values = workload.values(3)
+    messages = workload.messages(3, values)
+    assert [n for _, _, n in messages] == [0, 100, 200]
+    # Keys group whole blocks of series, so each series stays on one partition.
+    assert [key for key, _, _ in messages] == [b"0", b"1", b"2"]
+
+    ts = np.full(250, workload.minute_ms(3))
+    expected = [payload for payload, _ in encode_messages(workload.series, ts, values, 100)]
+    assert [orjson.loads(p) for _, p, _ in messages] == [orjson.loads(p) for p in expected]
+
+    parser = make_parser("auto")
+    result = parser.parse(messages[1][1], now_ms=1_714_564_800_000 + 86_400_000)
+    assert not result.rejects
+    assert result.series == workload.series[100:200]
+    assert result.values == values[100:200].tolist()
