@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from bench.report import CpuMeter, Figure, info
+from vigil.detectors.bank import StateBank
 from vigil.detectors.online import OnlineDetector, new_state_bank
 from vigil.streams.state import VALUE_BYTES
 
@@ -32,14 +33,15 @@ T0_MS = 1_699_833_600_000  # Monday 2023-11-13 00:00 UTC
 
 def mature_bank(
     n_series: int, learn_steps: int = 2 * 1440, distinct: int = 64, seed: int = 0
-) -> tuple[np.ndarray, int]:
+) -> tuple[StateBank, int]:
     """``n_series`` learned states and the timestamp of the minute they expect next.
 
     ``distinct`` series learn ``learn_steps`` minutes of noisy data with a daily bump; the
     bank repeats them (learning 100k series for two days would take minutes).
     """
     small, next_ts = _learned(learn_steps, distinct, seed)
-    return np.resize(small, n_series), next_ts  # a new array repeating the small bank's rows
+    # A new bank repeating the small bank's series.
+    return StateBank.from_records(np.resize(small, n_series)), next_ts
 
 
 @lru_cache(maxsize=4)
@@ -56,8 +58,9 @@ def _learned(learn_steps: int, distinct: int, seed: int) -> tuple[np.ndarray, in
         bump = 0.3 * level * np.exp(-(((hour - 14.0) / 3.0) ** 2))
         values = level + bump + rng.normal(0.0, 0.05, distinct) * level
         detector.process(small, rows, np.full(distinct, ts), values)
-    small.flags.writeable = False  # shared by every caller: copies only
-    return small, T0_MS + learn_steps * MINUTE_MS
+    records = small.to_records()
+    records.flags.writeable = False  # shared by every caller: copies only
+    return records, T0_MS + learn_steps * MINUTE_MS
 
 
 def points_per_second(

@@ -33,11 +33,15 @@ _STARTED = time.monotonic()
 def format_value(value: float) -> str:
     """Three significant digits, never in exponent notation (``1.23e+06`` is hard to read).
 
-    >>> format_value(951_234.5), format_value(12.345), format_value(0.01234), format_value(7)
-    ('951000', '12.3', '0.0123', '7')
+    Whole numbers (sizes, counts) are exact: rounding 1372 bytes to 1370 would misreport.
+
+    >>> format_value(951_234.5), format_value(12.345), format_value(0.01234), format_value(1372)
+    ('951000', '12.3', '0.0123', '1372')
     """
-    if value == 0 or not math.isfinite(value):
-        return "0" if value == 0 else str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if float(value).is_integer():
+        return str(int(value))
     digits = 3 - 1 - math.floor(math.log10(abs(value)))
     rounded = round(value, digits)
     if digits <= 0:

@@ -142,6 +142,13 @@ class Stack:
             self.redis.delete(*keys[i : i + 1000])
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
 def stack(broker: str, redis_url: str, request, tmp_path: Path) -> Iterator[Stack]:
     s = Stack(broker, redis_url, request.node.name, tmp_path)
@@ -149,3 +156,8 @@ def stack(broker: str, redis_url: str, request, tmp_path: Path) -> Iterator[Stac
         yield s
     finally:
         s.close()
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            # Show what the workers said: the first thing to read when CI fails.
+            for worker in s.workers:
+                print(f"\n----- {worker.log_path} -----\n{worker.log_tail(6000)}")

@@ -14,6 +14,7 @@ from bench.report import FIGURE_LINE, format_value, machine_line
 from bench.run import run_detector
 from vigil.streams.parsers import make_parser
 from vigil.streams.replay import encode_messages
+from vigil.streams.state import VALUE_BYTES
 
 
 def test_detector_figures_print_as_name_number_unit(capsys):
@@ -26,14 +27,11 @@ def test_detector_figures_print_as_name_number_unit(capsys):
         match = FIGURE_LINE.match(line)
         assert match, f"not 'name: number unit': {line!r}"
         parsed[match["name"]] = (float(match["value"]), match["unit"])
-    assert parsed.keys() == results.keys() == {
-        "detector_core_50_series",
-        "detector_core_120_series",
-        "state_bytes_per_series",
-    }
+    names = {"detector_core_50_series", "detector_core_120_series", "state_bytes_per_series"}
+    assert parsed.keys() == results.keys() == names
     assert parsed["detector_core_50_series"][1] == "points/s"
     assert parsed["detector_core_50_series"][0] > 0
-    assert parsed["state_bytes_per_series"][1] == "bytes"
+    assert parsed["state_bytes_per_series"] == (VALUE_BYTES, "bytes")
 
 
 def test_format_value_never_uses_exponents():
@@ -41,6 +39,7 @@ def test_format_value_never_uses_exponents():
         text = format_value(value)
         assert "e" not in text
         assert FIGURE_LINE.match(f"x: {text} unit")
+    assert format_value(1372) == "1372"  # sizes and counts are exact, not rounded
 
 
 def test_machine_line():

@@ -25,9 +25,9 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
   ``z_close``, and resolve after ``resolve_steps`` calm steps (hysteresis): a long anomaly is
   one ``open``, an ``update`` when it becomes critical, and one ``resolve``.
 
-All state lives in one numpy structured record per series (:data:`STATE_DTYPE`, about 1.3 KB);
-a batch gathers the touched records, updates them step by step across all series at once
-(vectorised over series), and scatters them back.
+All state lives in one fixed-size record per series (:data:`STATE_DTYPE`, about 1.5 KB),
+held as a struct of arrays (:class:`~vigil.detectors.bank.StateBank`); a batch updates the
+touched series step by step, vectorised over all of them at once.
 
 >>> det = SeriesDetector()
 >>> t0 = 1_700_006_400_000  # a Wednesday, 00:00 UTC
@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
+from vigil.detectors.bank import DAILY_SLOTS, STATE_DTYPE, WEEKLY_SLOTS, StateBank, new_state_bank
 from vigil.detectors.resample import Steps, resample_batch
 
 __all__ = [
@@ -63,69 +64,14 @@ __all__ = [
     "new_state_bank",
 ]
 
-DAILY_SLOTS = 96  # 15-minute slots
-WEEKLY_SLOTS = 168  # hourly slots, Monday 00:00 UTC first
 _MEAN_ABS_Z = float(np.sqrt(2.0 / np.pi))  # E|z| for z ~ N(0, 1)
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 MONDAY_OFFSET_MS = 4 * DAY_MS  # 1970-01-01 was a Thursday; 1970-01-05 a Monday
 
-STATE_DTYPE = np.dtype(
-    [
-        # resampling (see resample.py)
-        ("watermark_ms", "i8"),
-        ("bucket_ms", "i8"),
-        ("bucket_sum", "f8"),
-        ("bucket_count", "i8"),
-        ("last_step_ms", "i8"),
-        ("last_value", "f8"),
-        # baseline
-        ("n_steps", "i8"),
-        ("level", "f8"),
-        ("trend", "f8"),
-        ("slow_level", "f8"),
-        ("mad", "f8"),
-        ("var_none", "f8"),
-        ("var_daily", "f8"),
-        ("var_weekly", "f8"),
-        ("daily_on", "u1"),
-        ("weekly_on", "u1"),
-        # window statistics
-        ("prev_value", "f8"),
-        ("level_short", "f8"),
-        ("level_spread", "f8"),
-        ("var_short", "f8"),
-        ("var_center", "f8"),
-        ("var_spread", "f8"),
-        ("tv_short", "f8"),
-        ("tv_long", "f8"),
-        ("tv_spread", "f8"),
-        ("zero_rate", "f8"),
-        ("flat_run", "i4"),
-        # incident
-        ("incident_open", "u1"),
-        ("incident_severity", "u1"),
-        ("incident_calm", "i4"),
-        ("incident_start_ms", "i8"),
-        ("incident_peak", "f4"),
-        # seasonal profiles
-        ("daily", "f4", (DAILY_SLOTS,)),
-        ("weekly", "f4", (WEEKLY_SLOTS,)),
-        ("mad_hourly", "f4", (24,)),
-    ]
-)
-
 ANOMALY_TYPES = ("none", "point", "level_shift", "variance", "oscillation", "flatline")
 SEVERITIES = ("none", "warning", "critical")
 EVENT_KINDS = ("", "open", "update", "resolve")
-
-
-def new_state_bank(n: int) -> np.ndarray:
-    """``n`` fresh series states (nothing learned yet)."""
-    bank = np.zeros(n, STATE_DTYPE)
-    for name in ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms"):
-        bank[name] = -1
-    return bank
 
 
 def _alpha(step_s: float, halflife_s: float) -> float:
@@ -279,13 +225,13 @@ class OnlineDetector:
         # ... and of the log of a short EW mean of |Δy| for Gaussian noise (CV of |Δy| 0.76).
         self._tv_floor = float(0.76 * np.sqrt(self._a_var / (2.0 - self._a_var)))
 
-    def process(self, bank: np.ndarray, index, ts_ms, values) -> StepResults:
+    def process(self, bank: StateBank, index, ts_ms, values) -> StepResults:
         """Fold raw points (any order, any series mix) into ``bank`` and score closed steps."""
         p = self.params
         steps = resample_batch(bank, index, ts_ms, values, p.step_ms, p.max_fill_steps)
         return self.process_steps(bank, steps)
 
-    def process_steps(self, bank: np.ndarray, steps: Steps) -> StepResults:
+    def process_steps(self, bank: StateBank, steps: Steps) -> StepResults:
         """Score and learn already-resampled steps (ordered by series then time)."""
         n = len(steps)
         out = StepResults(
@@ -304,26 +250,34 @@ class OnlineDetector:
         )
         if n == 0:
             return out
-        # Rank of each step within its series: round r processes the r-th step of every series.
+        # The batch's series, busiest first: round r (the r-th step of every series that has
+        # one) then covers a prefix of them, worked on through views without copies.
         first = np.r_[True, steps.index[1:] != steps.index[:-1]]
-        group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-        rank = np.arange(n) - group_start
-        order = np.argsort(rank, kind="stable")
-        bounds = np.searchsorted(rank[order], np.arange(rank.max() + 2))
-        for r in range(len(bounds) - 1):
+        starts = np.flatnonzero(first)
+        counts = np.diff(np.r_[starts, n])
+        busiest = np.argsort(-counts, kind="stable")
+        rows = steps.index[starts][busiest]
+        in_place = len(rows) == len(bank) and bool((rows == np.arange(len(bank))).all())
+        local = bank if in_place else bank.take(rows)
+        series_of_step = np.cumsum(first) - 1
+        local_of_series = np.empty(len(rows), np.int64)
+        local_of_series[busiest] = np.arange(len(rows))
+        local_index = local_of_series[series_of_step]
+        rank = np.arange(n) - starts[series_of_step]
+        order = np.lexsort((local_index, rank))
+        rounds = int(counts.max())
+        bounds = np.searchsorted(rank[order], np.arange(rounds + 1))
+        for r in range(rounds):
             pos = order[bounds[r] : bounds[r + 1]]
-            rows = steps.index[pos]
-            if len(rows) == len(bank) and rows[0] == 0 and rows[-1] == len(bank) - 1:
-                # Every row, in order (rows are sorted and unique): update in place, no copy.
-                self._round(bank, pos, steps, out)
-            else:
-                state = bank[rows]
-                self._round(state, pos, steps, out)
-                bank[rows] = state
+            k = len(pos)
+            self._round(local if k == len(local) else local.prefix(k), pos, steps, out)
+        if not in_place:
+            bank.put(rows, local)
         return out
 
-    # One step for many series at once. `state` is a gathered copy, written back by the caller.
-    def _round(self, st: np.ndarray, pos: np.ndarray, steps: Steps, out: StepResults) -> None:
+    # One step for the first k series of `st` (a StateBank or a prefix view of one); pos are
+    # the positions of their steps in `steps`, in the same order.
+    def _round(self, st: StateBank, pos: np.ndarray, steps: Steps, out: StepResults) -> None:
         p = self.params
         k = len(pos)
         rows = np.arange(k)
@@ -357,7 +311,7 @@ class OnlineDetector:
         daily_pos = (t % DAY_MS) / (DAY_MS / DAILY_SLOTS)
         weekly_pos = ((t - MONDAY_OFFSET_MS) % WEEK_MS) / (WEEK_MS / WEEKLY_SLOTS)
         s_d, d0, d1, dw = _interp(st["daily"], rows, daily_pos)
-        s_w, w0, w1, ww = _interp(st["weekly"], rows, weekly_pos)
+        s_w, w0, w1, ww = self._weekly_value(st, rows, weekly_pos)
 
         # Seasonality detection (out of sample: profiles before this step's update).
         dev = y - st["slow_level"]
@@ -478,7 +432,7 @@ class OnlineDetector:
         st["slow_level"] = np.where(calm, st["slow_level"] + a_slow * e_w, st["slow_level"])
         c = calm.astype(np.float64)
         self._learn_profile(st["daily"], rows, d0, d1, dw, c * self._a_daily * e_w)
-        self._learn_weekly(st["weekly"], rows, w0, w1, ww, c * self._a_weekly * e_w)
+        self._learn_weekly(st, rows, w0, w1, ww, c * self._a_weekly * e_w)
 
         a_sp = weight(self._a_spread)
         st["level_spread"] = np.where(
@@ -548,20 +502,24 @@ class OnlineDetector:
         out.incident_start_ms[pos] = np.where(is_open | opening, start, -1)
         out.seasonality[pos] = new_d.astype(np.int8) + new_w.astype(np.int8)
 
+    # The weekly profile may only hold what differs between days of the week; anything that
+    # repeats every day belongs to the daily profile (else the two split the daily shape and
+    # every daily series looks weekly). So its effective value is the stored slot minus the
+    # mean of the same hour over the 7 days, kept as a running per-hour sum.
     @staticmethod
-    def _learn_weekly(profile, rows, i0, i1, w, delta) -> None:
-        """Like :meth:`_learn_profile`, but keep each hour's mean over the 7 days at 0.
+    def _weekly_value(st, rows, pos):
+        value, i0, i1, w = _interp(st["weekly"], rows, pos)
+        sums = st["weekly_hour_sum"]
+        hour_mean = ((1.0 - w) * sums[rows, i0 % 24] + w * sums[rows, i1 % 24]) / 7.0
+        return value - hour_mean, i0, i1, w
 
-        The weekly profile may only hold what differs between days of the week; anything
-        that repeats every day belongs to the daily profile. Without this the two profiles
-        split the daily shape between them and every daily series looks weekly.
-        """
-        days = np.arange(7) * 24
+    @staticmethod
+    def _learn_weekly(st, rows, i0, i1, w, delta) -> None:
+        profile, sums = st["weekly"], st["weekly_hour_sum"]
         for slot, weight in ((i0, 1.0 - w), (i1, w)):
             d = (weight * delta).astype(np.float32)
             profile[rows, slot] += d
-            same_hour = (slot % 24)[:, None] + days[None, :]
-            profile[rows[:, None], same_hour] -= (d / 7)[:, None]
+            sums[rows, slot % 24] += d
 
     @staticmethod
     def _learn_profile(profile, rows, i0, i1, w, delta) -> None:

@@ -16,8 +16,12 @@ timestamp already applied) is dropped and counted, never applied twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vigil.detectors.bank import StateBank
 
 __all__ = ["Steps", "resample_batch"]
 
@@ -49,7 +53,7 @@ def _empty_steps(dropped: int) -> Steps:
 
 
 def resample_batch(
-    bank: np.ndarray,
+    bank: StateBank,
     index: np.ndarray,
     ts_ms: np.ndarray,
     values: np.ndarray,
@@ -58,12 +62,12 @@ def resample_batch(
 ) -> Steps:
     """Fold a batch of raw points into ``bank`` and return the steps it closed.
 
-    ``bank`` is a structured array with the fields ``watermark_ms``, ``bucket_ms``,
-    ``bucket_sum``, ``bucket_count``, ``last_step_ms`` and ``last_value`` (see
-    :data:`vigil.detectors.online.STATE_DTYPE`); it is updated in place. ``index[i]`` is the
-    bank row of point ``i``.
+    ``bank`` holds the series states (its fields ``watermark_ms``, ``bucket_ms``,
+    ``bucket_sum``, ``bucket_count``, ``last_step_ms`` and ``last_value`` are used, see
+    :mod:`vigil.detectors.bank`); it is updated in place. ``index[i]`` is the bank row of
+    point ``i``.
 
-    >>> from vigil.detectors.online import new_state_bank
+    >>> from vigil.detectors.bank import new_state_bank
     >>> bank = new_state_bank(1)
     >>> t0 = 1_699_999_980_000  # a whole minute
     >>> ts = t0 + np.array([0, 30_000, 60_000, 250_000])

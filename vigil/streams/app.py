@@ -34,6 +34,7 @@ from vigil.streams.pipeline import DetectionPipeline, decode_points, route
 from vigil.streams.records import DeadLetter, Reject
 from vigil.streams.settings import Settings
 from vigil.streams.state import RedisStateStore
+from vigil.streams.transport import VigilApp
 
 __all__ = ["create_app", "resolve_topics"]
 
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     settings = settings or Settings()
     topics = topics or resolve_topics(settings)
     session = settings.session_timeout_s
-    app = faust.App(
+    app = VigilApp(
         settings.app_id,
         broker=settings.broker_url,
         value_serializer="raw",
@@ -220,4 +221,5 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
                 os.kill(os.getpid(), signal.SIGTERM)
 
     app.vigil_restart = False
+    app.vigil_fetch_max_wait_ms = settings.fetch_max_wait_ms
     return app

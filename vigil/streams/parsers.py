@@ -343,6 +343,7 @@ class JsonParser:
         self.label_fields = tuple(label_fields)
         self.default_name = default_name
         self.timestamps = timestamps if timestamps is not None else TimestampPolicy()
+        self._series_ids: dict[tuple, str] = {}
 
     def parse(self, raw: bytes, now_ms: int) -> ParseResult:
         result = ParseResult()
@@ -442,7 +443,19 @@ class JsonParser:
             raise InvalidInput(f"missing field '{self.timestamp_field}'")
         number = _to_value(value)
         ts_ms = self.timestamps.to_ms(stamp, now_ms)
-        return (canonical_series(name, labels) if labels else name), ts_ms, number
+        if not labels:
+            return name, ts_ms, number
+        # The same few series arrive over and over: remember their canonical ids.
+        key = (name, *labels.items())
+        series = self._series_ids.get(key)
+        if series is None:
+            if len(self._series_ids) >= _SERIES_CACHE:
+                self._series_ids.clear()
+            series = self._series_ids[key] = canonical_series(name, labels)
+        return series, ts_ms, number
+
+
+_SERIES_CACHE = 100_000  # canonical ids a parser remembers before starting afresh
 
 
 def _ndjson_lines(raw: bytes) -> list[tuple[int, bytes]] | None:

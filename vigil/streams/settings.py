@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     ingest_batch: int = Field(2_000, description="Input messages per batch (Faust take).")
     detect_batch: int = Field(500, description="Routed messages per detection batch.")
     batch_window_s: float = Field(0.05, description="Longest wait to fill a batch.")
+    fetch_max_wait_ms: int = Field(
+        100, ge=1, description="Longest a consumer fetch waits at the broker for more data."
+    )
     session_timeout_s: float = Field(
         6.0, description="Kafka consumer session timeout; a new member joins after half of it."
     )

@@ -26,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from vigil.detectors.online import STATE_DTYPE, new_state_bank
+from vigil.detectors.bank import STATE_DTYPE, StateBank, new_state_bank
 
 __all__ = ["FORMAT_VERSION", "RedisStateStore", "StateFormatError", "pack", "unpack"]
 
@@ -43,32 +43,39 @@ class StateFormatError(ValueError):
     """A stored state that this version of vigil cannot read."""
 
 
-def pack(bank: np.ndarray) -> list[bytes]:
-    """One Redis value per row of ``bank``."""
-    raw = np.ascontiguousarray(bank).tobytes()
-    return [HEADER + raw[i : i + RECORD_BYTES] for i in range(0, len(raw), RECORD_BYTES)]
+_STORED = np.dtype([("header", "V4"), ("state", STATE_DTYPE)])
 
 
-def unpack(values: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
-    """A bank with one row per value (fresh rows where None) and the mask of found ones.
+def pack(bank: StateBank) -> list[bytes]:
+    """One Redis value per series of ``bank``."""
+    stored = np.empty(len(bank), _STORED)
+    stored["header"] = np.frombuffer(HEADER, "V4")[0]
+    stored["state"] = bank.to_records()
+    raw = stored.tobytes()
+    return [raw[i : i + VALUE_BYTES] for i in range(0, len(raw), VALUE_BYTES)]
+
+
+def unpack(values: Sequence[bytes | None]) -> tuple[StateBank, np.ndarray]:
+    """A bank with one series per value (fresh where None) and the mask of found ones.
 
     >>> bank = new_state_bank(2); bank["n_steps"] = [3, 4]
     >>> restored, found = unpack(pack(bank) + [None])
     >>> restored["n_steps"].tolist(), found.tolist()
     ([3, 4, 0], [True, True, False])
     """
-    bank = new_state_bank(len(values))
-    found = np.zeros(len(values), bool)
-    for i, value in enumerate(values):
-        if value is None:
-            continue
+    found = np.fromiter((v is not None for v in values), bool, len(values))
+    present = [v for v in values if v is not None]
+    for value in present:
         if len(value) != VALUE_BYTES or value[:3] != MAGIC:
             raise StateFormatError(f"not a vigil state record ({len(value)} bytes)")
         if value[3] != FORMAT_VERSION:
             raise StateFormatError(f"state format version {value[3]}, expected {FORMAT_VERSION}")
-        bank[i] = np.frombuffer(value, STATE_DTYPE, count=1, offset=len(HEADER))[0]
-        found[i] = True
-    return bank, found
+    if found.all():
+        return StateBank.from_records(np.frombuffer(b"".join(present), _STORED)["state"]), found
+    records = new_state_bank(len(values)).to_records()
+    if present:
+        records[found] = np.frombuffer(b"".join(present), _STORED)["state"]
+    return StateBank.from_records(records), found
 
 
 def _retrying() -> AsyncRetrying:

@@ -1,0 +1,145 @@
+"""Series states: the record layout (:data:`STATE_DTYPE`) and :class:`StateBank`.
+
+A state is one fixed-size record per series (about 1.5 KB): the resampling bucket and
+watermark, baseline, window statistics, incident, and the seasonal profiles as float32. It
+is stored as those record bytes (Redis) and worked on as a *struct of arrays* — one
+contiguous array per field over many series — because the detector's vector operations
+run over one field of many series at a time. On an array of records each field is strided by
+the whole record, and every element would cost a cache line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+__all__ = ["DAILY_SLOTS", "STATE_DTYPE", "StateBank", "WEEKLY_SLOTS", "new_state_bank"]
+
+DAILY_SLOTS = 96  # 15-minute slots
+WEEKLY_SLOTS = 168  # hourly slots, Monday 00:00 UTC first
+
+STATE_DTYPE = np.dtype(
+    [
+        # resampling (see resample.py)
+        ("watermark_ms", "i8"),
+        ("bucket_ms", "i8"),
+        ("bucket_sum", "f8"),
+        ("bucket_count", "i8"),
+        ("last_step_ms", "i8"),
+        ("last_value", "f8"),
+        # baseline
+        ("n_steps", "i8"),
+        ("level", "f8"),
+        ("trend", "f8"),
+        ("slow_level", "f8"),
+        ("mad", "f8"),
+        ("var_none", "f8"),
+        ("var_daily", "f8"),
+        ("var_weekly", "f8"),
+        ("daily_on", "u1"),
+        ("weekly_on", "u1"),
+        # window statistics
+        ("prev_value", "f8"),
+        ("level_short", "f8"),
+        ("level_spread", "f8"),
+        ("var_short", "f8"),
+        ("var_center", "f8"),
+        ("var_spread", "f8"),
+        ("tv_short", "f8"),
+        ("tv_long", "f8"),
+        ("tv_spread", "f8"),
+        ("zero_rate", "f8"),
+        ("flat_run", "i4"),
+        # incident
+        ("incident_open", "u1"),
+        ("incident_severity", "u1"),
+        ("incident_calm", "i4"),
+        ("incident_start_ms", "i8"),
+        ("incident_peak", "f4"),
+        # seasonal profiles
+        ("daily", "f4", (DAILY_SLOTS,)),
+        ("weekly", "f4", (WEEKLY_SLOTS,)),
+        ("weekly_hour_sum", "f4", (24,)),
+        ("mad_hourly", "f4", (24,)),
+    ]
+)
+
+_UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms")  # -1 = none yet
+
+
+class StateBank:
+    """The states of ``n`` series, one contiguous array per :data:`STATE_DTYPE` field.
+
+    ``bank["level"]`` is the level of every series (a view you may update in place);
+    ``bank.take(rows)`` / ``bank.put(rows, other)`` gather and scatter series;
+    ``to_records`` / ``from_records`` convert to and from the stored record layout.
+
+    >>> bank = new_state_bank(3)
+    >>> bank["n_steps"][1] = 7
+    >>> len(bank), bank.take([1])["n_steps"].tolist(), bank.to_records()[1]["n_steps"]
+    (3, [7], np.int64(7))
+    """
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        self.columns = columns
+
+    @classmethod
+    def empty(cls, n: int) -> StateBank:
+        columns = {}
+        for name in STATE_DTYPE.names:
+            dtype, shape = STATE_DTYPE.fields[name][0].base, STATE_DTYPE.fields[name][0].shape
+            columns[name] = np.zeros((n, *shape), dtype)
+        for name in _UNSET:
+            columns[name][:] = -1
+        return cls(columns)
+
+    @classmethod
+    def from_records(cls, records: np.ndarray) -> StateBank:
+        return cls({name: np.ascontiguousarray(records[name]) for name in STATE_DTYPE.names})
+
+    def to_records(self) -> np.ndarray:
+        records = np.empty(len(self), STATE_DTYPE)
+        for name, column in self.columns.items():
+            records[name] = column
+        return records
+
+    def tobytes(self) -> bytes:
+        return self.to_records().tobytes()
+
+    def __len__(self) -> int:
+        return len(self.columns["n_steps"])
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return self.columns[key]
+        return self.to_records()[key]
+
+    def __setitem__(self, key: str, value) -> None:
+        self.columns[key][...] = value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
+    def take(self, rows) -> StateBank:
+        """A new bank with the given series (fancy index: a copy)."""
+        return StateBank({name: column[rows] for name, column in self.columns.items()})
+
+    def put(self, rows, other: StateBank) -> None:
+        """Write ``other``'s series back at ``rows``."""
+        for name, column in self.columns.items():
+            column[rows] = other.columns[name]
+
+    def prefix(self, k: int) -> StateBank:
+        """The first ``k`` series as views (no copy)."""
+        return StateBank({name: column[:k] for name, column in self.columns.items()})
+
+    def copy(self) -> StateBank:
+        return StateBank({name: column.copy() for name, column in self.columns.items()})
+
+
+def new_state_bank(n: int) -> StateBank:
+    """``n`` fresh series states (nothing learned yet)."""
+    return StateBank.empty(n)
