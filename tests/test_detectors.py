@@ -702,3 +702,28 @@ def test_random_batch_splits_of_generated_telemetry_give_identical_state():
     for _ in range(2):
         cuts = sorted(rng.choice(len(index), 200, replace=False).tolist())
         assert final_state(cuts).tobytes() == reference.tobytes()
+
+
+def test_one_sided_series_ignore_deviations_the_other_way():
+    # Memory "used" that drops at a restart is not an incident when only rises count; the
+    # same series with a rise still alerts, and "down" mirrors it.
+    rng = np.random.default_rng(21)
+    n = 4 * 1440
+    base = 50 + rng.normal(0, 1, n)
+    drop, rise = base.copy(), base.copy()
+    drop[3 * 1440 :] -= 15
+    rise[3 * 1440 :] += 15
+    det = OnlineDetector()
+    minutes = np.arange(n)
+
+    def opens(values, direction):
+        r = det.process(
+            new_state_bank(1), np.zeros(n, int), T0 + 60_000 * minutes, values,
+            np.array([direction]),
+        )
+        return int((r.event == 1).sum())
+
+    assert opens(drop, 0) >= 1 and opens(rise, 0) >= 1
+    assert opens(drop, 1) == 0
+    assert opens(rise, 1) >= 1
+    assert opens(rise, -1) == 0 and opens(drop, -1) >= 1

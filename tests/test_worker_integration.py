@@ -338,8 +338,9 @@ def test_two_workers_share_the_partitions_and_detect_as_one(stack: Stack):
         stack.wait_processed(sent, workers[0], timeout=120)
         expected = _expected_events(telemetry, stack)
         wait_until(
-            lambda: len(collector.values(stack.anomalies_topic)) >= len(expected),
-            30, "all anomaly events",
+            lambda: {orjson.loads(v)["event_id"] for v in collector.values(stack.anomalies_topic)}
+            >= {e["event_id"] for e in expected},
+            60, "every expected anomaly event",
         )
         time.sleep(1)
         events = _events(collector, stack.anomalies_topic)
@@ -347,7 +348,9 @@ def test_two_workers_share_the_partitions_and_detect_as_one(stack: Stack):
     finally:
         collector.close()
     assert all(s > 0 for s in shares), f"one worker did all the work: {shares}"
-    assert sum(shares) == sent
-    ids = [e["event_id"] for e in events]
-    assert len(ids) == len(set(ids))
-    assert set(ids) == {e["event_id"] for e in expected}
+    assert sum(shares) == sent  # every point applied once, by one of them
+    assert {e["event_id"] for e in events} == {e["event_id"] for e in expected}
+    # A rebalance may redeliver a batch (at-least-once); a repeat is the very same record.
+    by_id: dict[str, dict] = {}
+    for e in events:
+        assert by_id.setdefault(e["event_id"], e) == e

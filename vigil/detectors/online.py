@@ -225,13 +225,22 @@ class OnlineDetector:
         # ... and of the log of a short EW mean of |Δy| for Gaussian noise (CV of |Δy| 0.76).
         self._tv_floor = float(0.76 * np.sqrt(self._a_var / (2.0 - self._a_var)))
 
-    def process(self, bank: StateBank, index, ts_ms, values) -> StepResults:
-        """Fold raw points (any order, any series mix) into ``bank`` and score closed steps."""
+    def process(
+        self, bank: StateBank, index, ts_ms, values, direction: np.ndarray | None = None
+    ) -> StepResults:
+        """Fold raw points (any order, any series mix) into ``bank`` and score closed steps.
+
+        ``direction`` (optional, one int per bank row) says which deviations count: ``+1``
+        only values above the expectation (e.g. memory or disk *used*), ``-1`` only below,
+        ``0`` both. Oscillation and flatline count either way.
+        """
         p = self.params
         steps = resample_batch(bank, index, ts_ms, values, p.step_ms, p.max_fill_steps)
-        return self.process_steps(bank, steps)
+        return self.process_steps(bank, steps, direction)
 
-    def process_steps(self, bank: StateBank, steps: Steps) -> StepResults:
+    def process_steps(
+        self, bank: StateBank, steps: Steps, direction: np.ndarray | None = None
+    ) -> StepResults:
         """Score and learn already-resampled steps (ordered by series then time)."""
         n = len(steps)
         out = StepResults(
@@ -267,17 +276,26 @@ class OnlineDetector:
         order = np.lexsort((local_index, rank))
         rounds = int(counts.max())
         bounds = np.searchsorted(rank[order], np.arange(rounds + 1))
+        sign = None if direction is None else np.asarray(direction, np.float64)[rows]
         for r in range(rounds):
             pos = order[bounds[r] : bounds[r + 1]]
             k = len(pos)
-            self._round(local if k == len(local) else local.prefix(k), pos, steps, out)
+            part = local if k == len(local) else local.prefix(k)
+            self._round(part, pos, steps, out, None if sign is None else sign[:k])
         if not in_place:
             bank.put(rows, local)
         return out
 
     # One step for the first k series of `st` (a StateBank or a prefix view of one); pos are
     # the positions of their steps in `steps`, in the same order.
-    def _round(self, st: StateBank, pos: np.ndarray, steps: Steps, out: StepResults) -> None:
+    def _round(
+        self,
+        st: StateBank,
+        pos: np.ndarray,
+        steps: Steps,
+        out: StepResults,
+        sign: np.ndarray | None = None,
+    ) -> None:
         p = self.params
         k = len(pos)
         rows = np.arange(k)
@@ -343,6 +361,10 @@ class OnlineDetector:
         sigma = np.maximum(sigma, 1e-9 + 1e-6 * np.abs(st["slow_level"]))
         z = r / sigma
         zc = np.clip(z, -4.0, 4.0)
+        if sign is not None:
+            # One-sided series: deviations the other way count as none at all.
+            ignored = (sign != 0) & (z * sign < 0)
+            zc = np.where(ignored, 0.0, zc)
 
         # Window statistics (short EW windows against their own long-run spread).
         a_s = self._a_short
@@ -363,7 +385,7 @@ class OnlineDetector:
             tv_short[g] = tv_long[g]
             flat_run[g] = 0
 
-        stat_point = np.abs(z)
+        stat_point = np.abs(z) if sign is None else np.where(ignored, 0.0, np.abs(z))
         stat_level = np.abs(level_short) / np.maximum(1.25 * st["level_spread"], self._level_floor)
         stat_var = (var_short - st["var_center"]) / np.maximum(
             1.25 * st["var_spread"], self._var_floor
@@ -558,12 +580,13 @@ class SeriesDetector:
     next step, without changing anything.
     """
 
-    def __init__(self, params: DetectorParams | None = None) -> None:
+    def __init__(self, params: DetectorParams | None = None, direction: str = "both") -> None:
         self.detector = OnlineDetector(params)
         self.state = new_state_bank(1)
+        self.direction = np.array([{"up": 1, "down": -1, "both": 0}[direction]])
 
     def learn_one(self, ts_ms: int, value: float) -> list[StepScore]:
-        result = self.detector.process(self.state, [0], [ts_ms], [value])
+        result = self.detector.process(self.state, [0], [ts_ms], [value], self.direction)
         return _unpack(result)
 
     def score_one(self, ts_ms: int, value: float) -> float:
@@ -583,7 +606,7 @@ class SeriesDetector:
             filled=np.zeros(1, bool),
             after_gap=np.zeros(1, bool),
         )
-        return float(self.detector.process_steps(state, steps).score[0])
+        return float(self.detector.process_steps(state, steps, self.direction).score[0])
 
 
 def _unpack(result: StepResults) -> list[StepScore]:

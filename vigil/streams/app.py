@@ -114,7 +114,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
 
     redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
     store = RedisStateStore(redis_client, settings.redis_prefix)
-    pipeline = DetectionPipeline(store, settings.detector, settings.max_cached_series)
+    pipeline = DetectionPipeline(
+        store, settings.detector, settings.max_cached_series, directions=settings.directions
+    )
     app.vigil_pipeline = pipeline  # for the web views and tests
 
     async def dead_letter(reject: Reject, event: EventT) -> asyncio.Future:
@@ -172,7 +174,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
                 await asyncio.gather(*delivered)
             await pipeline.save(batch)
             metrics.STATE_LATENCY.observe(store.last_latency_s)
-            metrics.POINTS_DETECTED.inc(batch.points)
+            metrics.POINTS_DETECTED.inc(batch.points - batch.dropped)
             metrics.STEPS_SCORED.inc(batch.steps)
             metrics.POINTS_DROPPED.inc(batch.dropped)
             for e in batch.events:

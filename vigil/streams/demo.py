@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -36,12 +38,15 @@ from vigil.streams.settings import Settings
 __all__ = ["run_demo"]
 
 INPUT_TOPIC = "metrics"
+DEMO_DIRECTIONS = "memory_used*=up,disk_used*=up"
 
 
 def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
     """Run the demo; returns a process exit code (0 when the pipeline ran through)."""
     started = time.monotonic()
     run_id = f"demo-{int(time.time())}"
+    # A SIGTERM (e.g. from `timeout`) must still stop the broker, Redis and worker below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with ExitStack() as stack:
         bootstrap = os.environ.get("VIGIL_KAFKA_BOOTSTRAP")
         if not bootstrap:
@@ -86,6 +91,9 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
             "VIGIL_INPUT_TOPICS": INPUT_TOPIC,
             "VIGIL_WEB_PORT": str(free_port()),
             "VIGIL_LOG_LEVEL": "warning",
+            # Memory and disk *used* matter when they rise; a drop (restart, cleanup) is news,
+            # not an incident. Override with VIGIL_DIRECTIONS.
+            "VIGIL_DIRECTIONS": os.environ.get("VIGIL_DIRECTIONS", DEMO_DIRECTIONS),
         }
         worker = WorkerProcess(env, log_path)
         stack.callback(worker.stop)
@@ -142,4 +150,5 @@ def _print_report(telemetry, events: list[dict], seconds: float) -> None:
           f"(precision {report.precision:.0%}; over {len(telemetry.series)} series × "
           f"{telemetry.params.get('days', 30)} days)")
     print(f"mean detection delay: {report.mean_delay_ms / 60_000:.1f} min")
+    print(f"alert directions: {os.environ.get('VIGIL_DIRECTIONS', DEMO_DIRECTIONS)}")
     print(f"demo finished in {seconds:.0f} s")

@@ -14,7 +14,9 @@ from prometheus_client import (
 MESSAGES_IN = Counter("vigil_messages_in", "Input messages consumed from metric topics")
 POINTS_IN = Counter("vigil_points_in", "Points parsed from metric topics")
 DEAD_LETTERS = Counter("vigil_dead_letters", "Records sent to the dead-letter topic", ["stage"])
-POINTS_DETECTED = Counter("vigil_points_detected", "Points folded into series states")
+POINTS_DETECTED = Counter(
+    "vigil_points_detected", "Points applied to series states (not counting dropped ones)"
+)
 POINTS_DROPPED = Counter(
     "vigil_points_dropped", "Points at or before their series' watermark (replays, late points)"
 )

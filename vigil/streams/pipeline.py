@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -32,6 +33,9 @@ from vigil.streams.records import AnomalyEvent, ParseResult, parse_series, stabl
 from vigil.streams.state import RedisStateStore, pack, unpack
 
 __all__ = ["Batch", "DetectionPipeline", "decode_points", "encode_points", "partition_for", "route"]
+
+
+_DIRECTIONS = {"up": 1, "down": -1, "both": 0}
 
 
 def partition_for(series: str, partitions: int) -> int:
@@ -120,12 +124,35 @@ class DetectionPipeline:
         params: DetectorParams | None = None,
         max_cached_series: int = 500_000,
         detector_name: str = "seasonal",
+        directions: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.detector = OnlineDetector(params)
         self.max_cached_series = max_cached_series
         self.detector_name = detector_name
+        self.directions = dict(directions or {})
         self._cache: dict[str, bytes] = {}
+        self._direction_cache: dict[str, int] = {}
+
+    def direction(self, series: str) -> int:
+        """+1 (alert only above), -1 (only below) or 0 (both), from the first matching rule.
+
+        >>> p = DetectionPipeline(None, directions={"disk_used*": "up"})
+        >>> p.direction('disk_used_percent{host="a"}'), p.direction("cpu")
+        (1, 0)
+        """
+        code = self._direction_cache.get(series)
+        if code is None:
+            name = parse_series(series)[0]
+            code = 0
+            for pattern, way in self.directions.items():
+                if fnmatch.fnmatchcase(name, pattern):
+                    code = _DIRECTIONS[way]
+                    break
+            if len(self._direction_cache) >= self.max_cached_series:
+                self._direction_cache.clear()
+            self._direction_cache[series] = code
+        return code
 
     def forget(self) -> None:
         """Drop the in-memory copies (on rebalance: Redis holds the truth)."""
@@ -153,7 +180,10 @@ class DetectionPipeline:
         stored = [self._cache.get(s) for s in touched]
         bank, _ = unpack(stored)
         index = np.fromiter((row_of[s] for s in series), np.int64, len(series))
-        results = self.detector.process(bank, index, ts_ms, values)
+        direction = None
+        if self.directions:
+            direction = np.fromiter((self.direction(s) for s in touched), np.int8, len(touched))
+        results = self.detector.process(bank, index, ts_ms, values, direction)
         states = pack(bank)
         events = self._events(results, touched)
         return Batch(
@@ -168,7 +198,8 @@ class DetectionPipeline:
 
     async def save(self, batch: Batch) -> None:
         """Persist the batch's states (with their watermarks) and keep them in memory."""
-        await self.store.save(batch.series, batch.states, points=batch.points)
+        # Count applied points only: a redelivered batch (after a rebalance) adds nothing.
+        await self.store.save(batch.series, batch.states, points=batch.points - batch.dropped)
         self._cache.update(zip(batch.series, batch.states, strict=True))
 
     def _events(self, results: StepResults, touched: list[str]) -> list[AnomalyEvent]:

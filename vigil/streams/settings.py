@@ -76,6 +76,25 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     detector: DetectorParams = DetectorParams()
+    directions: Annotated[dict[str, Literal["up", "down", "both"]], NoDecode] = Field(
+        {},
+        description="Metric-name globs whose anomalies count in one direction only, "
+        "e.g. 'memory_used*=up,disk_used*=up' (first match wins; default both).",
+    )
+
+    @field_validator("directions", mode="before")
+    @classmethod
+    def _parse_directions(cls, value):
+        # From the environment: "glob=up,glob2=down" or a JSON object.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected glob=up|down|both, comma-separated")
+            return {k.strip(): v.strip() for k, v in pairs}
+        return value
 
     @field_validator("input_topics", "json_label_fields", mode="before")
     @classmethod
