@@ -44,10 +44,9 @@ import redis
 from bench.report import CpuMeter, info
 from vigil.streams.embedded import (
     WorkerProcess,
+    configured_or_embedded,
     create_topics,
     free_port,
-    start_broker,
-    start_redis,
 )
 from vigil.streams.replay import make_producer
 
@@ -85,23 +84,10 @@ class Services:
 @contextlib.contextmanager
 def services() -> Iterator[Services]:
     """Embedded broker and Redis for the block (or the ones the environment names)."""
-    pids: dict[str, int] = {"bench": os.getpid()}
-    with contextlib.ExitStack() as stack:
-        bootstrap = os.environ.get("VIGIL_KAFKA_BOOTSTRAP")
-        if not bootstrap:
-            broker = start_broker()
-            stack.callback(broker.stop)
-            bootstrap = broker.address
-            pids["broker"] = broker.process.pid
-            info(f"embedded Kafka-protocol broker (Tansu) on {bootstrap}")
-        redis_url = os.environ.get("VIGIL_REDIS_URL")
-        if not redis_url:
-            server = start_redis()
-            stack.callback(server.stop)
-            redis_url = f"redis://{server.address}/0"
-            pids["redis"] = server.process.pid
-            info(f"embedded Redis on {server.address}")
-        yield Services(bootstrap, redis_url, pids)
+    with configured_or_embedded(announce=info) as found:
+        pids = {"bench": os.getpid()}
+        pids.update({name: s.process.pid for name, s in found.started.items()})
+        yield Services(found.bootstrap, found.redis_url, pids)
 
 
 @dataclass

@@ -98,7 +98,8 @@ class StateBank:
 
     @classmethod
     def from_records(cls, records: np.ndarray) -> StateBank:
-        return cls({name: np.ascontiguousarray(records[name]) for name in STATE_DTYPE.names})
+        """A bank owning copies of the records' fields (``records`` may be read-only)."""
+        return cls({name: np.array(records[name], order="C") for name in STATE_DTYPE.names})
 
     def to_records(self) -> np.ndarray:
         records = np.empty(len(self), STATE_DTYPE)

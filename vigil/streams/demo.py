@@ -27,10 +27,9 @@ from vigil.detectors.synthetic import generate_telemetry
 from vigil.streams.embedded import (
     TopicCollector,
     WorkerProcess,
+    configured_or_embedded,
     create_topics,
     free_port,
-    start_broker,
-    start_redis,
 )
 from vigil.streams.replay import replay
 from vigil.streams.settings import Settings
@@ -48,18 +47,8 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
     # A SIGTERM (e.g. from `timeout`) must still stop the broker, Redis and worker below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with ExitStack() as stack:
-        bootstrap = os.environ.get("VIGIL_KAFKA_BOOTSTRAP")
-        if not bootstrap:
-            broker = start_broker()
-            stack.callback(broker.stop)
-            bootstrap = broker.address
-            print(f"started embedded Kafka-protocol broker (Tansu) on {bootstrap}")
-        redis_url = os.environ.get("VIGIL_REDIS_URL")
-        if not redis_url:
-            server = start_redis()
-            stack.callback(server.stop)
-            redis_url = f"redis://{server.address}/0"
-            print(f"started embedded Redis on {server.address}")
+        found = stack.enter_context(configured_or_embedded())
+        bootstrap, redis_url = found.bootstrap, found.redis_url
         prefix = f"vigil-{run_id}:"
         settings = Settings(
             kafka_bootstrap=bootstrap, redis_url=redis_url, redis_prefix=prefix, app_id=run_id,

@@ -226,3 +226,34 @@ class TopicCollector:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+@dataclass(frozen=True)
+class Services:
+    """Where the broker and Redis are, and the processes started for them (if embedded)."""
+
+    bootstrap: str
+    redis_url: str
+    started: dict[str, EmbeddedService]
+
+
+@contextlib.contextmanager
+def configured_or_embedded(announce=print) -> Iterator[Services]:
+    """The broker and Redis that ``VIGIL_KAFKA_BOOTSTRAP`` / ``VIGIL_REDIS_URL`` name, or
+    embedded ones started for the block (and stopped after it)."""
+    started: dict[str, EmbeddedService] = {}
+    try:
+        bootstrap = os.environ.get("VIGIL_KAFKA_BOOTSTRAP")
+        if not bootstrap:
+            started["broker"] = start_broker()
+            bootstrap = started["broker"].address
+            announce(f"started embedded Kafka-protocol broker (Tansu) on {bootstrap}")
+        redis_url = os.environ.get("VIGIL_REDIS_URL")
+        if not redis_url:
+            started["redis"] = start_redis()
+            redis_url = f"redis://{started['redis'].address}/0"
+            announce(f"started embedded Redis on {started['redis'].address}")
+        yield Services(bootstrap, redis_url, started)
+    finally:
+        for service in started.values():
+            service.stop()

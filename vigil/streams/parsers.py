@@ -19,6 +19,7 @@ each bad point is rejected on its own, its reason prefixed with where it was
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -308,7 +309,24 @@ def _dumps(item: object) -> bytes:
         return repr(item).encode()
 
 
-class JsonParser:
+class _GuardedParser(ABC):
+    """``parse`` for parsers that fill a result in ``_parse_into``: a parser bug (any
+    unexpected exception) dead-letters the record instead of killing the stream."""
+
+    def parse(self, raw: bytes, now_ms: int) -> ParseResult:
+        result = ParseResult()
+        try:
+            self._parse_into(raw, now_ms, result)
+        except Exception as exc:
+            return _internal_error(raw, exc)
+        return result
+
+    @abstractmethod
+    def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
+        """Add the points and rejects of ``raw`` to ``result``."""
+
+
+class JsonParser(_GuardedParser):
     """JSON points: one object, a list of objects, ``{"points": [...]}``/``{"metrics": [...]}``,
     or newline-delimited objects.
 
@@ -344,14 +362,6 @@ class JsonParser:
         self.default_name = default_name
         self.timestamps = timestamps if timestamps is not None else TimestampPolicy()
         self._series_ids: dict[tuple, str] = {}
-
-    def parse(self, raw: bytes, now_ms: int) -> ParseResult:
-        result = ParseResult()
-        try:
-            self._parse_into(raw, now_ms, result)
-        except Exception as exc:  # a parser bug must not kill the stream: dead-letter it
-            return _internal_error(raw, exc)
-        return result
 
     def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
         if not raw or raw.isspace():
@@ -614,7 +624,7 @@ def _influx_number(key: str, token: str) -> float:
     return value
 
 
-class InfluxLineParser:
+class InfluxLineParser(_GuardedParser):
     """InfluxDB line protocol, as Telegraf's Kafka output writes it.
 
     ``measurement[,tag=v...] field=value[,field2=value2] [timestamp]``, one or more lines per
@@ -636,14 +646,6 @@ class InfluxLineParser:
     def __init__(self, separator: str = "_", timestamps: TimestampPolicy | None = None) -> None:
         self.separator = separator
         self.timestamps = timestamps if timestamps is not None else TimestampPolicy(unit="ns")
-
-    def parse(self, raw: bytes, now_ms: int) -> ParseResult:
-        result = ParseResult()
-        try:
-            self._parse_into(raw, now_ms, result)
-        except Exception as exc:  # a parser bug must not kill the stream: dead-letter it
-            return _internal_error(raw, exc)
-        return result
 
     def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
         raw_lines: list[bytes] = []

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +31,12 @@ from vigil.detectors.online import (
     describe,
 )
 from vigil.streams.records import AnomalyEvent, ParseResult, parse_series, stable_id
-from vigil.streams.state import RedisStateStore, pack, unpack
+from vigil.streams.state import RedisStateStore, pack, readable, unpack
 
 __all__ = ["Batch", "DetectionPipeline", "decode_points", "encode_points", "partition_for", "route"]
 
+
+log = logging.getLogger(__name__)
 
 _DIRECTIONS = {"up": 1, "down": -1, "both": 0}
 
@@ -133,6 +136,7 @@ class DetectionPipeline:
         self.directions = dict(directions or {})
         self._cache: dict[str, bytes] = {}
         self._direction_cache: dict[str, int] = {}
+        self.unreadable_states = 0
 
     def direction(self, series: str) -> int:
         """+1 (alert only above), -1 (only below) or 0 (both), from the first matching rule.
@@ -175,8 +179,13 @@ class DetectionPipeline:
                 self._cache.clear()
                 missing = touched
             for s, value in zip(missing, await self.store.load(missing), strict=True):
-                if value is not None:
+                if readable(value):
                     self._cache[s] = value
+                elif value is not None:
+                    # Not ours, or from another version: start the series afresh, say so.
+                    log.warning("state of %s is unreadable (%d bytes); starting afresh",
+                                s, len(value))
+                    self.unreadable_states += 1
         stored = [self._cache.get(s) for s in touched]
         bank, _ = unpack(stored)
         index = np.fromiter((row_of[s] for s in series), np.int64, len(series))

@@ -28,7 +28,14 @@ from tenacity import (
 
 from vigil.detectors.bank import STATE_DTYPE, StateBank, new_state_bank
 
-__all__ = ["FORMAT_VERSION", "RedisStateStore", "StateFormatError", "pack", "unpack"]
+__all__ = [
+    "FORMAT_VERSION",
+    "RedisStateStore",
+    "StateFormatError",
+    "pack",
+    "readable",
+    "unpack",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,16 @@ def pack(bank: StateBank) -> list[bytes]:
     stored["state"] = bank.to_records()
     raw = stored.tobytes()
     return [raw[i : i + VALUE_BYTES] for i in range(0, len(raw), VALUE_BYTES)]
+
+
+def readable(value: bytes | None) -> bool:
+    """Whether ``value`` is a state record this version can read."""
+    return (
+        value is not None
+        and len(value) == VALUE_BYTES
+        and value[:3] == MAGIC
+        and value[3] == FORMAT_VERSION
+    )
 
 
 def unpack(values: Sequence[bytes | None]) -> tuple[StateBank, np.ndarray]:

@@ -1,0 +1,114 @@
+"""The state record format and the Redis state store over a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from vigil.detectors.bank import STATE_DTYPE, new_state_bank
+from vigil.detectors.online import OnlineDetector
+from vigil.streams.state import (
+    FORMAT_VERSION,
+    VALUE_BYTES,
+    RedisStateStore,
+    StateFormatError,
+    pack,
+    unpack,
+)
+
+T0 = 1_699_833_600_000
+
+
+def _learned_bank(n: int):
+    bank = new_state_bank(n)
+    rng = np.random.default_rng(3)
+    steps = 200
+    index = np.repeat(np.arange(n), steps)
+    ts = np.tile(T0 + 60_000 * np.arange(steps), n)
+    OnlineDetector().process(bank, index, ts, rng.normal(10, 1, n * steps))
+    return bank
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_unpacked_states_are_writable_and_round_trip(n: int):
+    bank = _learned_bank(n)
+    values = pack(bank)
+    assert len(values) == n and all(len(v) == VALUE_BYTES for v in values)
+    restored, found = unpack(values)
+    assert found.all()
+    assert restored.tobytes() == bank.tobytes()
+    # The detector updates restored states in place (they must not share the bytes).
+    OnlineDetector().process(restored, np.zeros(1, int), [T0 + 600 * 60_000], [10.0])
+    assert restored["watermark_ms"][0] == T0 + 600 * 60_000
+
+
+def test_missing_states_come_back_fresh():
+    bank = _learned_bank(2)
+    restored, found = unpack([None, pack(bank)[1], None])
+    assert found.tolist() == [False, True, False]
+    assert restored["n_steps"].tolist() == [0, bank["n_steps"][1], 0]
+    assert restored["watermark_ms"][0] == -1
+
+
+def test_foreign_or_future_records_are_refused():
+    good = pack(new_state_bank(1))[0]
+    with pytest.raises(StateFormatError, match="not a vigil state"):
+        unpack([b"something else"])
+    with pytest.raises(StateFormatError, match="version"):
+        unpack([good[:3] + bytes([FORMAT_VERSION + 1]) + good[4:]])
+
+
+def test_store_saves_and_loads_in_batches_over_real_redis(redis_url: str):
+    async def run():
+        client = aioredis.from_url(redis_url)
+        prefix = f"vigil-test-store-{np.random.default_rng().integers(1 << 30)}:"
+        store = RedisStateStore(client, prefix)
+        try:
+            bank = _learned_bank(3)
+            series = ['cpu{host="a"}', 'cpu{host="b"}', 'cpu{host="c"}']
+            await store.save(series, pack(bank), points=600)
+            loaded = await store.load([*series, 'cpu{host="new"}'])
+            assert loaded[3] is None
+            restored, found = unpack(loaded)
+            assert found.tolist() == [True, True, True, False]
+            assert restored.take([0, 1, 2]).tobytes() == bank.tobytes()
+            assert await store.count_processed() == 600
+            assert await client.strlen(store.key(series[0])) == VALUE_BYTES
+        finally:
+            keys = [k async for k in client.scan_iter(f"{prefix}*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_state_stays_within_the_budget():
+    assert VALUE_BYTES == STATE_DTYPE.itemsize + 4 <= 4096
+
+
+def test_pipeline_starts_afresh_on_an_unreadable_state(redis_url: str):
+    from vigil.streams.pipeline import DetectionPipeline
+
+    async def run():
+        client = aioredis.from_url(redis_url)
+        prefix = f"vigil-test-bad-{np.random.default_rng().integers(1 << 30)}:"
+        store = RedisStateStore(client, prefix)
+        try:
+            await client.set(store.key("cpu"), b"written by something else")
+            pipeline = DetectionPipeline(store)
+            batch = await pipeline.process(["cpu"], np.array([T0]), np.array([1.0]))
+            await pipeline.save(batch)
+            assert pipeline.unreadable_states == 1
+            restored, found = unpack(await store.load(["cpu"]))
+            assert found.all() and restored["watermark_ms"][0] == T0
+        finally:
+            keys = [k async for k in client.scan_iter(f"{prefix}*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
+
+    asyncio.run(run())
