@@ -1,0 +1,92 @@
+"""The NAB scorer against the values NAB's own formulas give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vigil.detectors.nab import (
+    PROFILES,
+    ScoredFile,
+    normalised,
+    probation_length,
+    raw_score,
+    sweep_threshold,
+)
+
+N = 1000  # probation: 150 rows
+WINDOW = (400, 499)
+
+
+def _file() -> ScoredFile:
+    return ScoredFile(np.arange(N) * 300_000, [(WINDOW[0] * 300_000, WINDOW[1] * 300_000)])
+
+
+def _score(rows: list[int], profile: str = "standard") -> float:
+    det = np.zeros(N, bool)
+    det[rows] = True
+    return normalised(raw_score([_file()], [det], profile), 1, profile)
+
+
+def test_probation_is_fifteen_percent_up_to_750_rows():
+    assert probation_length(1000) == 150
+    assert probation_length(10_000) == 750
+
+
+def test_perfect_null_and_positions_inside_a_window():
+    assert _score([]) == 0.0
+    assert _score([400]) == pytest.approx(100.0)
+    # Inside: tp · σ(y)/σ(−1), y = −(right − i + 1)/width, σ(y) = 2/(1 + e^{5y}) − 1.
+    def expected(i: int) -> float:
+        sigma = lambda y: 2 / (1 + np.exp(5 * y)) - 1  # noqa: E731
+        earned = sigma(-(WINDOW[1] - i + 1) / 100) / sigma(-1.0)
+        return 100 * (earned + 1) / 2
+
+    assert _score([450]) == pytest.approx(expected(450)) == pytest.approx(93.0, abs=0.1)
+    assert _score([499]) == pytest.approx(expected(499)) == pytest.approx(51.3, abs=0.1)
+    # Only the best detection of a window counts.
+    assert _score([400, 450, 499]) == pytest.approx(100.0)
+
+
+def test_false_positives_cost_by_profile_and_distance():
+    before = _score([300]) / 100 * 2 - 1  # raw on the [-1, 1] scale of one window
+    assert before == pytest.approx(-1 - 0.11)
+    low_fp = _score([300], "reward_low_FP_rate") / 100 * 2 - 1
+    assert low_fp == pytest.approx(-1 - 0.22)
+    # Just after a window a detection costs almost nothing; far after it, the full fp.
+    assert _score([400, 500]) > _score([400, 900])
+    assert _score([400, 900]) == pytest.approx(100 * (1 - 0.11 + 1) / 2)
+    # Detections in probation are ignored.
+    assert _score([10]) == 0.0
+
+
+def test_sweep_finds_the_best_threshold_and_agrees_with_the_raw_score():
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0, 0.5, N)
+    scores[402] = 0.95  # early in the window
+    scores[[200, 700]] = 0.9  # two false positives just below it
+    for profile in PROFILES:
+        threshold, raw = sweep_threshold([_file()], [scores], profile)
+        assert threshold == 0.95
+        assert raw == pytest.approx(raw_score([_file()], [scores >= threshold], profile))
+
+
+def test_windows_must_match_row_timestamps():
+    with pytest.raises(ValueError, match="row timestamps"):
+        ScoredFile(np.arange(10) * 1000, [(1500, 3000)])
+
+
+NAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev"
+
+
+@pytest.mark.skipif(not NAB.exists(), reason="needs ../shared/data/nab-dev")
+def test_online_detector_scores_on_nab_dev(capsys):
+    from vigil.detectors.nab import _main
+
+    _main(str(NAB))
+    out = capsys.readouterr().out
+    scores = dict(line.split(": ") for line in out.strip().splitlines())
+    assert set(scores) == set(PROFILES)
+    assert all(-100 <= float(v) <= 100 for v in scores.values())

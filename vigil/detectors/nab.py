@@ -1,0 +1,243 @@
+"""The Numenta Anomaly Benchmark score, as NAB v1.1 computes it (nab/sweeper.py, optimizer.py).
+
+* The first ``min(floor(0.15·n), 750)`` rows of a file are probation: never scored.
+* A detection inside a labelled window at relative position ``y = −(right − i + 1)/width``
+  earns ``tp · σ(y)/σ(−1)`` with ``σ(y) = 2/(1 + e^{5y}) − 1`` (``−1`` for ``y ≥ 3``); only the
+  best (earliest) detection of a window counts; a window without one costs ``−fn``.
+* A detection outside windows costs ``fp · σ(|i − prev_right| / (prev_width − 1))`` — little
+  just after a window, ``−fp`` far from one or before the first.
+* Normalised score = ``100 · (raw − null) / (perfect − null)``: null = nothing detected
+  (``−fn`` per window), perfect = every window at its left edge (``tp`` per window).
+* A detector with a continuous score is thresholded once for the whole corpus, at the value
+  that maximises the raw score (per profile).
+
+Run ``python -m vigil.detectors.nab PATH`` to score the online detector's incident openings
+on a NAB folder (``data/`` and ``combined_windows.json``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "PROFILES",
+    "ScoredFile",
+    "normalised",
+    "probation_length",
+    "raw_score",
+    "scaled_sigmoid",
+    "sweep_threshold",
+]
+
+#: (tp weight, fp weight, fn weight) of NAB's three application profiles.
+PROFILES = {
+    "standard": (1.0, 0.11, 1.0),
+    "reward_low_FP_rate": (1.0, 0.22, 1.0),
+    "reward_low_FN_rate": (1.0, 0.11, 2.0),
+}
+
+PROBATION = -2  # window_of_row value of probation rows
+OUTSIDE = -1  # ... of rows outside every window
+
+
+def scaled_sigmoid(x: float) -> float:
+    """NAB's ``scaledSigmoid``: 1 → −1 over y in [−1, 3], exactly −1 from 3 on.
+
+    >>> round(scaled_sigmoid(-1.0), 4), scaled_sigmoid(0.0), scaled_sigmoid(3.0)
+    (0.9866, 0.0, -1.0)
+    """
+    if x >= 3.0:
+        return -1.0
+    return 2.0 / (1.0 + math.exp(5.0 * x)) - 1.0
+
+
+def probation_length(n_rows: int) -> int:
+    """Rows at the start of a file that are never scored."""
+    return int(min(math.floor(0.15 * n_rows), 0.15 * 5000))
+
+
+@dataclass
+class ScoredFile:
+    """One file's rows, labelled windows and, per profile, each row's NAB weight.
+
+    ``window_of_row[i]`` is the window index of row ``i``, :data:`OUTSIDE` or
+    :data:`PROBATION`. ``windows`` are ``(start_ms, end_ms)`` that match row timestamps.
+    """
+
+    ts_ms: np.ndarray
+    windows: list[tuple[int, int]]
+
+    def __post_init__(self) -> None:
+        ts = np.asarray(self.ts_ms, np.int64)
+        n = len(ts)
+        window_of_row = np.full(n, OUTSIDE, np.int64)
+        bounds = []
+        for k, (start, end) in enumerate(self.windows):
+            left, right = int(np.searchsorted(ts, start)), int(np.searchsorted(ts, end))
+            if left >= n or ts[left] != start or right >= n or ts[right] != end:
+                raise ValueError(f"window {k} does not start and end on row timestamps")
+            window_of_row[left : right + 1] = k
+            bounds.append((left, right))
+        window_of_row[: probation_length(n)] = PROBATION
+        self.window_of_row = window_of_row
+        self._bounds = bounds
+
+    def weights(self, tp: float, fp: float) -> np.ndarray:
+        """The score a detection at each row would earn (NAB's ``calcSweepScore``)."""
+        n = len(self.window_of_row)
+        out = np.empty(n)
+        top = scaled_sigmoid(-1.0)
+        prev_right: int | None = None
+        prev_width = 0.0
+        bounds = iter(self._bounds)
+        current = next(bounds, None)
+        for i in range(n):
+            if current is not None and current[0] <= i <= current[1]:
+                left, right = current
+                width = float(right - left + 1)
+                out[i] = tp * scaled_sigmoid(-(right - i + 1) / width) / top
+                if i == right:
+                    prev_right, prev_width = right, width
+                    current = next(bounds, None)
+            elif prev_right is None:
+                out[i] = -fp
+            else:
+                out[i] = fp * scaled_sigmoid(abs(i - prev_right) / (prev_width - 1))
+        return out
+
+
+def raw_score(
+    files: Sequence[ScoredFile], detections: Sequence[np.ndarray], profile: str
+) -> float:
+    """The raw NAB score of boolean ``detections`` (one array per file) under ``profile``.
+
+    >>> f = ScoredFile(np.arange(100), [(40, 49)])
+    >>> det = np.zeros(100, bool); det[40] = True
+    >>> normalised(raw_score([f], [det], "standard"), 1, "standard")
+    100.0
+    """
+    tp, fp, fn = PROFILES[profile]
+    total = 0.0
+    for f, detected in zip(files, detections, strict=True):
+        w = f.weights(tp, fp)
+        hits = np.flatnonzero(detected & (f.window_of_row != PROBATION))
+        best = np.full(len(f.windows), -fn)
+        for i in hits:
+            k = f.window_of_row[i]
+            if k == OUTSIDE:
+                total += w[i]
+            else:
+                best[k] = max(best[k], w[i])
+        total += best.sum()
+    return float(total)
+
+
+def normalised(raw: float, n_windows: int, profile: str) -> float:
+    """``100 · (raw − null) / (perfect − null)``."""
+    tp, _, fn = PROFILES[profile]
+    null, perfect = -fn * n_windows, tp * n_windows
+    return 100.0 * (raw - null) / (perfect - null)
+
+
+def sweep_threshold(
+    files: Sequence[ScoredFile], scores: Sequence[np.ndarray], profile: str
+) -> tuple[float, float]:
+    """The corpus-wide threshold (detection = score ≥ threshold) with the best raw score.
+
+    Returns ``(threshold, raw score)``; NAB's ``optimizer`` does the same sweep.
+
+    >>> f = ScoredFile(np.arange(100), [(40, 49)])
+    >>> s = np.zeros(100); s[40] = 0.9; s[70] = 0.5
+    >>> sweep_threshold([f], [s], "standard")[0]
+    0.9
+    """
+    tp, fp, fn = PROFILES[profile]
+    values, weights, windows = [], [], []
+    for f, score in zip(files, scores, strict=True):
+        keep = f.window_of_row != PROBATION
+        values.append(np.asarray(score, np.float64)[keep])
+        weights.append(f.weights(tp, fp)[keep])
+        # Window ids unique across files.
+        offset = sum(len(g.windows) for g in files[: files.index(f)])
+        k = f.window_of_row[keep]
+        windows.append(np.where(k >= 0, k + offset, OUTSIDE))
+    values, weights, windows = map(np.concatenate, (values, weights, windows))
+    n_windows = sum(len(f.windows) for f in files)
+    best = np.full(n_windows, -fn)
+    total = float(best.sum())
+    order = np.argsort(-values, kind="stable")
+    best_threshold, best_total = math.inf, total
+    i = 0
+    while i < len(order):
+        threshold = values[order[i]]
+        while i < len(order) and values[order[i]] == threshold:
+            row = order[i]
+            k = windows[row]
+            if k == OUTSIDE:
+                total += weights[row]
+            elif weights[row] > best[k]:
+                total += weights[row] - best[k]
+                best[k] = weights[row]
+            i += 1
+        if total > best_total:
+            best_threshold, best_total = float(threshold), total
+    return best_threshold, best_total
+
+
+def _main(path: str) -> None:
+    """Score the online detector's incident openings on a NAB folder (all three profiles)."""
+    import json
+    from pathlib import Path
+
+    from vigil.detectors.datasets import load_dataset, parse_timestamps_ms
+    from vigil.detectors.online import DetectorParams, OnlineDetector, new_state_bank
+
+    root = Path(path)
+    windows = json.loads((root / "combined_windows.json").read_text())
+    dataset = load_dataset(root)
+    params = DetectorParams(step_s=300)
+    ids = list(dataset.series)
+    index = np.concatenate([np.full(len(dataset.series[s]), k) for k, s in enumerate(ids)])
+    ts = np.concatenate([dataset.series[s].ts_ms for s in ids])
+    values = np.concatenate([dataset.series[s].values for s in ids])
+    result = OnlineDetector(params).process(new_state_bank(len(ids)), index, ts, values)
+    opened = result.event == 1
+    files, detections = [], []
+    for rel, spans in sorted(windows.items()):
+        category, name = rel.split("/")
+        text = (root / "data" / rel).read_text().splitlines()[1:]
+        stamps = parse_timestamps_ms([line.split(",")[0] for line in text])
+        k = next(
+            i for i, s in enumerate(ids)
+            if dataset.series[s].labels.get("category") == category
+            and dataset.series[s].name == _metric(name)
+        )
+        mine = (result.steps.index == k) & opened
+        # A step's verdict lands on the last row of its bucket.
+        bucket = stamps - stamps % params.step_ms
+        rows = np.searchsorted(bucket, result.steps.ts_ms[mine], side="right") - 1
+        detected = np.zeros(len(stamps), bool)
+        detected[rows[rows >= 0]] = True
+        spans_ms = [tuple(int(t) for t in parse_timestamps_ms(list(s))) for s in spans]
+        files.append(ScoredFile(stamps, spans_ms))
+        detections.append(detected)
+    n_windows = sum(len(f.windows) for f in files)
+    for profile in PROFILES:
+        raw = raw_score(files, detections, profile)
+        print(f"{profile}: {normalised(raw, n_windows, profile):.1f}")
+
+
+def _metric(file_name: str) -> str:
+    from vigil.detectors.datasets import metric_name
+
+    return metric_name(file_name.rsplit(".", 1)[0])
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/nab-dev")
