@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 
 import numpy as np
 import pytest
@@ -20,6 +22,20 @@ from vigil.streams.state import (
 )
 
 T0 = 1_699_833_600_000
+
+
+@contextlib.asynccontextmanager
+async def _store(redis_url: str):
+    """A store under a unique key prefix on the real Redis, emptied afterwards."""
+    client = aioredis.from_url(redis_url)
+    prefix = f"vigil-test-store-{uuid.uuid4().hex[:8]}:"
+    try:
+        yield client, RedisStateStore(client, prefix)
+    finally:
+        keys = [k async for k in client.scan_iter(f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
 
 
 def _learned_bank(n: int):
@@ -63,10 +79,7 @@ def test_foreign_or_future_records_are_refused():
 
 def test_store_saves_and_loads_in_batches_over_real_redis(redis_url: str):
     async def run():
-        client = aioredis.from_url(redis_url)
-        prefix = f"vigil-test-store-{np.random.default_rng().integers(1 << 30)}:"
-        store = RedisStateStore(client, prefix)
-        try:
+        async with _store(redis_url) as (client, store):
             bank = _learned_bank(3)
             series = ['cpu{host="a"}', 'cpu{host="b"}', 'cpu{host="c"}']
             await store.save(series, pack(bank), points=600)
@@ -77,11 +90,6 @@ def test_store_saves_and_loads_in_batches_over_real_redis(redis_url: str):
             assert restored.take([0, 1, 2]).tobytes() == bank.tobytes()
             assert await store.count_processed() == 600
             assert await client.strlen(store.key(series[0])) == VALUE_BYTES
-        finally:
-            keys = [k async for k in client.scan_iter(f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
 
     asyncio.run(run())
 
@@ -94,10 +102,7 @@ def test_pipeline_starts_afresh_on_an_unreadable_state(redis_url: str):
     from vigil.streams.pipeline import DetectionPipeline
 
     async def run():
-        client = aioredis.from_url(redis_url)
-        prefix = f"vigil-test-bad-{np.random.default_rng().integers(1 << 30)}:"
-        store = RedisStateStore(client, prefix)
-        try:
+        async with _store(redis_url) as (client, store):
             await client.set(store.key("cpu"), b"written by something else")
             pipeline = DetectionPipeline(store)
             batch = await pipeline.process(["cpu"], np.array([T0]), np.array([1.0]))
@@ -105,10 +110,5 @@ def test_pipeline_starts_afresh_on_an_unreadable_state(redis_url: str):
             assert pipeline.unreadable_states == 1
             restored, found = unpack(await store.load(["cpu"]))
             assert found.all() and restored["watermark_ms"][0] == T0
-        finally:
-            keys = [k async for k in client.scan_iter(f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
 
     asyncio.run(run())
