@@ -354,3 +354,23 @@ def test_two_workers_share_the_partitions_and_detect_as_one(stack: Stack):
     by_id: dict[str, dict] = {}
     for e in events:
         assert by_id.setdefault(e["event_id"], e) == e
+
+
+def test_junk_on_the_internal_topic_is_dead_lettered_not_fatal(stack: Stack):
+    collector = TopicCollector(stack.broker, [stack.deadletter_topic])
+    worker = stack.start_worker()
+    producer = Producer({"bootstrap.servers": stack.broker})
+    producer.produce(stack.points_topic, b"not a routed batch", partition=0)
+    now_ms = time.time_ns() // 1_000_000
+    producer.produce(stack.input_topic, orjson.dumps({"name": "up", "timestamp": now_ms,
+                                                      "value": 1}))
+    producer.flush(10)
+    try:
+        stack.wait_processed(1, worker, timeout=60)
+        letters = wait_until(lambda: collector.values(stack.deadletter_topic), 30, "dead letter")
+    finally:
+        collector.close()
+    record = orjson.loads(letters[0])
+    assert record["stage"] == "route" and record["topic"] == stack.points_topic
+    assert base64.b64decode(record["raw_b64"]) == b"not a routed batch"
+    assert worker.alive()

@@ -119,9 +119,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     )
     app.vigil_pipeline = pipeline  # for the web views and tests
 
-    async def dead_letter(reject: Reject, event: EventT) -> asyncio.Future:
+    async def dead_letter(reject: Reject, event: EventT, stage: str = "parse") -> asyncio.Future:
         message = event.message
-        metrics.DEAD_LETTERS.labels(stage="parse").inc()
+        metrics.DEAD_LETTERS.labels(stage=stage).inc()
         record = DeadLetter(
             reason=reject.reason,
             topic=message.topic,
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             offset=message.offset,
             raw_b64=base64.b64encode(reject.raw).decode(),
             ts_ms=_now_ms(),
+            stage=stage,
         )
         return await deadletter_topic.send(key=message.topic.encode(), value=record)
 
@@ -164,7 +165,10 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     async def detect(stream):
         async for events in stream.take_events(settings.detect_batch, settings.batch_window_s):
             started = time.perf_counter()
-            series, ts_ms, values = decode_points(e.value for e in events)
+            series, ts_ms, values, bad = decode_points(e.value or b"" for e in events)
+            for n, reason in bad:
+                event = events[n]
+                await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
             batch = await pipeline.process(series, ts_ms, values)
             metrics.STATE_LATENCY.observe(store.last_latency_s)
             delivered = [

@@ -88,17 +88,41 @@ def route(
     return messages
 
 
-def decode_points(messages: Iterable[bytes]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Concatenate routed messages back into columns."""
+def decode_points(
+    messages: Iterable[bytes],
+) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Concatenate routed messages back into columns.
+
+    Returns the columns and ``(message number, reason)`` for every message that is not a
+    routed batch (the internal topic is ours, but a stray writer must not stop the worker).
+
+    >>> s, t, v, bad = decode_points([encode_points(["a"], [1], [2.0]), b"junk"])
+    >>> s, t.tolist(), v.tolist(), bad[0][0]
+    (['a'], [1], [2.0], 1)
+    """
     series: list[str] = []
     ts: list[int] = []
     values: list[float] = []
-    for raw in messages:
-        doc = orjson.loads(raw)
-        series += doc["s"]
-        ts += doc["t"]
-        values += doc["v"]
-    return series, np.asarray(ts, np.int64), np.asarray(values, np.float64)
+    bad: list[tuple[int, str]] = []
+    for n, raw in enumerate(messages):
+        try:
+            doc = orjson.loads(raw)
+            s, t, v = doc["s"], doc["t"], doc["v"]
+            if not (len(s) == len(t) == len(v)):
+                raise ValueError("columns of different lengths")
+            t_arr = np.asarray(t, np.int64)
+            v_arr = np.asarray(v, np.float64)
+            if not all(type(x) is str for x in s):
+                raise ValueError("series ids must be strings")
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            bad.append((n, f"not a routed points message: {type(exc).__name__}: {exc}"))
+            continue
+        series += s
+        ts.append(t_arr)
+        values.append(v_arr)
+    if not ts:
+        return [], np.empty(0, np.int64), np.empty(0, np.float64), bad
+    return series, np.concatenate(ts), np.concatenate(values), bad
 
 
 def _iso(ts_ms: int) -> str:
