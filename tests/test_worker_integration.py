@@ -60,6 +60,18 @@ def _events(collector: TopicCollector, topic: str) -> list[dict]:
     return [orjson.loads(v) for v in collector.values(topic)]
 
 
+def _wait_for_events(collector: TopicCollector, stack: Stack, expected: list[dict]):
+    """Every anomaly event once all the expected ids have arrived (and a moment for stray
+    repeats), or fail."""
+    wanted = {e["event_id"] for e in expected}
+    wait_until(
+        lambda: wanted <= {e["event_id"] for e in _events(collector, stack.anomalies_topic)},
+        60, f"the {len(wanted)} expected anomaly events",
+    )
+    time.sleep(1)
+    return _events(collector, stack.anomalies_topic)
+
+
 def _expected_events(telemetry, stack: Stack) -> list[dict]:
     """The events one uninterrupted pass of the same pipeline code gives (the reference)."""
     series, ts, values = [], [], []
@@ -89,11 +101,7 @@ def test_replayed_month_yields_events_inside_the_labelled_anomalies(stack: Stack
         sent = replay(telemetry, stack.broker, stack.input_topic, batch=100)
         stack.wait_processed(sent, worker)
         expected = _expected_events(telemetry, stack)
-        wait_until(
-            lambda: len(collector.values(stack.anomalies_topic)) >= len(expected),
-            30, "all anomaly events",
-        )
-        events = _events(collector, stack.anomalies_topic)
+        events = _wait_for_events(collector, stack, expected)
     finally:
         collector.close()
 
@@ -134,13 +142,7 @@ def test_restart_mid_stream_keeps_state_and_duplicates_no_event(stack: Stack, st
         sent += replay(second, stack.broker, stack.input_topic, batch=100)
         stack.wait_processed(sent, worker)
         expected = _expected_events(telemetry, stack)
-        wait_until(
-            lambda: {orjson.loads(v)["event_id"] for v in collector.values(stack.anomalies_topic)}
-            >= {e["event_id"] for e in expected},
-            30, "every expected event",
-        )
-        time.sleep(1)
-        events = _events(collector, stack.anomalies_topic)
+        events = _wait_for_events(collector, stack, expected)
     finally:
         collector.close()
 
@@ -337,13 +339,7 @@ def test_two_workers_share_the_partitions_and_detect_as_one(stack: Stack):
         sent = replay(telemetry, stack.broker, stack.input_topic, batch=100)
         stack.wait_processed(sent, workers[0], timeout=120)
         expected = _expected_events(telemetry, stack)
-        wait_until(
-            lambda: {orjson.loads(v)["event_id"] for v in collector.values(stack.anomalies_topic)}
-            >= {e["event_id"] for e in expected},
-            60, "every expected anomaly event",
-        )
-        time.sleep(1)
-        events = _events(collector, stack.anomalies_topic)
+        events = _wait_for_events(collector, stack, expected)
         shares = [detected(w) for w in workers]
     finally:
         collector.close()
