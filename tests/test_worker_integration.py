@@ -60,6 +60,12 @@ def _events(collector: TopicCollector, topic: str) -> list[dict]:
     return [orjson.loads(v) for v in collector.values(topic)]
 
 
+def _assert_repeats_are_identical(events: list[dict]) -> None:
+    by_id: dict[str, dict] = {}
+    for e in events:
+        assert by_id.setdefault(e["event_id"], e) == e
+
+
 def _wait_for_events(collector: TopicCollector, stack: Stack, expected: list[dict]):
     """Every anomaly event once all the expected ids have arrived (and a moment for stray
     repeats), or fail."""
@@ -153,9 +159,7 @@ def test_restart_mid_stream_keeps_state_and_duplicates_no_event(stack: Stack, st
     else:
         # After a crash, uncommitted batches are redelivered (at-least-once); a repeated
         # event is the very same record, so consumers deduplicate by event_id.
-        by_id: dict[str, dict] = {}
-        for e in events:
-            assert by_id.setdefault(e["event_id"], e) == e
+        _assert_repeats_are_identical(events)
 
 
 def test_bad_records_are_dead_lettered_and_the_worker_keeps_running(stack: Stack):
@@ -347,9 +351,7 @@ def test_two_workers_share_the_partitions_and_detect_as_one(stack: Stack):
     assert sum(shares) == sent  # every point applied once, by one of them
     assert {e["event_id"] for e in events} == {e["event_id"] for e in expected}
     # A rebalance may redeliver a batch (at-least-once); a repeat is the very same record.
-    by_id: dict[str, dict] = {}
-    for e in events:
-        assert by_id.setdefault(e["event_id"], e) == e
+    _assert_repeats_are_identical(events)
 
 
 def test_junk_on_the_internal_topic_is_dead_lettered_not_fatal(stack: Stack):

@@ -38,12 +38,16 @@ class MatchReport:
 
     def by_kind(self) -> dict[str, tuple[int, int]]:
         """``kind -> (found, labelled)``."""
+        return self.count_by("kind")
+
+    def count_by(self, attribute: str) -> dict[str, tuple[int, int]]:
+        """``value of the label attribute (kind, type, series) -> (found, labelled)``."""
         counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for label, _ in self.found:
-            counts[label.kind][0] += 1
-            counts[label.kind][1] += 1
+            counts[getattr(label, attribute)][0] += 1
+            counts[getattr(label, attribute)][1] += 1
         for label in self.missed:
-            counts[label.kind][1] += 1
+            counts[getattr(label, attribute)][1] += 1
         return {k: (v[0], v[1]) for k, v in sorted(counts.items())}
 
     @property

@@ -117,7 +117,6 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     pipeline = DetectionPipeline(
         store, settings.detector, settings.max_cached_series, directions=settings.directions
     )
-    app.vigil_pipeline = pipeline  # for the web views and tests
 
     async def dead_letter(reject: Reject, event: EventT, stage: str = "parse") -> asyncio.Future:
         message = event.message
@@ -170,14 +169,12 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
                 event = events[n]
                 await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
             batch = await pipeline.process(series, ts_ms, values)
-            metrics.STATE_LATENCY.observe(store.last_latency_s)
             delivered = [
                 await anomalies_topic.send(key=e.series.encode(), value=e) for e in batch.events
             ]
             if delivered:
                 await asyncio.gather(*delivered)
             await pipeline.save(batch)
-            metrics.STATE_LATENCY.observe(store.last_latency_s)
             metrics.POINTS_DETECTED.inc(batch.points - batch.dropped)
             metrics.STEPS_SCORED.inc(batch.steps)
             metrics.POINTS_DROPPED.inc(batch.dropped)

@@ -125,12 +125,8 @@ def _print_report(telemetry, events: list[dict], seconds: float) -> None:
     print(f"{'kind':<12}{'labelled':>10}{'found':>8}{'missed':>8}")
     for kind, (found, total) in report.by_kind().items():
         print(f"{kind:<12}{total:>10}{found:>8}{total - found:>8}")
-    types: dict[str, list[int]] = {}
-    for label, _ in report.found:
-        types.setdefault(label.type, [0, 0])[0] += 1
-    for label in report.missed:
-        types.setdefault(label.type, [0, 0])[1] += 1
-    print("by type: " + ", ".join(f"{t} {f}/{f + m}" for t, (f, m) in sorted(types.items())))
+    types = report.count_by("type")
+    print("by type: " + ", ".join(f"{t} {found}/{total}" for t, (found, total) in types.items()))
     print()
     print(f"found:        {len(report.found)} of {len(report.found) + len(report.missed)} "
           f"labelled anomalies (recall {report.recall:.0%})")

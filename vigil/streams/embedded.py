@@ -126,14 +126,6 @@ def start_redis(port: int | None = None) -> EmbeddedService:
     return _spawn("redis", argv, port)
 
 
-@contextlib.contextmanager
-def running(service: EmbeddedService) -> Iterator[EmbeddedService]:
-    try:
-        yield service
-    finally:
-        service.stop()
-
-
 def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     """Create topics (name → partitions) that do not exist yet."""
     from confluent_kafka.admin import AdminClient, NewTopic

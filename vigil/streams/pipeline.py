@@ -15,7 +15,7 @@ import fnmatch
 import logging
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
@@ -139,7 +139,6 @@ class Batch:
     points: int
     steps: int
     dropped: int
-    results: StepResults | None = field(default=None, repr=False)
 
 
 class DetectionPipeline:
@@ -226,7 +225,6 @@ class DetectionPipeline:
             points=len(series),
             steps=len(results.steps),
             dropped=results.steps.dropped,
-            results=results,
         )
 
     async def save(self, batch: Batch) -> None:

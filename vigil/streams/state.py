@@ -27,6 +27,7 @@ from tenacity import (
 )
 
 from vigil.detectors.bank import STATE_DTYPE, StateBank, new_state_bank
+from vigil.streams.metrics import STATE_LATENCY
 
 __all__ = [
     "FORMAT_VERSION",
@@ -119,7 +120,6 @@ class RedisStateStore:
     def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
         self.client = client
         self.prefix = prefix
-        self.last_latency_s = 0.0
 
     def key(self, series: str) -> str:
         return f"{self.prefix}state:{series}"
@@ -133,7 +133,7 @@ class RedisStateStore:
         async for attempt in _retrying():
             with attempt:
                 values = await self.client.mget(keys)
-        self.last_latency_s = time.perf_counter() - started
+        STATE_LATENCY.observe(time.perf_counter() - started)
         return values
 
     async def save(self, series: Sequence[str], values: Sequence[bytes], points: int = 0) -> None:
@@ -149,7 +149,7 @@ class RedisStateStore:
                     if points:
                         pipe.hincrby(f"{self.prefix}stats", "points_processed", points)
                     await pipe.execute()
-        self.last_latency_s = time.perf_counter() - started
+        STATE_LATENCY.observe(time.perf_counter() - started)
 
     async def count_processed(self, field: str = "points_processed") -> int:
         value = await self.client.hget(f"{self.prefix}stats", field)
