@@ -153,7 +153,7 @@ class Worker:
 
     def __init__(self, svc: Services, run: Run, stack: contextlib.ExitStack) -> None:
         datadir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vigil-bench-"))
-        stack.callback(_delete_keys, svc.redis_url, run.prefix)
+        stack.callback(delete_keys, svc.redis_url, run.prefix)
         log_path = Path(tempfile.gettempdir()) / f"vigil-{run.run_id}-worker.log"
         env = run.worker_env(svc, datadir)
         self.metrics_url = f"http://127.0.0.1:{env['VIGIL_WEB_PORT']}/metrics"
@@ -210,7 +210,7 @@ def _make_ready(worker: Worker, producer: Producer, topic: str, at_ms: int) -> N
     info(f"worker ready {time.monotonic() - started:.1f} s after the probe was sent")
 
 
-def _delete_keys(redis_url: str, prefix: str) -> None:
+def delete_keys(redis_url: str, prefix: str) -> None:
     # A shared Redis (VIGIL_REDIS_URL) should not keep a benchmark's states.
     with contextlib.suppress(Exception), redis.Redis.from_url(redis_url) as client:
         keys = list(client.scan_iter(match=f"{prefix}*", count=10_000))

@@ -13,7 +13,10 @@ The figures, in order:
    process end to end, saturated (:func:`bench.pipeline.measure_throughput`);
 3. ``latency_p50`` / ``latency_p99`` — produce → anomaly event at half the batched
    saturation rate (:func:`bench.pipeline.measure_latency`), with ``latency_load`` (the rate
-   actually produced) and ``latency_samples`` (spikes matched to their event).
+   actually produced) and ``latency_samples`` (spikes matched to their event);
+4. ``alert_latency_p50`` / ``alert_latency_p95`` — anomaly event produced → its Telegram
+   request at a local Bot API server, one incident (one message with a chart) at a time at
+   ``alert_rate`` (:mod:`bench.notifier`), ``alert_samples`` of them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from bench.detector import detector_figures
+from bench.notifier import measure_alert_latency
 from bench.pipeline import measure_latency, measure_throughput, services
 from bench.report import Figure, info, machine_line
 
@@ -42,6 +46,8 @@ class Sizes:
     latency_series: int
     latency_paced_s: float
     latency_spikes: int
+    alert_incidents: int
+    alert_rate: float  # incidents per second
 
 
 QUICK = Sizes(
@@ -53,6 +59,8 @@ QUICK = Sizes(
     latency_series=2_000,
     latency_paced_s=8.0,
     latency_spikes=400,
+    alert_incidents=100,
+    alert_rate=10.0,
 )
 
 FULL = Sizes(
@@ -64,6 +72,8 @@ FULL = Sizes(
     latency_series=10_000,
     latency_paced_s=40.0,
     latency_spikes=1_000,
+    alert_incidents=1_000,
+    alert_rate=10.0,
 )
 
 
@@ -116,6 +126,12 @@ def run_all(quick: bool = False) -> dict[str, float]:
             _emit(Figure("latency_p99", latency.p99_ms, "ms"), results)
             _emit(Figure("latency_load", latency.rate, "points/s"), results)
             _emit(Figure("latency_samples", latency.samples, "events"), results)
+            alerts = measure_alert_latency(svc, sizes.alert_incidents, sizes.alert_rate)
+            _emit(Figure("alert_latency_p50", alerts.p50_ms, "ms"), results)
+            _emit(Figure("alert_latency_p95", alerts.p95_ms, "ms"), results)
+            _emit(Figure("alert_latency_max", alerts.max_ms, "ms"), results)
+            _emit(Figure("alert_rate", alerts.rate, "incidents/s"), results)
+            _emit(Figure("alert_samples", alerts.received, "incidents"), results)
     finally:
         signal.signal(signal.SIGTERM, previous)
         sys.stderr.flush()

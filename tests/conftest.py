@@ -86,6 +86,8 @@ class Stack:
         self.points_topic = f"points-{tag}"
         self.anomalies_topic = f"anomalies-{tag}"
         self.deadletter_topic = f"deadletter-{tag}"
+        self.feedback_topic = f"feedback-{tag}"
+        self.alerts_deadletter_topic = f"alerts-deadletter-{tag}"
         self.tmp_path = tmp_path
         self.redis = redis.Redis.from_url(redis_url)
         self.workers: list[WorkerProcess] = []
@@ -96,6 +98,8 @@ class Stack:
                 self.points_topic: 4,
                 self.anomalies_topic: 1,
                 self.deadletter_topic: 1,
+                self.feedback_topic: 1,
+                self.alerts_deadletter_topic: 1,
             },
         )
 
@@ -122,6 +126,25 @@ class Stack:
         worker = WorkerProcess(self.env(**overrides), log)
         self.workers.append(worker)
         return worker
+
+    def start_notifier(self, alerts: dict, **overrides: str) -> WorkerProcess:
+        """A ``vigil notifier`` with ``alerts`` as the settings file's alerts section."""
+        import yaml
+
+        config = self.tmp_path / f"vigil-{len(self.workers)}.yaml"
+        config.write_text(yaml.safe_dump({"alerts": alerts}))
+        env = self.env(
+            VIGIL_CONFIG_FILE=str(config),
+            VIGIL_NOTIFIER_APP_ID=f"{self.app_id}-notifier",
+            VIGIL_NOTIFIER_WEB_PORT=str(free_port()),
+            VIGIL_FEEDBACK_TOPIC=self.feedback_topic,
+            VIGIL_ALERTS_DEADLETTER_TOPIC=self.alerts_deadletter_topic,
+            **overrides,
+        )
+        log = self.tmp_path / f"notifier-{len(self.workers)}.log"
+        notifier = WorkerProcess(env, log, command="notifier")
+        self.workers.append(notifier)
+        return notifier
 
     def processed(self) -> int:
         return int(self.redis.hget(f"{self.prefix}stats", "points_processed") or 0)

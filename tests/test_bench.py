@@ -65,3 +65,12 @@ def test_workload_messages_are_what_replay_writes_and_the_parser_reads():
     assert not result.rejects
     assert result.series == workload.series[100:200]
     assert result.values == values[100:200].tolist()
+
+
+def test_alert_latency_bench_measures_every_incident(broker, redis_url):
+    from bench.notifier import measure_alert_latency
+    from bench.pipeline import Services
+
+    result = measure_alert_latency(Services(broker, redis_url), incidents=5, rate=5.0)
+    assert result.received == 5
+    assert 0 < result.p50_ms <= result.p95_ms <= result.max_ms

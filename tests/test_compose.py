@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from vigil.streams.settings import Settings
@@ -15,15 +16,37 @@ def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_every_vigil_variable_in_compose_is_a_setting_and_parses():
+def _mounted(service: dict, target: str) -> Path:
+    for volume in service.get("volumes", []):
+        source, _, rest = volume.partition(":")
+        if rest.split(":")[0] == target:
+            return ROOT / source
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+@pytest.mark.parametrize("name", ["vigil", "notifier"])
+def test_every_vigil_variable_in_compose_is_a_setting_and_parses(name, monkeypatch):
     services = _compose()["services"]
-    env = services["vigil"]["environment"]
-    fields = {f"VIGIL_{name.upper()}" for name in Settings.model_fields}
+    service = services[name]
+    assert service.get("image") == "vigil:latest"
+    env = service["environment"]
+    fields = {f"VIGIL_{field.upper()}" for field in Settings.model_fields} | {"VIGIL_CONFIG_FILE"}
     unknown = [k for k in env if k.startswith("VIGIL_") and k not in fields]
     assert not unknown, unknown
-    settings = Settings(**{k[len("VIGIL_"):].lower(): v for k, v in env.items()})
+    if "VIGIL_CONFIG_FILE" in env:
+        # The settings file the service reads is in the repository, mounted where it looks.
+        monkeypatch.setenv("VIGIL_CONFIG_FILE", str(_mounted(service, env["VIGIL_CONFIG_FILE"])))
+    values = {k[len("VIGIL_"):].lower(): v for k, v in env.items() if k != "VIGIL_CONFIG_FILE"}
+    settings = Settings(**values)
     assert settings.kafka_bootstrap == "kafka:29092"
     assert settings.redis_url.startswith("redis://redis:")
+    if name == "notifier":
+        assert settings.alerts.receivers, "the notifier needs a receiver"
+        smtp = settings.alerts.smtp
+        assert smtp.host in services, "the SMTP host is a compose service"
+        assert any(p.endswith(f":{smtp.port}") for p in services[smtp.host]["ports"])
+        port = env["VIGIL_NOTIFIER_WEB_PORT"]
+        assert any(p.endswith(f":{port}") for p in service["ports"])
 
 
 def test_compose_wiring_is_consistent():

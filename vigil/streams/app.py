@@ -115,7 +115,11 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
     store = RedisStateStore(redis_client, settings.redis_prefix)
     pipeline = DetectionPipeline(
-        store, settings.detector, settings.max_cached_series, directions=settings.directions
+        store,
+        settings.detector,
+        settings.max_cached_series,
+        directions=settings.directions,
+        history_steps=settings.chart_history_steps,
     )
 
     async def dead_letter(reject: Reject, event: EventT, stage: str = "parse") -> asyncio.Future:

@@ -1,4 +1,4 @@
-"""The ``vigil`` command line: worker, generate, replay, demo, bench."""
+"""The ``vigil`` command line: worker, notifier, silence, generate, replay, demo, bench."""
 
 from __future__ import annotations
 
@@ -35,6 +35,90 @@ def worker() -> None:
         if getattr(faust_app, "vigil_restart", False):
             # The input pattern matches other topics now: start afresh with the new set.
             os.execv(sys.executable, [sys.executable, "-m", "vigil.streams.cli", "worker"])
+
+
+@app.command()
+def notifier() -> None:
+    """Run the notifier: anomaly events to email and Telegram (settings: VIGIL_CONFIG_FILE)."""
+    from faust.worker import Worker
+
+    from vigil.streams.notifier import create_notifier_app
+
+    settings = Settings()
+    faust_app = create_notifier_app(settings)
+    logging.getLogger("vigil").setLevel(settings.log_level.upper())
+    Worker(faust_app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+silence_app = typer.Typer(
+    no_args_is_help=True, help="Mute alerts for a while (Alertmanager-style)."
+)
+app.add_typer(silence_app, name="silence")
+
+
+def _silence_store():
+    import redis.asyncio as aioredis
+
+    from vigil.streams.notifier import NotifierStore
+
+    settings = Settings()
+    return NotifierStore(aioredis.from_url(settings.redis_url), settings.redis_prefix)
+
+
+@silence_app.command("add")
+def silence_add(
+    matchers: list[str] = typer.Argument(
+        ..., help='Label matchers, all must match: host="db-1" __name__=~"disk_.*"'
+    ),
+    duration: str = typer.Option("1h", "--for", help="How long: 30m, 2h, 1d."),
+    comment: str = typer.Option("", help="Why (shown in `vigil silence list`)."),
+    author: str = typer.Option(os.environ.get("USER", "cli"), help="Who set it."),
+) -> None:
+    """Mute alerts of the series that match every matcher, from now on, for a while."""
+    import asyncio
+
+    from vigil.sinks.alerts import Silence
+    from vigil.streams.notifier import parse_duration
+
+    try:
+        seconds = parse_duration(duration)
+        now_ms = time.time_ns() // 1_000_000
+        silence = Silence(matchers=matchers, starts_ms=now_ms,
+                          ends_ms=now_ms + int(seconds * 1000), created_by=author,
+                          comment=comment)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    silence = asyncio.run(_silence_store().add_silence(silence))
+    typer.echo(f"{silence.id}  {silence.describe()}")
+
+
+@silence_app.command("list")
+def silence_list(
+    show_all: bool = typer.Option(False, "--all", help="Include expired silences."),
+) -> None:
+    """Silences in force (the settings file's and those set here or from Telegram)."""
+    import asyncio
+
+    now_ms = time.time_ns() // 1_000_000
+    silences = [*Settings().alerts.silences, *asyncio.run(_silence_store().silences())]
+    shown = [s for s in silences if show_all or s.ends_ms > now_ms]
+    for s in shown:
+        state = "active" if s.active(now_ms) else ("expired" if s.ends_ms <= now_ms else "pending")
+        typer.echo(f"{s.id}  {state:8} {s.describe()}")
+    if not shown:
+        typer.echo("no silences")
+
+
+@silence_app.command("expire")
+def silence_expire(silence_id: str = typer.Argument(..., help="Id from `vigil silence list`.")):
+    """End a silence now."""
+    import asyncio
+
+    if not asyncio.run(_silence_store().expire_silence(silence_id)):
+        typer.echo(f"no silence {silence_id} in Redis (silences in the settings file are "
+                   "changed there)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"expired {silence_id}")
 
 
 @app.command()

@@ -139,9 +139,10 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
 
 
 class WorkerProcess:
-    """A ``vigil worker`` child process with its own environment and log file."""
+    """A ``vigil worker`` (or ``vigil notifier``) child process with its own environment
+    and log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, command: str = "worker") -> None:
         import sys
 
         self.log_path = log_path
@@ -150,7 +151,7 @@ class WorkerProcess:
         full_env = dict(os.environ)
         full_env.update(env)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vigil.streams.cli", "worker"],
+            [sys.executable, "-m", "vigil.streams.cli", command],
             env=full_env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

@@ -37,6 +37,27 @@ RESUBSCRIBES = Counter(
     "vigil_resubscribes", "Restarts because the input pattern matched new topics"
 )
 
+# The notifier (``vigil notifier``)
+ALERTS_SENT = Counter(
+    "vigil_alerts_sent", "Notifications delivered", ["receiver", "channel", "kind"]
+)
+ALERT_ATTEMPTS_FAILED = Counter(
+    "vigil_alert_attempts_failed", "Failed delivery attempts (retried)", ["receiver", "channel"]
+)
+ALERTS_DEAD_LETTERED = Counter(
+    "vigil_alerts_dead_lettered", "Notifications given up on and sent to the dead-letter topic",
+    ["receiver", "channel"],
+)
+EVENTS_SUPPRESSED = Counter(
+    "vigil_alert_events_suppressed", "Anomaly events that produced no message",
+    ["reason"],  # unrouted | silenced | duplicate | malformed
+)
+ALERTS_DIGESTED = Counter(
+    "vigil_alerts_digested", "Notifications merged into a digest by the rate limit", ["receiver"]
+)
+FEEDBACK = Counter("vigil_feedback", "Operator button presses", ["action"])
+ACTIVE_SILENCES = Gauge("vigil_active_silences", "Silences in force")
+
 
 def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

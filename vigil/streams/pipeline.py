@@ -33,7 +33,15 @@ from vigil.detectors.online import (
 from vigil.streams.records import AnomalyEvent, ParseResult, parse_series, stable_id
 from vigil.streams.state import RedisStateStore, pack, readable, unpack
 
-__all__ = ["Batch", "DetectionPipeline", "decode_points", "encode_points", "partition_for", "route"]
+__all__ = [
+    "Batch",
+    "DetectionPipeline",
+    "RecentSteps",
+    "decode_points",
+    "encode_points",
+    "partition_for",
+    "route",
+]
 
 
 log = logging.getLogger(__name__)
@@ -129,6 +137,119 @@ def _iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class RecentSteps:
+    """The last ``steps`` scored steps of every series, in worker memory, for alert charts.
+
+    A ring per series: timestamp (8 bytes) and value, expected, lower, upper, z (float32) —
+    28 bytes a step. Filled from each batch's results in a few numpy operations; read only
+    when an event is built. Not persisted: after a restart, charts start from then.
+
+    >>> from types import SimpleNamespace as NS
+    >>> rs = RecentSteps(steps=3)
+    >>> res = NS(steps=NS(index=np.array([0, 0, 0, 0]), ts_ms=np.array([1, 2, 3, 4]),
+    ...                   value=np.array([1., 2., 3., 4.])),
+    ...          expected=np.zeros(4), lower=np.zeros(4), upper=np.ones(4), z=np.zeros(4))
+    >>> rs.context("cpu", res, i=1)["ts_ms"]  # an event in the batch: the steps up to it
+    [1, 2]
+    >>> rs.record(["cpu"], res)
+    >>> rs.context("cpu")["value"]  # the ring keeps the newest three
+    [2.0, 3.0, 4.0]
+    """
+
+    FIELDS = ("value", "expected", "lower", "upper", "z")
+
+    def __init__(self, steps: int, max_series: int = 500_000) -> None:
+        self.steps = steps
+        self.max_series = max_series
+        self._slot: dict[str, int] = {}
+        self._allocate(0)
+
+    def _allocate(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.ts = np.zeros((capacity, self.steps), np.int64)
+        self.data = np.full((len(self.FIELDS), capacity, self.steps), np.nan, np.float32)
+        self.head = np.zeros(capacity, np.int64)
+        self.length = np.zeros(capacity, np.int64)
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(1024, self.capacity)
+        while capacity < needed:
+            capacity *= 2
+        ts, data, head, length = self.ts, self.data, self.head, self.length
+        old = self.capacity
+        self._allocate(capacity)
+        self.ts[:old], self.data[:, :old], self.head[:old], self.length[:old] = (
+            ts, data, head, length
+        )
+
+    def _slots(self, series: list[str]) -> np.ndarray:
+        new = [s for s in series if s not in self._slot]
+        if len(self._slot) + len(new) > self.max_series:
+            self._slot.clear()
+            self._allocate(0)
+            new = list(dict.fromkeys(series))
+        for s in new:
+            self._slot[s] = len(self._slot)
+        if len(self._slot) > self.capacity:
+            self._grow(len(self._slot))
+        return np.fromiter((self._slot[s] for s in series), np.int64, len(series))
+
+    def record(self, touched: list[str], results: StepResults) -> None:
+        """Append a batch's steps (ordered by series, then time) to the rings."""
+        n = len(results.steps.ts_ms)
+        if self.steps == 0 or n == 0:
+            return
+        slots = self._slots(touched)[results.steps.index]
+        order = np.argsort(slots, kind="stable")
+        ordered = slots[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]
+        counts = np.diff(np.r_[starts, n])
+        rank = np.arange(n) - np.repeat(starts, counts)
+        keep = rank >= np.repeat(counts, counts) - self.steps  # only the newest fit
+        rows = ordered[keep]
+        pos = (self.head[rows] + rank[keep]) % self.steps
+        sel = order[keep]
+        self.ts[rows, pos] = results.steps.ts_ms[sel]
+        columns = (results.steps.value, results.expected, results.lower, results.upper,
+                   results.z)
+        for f, column in enumerate(columns):
+            self.data[f, rows, pos] = column[sel]
+        firsts = ordered[starts]
+        self.head[firsts] = (self.head[firsts] + counts) % self.steps
+        self.length[firsts] = np.minimum(self.length[firsts] + counts, self.steps)
+
+    def context(self, series: str, results: StepResults | None = None, i: int = -1) -> dict | None:
+        """The series' last ``steps`` steps up to step ``i`` of ``results`` (a batch not yet
+        recorded), oldest first, as JSON-ready lists; None if there are none."""
+        columns = ("ts_ms", *self.FIELDS)
+        parts: list[dict[str, np.ndarray]] = []
+        wanted = self.steps
+        if results is not None and i >= 0:
+            index = results.steps.index
+            lo = i
+            while lo > 0 and index[lo - 1] == index[i] and i - lo + 1 < wanted:
+                lo -= 1  # this batch's earlier steps of the series (contiguous: ordered by series)
+            own = slice(lo, i + 1)
+            batch = (results.steps.ts_ms, results.steps.value, results.expected, results.lower,
+                     results.upper, results.z)
+            parts.append({c: np.asarray(col[own]) for c, col in zip(columns, batch, strict=True)})
+            wanted -= i + 1 - lo
+        slot = self._slot.get(series)
+        if slot is not None and wanted > 0 and self.length[slot]:
+            length = int(min(self.length[slot], wanted))
+            idx = (self.head[slot] - length + np.arange(length)) % self.steps
+            ring = {"ts_ms": self.ts[slot, idx]}
+            ring.update({name: self.data[f, slot, idx] for f, name in enumerate(self.FIELDS)})
+            parts.insert(0, ring)
+        if not parts or self.steps == 0:
+            return None
+        out: dict = {"ts_ms": np.concatenate([p["ts_ms"] for p in parts]).tolist()}
+        for name in self.FIELDS:
+            column = np.concatenate([p[name] for p in parts]).astype(np.float32).tolist()
+            out[name] = [None if v != v else float(f"{v:.6g}") for v in column]  # NaN → null
+        return out
+
+
 @dataclass
 class Batch:
     """What one detection batch produced: events to send, then states to save."""
@@ -151,12 +272,14 @@ class DetectionPipeline:
         max_cached_series: int = 500_000,
         detector_name: str = "seasonal",
         directions: Mapping[str, str] | None = None,
+        history_steps: int = 0,
     ) -> None:
         self.store = store
         self.detector = OnlineDetector(params)
         self.max_cached_series = max_cached_series
         self.detector_name = detector_name
         self.directions = dict(directions or {})
+        self.history = RecentSteps(history_steps, max_cached_series)
         self._cache: dict[str, bytes] = {}
         self._direction_cache: dict[str, int] = {}
         self.unreadable_states = 0
@@ -218,6 +341,7 @@ class DetectionPipeline:
         results = self.detector.process(bank, index, ts_ms, values, direction)
         states = pack(bank)
         events = self._events(results, touched)
+        self.history.record(touched, results)  # after the events: they read earlier batches
         return Batch(
             events=events,
             series=touched,
@@ -270,6 +394,7 @@ class DetectionPipeline:
                     anomaly_type=anomaly_type,
                     detectors=[self.detector_name],
                     reason=describe(results, i),
+                    context=self.history.context(series, results, i) if kind != "resolve" else None,
                 )
             )
         return events

@@ -19,8 +19,10 @@ from functools import lru_cache
 import faust
 
 __all__ = [
+    "AlertDeadLetter",
     "AnomalyEvent",
     "DeadLetter",
+    "Feedback",
     "ParseResult",
     "Reject",
     "canonical_series",
@@ -135,6 +137,9 @@ class AnomalyEvent(faust.Record, serializer="json", include_metadata=False):
     detectors: list
     reason: str
     schema_version: int = 1
+    # The series' recent steps up to this one, for the alert chart: lists ``ts_ms``,
+    # ``value``, ``expected``, ``lower``, ``upper``, ``z`` (open and update events only).
+    context: dict | None = None
 
 
 class DeadLetter(faust.Record, serializer="json", include_metadata=False):
@@ -147,3 +152,40 @@ class DeadLetter(faust.Record, serializer="json", include_metadata=False):
     raw_b64: str
     ts_ms: int
     stage: str = "parse"
+
+
+class Feedback(faust.Record, serializer="json", include_metadata=False):
+    """An operator's verdict on an incident (a Telegram button), on the feedback topic.
+
+    ``action`` is ``acknowledge``, ``mute`` or ``not_anomaly``; these are the labels a
+    supervised model can later learn from. Key = incident id.
+    """
+
+    feedback_id: str
+    action: str
+    incident_id: str
+    series: str
+    notification_id: str
+    receiver: str
+    user_id: int
+    user_name: str
+    chat_id: int
+    ts_ms: int
+    ts: str
+    source: str = "telegram"
+
+
+class AlertDeadLetter(faust.Record, serializer="json", include_metadata=False):
+    """A notification that could not be delivered after every retry (or was refused)."""
+
+    notification_id: str
+    receiver: str
+    channel: str
+    kind: str
+    error: str
+    attempts: int
+    subject: str
+    text: str
+    incident_ids: list
+    event_ids: list
+    ts_ms: int

@@ -1,18 +1,30 @@
 """One settings object for the whole worker, read from ``VIGIL_*`` environment variables.
 
-Nested detector knobs use a double underscore: ``VIGIL_DETECTOR__Z_OPEN=7``. A ``.env``
-file in the working directory is read too. Every field is documented in the README.
+Nested knobs use a double underscore: ``VIGIL_DETECTOR__Z_OPEN=7``,
+``VIGIL_ALERTS__SMTP__PASSWORD=…``. Sources, strongest first: environment variables, a ``.env``
+file in the working directory, then the YAML settings file named by ``VIGIL_CONFIG_FILE``
+(default ``vigil.yaml`` if present) — where receivers and routes are easiest to write, while
+secrets stay in the environment. Every field is documented in the README.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from vigil.detectors.online import DetectorParams
+from vigil.sinks.alerts import AlertingConfig
 
 __all__ = ["Settings"]
 
@@ -53,6 +65,12 @@ class Settings(BaseSettings):
     points_partitions: int = Field(8, ge=1, description="Partitions of the internal topic.")
     anomalies_topic: str = "vigil-anomalies"
     deadletter_topic: str = "vigil-deadletter"
+    feedback_topic: str = Field(
+        "vigil-feedback", description="Operators' button presses (acknowledge, mute, …)."
+    )
+    alerts_deadletter_topic: str = Field(
+        "vigil-alerts-deadletter", description="Alerts that could not be delivered."
+    )
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = Field("vigil:", description="Prefix of every Redis key vigil writes.")
@@ -75,12 +93,38 @@ class Settings(BaseSettings):
     web_port: int = 6066
     log_level: str = "info"
 
+    chart_history_steps: int = Field(
+        120, ge=0, description="Recent steps per series kept in worker memory for alert charts "
+        "(24 bytes each; 0 = events carry no chart data)."
+    )
+
+    notifier_app_id: str = Field("vigil-notifier", description="Consumer group of the notifier.")
+    notifier_web_port: int = 6067
+    alerts: AlertingConfig = Field(
+        default_factory=AlertingConfig, description="Receivers, routes and noise control."
+    )
+
     detector: DetectorParams = DetectorParams()
     directions: Annotated[dict[str, Literal["up", "down", "both"]], NoDecode] = Field(
         {},
         description="Metric-name globs whose anomalies count in one direction only, "
         "e.g. 'memory_used*=up,disk_used*=up' (first match wins; default both).",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        named = os.environ.get("VIGIL_CONFIG_FILE")
+        if named and not Path(named).is_file():
+            raise FileNotFoundError(f"VIGIL_CONFIG_FILE names {named!r}, which does not exist")
+        yaml_file = YamlConfigSettingsSource(settings_cls, yaml_file=named or "vigil.yaml")
+        return init_settings, env_settings, dotenv_settings, yaml_file, file_secret_settings
 
     @field_validator("directions", mode="before")
     @classmethod

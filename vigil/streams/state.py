@@ -96,7 +96,7 @@ def unpack(values: Sequence[bytes | None]) -> tuple[StateBank, np.ndarray]:
     return StateBank.from_records(records), found
 
 
-def _retrying() -> AsyncRetrying:
+def redis_retrying() -> AsyncRetrying:
     # Retry for as long as Redis is away: losing state would be worse than waiting.
     return AsyncRetrying(
         retry=retry_if_exception_type((ConnectionError, TimeoutError, BusyLoadingError, OSError)),
@@ -130,7 +130,7 @@ class RedisStateStore:
             return []
         keys = [self.key(s) for s in series]
         started = time.perf_counter()
-        async for attempt in _retrying():
+        async for attempt in redis_retrying():
             with attempt:
                 values = await self.client.mget(keys)
         STATE_LATENCY.observe(time.perf_counter() - started)
@@ -142,7 +142,7 @@ class RedisStateStore:
             return
         mapping = {self.key(s): v for s, v in zip(series, values, strict=True)}
         started = time.perf_counter()
-        async for attempt in _retrying():
+        async for attempt in redis_retrying():
             with attempt:
                 async with self.client.pipeline(transaction=True) as pipe:
                     pipe.mset(mapping)

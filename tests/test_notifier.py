@@ -1,0 +1,439 @@
+"""The notify pipeline against real servers: aiosmtpd (SMTP), the local Bot API server over
+HTTP (aiogram as in production) and Redis. Kafka comes in test_notifier_integration.py."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aioredis
+from aiosmtpd.controller import Controller
+
+from vigil.sinks.alerts import AlertingConfig
+from vigil.sinks.botapi import BotAPIServer
+from vigil.sinks.telegram import TelegramBot
+from vigil.streams.embedded import free_port
+from vigil.streams.notifier import Notifier, NotifierStore, build_channels
+from vigil.streams.records import AnomalyEvent, stable_id
+
+pytestmark = pytest.mark.integration
+
+STEP_MS = 60_000
+
+
+def make_event(
+    series: str = 'cpu_usage{host="db-1"}',
+    kind: str = "open",
+    severity: str = "warning",
+    incident: str | None = None,
+    ts_ms: int | None = None,
+    context: bool = True,
+) -> AnomalyEvent:
+    """An anomaly event as the worker writes it (with a chart context of 2 hours)."""
+    from vigil.streams.records import parse_series
+
+    name, labels = parse_series(series)
+    ts_ms = ts_ms or (time.time_ns() // 1_000_000 // STEP_MS * STEP_MS)
+    incident = incident or stable_id(series, ts_ms)
+    ctx = None
+    if context:
+        n = 120
+        ts = [ts_ms - (n - 1 - i) * STEP_MS for i in range(n)]
+        value = [50.0 + (i % 7) for i in range(n)]
+        value[-1] = 95.0
+        ctx = {"ts_ms": ts, "value": value, "expected": [53.0] * n, "lower": [45.0] * n,
+               "upper": [61.0] * n, "z": [0.5] * (n - 1) + [14.0]}
+    return AnomalyEvent(
+        event_id=stable_id(incident, kind, ts_ms), incident_id=incident, kind=kind,
+        series=series, name=name, labels=labels,
+        ts=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts_ms / 1000)), ts_ms=ts_ms,
+        value=95.0, expected=53.0, lower=45.0, upper=61.0, score=0.999999,
+        severity=severity, anomaly_type="point", detectors=["seasonal"],
+        reason="value 95 is above the expected band [45, 61]", context=ctx,
+    )
+
+
+class SmtpSink:
+    """An aiosmtpd handler that keeps every message it accepts."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+        self.envelopes = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+        self.envelopes.append(envelope)
+        self.messages.append(
+            email.message_from_bytes(envelope.content, policy=email.policy.default)
+        )
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Controller, SmtpSink]]:
+    sink = SmtpSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller, sink
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def botapi() -> Iterator[BotAPIServer]:
+    server = BotAPIServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Harness:
+    """A Notifier with real channels, its Redis records under a unique prefix."""
+
+    def __init__(self, redis_url: str, config: dict):
+        self.config = AlertingConfig.model_validate(config)
+        self.client = aioredis.from_url(redis_url)
+        self.prefix = f"vigil-test-{uuid.uuid4().hex[:8]}:"
+        self.store = NotifierStore(self.client, self.prefix)
+        self.bot = None
+        if any(r.telegram for r in self.config.receivers):
+            self.bot = TelegramBot(self.config.telegram, self.config.telegram_chats())
+        self.dead_letters: list = []
+        self.feedback: list = []
+        self.acked: list[str] = []
+
+        async def dead_letter(record):
+            self.dead_letters.append(record)
+
+        async def feedback(record):
+            self.feedback.append(record)
+
+        self.notifier = Notifier(
+            self.config, self.store, build_channels(self.config, self.bot), dead_letter, feedback
+        )
+        self._flush: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Harness:
+        self.notifier.start()
+        self._flush = asyncio.create_task(self.notifier.run_flush_loop())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._flush is not None
+        self._flush.cancel()
+        await self.notifier.stop()
+        if self.bot is not None:
+            await self.bot.close()
+        keys = [k async for k in self.client.scan_iter(f"{self.prefix}*")]
+        if keys:
+            await self.client.delete(*keys)
+        await self.client.aclose()
+
+    async def send(self, *events: AnomalyEvent) -> None:
+        for event in events:
+            async def ack(event_id=event.event_id):
+                self.acked.append(event_id)
+
+            await self.notifier.accept(event, ack)
+
+    async def settle(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.notifier.idle():
+            assert time.monotonic() < deadline, "the notifier did not become idle"
+            await asyncio.sleep(0.05)
+
+
+def email_config(port: int, **extra) -> dict:
+    config = {
+        "receivers": [{"name": "ops-mail", "email": {"to": ["oncall@example.com"]}}],
+        "default_receivers": ["ops-mail"],
+        "group_wait_s": 0.2,
+        "retry_initial_s": 0.2,
+        "retry_max_s": 0.5,
+        "smtp": {"host": "127.0.0.1", "port": port, "sender": "vigil@example.com"},
+    }
+    config.update(extra)
+    return config
+
+
+def telegram_config(botapi: BotAPIServer, **extra) -> dict:
+    config = {
+        "receivers": [{"name": "ops-tg", "telegram": {"chat_ids": [1001]}}],
+        "default_receivers": ["ops-tg"],
+        "group_wait_s": 0.2,
+        "retry_initial_s": 0.1,
+        "retry_max_s": 0.3,
+        "telegram": {"token": "123:TEST", "api_url": botapi.url, "poll_timeout_s": 1},
+    }
+    config.update(extra)
+    return config
+
+
+# --- email ------------------------------------------------------------------------------------
+
+
+async def test_email_has_subject_text_html_and_inline_chart(redis_url, smtp):
+    controller, sink = smtp
+    async with Harness(redis_url, email_config(controller.port)) as h:
+        event = make_event(severity="critical")
+        await h.send(event)
+        await h.settle()
+    assert len(sink.messages) == 1
+    message = sink.messages[0]
+    assert message["Subject"] == "[vigil] CRITICAL db-1: cpu_usage (point)"
+    assert sink.envelopes[0].rcpt_tos == ["oncall@example.com"]
+    plain = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert 'cpu_usage{host="db-1"}' in plain and "expected 53" in plain
+    images = [p for p in message.walk() if p.get_content_type() == "image/png"]
+    assert len(images) == 1
+    png = images[0].get_content()
+    assert png.startswith(b"\x89PNG")
+    cid = images[0]["Content-ID"].strip("<>")
+    assert f"cid:{cid}" in html  # inline, not a loose attachment
+    assert h.acked == [event.event_id]
+
+
+async def test_resolve_email_replies_to_the_alert(redis_url, smtp):
+    controller, sink = smtp
+    async with Harness(redis_url, email_config(controller.port)) as h:
+        opened = make_event()
+        await h.send(opened)
+        await h.settle()
+        resolve = make_event(kind="resolve", incident=opened.incident_id,
+                             ts_ms=opened.ts_ms + 25 * STEP_MS, context=False)
+        await h.send(resolve, resolve)  # a replayed resolve is not sent twice
+        await h.settle()
+    assert len(sink.messages) == 2
+    alert, resolved = sink.messages
+    assert resolved["In-Reply-To"] == alert["Message-ID"]
+    assert resolved["Subject"] == "Re: " + alert["Subject"]
+    assert "resolved after 25 min" in resolved.get_body(("plain",)).get_content()
+
+
+async def test_smtp_down_then_back_is_retried_and_delivered_once(redis_url):
+    port = free_port()
+    sink = SmtpSink()
+    config = email_config(port, retry_attempts=30)
+    async with Harness(redis_url, config) as h:
+        await h.send(make_event())
+        await asyncio.sleep(1.5)  # a few attempts fail: nothing listens on the port
+        assert sink.messages == [] and h.acked == []  # not acked while undelivered
+        controller = Controller(sink, hostname="127.0.0.1", port=port)
+        controller.start()
+        try:
+            await h.settle()
+        finally:
+            controller.stop()
+    assert len(sink.messages) == 1
+    assert h.dead_letters == []
+    assert len(h.acked) == 1
+
+
+async def test_smtp_down_past_the_retry_budget_dead_letters(redis_url):
+    config = email_config(free_port(), retry_attempts=3)
+    async with Harness(redis_url, config) as h:
+        event = make_event(severity="critical")
+        await h.send(event)
+        await h.settle()
+    assert len(h.dead_letters) == 1
+    record = h.dead_letters[0]
+    assert record.attempts == 3 and record.channel == "email" and record.receiver == "ops-mail"
+    assert record.incident_ids == [event.incident_id]
+    assert "CRITICAL" in record.subject and "cpu_usage" in record.text
+    assert h.acked == [event.event_id]  # dead-lettered counts as handled: the offset moves on
+
+
+async def test_smtp_login_with_password(redis_url):
+    from aiosmtpd.smtp import AuthResult
+
+    sink = SmtpSink()
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append((auth_data.login, auth_data.password))
+        ok = auth_data.login == b"vigil" and auth_data.password == b"s3cret"
+        return AuthResult(success=ok)
+
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port, authenticator=authenticator,
+                            auth_require_tls=False)
+    controller.start()
+    try:
+        config = email_config(port)
+        config["smtp"].update(username="vigil", password="s3cret")
+        async with Harness(redis_url, config) as h:
+            await h.send(make_event())
+            await h.settle()
+    finally:
+        controller.stop()
+    assert logins == [(b"vigil", b"s3cret")]
+    assert len(sink.messages) == 1
+    assert "s3cret" not in repr(h.config)  # secrets never show in logs or reprs
+
+
+# --- grouping and deduplication ---------------------------------------------------------------
+
+
+async def test_fifty_events_of_one_incident_make_one_message(redis_url, botapi):
+    async with Harness(redis_url, telegram_config(botapi)) as h:
+        opened = make_event()
+        events = [opened] + [
+            make_event(incident=opened.incident_id, kind="update", ts_ms=opened.ts_ms)
+            for _ in range(48)
+        ] + [make_event(incident=opened.incident_id, kind="update", severity="critical",
+                        ts_ms=opened.ts_ms + STEP_MS)]
+        await h.send(*events)
+        await h.settle()
+        await h.send(*events)  # the same events again (a replay): nothing more is sent
+        await h.settle()
+    sent = botapi.sent()
+    assert len(sent) == 1
+    assert "CRITICAL" in sent[0].text
+    assert len(h.acked) == 100
+
+
+async def test_one_host_ten_series_in_the_window_make_one_message(redis_url, botapi):
+    async with Harness(redis_url, telegram_config(botapi, group_wait_s=1.0)) as h:
+        names = [f"metric_{i}" for i in range(10)]
+        for name in names:
+            await h.send(make_event(series=f'{name}{{host="web-3"}}'))
+            await asyncio.sleep(0.05)
+        await h.send(make_event(series='cpu_usage{host="web-4"}'))  # another host: its own
+        await h.settle()
+    sent = botapi.sent()
+    assert len(sent) == 2
+    grouped = next(m for m in sent if "web-3" in m.text)
+    assert "10 anomalies" in grouped.text
+    assert all(f'{name}{{host="web-3"}}' in grouped.text for name in names)
+
+
+async def test_escalation_and_resolve_reply_in_the_thread(redis_url, botapi):
+    async with Harness(redis_url, telegram_config(botapi)) as h:
+        opened = make_event()
+        await h.send(opened)
+        await h.settle()
+        await h.send(make_event(incident=opened.incident_id, kind="update", severity="critical",
+                                ts_ms=opened.ts_ms + 3 * STEP_MS))
+        await h.settle()
+        await h.send(make_event(incident=opened.incident_id, kind="resolve",
+                                ts_ms=opened.ts_ms + 40 * STEP_MS, context=False))
+        await h.settle()
+    first, escalation, resolved = botapi.sent()
+    assert first.method == "sendPhoto" and first.reply_to is None
+    assert escalation.reply_to == first.message_id and "escalated to critical" in escalation.text
+    assert resolved.method == "sendMessage" and resolved.reply_to == first.message_id
+    assert "resolved after 40 min" in resolved.text
+    assert resolved.buttons == []
+
+
+async def test_rate_limit_turns_a_burst_into_a_digest(redis_url, botapi):
+    config = telegram_config(botapi, group_wait_s=0.0, rate_limit_per_minute=30)
+    async with Harness(redis_url, config) as h:
+        for i in range(34):
+            await h.send(make_event(series=f'cpu_usage{{host="node-{i}"}}'))
+        await h.settle()
+    sent = botapi.sent()
+    # A burst of 30 (plus the odd token that refilled while they went out), then the rest
+    # as one digest — every incident told once, none dropped.
+    assert 31 <= len(sent) <= 33
+    assert "anomalies" in sent[-1].text and "digest" not in sent[0].text
+    told = [f'host="node-{i}"' for i in range(34) for m in sent if f'host="node-{i}"' in m.text]
+    assert len(told) == 34 and len(set(told)) == 34
+    assert len(h.acked) == 34
+
+
+# --- silences and routing ---------------------------------------------------------------------
+
+
+async def test_routes_and_config_silences(redis_url, botapi, smtp):
+    controller, sink = smtp
+    config = telegram_config(
+        botapi,
+        receivers=[
+            {"name": "ops-tg", "telegram": {"chat_ids": [1001]}},
+            {"name": "db-mail", "email": {"to": ["dba@example.com"]}},
+        ],
+        routes=[{"matchers": ['host=~"db-.*"'], "receivers": ["db-mail"], "continue": True},
+                {"matchers": ['severity="critical"'], "receivers": ["ops-tg"]}],
+        default_receivers=[],
+        silences=[{"matchers": ['__name__="disk_used_percent"'],
+                   "ends_ms": "2099-01-01T00:00:00Z"}],
+        smtp={"host": "127.0.0.1", "port": controller.port},
+    )
+    async with Harness(redis_url, config) as h:
+        await h.send(
+            make_event(series='cpu_usage{host="db-1"}'),  # db-mail only (warning)
+            make_event(series='cpu_usage{host="web-1"}', severity="critical"),  # ops-tg
+            make_event(series='cpu_usage{host="web-2"}'),  # no route, no default: dropped
+            make_event(series='disk_used_percent{host="db-2"}', severity="critical"),  # muted
+        )
+        await h.settle()
+    assert [m["Subject"] for m in sink.messages] == ["[vigil] WARNING db-1: cpu_usage (point)"]
+    assert [("web-1" in m.text) for m in botapi.sent()] == [True]
+    assert len(h.acked) == 4
+
+
+# --- Telegram buttons -------------------------------------------------------------------------
+
+
+async def test_buttons_publish_feedback_and_mute_silences(redis_url, botapi):
+    async with Harness(redis_url, telegram_config(botapi)) as h:
+        opened = make_event(series='cpu_usage{host="db-1"}')
+        await h.send(opened)
+        await h.settle()
+        (alert,) = botapi.sent()
+        assert alert.method == "sendPhoto" and alert.photo.startswith(b"\x89PNG")
+        assert [b["text"] for b in alert.buttons] == [
+            "✅ Acknowledge", "🔕 Mute 1 h", "🙅 Not an anomaly"
+        ]
+        presses = h.bot.presses()
+        botapi.press(alert, 1, username="alice")  # Mute 1 h
+        botapi.press(alert, 0, username="eve", chat_id=666)  # a chat not on the allow-list
+        botapi.press(alert, 2, username="bob")  # Not an anomaly
+        for _ in range(2):
+            press = await asyncio.wait_for(anext(presses), 10)
+            await h.notifier.handle_press(press, h.bot)
+        await presses.aclose()
+        # The mute holds for a new incident of the same series, not for other series.
+        await h.send(make_event(series='cpu_usage{host="db-1"}', severity="critical",
+                                ts_ms=opened.ts_ms + 10 * STEP_MS))
+        await h.send(make_event(series='cpu_usage{host="db-2"}'))
+        await h.settle()
+        silences = await h.store.silences()
+    assert [(f.action, f.user_name, f.incident_id) for f in h.feedback] == [
+        ("mute", "alice", opened.incident_id), ("not_anomaly", "bob", opened.incident_id),
+    ]
+    assert len(silences) == 1 and silences[0].created_by == "telegram:alice"
+    assert 3_590_000 < silences[0].ends_ms - silences[0].starts_ms <= 3_600_000
+    answers = [a["text"] for a in botapi.answers]
+    assert answers[0].startswith("Muted 1 series for 1 h")
+    assert "may not act" in answers[1]
+    assert "not an anomaly" in answers[2]
+    later = botapi.sent()[1:]
+    assert len(later) == 1 and "db-2" in later[0].text
+
+
+async def test_telegram_errors_retry_then_dead_letter(redis_url, botapi):
+    async with Harness(redis_url, telegram_config(botapi, retry_attempts=4)) as h:
+        botapi.fail_next(2, status=500)
+        await h.send(make_event(series='cpu_usage{host="a"}'))
+        await h.settle()
+        assert len(botapi.sent()) == 1 and h.dead_letters == []
+        botapi.fail_next(1, status=429, retry_after=1)
+        started = time.monotonic()
+        await h.send(make_event(series='cpu_usage{host="b"}'))
+        await h.settle()
+        assert len(botapi.sent()) == 2 and time.monotonic() - started >= 1.0  # honoured
+        botapi.fail_next(1, status=400)  # a bad request is not retried
+        await h.send(make_event(series='cpu_usage{host="c"}'))
+        await h.settle()
+    assert len(botapi.sent()) == 2
+    (dead,) = h.dead_letters
+    assert dead.attempts == 1 and dead.channel == "telegram" and "TelegramBadRequest" in dead.error
