@@ -8,12 +8,15 @@ The data is the ``context`` an anomaly event carries (see the README's event sch
 from __future__ import annotations
 
 import io
+import os
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 
 import numpy as np
 
-__all__ = ["render_chart", "warm_up"]
+__all__ = ["exit_with_parent", "render_chart", "warm_up"]
 
 
 def render_chart(
@@ -85,3 +88,18 @@ def warm_up() -> None:
     """Import matplotlib ahead of the first chart (about a second on a small machine)."""
     import matplotlib.dates  # noqa: F401
     import matplotlib.figure  # noqa: F401
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Make a chart-drawing child process exit when the process that started it is gone.
+
+    A ``ProcessPoolExecutor`` worker outlives a parent killed with SIGKILL (it waits on its
+    task queue forever); this initializer watches the parent instead.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -3,9 +3,11 @@
 1. Start an embedded Kafka-protocol broker and Redis unless ``VIGIL_KAFKA_BOOTSTRAP`` /
    ``VIGIL_REDIS_URL`` point at real ones.
 2. Generate a month of labelled 1-minute telemetry (hosts × 7 metrics).
-3. Start a ``vigil worker`` process, replay the month into the ``metrics`` topic as fast as
-   the broker takes it, and wait until the worker has processed every point.
-4. Print the incidents next to the labels: found, missed, false alarms.
+3. Start a ``vigil worker`` and a ``vigil notifier`` process (alerting a local Telegram Bot
+   API server), replay the month into the ``metrics`` topic as fast as the broker takes it,
+   and wait until the worker has processed every point and the notifier has sent.
+4. Print the incidents next to the labels: found, missed, false alarms; and the alerts, with
+   their charts saved as PNG files.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from pathlib import Path
 
 import orjson
 import redis
+import yaml
 from tqdm import tqdm
 
 from vigil.detectors.evaluation import match_incidents
 from vigil.detectors.synthetic import generate_telemetry
+from vigil.sinks.botapi import BotAPIServer
 from vigil.streams.embedded import (
     TopicCollector,
     WorkerProcess,
@@ -89,6 +93,7 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
         collector = TopicCollector(bootstrap, [settings.anomalies_topic])
         stack.callback(collector.close)
         print(f"started the worker (log: {log_path})")
+        botapi, notifier = _start_notifier(stack, env, run_id)
 
         with tqdm(total=telemetry.n_points, unit="pt", unit_scale=True, desc="replay ") as bar:
             sent = replay(telemetry, bootstrap, INPUT_TOPIC, batch=100, progress=bar.update)
@@ -111,9 +116,63 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
                     done, last_progress = now, time.monotonic()
         time.sleep(1.5)  # let the last events arrive
         events = [orjson.loads(v) for v in collector.values(settings.anomalies_topic)]
+        alerts = _wait_for_alerts(botapi, notifier, events, client, prefix)
 
     _print_report(telemetry, events, time.monotonic() - started)
+    _print_alerts(alerts, run_id)
     return 0
+
+
+def _start_notifier(stack: ExitStack, env: dict[str, str], run_id: str):
+    """A ``vigil notifier`` sending to a local Bot API server (no Telegram account needed)."""
+    botapi = BotAPIServer().start()
+    stack.callback(botapi.stop)
+    config = Path(tempfile.gettempdir()) / f"vigil-{run_id}.yaml"
+    config.write_text(yaml.safe_dump({"alerts": {
+        "receivers": [{"name": "oncall", "telegram": {"chat_ids": [1]}}],
+        "default_receivers": ["oncall"],
+        "group_wait_s": 2.0,
+        "rate_limit_per_minute": 600,
+        "max_event_age_s": 40 * 86_400,  # the replayed month is history: alert on all of it
+        "telegram": {"token": "1:DEMO", "api_url": botapi.url, "poll_updates": False},
+    }}))
+    log_path = Path(tempfile.gettempdir()) / f"vigil-{run_id}-notifier.log"
+    notifier = WorkerProcess(
+        {**env, "VIGIL_CONFIG_FILE": str(config), "VIGIL_NOTIFIER_APP_ID": f"{run_id}-notifier",
+         "VIGIL_NOTIFIER_WEB_PORT": str(free_port())},
+        log_path, command="notifier",
+    )
+    stack.callback(notifier.stop)
+    print(f"started the notifier → local Telegram Bot API at {botapi.url} (log: {log_path})")
+    return botapi, notifier
+
+
+def _wait_for_alerts(botapi, notifier, events, client, prefix, timeout_s: float = 60.0):
+    """The messages sent once every opened incident is recorded as alerted (or timeout)."""
+    opened = {e["incident_id"] for e in events if e["kind"] == "open"}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and notifier.alive():
+        alerted = {k.decode().rsplit(":", 1)[1]
+                   for k in client.scan_iter(f"{prefix}notify:incident:*", count=1000)}
+        if opened <= alerted:
+            break
+        time.sleep(0.5)
+    return botapi.sent()
+
+
+def _print_alerts(alerts, run_id: str) -> None:
+    folder = Path(tempfile.gettempdir()) / f"vigil-{run_id}-alerts"
+    folder.mkdir(exist_ok=True)
+    for message in alerts:
+        stem = folder / f"alert-{message.message_id:03d}"
+        stem.with_suffix(".txt").write_text(message.text)
+        if message.photo:
+            stem.with_suffix(".png").write_bytes(message.photo)
+    incidents = sum(m.text.count("\n•") or 1 for m in alerts)
+    print(f"alerts: {len(alerts)} Telegram messages about {incidents} incidents (grouped by host)")
+    if alerts:
+        print(f"  first: {alerts[0].text.splitlines()[0]}")
+    print(f"  texts and charts: {folder}")
 
 
 def _print_report(telemetry, events: list[dict], seconds: float) -> None:

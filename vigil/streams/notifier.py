@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -55,7 +56,7 @@ from vigil.sinks.alerts import (
     merge,
     severity_rank,
 )
-from vigil.sinks.charts import render_chart, warm_up
+from vigil.sinks.charts import exit_with_parent, render_chart, warm_up
 from vigil.sinks.email import EmailChannel, is_permanent_smtp_error
 from vigil.sinks.telegram import (
     ButtonPress,
@@ -415,7 +416,10 @@ class Notifier:
         """
         if self._chart_pool is None and not self._chart_pool_failed:
             try:
-                self._chart_pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+                self._chart_pool = ProcessPoolExecutor(
+                    1, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                    initargs=(os.getpid(),),
+                )
                 self._chart_pool.submit(warm_up)  # import matplotlib before the first alert
             except (OSError, RuntimeError) as exc:
                 log.warning("cannot start a chart process (%s); drawing in threads", exc)
