@@ -4,6 +4,7 @@ alerts, restarts send each incident once, failures and button presses reach thei
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections import Counter
 
 import orjson
@@ -154,8 +155,18 @@ def test_dead_letters_and_button_feedback_reach_their_topics(stack: Stack, botap
         feedback = orjson.loads(collector.values(stack.feedback_topic)[0])
         dead = orjson.loads(collector.values(stack.alerts_deadletter_topic)[0])
         assert notifier.alive(), notifier.log_tail()
+        port = notifier.env["VIGIL_NOTIFIER_WEB_PORT"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            exposed = response.read().decode()
     finally:
         collector.close()
+    for line in (
+        'vigil_alerts_sent_total{channel="telegram",kind="firing",receiver="ops"} 1.0',
+        'vigil_alerts_dead_lettered_total{channel="email",receiver="mail"} 1.0',
+        'vigil_alert_attempts_failed_total{channel="email",receiver="mail"} 2.0',
+        'vigil_feedback_total{action="acknowledge"} 1.0',
+    ):
+        assert line in exposed, line
     assert feedback["action"] == "acknowledge" and feedback["user_name"] == "carol"
     assert feedback["incident_id"] == event.incident_id and feedback["series"] == event.series
     assert dead["receiver"] == "mail" and dead["channel"] == "email" and dead["attempts"] == 2

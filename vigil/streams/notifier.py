@@ -76,6 +76,7 @@ log = logging.getLogger("vigil.notifier")
 
 RECORD_TTL_S = 30 * 86_400
 MUTE_S = 3_600
+SILENCE_KEEP_S = 7 * 86_400  # expired silences stay listable (`--all`) this long
 
 
 def _now_ms() -> int:
@@ -146,13 +147,20 @@ class NotifierStore:
         return silence
 
     async def silences(self) -> list[Silence]:
-        raw = await self._call(lambda: self.client.hgetall(f"{self.prefix}silences"))
-        out = []
+        """Every stored silence; those expired more than a week ago are deleted."""
+        key = f"{self.prefix}silences"
+        raw = await self._call(lambda: self.client.hgetall(key))
+        out, old = [], []
+        horizon = _now_ms() - SILENCE_KEEP_S * 1000
         for value in raw.values():
             try:
-                out.append(Silence.model_validate_json(value))
+                silence = Silence.model_validate_json(value)
             except ValueError:
                 log.warning("ignoring an unreadable silence in Redis: %r", value[:200])
+                continue
+            (old if silence.ends_ms < horizon else out).append(silence)
+        if old:
+            await self._call(lambda: self.client.hdel(key, *(s.id for s in old)))
         return sorted(out, key=lambda s: s.ends_ms)
 
     async def expire_silence(self, silence_id: str, now_ms: int | None = None) -> bool:
