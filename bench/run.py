@@ -60,7 +60,7 @@ QUICK = Sizes(
     latency_paced_s=8.0,
     latency_spikes=400,
     alert_incidents=100,
-    alert_rate=10.0,
+    alert_rate=5.0,
 )
 
 FULL = Sizes(
@@ -73,7 +73,7 @@ FULL = Sizes(
     latency_paced_s=40.0,
     latency_spikes=1_000,
     alert_incidents=1_000,
-    alert_rate=10.0,
+    alert_rate=5.0,
 )
 
 

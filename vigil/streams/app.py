@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 
 import faust
 import redis.asyncio as aioredis
@@ -36,7 +37,7 @@ from vigil.streams.settings import Settings
 from vigil.streams.state import RedisStateStore
 from vigil.streams.transport import VigilApp
 
-__all__ = ["create_app", "resolve_topics"]
+__all__ = ["add_web_pages", "create_app", "new_app", "resolve_topics"]
 
 log = logging.getLogger("vigil.worker")
 
@@ -67,13 +68,11 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def create_app(settings: Settings | None = None, topics: list[str] | None = None) -> faust.App:
-    """Build the worker's Faust app from ``settings`` (environment by default)."""
-    settings = settings or Settings()
-    topics = topics or resolve_topics(settings)
+def new_app(settings: Settings, app_id: str, web_port: int) -> VigilApp:
+    """A Faust app with vigil's consumer settings (short session, fast fetches, raw keys)."""
     session = settings.session_timeout_s
     app = VigilApp(
-        settings.app_id,
+        app_id,
         broker=settings.broker_url,
         value_serializer="raw",
         key_serializer="raw",
@@ -87,9 +86,40 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         broker_commit_interval=0.5,
         web_enabled=settings.web_enabled,
         web_host=settings.web_host,
-        web_port=settings.web_port,
+        web_port=web_port,
         producer_linger_ms=5,
     )
+    app.vigil_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    return app
+
+
+def add_web_pages(
+    app: faust.App, redis_client: aioredis.Redis, details: Callable[[], dict]
+) -> None:
+    """``/metrics`` (Prometheus) and ``/health`` (Redis reachable, plus ``details()``)."""
+
+    @app.page("/metrics")
+    async def prometheus_metrics(web, request):
+        body, content_type = metrics.exposition()
+        # aiohttp refuses a charset inside content_type=; pass the header as it is.
+        return web.bytes(body, headers={"Content-Type": content_type})
+
+    @app.page("/health")
+    async def health(web, request):
+        try:
+            await redis_client.ping()
+            redis_ok = True
+        except Exception:  # noqa: BLE001 - health reports, it does not raise
+            redis_ok = False
+        status = 200 if redis_ok else 503
+        return web.json({"redis": redis_ok, **details()}, status=status)
+
+
+def create_app(settings: Settings | None = None, topics: list[str] | None = None) -> faust.App:
+    """Build the worker's Faust app from ``settings`` (environment by default)."""
+    settings = settings or Settings()
+    topics = topics or resolve_topics(settings)
+    app = new_app(settings, settings.app_id, settings.web_port)
     parser = make_parser(
         settings.input_format,
         name_field=settings.json_name_field,
@@ -192,21 +222,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         # Another worker may own these series now; Redis holds their latest state.
         pipeline.forget()
 
-    @app.page("/metrics")
-    async def prometheus_metrics(web, request):
-        body, content_type = metrics.exposition()
-        # aiohttp refuses a charset inside content_type=; pass the header as it is.
-        return web.bytes(body, headers={"Content-Type": content_type})
-
-    @app.page("/health")
-    async def health(web, request):
-        try:
-            await redis_client.ping()
-            redis_ok = True
-        except Exception:  # noqa: BLE001 - health reports, it does not raise
-            redis_ok = False
-        status = 200 if redis_ok else 503
-        return web.json({"redis": redis_ok, "topics": topics}, status=status)
+    add_web_pages(app, redis_client, lambda: {"topics": topics})
 
     if settings.input_pattern:
 
@@ -228,5 +244,4 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
                 os.kill(os.getpid(), signal.SIGTERM)
 
     app.vigil_restart = False
-    app.vigil_fetch_max_wait_ms = settings.fetch_max_wait_ms
     return app

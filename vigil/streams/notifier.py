@@ -65,10 +65,10 @@ from vigil.sinks.telegram import (
     is_permanent_telegram_error,
 )
 from vigil.streams import metrics
+from vigil.streams.app import add_web_pages, new_app
 from vigil.streams.records import AlertDeadLetter, AnomalyEvent, Feedback, stable_id
 from vigil.streams.settings import Settings
 from vigil.streams.state import redis_retrying
-from vigil.streams.transport import VigilApp
 
 __all__ = ["Notifier", "NotifierStore", "create_notifier_app", "parse_duration"]
 
@@ -417,15 +417,17 @@ class Notifier:
         return None
 
     def _chart_process(self) -> ProcessPoolExecutor | None:
-        """The process charts are drawn in, started on first use (None: use a thread).
+        """The processes charts are drawn in (one per two cores, at most four), started on
+        first use (None: draw in a thread).
 
         Drawing is CPU-bound Python: in a thread it holds the GIL against the event loop
         (measured: 80 ms alone, 200–400 ms beside a busy loop), so it gets its own process.
         """
         if self._chart_pool is None and not self._chart_pool_failed:
             try:
+                workers = max(1, min(4, (os.cpu_count() or 2) // 2))
                 self._chart_pool = ProcessPoolExecutor(
-                    1, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                    workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
                     initargs=(os.getpid(),),
                 )
                 self._chart_pool.submit(warm_up)  # import matplotlib before the first alert
@@ -683,25 +685,7 @@ def create_notifier_app(settings: Settings | None = None) -> faust.App:
     if not config.receivers:
         raise SystemExit("no receivers configured: write an alerts: section in the settings "
                          "file (VIGIL_CONFIG_FILE), see the README")
-    session = settings.session_timeout_s
-    app = VigilApp(
-        settings.notifier_app_id,
-        broker=settings.broker_url,
-        value_serializer="raw",
-        key_serializer="raw",
-        store="memory://",
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=session,
-        broker_heartbeat_interval=max(session / 6, 0.5),
-        broker_rebalance_timeout=max(session * 1.7, 10),
-        broker_commit_interval=0.5,
-        web_enabled=settings.web_enabled,
-        web_host=settings.web_host,
-        web_port=settings.notifier_web_port,
-        producer_linger_ms=5,
-    )
-    app.vigil_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app = new_app(settings, settings.notifier_app_id, settings.notifier_web_port)
     anomalies = app.topic(settings.anomalies_topic, value_serializer="raw", key_serializer="raw")
     feedback_topic = app.topic(settings.feedback_topic, internal=True, key_serializer="raw")
     dead_letters = app.topic(settings.alerts_deadletter_topic, internal=True,
@@ -759,20 +743,7 @@ def create_notifier_app(settings: Settings | None = None) -> faust.App:
                 except Exception:  # noqa: BLE001 - one bad press must not stop the bot
                     log.exception("handling a button press failed")
 
-    @app.page("/metrics")
-    async def prometheus_metrics(web, request):
-        body, content_type = metrics.exposition()
-        return web.bytes(body, headers={"Content-Type": content_type})
-
-    @app.page("/health")
-    async def health(web, request):
-        try:
-            await redis_client.ping()
-            redis_ok = True
-        except Exception:  # noqa: BLE001 - health reports, it does not raise
-            redis_ok = False
-        return web.json({"redis": redis_ok, "idle": notifier.idle()},
-                        status=200 if redis_ok else 503)
+    add_web_pages(app, redis_client, lambda: {"idle": notifier.idle()})
 
     log.info("notifier: %d receiver(s), %d route(s), group by %s within %.1f s",
              len(config.receivers), len(config.routes), ",".join(config.group_by) or "-",
