@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -70,7 +71,7 @@ from vigil.streams.records import AlertDeadLetter, AnomalyEvent, Feedback, stabl
 from vigil.streams.settings import Settings
 from vigil.streams.state import redis_retrying
 
-__all__ = ["Notifier", "NotifierStore", "create_notifier_app", "parse_duration"]
+__all__ = ["InOrderAcks", "Notifier", "NotifierStore", "create_notifier_app", "parse_duration"]
 
 log = logging.getLogger("vigil.notifier")
 
@@ -199,6 +200,46 @@ class _Ack:
         self._holders -= 1
         if self._holders == 0 and self._callback is not None:
             await self._callback()
+
+
+class InOrderAcks:
+    """Acks a partition's events in offset order, whatever order they finish in.
+
+    An event waits in a group while later ones (duplicates, silenced) are done at once.
+    faust-streaming commits the first run of consecutive acked offsets and does not always
+    notice an unacked offset at the head of that run (an offset-by-one in its gap check, and
+    no check before the first commit), so acking out of order could commit past an event
+    still waiting — lost if the process then crashes. Here an event's ack is released only
+    once every earlier event of its partition is done.
+
+    >>> import asyncio
+    >>> acked = []
+    >>> async def demo():
+    ...     acks = InOrderAcks(lambda e: acked.append(e) or asyncio.sleep(0))
+    ...     first, second = acks.register(("t", 0), "e0"), acks.register(("t", 0), "e1")
+    ...     await second()  # done first, acked only after e0
+    ...     assert acked == []
+    ...     await first()
+    >>> asyncio.run(demo()); acked
+    ['e0', 'e1']
+    """
+
+    def __init__(self, ack: Callable[[Any], Awaitable[Any]]) -> None:
+        self._ack = ack
+        self._pending: dict[Any, deque[list]] = {}  # partition → [event, done] in offset order
+
+    def register(self, partition: Any, event: Any) -> Callable[[], Awaitable[None]]:
+        """Note ``event`` (in consumption order); returns the callback that marks it done."""
+        entry = [event, False]
+        self._pending.setdefault(partition, deque()).append(entry)
+
+        async def done() -> None:
+            entry[1] = True
+            queue = self._pending.get(partition)
+            while queue and queue[0][1]:
+                await self._ack(queue.popleft()[0])
+
+        return done
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -709,11 +750,13 @@ def create_notifier_app(settings: Settings | None = None) -> faust.App:
 
     @app.agent(anomalies, name="vigil.notify", supervisor_strategy=CrashingSupervisor)
     async def notify(stream):
+        # Kept across rebalances: an event still in a group is acked when it is sent (Faust
+        # ignores acks of partitions it no longer owns; the new owner skips what Redis
+        # records as sent).
+        acks = InOrderAcks(stream.ack)
         async for events in stream.noack_take(500, settings.batch_window_s):
             for event in events:
-                async def ack(event=event) -> None:
-                    await stream.ack(event)
-
+                ack = acks.register(event.message.tp, event)
                 anomaly = decode_event(event.value)
                 if anomaly is None:
                     log.warning("skipping a record on %s that is not an anomaly event: %r",
