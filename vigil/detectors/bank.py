@@ -14,10 +14,18 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["DAILY_SLOTS", "STATE_DTYPE", "StateBank", "WEEKLY_SLOTS", "new_state_bank"]
+__all__ = [
+    "DAILY_SLOTS",
+    "RARITY_LEVELS",
+    "STATE_DTYPE",
+    "StateBank",
+    "WEEKLY_SLOTS",
+    "new_state_bank",
+]
 
 DAILY_SLOTS = 96  # 15-minute slots
 WEEKLY_SLOTS = 168  # hourly slots, Monday 00:00 UTC first
+RARITY_LEVELS = 24  # score levels z_open·√2^k whose recent up-crossings are counted
 
 STATE_DTYPE = np.dtype(
     [
@@ -51,6 +59,11 @@ STATE_DTYPE = np.dtype(
         ("tv_spread", "f8"),
         ("zero_rate", "f8"),
         ("flat_run", "i4"),
+        ("dy_all", "f8"),
+        ("z_prev", "f4"),
+        ("exceed", "f4", (RARITY_LEVELS,)),
+        ("z_hour_max", "f4", (24,)),
+        ("z_hour_count", "f4", (24,)),
         # incident
         ("incident_open", "u1"),
         ("incident_severity", "u1"),

@@ -47,7 +47,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-from vigil.detectors.bank import DAILY_SLOTS, STATE_DTYPE, WEEKLY_SLOTS, StateBank, new_state_bank
+from vigil.detectors.bank import (
+    DAILY_SLOTS,
+    RARITY_LEVELS,
+    STATE_DTYPE,
+    WEEKLY_SLOTS,
+    StateBank,
+    new_state_bank,
+)
 from vigil.detectors.resample import Steps, resample_batch
 
 __all__ = [
@@ -112,6 +119,12 @@ class DetectorParams:
     z_close: float = 3.0
     z_critical: float = 12.0
     resolve_steps: int = 15
+    scale_floor: float = 0.25
+    rarity_halflife_s: float = 86_400.0
+    rarity_max: float = 2.0
+    recur_halflife_s: float = 3 * 86_400.0
+    recur_margin: float = 1.5
+    recur_min_count: float = 1.5
 
     @property
     def step_ms(self) -> int:
@@ -224,6 +237,9 @@ class OnlineDetector:
         self._var_floor = float(0.60 * np.sqrt(self._a_var / (2.0 - self._a_var)))
         # ... and of the log of a short EW mean of |Δy| for Gaussian noise (CV of |Δy| 0.76).
         self._tv_floor = float(0.76 * np.sqrt(self._a_var / (2.0 - self._a_var)))
+        self._rarity_decay = 0.5 ** (s / p.rarity_halflife_s)
+        self._recur_decay = np.float32(0.5 ** (s / p.recur_halflife_s))
+        self._levels = p.z_open * np.sqrt(2.0) ** np.arange(RARITY_LEVELS)
 
     def process(
         self, bank: StateBank, index, ts_ms, values, direction: np.ndarray | None = None
@@ -359,6 +375,9 @@ class OnlineDetector:
         mad = np.where(hours_known, np.maximum(mad_hour, st["mad"] / 3.0), st["mad"])
         sigma = 1.2533 * mad
         sigma = np.maximum(sigma, 1e-9 + 1e-6 * np.abs(st["slow_level"]))
+        # Floor: a fraction of the series' typical step |Δy| over all steps (anomalies too),
+        # so a mostly-constant series (σ → 0) does not turn every blip into z = 1e12.
+        sigma = np.maximum(sigma, p.scale_floor * st["dy_all"])
         z = r / sigma
         zc = np.clip(z, -4.0, 4.0)
         if sign is not None:
@@ -372,6 +391,7 @@ class OnlineDetector:
         a_v = self._a_var
         var_short = (1 - a_v) * st["var_short"] + a_v * np.abs(zc - st["level_short"])
         dy = np.abs(y - st["prev_value"])
+        dy_all = st["dy_all"]
         tv_long = st["tv_long"]
         dy_c = np.where(tv_long > 0, np.minimum(dy, 10.0 * tv_long), dy)
         tv_short = (1 - a_v) * st["tv_short"] + a_v * dy_c
@@ -403,7 +423,29 @@ class OnlineDetector:
         z_eff = stats[best, rows]
         scoring = observed & (n >= p.warmup_steps)
         z_eff = np.where(scoring, np.maximum(z_eff, 0.0), 0.0)
-        anomalous = z_eff >= p.z_open
+        extreme = z_eff >= p.z_open
+        # Rarity: how often the score recently rose past the level just under this one (a
+        # decayed count of up-crossings). A series that spikes this high every day has
+        # learned that such spikes are its normal; the statistic stays out of the learning.
+        level_k = np.clip(
+            np.floor(2.0 * _log(np.maximum(z_eff, p.z_open) / p.z_open) / _LN2),
+            0,
+            RARITY_LEVELS - 1,
+        ).astype(np.int64)
+        seen = st["exceed"][rows, level_k]
+        # Recurrence: as high as the scores seen at this hour of the day on previous days (a
+        # nightly job's spike), decayed.
+        hour_max = st["z_hour_max"]
+        hour_count = st["z_hour_count"]
+        recurring = (
+            hours_known
+            & (np.maximum(hour_count[rows, h0], hour_count[rows, h1]) >= p.recur_min_count)
+            & (z_eff <= p.recur_margin * np.maximum(hour_max[rows, h0], hour_max[rows, h1]))
+        )
+        # Rarity and recurrence decide whether an incident opens; within an open incident
+        # every extreme step is part of it.
+        novel = (seen < p.rarity_max) & ~recurring
+        anomalous = extreme & (novel | st["incident_open"].astype(bool))
 
         # Contextual: a point anomaly whose value is ordinary for the series at another time.
         contextual = anomalous & (stat_point >= p.z_open) & new_d
@@ -417,7 +459,25 @@ class OnlineDetector:
 
         # ---- learning (observed steps only; profiles and spreads skip anomalous steps) ----
         learn = observed
-        calm = observed & ~anomalous
+        calm = observed & ~extreme
+        a_dy = np.maximum(self._a_spread, 1.0 / np.maximum(n, 1.0))
+        st["dy_all"] = np.where(
+            observed & (n >= 1), (1 - a_dy) * dy_all + a_dy * dy, dy_all
+        )
+        crossed = (z_eff[:, None] >= self._levels) & (st["z_prev"][:, None] < self._levels)
+        exceed = st["exceed"]
+        exceed[observed] = (
+            exceed[observed] * np.float32(self._rarity_decay) + crossed[observed]
+        )
+        new_event = extreme & (st["z_prev"] < p.z_open)
+        st["z_prev"] = np.where(observed, z_eff, st["z_prev"]).astype(np.float32)
+        hour_max *= self._recur_decay
+        zf = np.where(observed & hours_known & extreme, z_eff, 0.0).astype(np.float32)
+        hour_max[rows, h0] = np.maximum(hour_max[rows, h0], zf)
+        hour_max[rows, h1] = np.maximum(hour_max[rows, h1], zf)
+        hour_count *= self._recur_decay
+        h_near = np.where(hw < 0.5, h0, h1)
+        hour_count[rows, h_near] += (zf > 0) & new_event
         r_clip = np.clip(r, -p.huber * sigma, p.huber * sigma)
         # Until the scale is known (first steps) learn the level from the raw residual.
         r_clip = np.where(n < 3, r, r_clip)
