@@ -124,7 +124,7 @@ class DetectorParams:
     rarity_max: float = 2.0
     recur_halflife_s: float = 3 * 86_400.0
     recur_margin: float = 1.5
-    recur_min_count: float = 1.5
+    recur_min_count: float = 1.2
 
     @property
     def step_ms(self) -> int:
