@@ -60,7 +60,8 @@ STATE_DTYPE = np.dtype(
         ("zero_rate", "f8"),
         ("flat_run", "i4"),
         ("dy_all", "f8"),
-        ("z_prev", "f4"),
+        ("z_peak", "f4"),
+        ("rare_ts_ms", "i8"),
         ("exceed", "f4", (RARITY_LEVELS,)),
         ("z_hour_max", "f4", (24,)),
         ("z_hour_count", "f4", (24,)),
@@ -78,7 +79,8 @@ STATE_DTYPE = np.dtype(
     ]
 )
 
-_UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms")  # -1 = none yet
+# -1 = none yet
+_UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms")
 
 
 class StateBank:

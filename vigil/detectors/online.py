@@ -183,6 +183,22 @@ _LN2 = 0.6931471805599453
 _SQRT_HALF = 0.7071067811865476
 
 
+def _int_power(base: float, n: np.ndarray) -> np.ndarray:
+    """``base ** n`` for non-negative integer ``n`` from exactly rounded products only.
+
+    >>> float(_int_power(0.5, np.array([10]))[0]) == 0.5**10
+    True
+    """
+    n = np.asarray(n, np.int64).copy()
+    out = np.ones(len(n))
+    b = float(base)
+    while n.any():
+        out = np.where(n & 1, out * b, out)
+        b *= b
+        n >>= 1
+    return out
+
+
 def _interp(profile: np.ndarray, rows: np.ndarray, pos: np.ndarray):
     """Linear interpolation in cyclic slot profiles; returns value, slots and weights."""
     n = profile.shape[1]
@@ -238,7 +254,7 @@ class OnlineDetector:
         # ... and of the log of a short EW mean of |Δy| for Gaussian noise (CV of |Δy| 0.76).
         self._tv_floor = float(0.76 * np.sqrt(self._a_var / (2.0 - self._a_var)))
         self._rarity_decay = 0.5 ** (s / p.rarity_halflife_s)
-        self._recur_decay = np.float32(0.5 ** (s / p.recur_halflife_s))
+        self._recur_decay = 0.5 ** (s / p.recur_halflife_s)
         self._levels = p.z_open * np.sqrt(2.0) ** np.arange(RARITY_LEVELS)
 
     def process(
@@ -424,27 +440,16 @@ class OnlineDetector:
         scoring = observed & (n >= p.warmup_steps)
         z_eff = np.where(scoring, np.maximum(z_eff, 0.0), 0.0)
         extreme = z_eff >= p.z_open
-        # Rarity: how often the score recently rose past the level just under this one (a
-        # decayed count of up-crossings). A series that spikes this high every day has
-        # learned that such spikes are its normal; the statistic stays out of the learning.
-        level_k = np.clip(
-            np.floor(2.0 * _log(np.maximum(z_eff, p.z_open) / p.z_open) / _LN2),
-            0,
-            RARITY_LEVELS - 1,
-        ).astype(np.int64)
-        seen = st["exceed"][rows, level_k]
-        # Recurrence: as high as the scores seen at this hour of the day on previous days (a
-        # nightly job's spike), decayed.
-        hour_max = st["z_hour_max"]
-        hour_count = st["z_hour_count"]
-        recurring = (
-            hours_known
-            & (np.maximum(hour_count[rows, h0], hour_count[rows, h1]) >= p.recur_min_count)
-            & (z_eff <= p.recur_margin * np.maximum(hour_max[rows, h0], hour_max[rows, h1]))
-        )
-        # Rarity and recurrence decide whether an incident opens; within an open incident
-        # every extreme step is part of it.
-        novel = (seen < p.rarity_max) & ~recurring
+        # Rarity and recurrence (see _novelty) decide whether an incident opens; within an
+        # open incident every extreme step is part of it.
+        novel = np.ones(k, bool)
+        ext = np.flatnonzero(extreme)
+        if len(ext):
+            novel[ext] = self._novelty(
+                st, ext, t[ext], z_eff[ext], hours_known[ext], h0[ext], h1[ext], hw[ext]
+            )
+        # A flatline is scored by how rare an unchanged step is for the series already.
+        novel |= best == ANOMALY_TYPES.index("flatline") - 1
         anomalous = extreme & (novel | st["incident_open"].astype(bool))
 
         # Contextual: a point anomaly whose value is ordinary for the series at another time.
@@ -464,20 +469,10 @@ class OnlineDetector:
         st["dy_all"] = np.where(
             observed & (n >= 1), (1 - a_dy) * dy_all + a_dy * dy, dy_all
         )
-        crossed = (z_eff[:, None] >= self._levels) & (st["z_prev"][:, None] < self._levels)
-        exceed = st["exceed"]
-        exceed[observed] = (
-            exceed[observed] * np.float32(self._rarity_decay) + crossed[observed]
-        )
-        new_event = extreme & (st["z_prev"] < p.z_open)
-        st["z_prev"] = np.where(observed, z_eff, st["z_prev"]).astype(np.float32)
-        hour_max *= self._recur_decay
-        zf = np.where(observed & hours_known & extreme, z_eff, 0.0).astype(np.float32)
-        hour_max[rows, h0] = np.maximum(hour_max[rows, h0], zf)
-        hour_max[rows, h1] = np.maximum(hour_max[rows, h1], zf)
-        hour_count *= self._recur_decay
-        h_near = np.where(hw < 0.5, h0, h1)
-        hour_count[rows, h_near] += (zf > 0) & new_event
+        # The peak of the current excursion of the score (0 once it is back under z_close):
+        # an excursion counts once per level however often it wavers around one.
+        peak = np.where(z_eff >= p.z_close, np.maximum(st["z_peak"], z_eff), 0.0)
+        st["z_peak"] = np.where(observed, peak, st["z_peak"]).astype(np.float32)
         r_clip = np.clip(r, -p.huber * sigma, p.huber * sigma)
         # Until the scale is known (first steps) learn the level from the raw residual.
         r_clip = np.where(n < 3, r, r_clip)
@@ -583,6 +578,52 @@ class OnlineDetector:
         out.severity[pos] = np.where(resolving, previous_severity, severity)
         out.incident_start_ms[pos] = np.where(is_open | opening, start, -1)
         out.seasonality[pos] = new_d.astype(np.int8) + new_w.astype(np.int8)
+
+    def _novelty(self, st, e, t, z, hours_known, h0, h1, hw) -> np.ndarray:
+        """Whether the extreme scores ``z`` of rows ``e`` are news for their series (and learn).
+
+        * **Rarity**: a decayed count of the times the score recently rose past the level
+          just under ``z`` (levels ``z_open·√2^k``). A series that spikes this high every few
+          hours has learned that such spikes are its normal.
+        * **Recurrence**: on about two previous days (decayed count of extreme events in this
+          hour of the day), a score as high (decayed maximum) at this hour: a nightly job.
+
+        The counts are only touched on extreme steps, so they decay lazily: each row keeps the
+        time of its last update and is brought forward by ``decay^steps`` (exact products).
+        """
+        p = self.params
+        rows = e
+        steps = (t - st["rare_ts_ms"][e]) // p.step_ms
+        steps = np.where(st["rare_ts_ms"][e] < 0, 0, np.maximum(steps, 0))
+        f_rare = _int_power(self._rarity_decay, steps)
+        f_recur = _int_power(self._recur_decay, steps)
+        exceed = st["exceed"][rows] * f_rare[:, None]
+        hour_max = st["z_hour_max"][rows] * f_recur[:, None]
+        hour_count = st["z_hour_count"][rows] * f_recur[:, None]
+        i = np.arange(len(e))
+        level_k = np.clip(
+            np.floor(2.0 * _log(z / p.z_open) / _LN2), 0, RARITY_LEVELS - 1
+        ).astype(np.int64)
+        rare = exceed[i, level_k] < p.rarity_max
+        recurring = (
+            hours_known
+            & (np.maximum(hour_count[i, h0], hour_count[i, h1]) >= p.recur_min_count)
+            & (z <= p.recur_margin * np.maximum(hour_max[i, h0], hour_max[i, h1]))
+        )
+        # Learn: the levels this excursion passes for the first time, and this hour's events.
+        peak = st["z_peak"][rows].astype(np.float64)
+        exceed += (z[:, None] >= self._levels) & (peak[:, None] < self._levels)
+        known = hours_known.astype(np.float64)
+        zk = z * known
+        hour_max[i, h0] = np.maximum(hour_max[i, h0], zk)
+        hour_max[i, h1] = np.maximum(hour_max[i, h1], zk)
+        h_near = np.where(hw < 0.5, h0, h1)
+        hour_count[i, h_near] += known * (peak < p.z_open)
+        st["exceed"][rows] = exceed
+        st["z_hour_max"][rows] = hour_max
+        st["z_hour_count"][rows] = hour_count
+        st["rare_ts_ms"][rows] = t
+        return rare & ~recurring
 
     # The weekly profile may only hold what differs between days of the week; anything that
     # repeats every day belongs to the daily profile (else the two split the daily shape and
