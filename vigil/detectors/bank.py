@@ -1,6 +1,6 @@
 """Series states: the record layout (:data:`STATE_DTYPE`) and :class:`StateBank`.
 
-A state is one fixed-size record per series (about 1.5 KB): the resampling bucket and
+A state is one fixed-size record per series (about 1.8 KB): the resampling bucket and
 watermark, baseline, window statistics, incident, and the seasonal profiles as float32. It
 is stored as those record bytes (Redis) and worked on as a *struct of arrays* — one
 contiguous array per field over many series — because the detector's vector operations

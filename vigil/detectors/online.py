@@ -14,18 +14,29 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
   with level ``L`` and trend ``T`` updated from the Huber-clipped residual, so a spike does
   not drag the baseline while a lasting level shift is learned within hours.
 * **Scale.** ``σ = 1.2533 · EW mean |r|`` (an exponentially weighted mean absolute
-  deviation, robust to the outliers it is clipped against).
+  deviation, robust to the outliers it is clipped against), floored at ``scale_floor`` times
+  the series' typical step ``EW mean |Δy|`` over *all* steps: on a mostly-constant series
+  (zero disk writes, a noise-free square wave) the MAD collapses to ~0 and every blip would
+  otherwise score 1e9σ.
 * **Scores** as equivalent Gaussian z-scores, the largest of:
   point ``|r|/σ``; level shift (short EW mean of the clipped z); variance change (short EW
   mean of z²); total variation ``S = Σ|y(t+1) − y(t)|`` over a short window against its
   long-run value (bursts of oscillation at a normal mean level); flatline (a run of
   unchanged values, scored by how rare an unchanged step is for this series). Each window
   statistic is normalised by its own long-run spread, so one parameter set serves all series.
-* **Incidents** open when the score passes ``z_open``, stay open while it is above
+* **What is news.** A score past ``z_open`` opens an incident only if it is news for the
+  series: *rare* — fewer than ``rarity_max`` excursions of the score (runs above
+  ``z_close``) reached the level just under it (levels ``z_open·√2^k``) in the recent past
+  (decayed count, half-life ``rarity_halflife_s``), so a series that spikes this high every
+  few hours has learned that such spikes are its normal, while a much larger one is still
+  news — and not *recurring*: as high as the scores at this hour of the day on about two
+  previous days (a nightly job). Flatlines are exempt (their score already says how rare an
+  unchanged step is for the series). The scores themselves are unchanged.
+* **Incidents** open when a score that is news passes ``z_open``, stay open while it is above
   ``z_close``, and resolve after ``resolve_steps`` calm steps (hysteresis): a long anomaly is
   one ``open``, an ``update`` when it becomes critical, and one ``resolve``.
 
-All state lives in one fixed-size record per series (:data:`STATE_DTYPE`, about 1.5 KB),
+All state lives in one fixed-size record per series (:data:`STATE_DTYPE`, about 1.8 KB),
 held as a struct of arrays (:class:`~vigil.detectors.bank.StateBank`); a batch updates the
 touched series step by step, vectorised over all of them at once.
 
