@@ -158,14 +158,14 @@ def sweep_threshold(
     """
     tp, fp, fn = PROFILES[profile]
     values, weights, windows = [], [], []
+    offset = 0  # window ids unique across files
     for f, score in zip(files, scores, strict=True):
         keep = f.window_of_row != PROBATION
         values.append(np.asarray(score, np.float64)[keep])
         weights.append(f.weights(tp, fp)[keep])
-        # Window ids unique across files.
-        offset = sum(len(g.windows) for g in files[: files.index(f)])
         k = f.window_of_row[keep]
         windows.append(np.where(k >= 0, k + offset, OUTSIDE))
+        offset += len(f.windows)
     values, weights, windows = map(np.concatenate, (values, weights, windows))
     n_windows = sum(len(f.windows) for f in files)
     best = np.full(n_windows, -fn)
