@@ -727,3 +727,99 @@ def test_one_sided_series_ignore_deviations_the_other_way():
     assert opens(drop, 1) == 0
     assert opens(rise, 1) >= 1
     assert opens(rise, -1) == 0 and opens(drop, -1) >= 1
+
+
+# --------------------------------------------------------------------------- causality
+
+
+def test_changing_future_points_does_not_change_past_results():
+    # Whole series in one batch (where a vectorised implementation could peek ahead): the
+    # results of every step before the change are bit-identical, whatever comes after.
+    rng = np.random.default_rng(31)
+    minutes, y = small_scenario(rng, days=3.0, points_per_step=1)
+    index = np.zeros(minutes.size, np.int64)
+    reference, _ = run(index, minutes, y)
+    want = result_arrays(reference)
+    for cut_day in (1.2, 2.5):
+        cut = int(np.searchsorted(minutes, cut_day * DAY))
+        for future in (
+            y[cut:] + 40 * SIGMA,  # a huge shift
+            np.full(y.size - cut, y[cut - 1]),  # a flatline
+            rng.normal(BASE, 10 * SIGMA, y.size - cut),  # wild noise
+        ):
+            got, _ = run(index, minutes, np.r_[y[:cut], future])
+            got = result_arrays(got)
+            # Steps that close before the first changed point's minute.
+            past = want["ts_ms"] < T0 + int(minutes[cut]) * MINUTE
+            assert past.sum() > DAY
+            changed = False
+            for name, expected in want.items():
+                np.testing.assert_array_equal(got[name][past], expected[past], err_msg=name)
+                changed |= not np.array_equal(got[name][~past], expected[~past])
+            assert changed  # the change itself does show
+
+
+# --------------------------------------------------------------------------- what is news
+
+
+def daily_job_series(rng: np.random.Generator, days: int, job_at_hour: float = 3.0):
+    """5-minute steps of noise around 10 with a short job spike at the same time every day."""
+    step = 5
+    n = days * DAY // step
+    minutes = np.arange(n) * step
+    y = 10 + rng.normal(0, 0.2, n)
+    jobs = (minutes % DAY) == int(job_at_hour * 60)
+    y[jobs] += 20
+    return minutes, y, jobs
+
+
+def test_a_daily_job_spike_stops_alerting_once_it_recurs():
+    rng = np.random.default_rng(41)
+    minutes, y, jobs = daily_job_series(rng, days=10)
+    params = DetectorParams(step_s=300)
+    r, _ = run(np.zeros(minutes.size, np.int64), minutes, y, params)
+    opened_day = (r.steps.ts_ms[r.event == 1] - T0) // (DAY * MINUTE)
+    # Extreme every day, but an incident on at most the first three days of the job.
+    assert (r.z[jobs[: len(r.z)]] >= params.z_open).sum() >= 8
+    assert 1 <= len(opened_day) <= 3 and opened_day.max() <= 3
+    # A spike at another hour, or twice as high, is still news.
+    y2 = y.copy()
+    late = minutes == 8 * DAY + 15 * 60
+    y2[late] += 20
+    bigger = minutes == 9 * DAY + 3 * 60
+    y2[bigger] += 60
+    r2, _ = run(np.zeros(minutes.size, np.int64), minutes, y2, params)
+    opens = r2.steps.ts_ms[r2.event == 1]
+    for m in (minutes[late][0], minutes[bigger][0]):
+        assert T0 + int(m) * MINUTE in opens
+
+
+def test_frequent_spikes_stop_alerting_but_a_much_larger_one_does():
+    # Spikes of about 30σ every ~2 hours: after a few, the series' normal. One at 200σ is not.
+    rng = np.random.default_rng(42)
+    n = 3 * DAY
+    y = 20 + rng.normal(0, 1, n)
+    spikes = np.arange(300, n, 127)
+    y[spikes] += 30
+    big = 2 * DAY + 700
+    y[big] += 200
+    r, _ = run(np.zeros(n, np.int64), np.arange(n), y)
+    opens = (r.steps.ts_ms[r.event == 1] - T0) // MINUTE
+    late = opens[(opens > DAY) & (opens != big)]
+    assert len(late) <= 2, late
+    assert big in opens
+
+
+def test_a_mostly_constant_series_does_not_alert_on_every_blip():
+    # Zero most of the time with a small write now and then (disk writes, error counts): the
+    # noise scale is ~0, but the floor from the typical step keeps the scores finite.
+    rng = np.random.default_rng(43)
+    n = 3 * DAY
+    y = np.zeros(n)
+    blips = rng.choice(n, 60, replace=False)
+    y[blips] = rng.uniform(1.0, 3.0, blips.size)
+    r, _ = run(np.zeros(n, np.int64), np.arange(n), y)
+    assert r.z.max() < 1e3  # was ~1e9 without the floor
+    opens = (r.steps.ts_ms[r.event == 1] - T0) // MINUTE
+    # The first blips are news; after a day and a half (~30 blips) they are the normal.
+    assert len(opens) <= 10 and (opens < 1.5 * DAY).all(), opens

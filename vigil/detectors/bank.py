@@ -1,6 +1,6 @@
 """Series states: the record layout (:data:`STATE_DTYPE`) and :class:`StateBank`.
 
-A state is one fixed-size record per series (about 1.5 KB): the resampling bucket and
+A state is one fixed-size record per series (about 1.8 KB): the resampling bucket and
 watermark, baseline, window statistics, incident, and the seasonal profiles as float32. It
 is stored as those record bytes (Redis) and worked on as a *struct of arrays* — one
 contiguous array per field over many series — because the detector's vector operations
@@ -14,10 +14,18 @@ from collections.abc import Iterator
 
 import numpy as np
 
-__all__ = ["DAILY_SLOTS", "STATE_DTYPE", "StateBank", "WEEKLY_SLOTS", "new_state_bank"]
+__all__ = [
+    "DAILY_SLOTS",
+    "RARITY_LEVELS",
+    "STATE_DTYPE",
+    "StateBank",
+    "WEEKLY_SLOTS",
+    "new_state_bank",
+]
 
 DAILY_SLOTS = 96  # 15-minute slots
 WEEKLY_SLOTS = 168  # hourly slots, Monday 00:00 UTC first
+RARITY_LEVELS = 24  # score levels z_open·√2^k whose recent up-crossings are counted
 
 STATE_DTYPE = np.dtype(
     [
@@ -51,6 +59,12 @@ STATE_DTYPE = np.dtype(
         ("tv_spread", "f8"),
         ("zero_rate", "f8"),
         ("flat_run", "i4"),
+        ("dy_all", "f8"),
+        ("z_peak", "f4"),
+        ("rare_ts_ms", "i8"),
+        ("exceed", "f4", (RARITY_LEVELS,)),
+        ("z_hour_max", "f4", (24,)),
+        ("z_hour_count", "f4", (24,)),
         # incident
         ("incident_open", "u1"),
         ("incident_severity", "u1"),
@@ -65,7 +79,8 @@ STATE_DTYPE = np.dtype(
     ]
 )
 
-_UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms")  # -1 = none yet
+# -1 = none yet
+_UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms")
 
 
 class StateBank:

@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "PROFILES",
     "ScoredFile",
+    "detection_counts",
     "normalised",
     "probation_length",
     "raw_score",
@@ -157,14 +158,14 @@ def sweep_threshold(
     """
     tp, fp, fn = PROFILES[profile]
     values, weights, windows = [], [], []
+    offset = 0  # window ids unique across files
     for f, score in zip(files, scores, strict=True):
         keep = f.window_of_row != PROBATION
         values.append(np.asarray(score, np.float64)[keep])
         weights.append(f.weights(tp, fp)[keep])
-        # Window ids unique across files.
-        offset = sum(len(g.windows) for g in files[: files.index(f)])
         k = f.window_of_row[keep]
         windows.append(np.where(k >= 0, k + offset, OUTSIDE))
+        offset += len(f.windows)
     values, weights, windows = map(np.concatenate, (values, weights, windows))
     n_windows = sum(len(f.windows) for f in files)
     best = np.full(n_windows, -fn)
@@ -226,9 +227,33 @@ def _main(path: str) -> None:
         files.append(ScoredFile(stamps, spans_ms))
         detections.append(detected)
     n_windows = sum(len(f.windows) for f in files)
+    hit, outside = detection_counts(files, detections)
+    print(
+        f"{len(files)} files, {n_windows} windows; detections = incident openings of one "
+        f"parameter set (DetectorParams(step_s={params.step_s})), no threshold sweep"
+    )
+    print(f"windows detected: {hit}/{n_windows}, detections outside windows: {outside}")
     for profile in PROFILES:
         raw = raw_score(files, detections, profile)
         print(f"{profile}: {normalised(raw, n_windows, profile):.1f}")
+
+
+def detection_counts(
+    files: Sequence[ScoredFile], detections: Sequence[np.ndarray]
+) -> tuple[int, int]:
+    """``(windows with a detection, detections outside every window)``, probation excluded.
+
+    >>> f = ScoredFile(np.arange(100), [(40, 49)])
+    >>> det = np.zeros(100, bool); det[[5, 41, 45, 80]] = True
+    >>> detection_counts([f], [det])
+    (1, 1)
+    """
+    hit = outside = 0
+    for f, detected in zip(files, detections, strict=True):
+        k = f.window_of_row[detected & (f.window_of_row != PROBATION)]
+        hit += len(np.unique(k[k >= 0]))
+        outside += int((k == OUTSIDE).sum())
+    return hit, outside
 
 
 def _metric(file_name: str) -> str:

@@ -14,18 +14,29 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
   with level ``L`` and trend ``T`` updated from the Huber-clipped residual, so a spike does
   not drag the baseline while a lasting level shift is learned within hours.
 * **Scale.** ``σ = 1.2533 · EW mean |r|`` (an exponentially weighted mean absolute
-  deviation, robust to the outliers it is clipped against).
+  deviation, robust to the outliers it is clipped against), floored at ``scale_floor`` times
+  the series' typical step ``EW mean |Δy|`` over *all* steps: on a mostly-constant series
+  (zero disk writes, a noise-free square wave) the MAD collapses to ~0 and every blip would
+  otherwise score 1e9σ.
 * **Scores** as equivalent Gaussian z-scores, the largest of:
   point ``|r|/σ``; level shift (short EW mean of the clipped z); variance change (short EW
   mean of z²); total variation ``S = Σ|y(t+1) − y(t)|`` over a short window against its
   long-run value (bursts of oscillation at a normal mean level); flatline (a run of
   unchanged values, scored by how rare an unchanged step is for this series). Each window
   statistic is normalised by its own long-run spread, so one parameter set serves all series.
-* **Incidents** open when the score passes ``z_open``, stay open while it is above
+* **What is news.** A score past ``z_open`` opens an incident only if it is news for the
+  series: *rare* — fewer than ``rarity_max`` excursions of the score (runs above
+  ``z_close``) reached the level just under it (levels ``z_open·√2^k``) in the recent past
+  (decayed count, half-life ``rarity_halflife_s``), so a series that spikes this high every
+  few hours has learned that such spikes are its normal, while a much larger one is still
+  news — and not *recurring*: as high as the scores at this hour of the day on about two
+  previous days (a nightly job). Flatlines are exempt (their score already says how rare an
+  unchanged step is for the series). The scores themselves are unchanged.
+* **Incidents** open when a score that is news passes ``z_open``, stay open while it is above
   ``z_close``, and resolve after ``resolve_steps`` calm steps (hysteresis): a long anomaly is
   one ``open``, an ``update`` when it becomes critical, and one ``resolve``.
 
-All state lives in one fixed-size record per series (:data:`STATE_DTYPE`, about 1.5 KB),
+All state lives in one fixed-size record per series (:data:`STATE_DTYPE`, about 1.8 KB),
 held as a struct of arrays (:class:`~vigil.detectors.bank.StateBank`); a batch updates the
 touched series step by step, vectorised over all of them at once.
 
@@ -47,7 +58,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-from vigil.detectors.bank import DAILY_SLOTS, STATE_DTYPE, WEEKLY_SLOTS, StateBank, new_state_bank
+from vigil.detectors.bank import (
+    DAILY_SLOTS,
+    RARITY_LEVELS,
+    STATE_DTYPE,
+    WEEKLY_SLOTS,
+    StateBank,
+    new_state_bank,
+)
 from vigil.detectors.resample import Steps, resample_batch
 
 __all__ = [
@@ -112,6 +130,12 @@ class DetectorParams:
     z_close: float = 3.0
     z_critical: float = 12.0
     resolve_steps: int = 15
+    scale_floor: float = 0.25
+    rarity_halflife_s: float = 86_400.0
+    rarity_max: float = 2.0
+    recur_halflife_s: float = 3 * 86_400.0
+    recur_margin: float = 1.5
+    recur_min_count: float = 1.2
 
     @property
     def step_ms(self) -> int:
@@ -170,6 +194,22 @@ _LN2 = 0.6931471805599453
 _SQRT_HALF = 0.7071067811865476
 
 
+def _int_power(base: float, n: np.ndarray) -> np.ndarray:
+    """``base ** n`` for non-negative integer ``n`` from exactly rounded products only.
+
+    >>> float(_int_power(0.5, np.array([10]))[0]) == 0.5**10
+    True
+    """
+    n = np.asarray(n, np.int64).copy()
+    out = np.ones(len(n))
+    b = float(base)
+    while n.any():
+        out = np.where(n & 1, out * b, out)
+        b *= b
+        n >>= 1
+    return out
+
+
 def _interp(profile: np.ndarray, rows: np.ndarray, pos: np.ndarray):
     """Linear interpolation in cyclic slot profiles; returns value, slots and weights."""
     n = profile.shape[1]
@@ -224,6 +264,9 @@ class OnlineDetector:
         self._var_floor = float(0.60 * np.sqrt(self._a_var / (2.0 - self._a_var)))
         # ... and of the log of a short EW mean of |Δy| for Gaussian noise (CV of |Δy| 0.76).
         self._tv_floor = float(0.76 * np.sqrt(self._a_var / (2.0 - self._a_var)))
+        self._rarity_decay = 0.5 ** (s / p.rarity_halflife_s)
+        self._recur_decay = 0.5 ** (s / p.recur_halflife_s)
+        self._levels = p.z_open * np.sqrt(2.0) ** np.arange(RARITY_LEVELS)
 
     def process(
         self, bank: StateBank, index, ts_ms, values, direction: np.ndarray | None = None
@@ -359,6 +402,9 @@ class OnlineDetector:
         mad = np.where(hours_known, np.maximum(mad_hour, st["mad"] / 3.0), st["mad"])
         sigma = 1.2533 * mad
         sigma = np.maximum(sigma, 1e-9 + 1e-6 * np.abs(st["slow_level"]))
+        # Floor: a fraction of the series' typical step |Δy| over all steps (anomalies too),
+        # so a mostly-constant series (σ → 0) does not turn every blip into z = 1e12.
+        sigma = np.maximum(sigma, p.scale_floor * st["dy_all"])
         z = r / sigma
         zc = np.clip(z, -4.0, 4.0)
         if sign is not None:
@@ -372,6 +418,7 @@ class OnlineDetector:
         a_v = self._a_var
         var_short = (1 - a_v) * st["var_short"] + a_v * np.abs(zc - st["level_short"])
         dy = np.abs(y - st["prev_value"])
+        dy_all = st["dy_all"]
         tv_long = st["tv_long"]
         dy_c = np.where(tv_long > 0, np.minimum(dy, 10.0 * tv_long), dy)
         tv_short = (1 - a_v) * st["tv_short"] + a_v * dy_c
@@ -403,7 +450,18 @@ class OnlineDetector:
         z_eff = stats[best, rows]
         scoring = observed & (n >= p.warmup_steps)
         z_eff = np.where(scoring, np.maximum(z_eff, 0.0), 0.0)
-        anomalous = z_eff >= p.z_open
+        extreme = z_eff >= p.z_open
+        # Rarity and recurrence (see _novelty) decide whether an incident opens; within an
+        # open incident every extreme step is part of it.
+        novel = np.ones(k, bool)
+        ext = np.flatnonzero(extreme)
+        if len(ext):
+            novel[ext] = self._novelty(
+                st, ext, t[ext], z_eff[ext], hours_known[ext], h0[ext], h1[ext], hw[ext]
+            )
+        # A flatline is scored by how rare an unchanged step is for the series already.
+        novel |= best == ANOMALY_TYPES.index("flatline") - 1
+        anomalous = extreme & (novel | st["incident_open"].astype(bool))
 
         # Contextual: a point anomaly whose value is ordinary for the series at another time.
         contextual = anomalous & (stat_point >= p.z_open) & new_d
@@ -417,7 +475,15 @@ class OnlineDetector:
 
         # ---- learning (observed steps only; profiles and spreads skip anomalous steps) ----
         learn = observed
-        calm = observed & ~anomalous
+        calm = observed & ~extreme
+        a_dy = np.maximum(self._a_spread, 1.0 / np.maximum(n, 1.0))
+        st["dy_all"] = np.where(
+            observed & (n >= 1), (1 - a_dy) * dy_all + a_dy * dy, dy_all
+        )
+        # The peak of the current excursion of the score (0 once it is back under z_close):
+        # an excursion counts once per level however often it wavers around one.
+        peak = np.where(z_eff >= p.z_close, np.maximum(st["z_peak"], z_eff), 0.0)
+        st["z_peak"] = np.where(observed, peak, st["z_peak"]).astype(np.float32)
         r_clip = np.clip(r, -p.huber * sigma, p.huber * sigma)
         # Until the scale is known (first steps) learn the level from the raw residual.
         r_clip = np.where(n < 3, r, r_clip)
@@ -523,6 +589,52 @@ class OnlineDetector:
         out.severity[pos] = np.where(resolving, previous_severity, severity)
         out.incident_start_ms[pos] = np.where(is_open | opening, start, -1)
         out.seasonality[pos] = new_d.astype(np.int8) + new_w.astype(np.int8)
+
+    def _novelty(self, st, e, t, z, hours_known, h0, h1, hw) -> np.ndarray:
+        """Whether the extreme scores ``z`` of rows ``e`` are news for their series (and learn).
+
+        * **Rarity**: a decayed count of the times the score recently rose past the level
+          just under ``z`` (levels ``z_open·√2^k``). A series that spikes this high every few
+          hours has learned that such spikes are its normal.
+        * **Recurrence**: on about two previous days (decayed count of extreme events in this
+          hour of the day), a score as high (decayed maximum) at this hour: a nightly job.
+
+        The counts are only touched on extreme steps, so they decay lazily: each row keeps the
+        time of its last update and is brought forward by ``decay^steps`` (exact products).
+        """
+        p = self.params
+        rows = e
+        steps = (t - st["rare_ts_ms"][e]) // p.step_ms
+        steps = np.where(st["rare_ts_ms"][e] < 0, 0, np.maximum(steps, 0))
+        f_rare = _int_power(self._rarity_decay, steps)
+        f_recur = _int_power(self._recur_decay, steps)
+        exceed = st["exceed"][rows] * f_rare[:, None]
+        hour_max = st["z_hour_max"][rows] * f_recur[:, None]
+        hour_count = st["z_hour_count"][rows] * f_recur[:, None]
+        i = np.arange(len(e))
+        level_k = np.clip(
+            np.floor(2.0 * _log(z / p.z_open) / _LN2), 0, RARITY_LEVELS - 1
+        ).astype(np.int64)
+        rare = exceed[i, level_k] < p.rarity_max
+        recurring = (
+            hours_known
+            & (np.maximum(hour_count[i, h0], hour_count[i, h1]) >= p.recur_min_count)
+            & (z <= p.recur_margin * np.maximum(hour_max[i, h0], hour_max[i, h1]))
+        )
+        # Learn: the levels this excursion passes for the first time, and this hour's events.
+        peak = st["z_peak"][rows].astype(np.float64)
+        exceed += (z[:, None] >= self._levels) & (peak[:, None] < self._levels)
+        known = hours_known.astype(np.float64)
+        zk = z * known
+        hour_max[i, h0] = np.maximum(hour_max[i, h0], zk)
+        hour_max[i, h1] = np.maximum(hour_max[i, h1], zk)
+        h_near = np.where(hw < 0.5, h0, h1)
+        hour_count[i, h_near] += known * (peak < p.z_open)
+        st["exceed"][rows] = exceed
+        st["z_hour_max"][rows] = hour_max
+        st["z_hour_count"][rows] = hour_count
+        st["rare_ts_ms"][rows] = t
+        return rare & ~recurring
 
     # The weekly profile may only hold what differs between days of the week; anything that
     # repeats every day belongs to the daily profile (else the two split the daily shape and

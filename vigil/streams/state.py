@@ -41,7 +41,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAGIC = b"VGS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rarity and recurrence state (online detector)
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 RECORD_BYTES = STATE_DTYPE.itemsize
 VALUE_BYTES = len(HEADER) + RECORD_BYTES
