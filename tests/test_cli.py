@@ -87,3 +87,40 @@ def test_demo_runs_end_to_end_on_embedded_services(tmp_path: Path):
         assert line in out, out
     found = int(out.split("found:")[1].split("of")[0])
     assert found >= 1
+
+
+@pytest.mark.integration
+def test_silence_add_list_expire_round_trip(redis_url: str, monkeypatch, tmp_path: Path):
+    import uuid
+
+    import redis as redis_sync
+
+    prefix = f"vigil-test-{uuid.uuid4().hex[:8]}:"
+    monkeypatch.setenv("VIGIL_REDIS_URL", redis_url)
+    monkeypatch.setenv("VIGIL_REDIS_PREFIX", prefix)
+    monkeypatch.chdir(tmp_path)  # no vigil.yaml here
+    runner = CliRunner()
+    try:
+        added = runner.invoke(app, ["silence", "add", 'host="db-1"', '__name__=~"disk_.*"',
+                                    "--for", "2h", "--comment", "disk swap", "--author", "ann"])
+        assert added.exit_code == 0, added.output
+        silence_id = added.output.split()[0]
+        listed = runner.invoke(app, ["silence", "list"])
+        assert f"{silence_id}  active" in listed.output
+        assert 'host="db-1", __name__=~"disk_.*"' in listed.output
+        assert "(ann: disk swap)" in listed.output
+        expired = runner.invoke(app, ["silence", "expire", silence_id])
+        assert expired.exit_code == 0 and f"expired {silence_id}" in expired.output
+        assert runner.invoke(app, ["silence", "list"]).output.strip() == "no silences"
+        assert f"{silence_id}  expired" in runner.invoke(app, ["silence", "list", "--all"]).output
+        missing = runner.invoke(app, ["silence", "expire", "nope"])
+        assert missing.exit_code == 1
+        bad = runner.invoke(app, ["silence", "add", "host~db", "--for", "1h"])
+        assert bad.exit_code != 0 and "not a matcher" in bad.output
+        bad = runner.invoke(app, ["silence", "add", 'host="a"', "--for", "soon"])
+        assert bad.exit_code != 0 and "not a duration" in bad.output
+    finally:
+        client = redis_sync.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
