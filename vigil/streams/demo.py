@@ -116,10 +116,10 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
                     done, last_progress = now, time.monotonic()
         time.sleep(1.5)  # let the last events arrive
         events = [orjson.loads(v) for v in collector.values(settings.anomalies_topic)]
-        alerts = _wait_for_alerts(botapi, notifier, events, client, prefix)
+        alerts, alerted, opened = _wait_for_alerts(botapi, notifier, events, client, prefix)
 
     _print_report(telemetry, events, time.monotonic() - started)
-    _print_alerts(alerts, run_id)
+    _print_alerts(alerts, alerted, opened, run_id)
     return 0
 
 
@@ -151,16 +151,17 @@ def _wait_for_alerts(botapi, notifier, events, client, prefix, timeout_s: float 
     """The messages sent once every opened incident is recorded as alerted (or timeout)."""
     opened = {e["incident_id"] for e in events if e["kind"] == "open"}
     deadline = time.monotonic() + timeout_s
+    alerted: set[str] = set()
     while time.monotonic() < deadline and notifier.alive():
         alerted = {k.decode().rsplit(":", 1)[1]
                    for k in client.scan_iter(f"{prefix}notify:incident:*", count=1000)}
         if opened <= alerted:
             break
         time.sleep(0.5)
-    return botapi.sent()
+    return botapi.sent(), len(alerted & opened), len(opened)
 
 
-def _print_alerts(alerts, run_id: str) -> None:
+def _print_alerts(alerts, alerted: int, opened: int, run_id: str) -> None:
     folder = Path(tempfile.gettempdir()) / f"vigil-{run_id}-alerts"
     folder.mkdir(exist_ok=True)
     for message in alerts:
@@ -168,8 +169,8 @@ def _print_alerts(alerts, run_id: str) -> None:
         stem.with_suffix(".txt").write_text(message.text)
         if message.photo:
             stem.with_suffix(".png").write_bytes(message.photo)
-    incidents = sum(m.text.count("\n•") or 1 for m in alerts)
-    print(f"alerts: {len(alerts)} Telegram messages about {incidents} incidents (grouped by host)")
+    print(f"alerts: {len(alerts)} Telegram messages (grouped by host) told {alerted} of "
+          f"{opened} incidents")
     if alerts:
         print(f"  first: {alerts[0].text.splitlines()[0]}")
     print(f"  texts and charts: {folder}")
