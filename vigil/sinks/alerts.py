@@ -67,7 +67,11 @@ def severity_rank(severity: str) -> int:
 
 
 class EventLike(Protocol):
-    """The fields of an anomaly event the notifier reads (see the README's schema)."""
+    """The fields of an anomaly event the notifier reads (see the README's schema).
+
+    It mirrors ``vigil.streams.records.AnomalyEvent`` on purpose: this room does not import
+    the streaming one, and any record with these attributes can be alerted on.
+    """
 
     event_id: str
     incident_id: str
