@@ -199,22 +199,21 @@ class RecentSteps:
         n = len(results.steps.ts_ms)
         if self.steps == 0 or n == 0:
             return
-        slots = self._slots(touched)[results.steps.index]
-        order = np.argsort(slots, kind="stable")
-        ordered = slots[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(ordered)) + 1]
+        # Steps come ordered by series, then time: each series is one contiguous run.
+        index = results.steps.index
+        starts = np.r_[0, np.flatnonzero(np.diff(index)) + 1]
         counts = np.diff(np.r_[starts, n])
+        slots = np.repeat(self._slots(touched)[index[starts]], counts)
         rank = np.arange(n) - np.repeat(starts, counts)
-        keep = rank >= np.repeat(counts, counts) - self.steps  # only the newest fit
-        rows = ordered[keep]
+        keep = np.flatnonzero(rank >= np.repeat(counts, counts) - self.steps)  # newest fit
+        rows = slots[keep]
         pos = (self.head[rows] + rank[keep]) % self.steps
-        sel = order[keep]
-        self.ts[rows, pos] = results.steps.ts_ms[sel]
+        self.ts[rows, pos] = results.steps.ts_ms[keep]
         columns = (results.steps.value, results.expected, results.lower, results.upper,
                    results.z)
         for f, column in enumerate(columns):
-            self.data[f, rows, pos] = column[sel]
-        firsts = ordered[starts]
+            self.data[f, rows, pos] = column[keep]
+        firsts = slots[starts]
         self.head[firsts] = (self.head[firsts] + counts) % self.steps
         self.length[firsts] = np.minimum(self.length[firsts] + counts, self.steps)
 
