@@ -174,8 +174,9 @@ class SeasonalNormaliser:
             profile[h] = np.median(y[hour == h])
         profile -= np.median(y)
         explained = 1.0 - np.var(y - profile[hour]) / max(np.var(y), 1e-300)
-        span = (ts_ms[-1] - ts_ms[0]) if len(y) else 0
-        self.seasonal_ = bool(span >= 2 * DAY_MS and explained >= self.min_explained)
+        # Time covered, counting the last row's own step (mean spacing).
+        covered = (ts_ms[-1] - ts_ms[0]) * len(y) / (len(y) - 1) if len(y) > 1 else 0
+        self.seasonal_ = bool(covered >= 2 * DAY_MS and explained >= self.min_explained)
         self.profile_ = profile if self.seasonal_ else np.zeros(24)
         rest = y - self.profile_[hour]
         self.center_ = float(np.median(rest))
