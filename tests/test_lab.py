@@ -65,6 +65,13 @@ def test_an_unknown_detector_is_refused(telemetry, tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_a_dataset_without_labels_is_refused(telemetry, tmp_path):
+    dataset = load_dataset(telemetry)
+    dataset.labels = []
+    with pytest.raises(ValueError, match="no labelled anomalies"):
+        run_detectors(dataset, ["ocsvm"], 300, progress=False)
+
+
 def test_reported_nab_scores_are_those_of_the_reported_detections(telemetry):
     dataset = load_dataset(telemetry)
     assert infer_step_s(dataset) == 300

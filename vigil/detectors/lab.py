@@ -92,6 +92,8 @@ def run_detectors(
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise ValueError(f"unknown detectors {unknown}; choose from {list(MODELS)}")
+    if not dataset.labels:
+        raise ValueError("the dataset has no labelled anomalies to evaluate against")
     ids = list(dataset.series)
     run = LabRun(dataset, step_s, ids, [_scored_file(dataset, sid) for sid in ids])
     run.scores = {name: [] for name in names}
