@@ -23,7 +23,7 @@ import numpy as np
 if TYPE_CHECKING:
     from vigil.detectors.bank import StateBank
 
-__all__ = ["Steps", "resample_batch"]
+__all__ = ["Steps", "last_row_of_step", "resample_batch"]
 
 
 @dataclass(slots=True)
@@ -175,3 +175,21 @@ def resample_batch(
     out_ts = np.repeat(c_ts - fill * step_ms, reps) + offset_in_run * step_ms
     out_value[out_filled] = np.repeat(prev_value, reps)[out_filled]
     return Steps(out_index, out_ts, out_value, out_filled, out_after_gap, dropped)
+
+
+def last_row_of_step(row_ts_ms: np.ndarray, step_ts_ms: np.ndarray, step_ms: int) -> np.ndarray:
+    """For each step, the last raw row (sorted ``row_ts_ms``) inside it, or −1 if none.
+
+    A step's verdict is known once its last raw point is in, so offline evaluation puts it
+    on that row; a filled step (no raw point) has no row.
+
+    >>> rows = np.array([0, 30_000, 60_000, 250_000])
+    >>> last_row_of_step(rows, np.array([0, 60_000, 120_000, 240_000]), 60_000).tolist()
+    [1, 2, -1, 3]
+    """
+    bucket = np.asarray(row_ts_ms, np.int64)
+    bucket = bucket - bucket % step_ms
+    step_ts_ms = np.asarray(step_ts_ms, np.int64)
+    last = np.searchsorted(bucket, step_ts_ms, side="right") - 1
+    inside = (last >= 0) & (bucket[np.maximum(last, 0)] == step_ts_ms)
+    return np.where(inside, last, -1)

@@ -1,4 +1,5 @@
-"""The ``vigil`` command line: worker, notifier, silence, generate, replay, demo, bench."""
+"""The ``vigil`` command line: worker, notifier, silence, generate, replay, evaluate, demo,
+bench."""
 
 from __future__ import annotations
 
@@ -172,6 +173,30 @@ def replay(
             progress=bar.update,
         )
     typer.echo(f"sent {sent:,} points of {len(dataset.series)} series to {topic}")
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Option(..., help="A NAB folder, a generator folder, a CSV or CSV folder."),
+    out: Path = typer.Option(Path("lab-report"), help="Folder for metrics.json and report.html."),
+    detectors: str = typer.Option(
+        "online,iforest,ocsvm,hst", help="Comma-separated: online, iforest, ocsvm, hst."
+    ),
+    step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+) -> None:
+    """Run every detector on every labelled series and write a NAB-scored comparison."""
+    from vigil.detectors.lab import evaluate as run_lab
+
+    names = [d.strip() for d in detectors.split(",") if d.strip()]
+    try:
+        summary = run_lab(data, out, names, step_s=step or None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    for name, e in summary["detectors"].items():
+        nab = "  ".join(f"{p} {v['score']:6.1f}" for p, v in e["nab"].items())
+        typer.echo(f"{name:17} {nab}  event F1 {e['event']['f1']:.2f}")
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
+               f"in {summary['run_seconds']:.0f} s")
 
 
 @app.command()

@@ -1,0 +1,419 @@
+"""Anomaly detectors behind one scikit-learn-style interface, for the offline lab.
+
+Every model here scores one series at a time:
+
+* ``fit(values, ts_ms)`` learns from a training prefix of the series (the lab passes NAB's
+  probation rows) and returns ``self``;
+* ``score_samples(values, ts_ms)`` gives one anomaly score per raw row, **higher = more
+  anomalous**, ``nan`` for a row that closes no step (see below). Scores are *causal*: the
+  score of row ``i`` depends only on rows ``≤ i`` (and on what ``fit`` learned), so changing
+  later rows never changes it.
+
+All models see the series the way the stream path does: raw points are resampled to a
+regular step by :func:`~vigil.detectors.resample.resample_batch` (mean per step, short gaps
+filled with the last value), and a step's score is put on the last raw row inside it
+(:func:`~vigil.detectors.resample.last_row_of_step`). The offline models (IsolationForest,
+One-Class SVM, HalfSpaceTrees) score window features of the deseasonalised, normalised
+steps (:class:`SeasonalNormaliser`, :func:`window_features`), learned on the training prefix.
+
+:data:`MODELS` maps the lab's detector names to the classes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+
+from vigil.detectors.bank import new_state_bank
+from vigil.detectors.online import DetectorParams, OnlineDetector, StepResults
+from vigil.detectors.resample import Steps, last_row_of_step, resample_batch
+
+__all__ = [
+    "MODELS",
+    "HalfSpaceTreesModel",
+    "IsolationForestModel",
+    "OneClassSVMModel",
+    "OnlineModel",
+    "SeasonalNormaliser",
+    "resample_series",
+    "window_features",
+]
+
+DAY_MS = 86_400_000
+
+
+def resample_series(ts_ms, values, step_ms: int, max_fill_steps: int, bank=None) -> Steps:
+    """All steps of one series, the last one included (the stream path's resampling).
+
+    The stream closes a step when a later point arrives; here a probe point one step after
+    the last one closes it (the probe itself stays open and is never returned). ``bank`` is
+    the one-series state to resample into (a fresh one by default).
+
+    >>> steps = resample_series([0, 30_000, 60_000], [1.0, 3.0, 5.0], 60_000, 5)
+    >>> steps.ts_ms.tolist(), steps.value.tolist()
+    ([0, 60000], [2.0, 5.0])
+    """
+    bank = new_state_bank(1) if bank is None else bank
+    ts_ms = np.asarray(ts_ms, np.int64)
+    steps = resample_batch(
+        bank, np.zeros(len(ts_ms), np.int64), ts_ms, values, step_ms, max_fill_steps
+    )
+    if bank["bucket_count"][0] == 0:
+        return steps
+    probe = [int(bank["bucket_ms"][0]) + step_ms]
+    last = resample_batch(bank, [0], probe, [0.0], step_ms, max_fill_steps)
+    return Steps(
+        *(np.r_[getattr(steps, f), getattr(last, f)] for f in
+          ("index", "ts_ms", "value", "filled", "after_gap")),
+        dropped=steps.dropped,
+    )
+
+
+def _to_rows(row_ts_ms, steps: Steps, step_scores: np.ndarray, step_ms: int) -> np.ndarray:
+    """Per-row scores: each step's score on its last raw row, ``nan`` elsewhere."""
+    out = np.full(len(row_ts_ms), np.nan)
+    rows = last_row_of_step(row_ts_ms, steps.ts_ms, step_ms)
+    out[rows[rows >= 0]] = step_scores[rows >= 0]
+    return out
+
+
+class OnlineModel:
+    """The online seasonal detector (:mod:`vigil.detectors.online`), run causally.
+
+    ``score_samples`` feeds the series through :class:`~vigil.detectors.online.OnlineDetector`
+    from a fresh state — the worker's code, on a bank of one series — and returns the
+    detector's equivalent Gaussian z-score (the largest of its point, level-shift, variance,
+    oscillation and flatline statistics; 0 during warm-up). ``incident_openings`` returns the
+    rows where it opened an incident, i.e. what the worker would alert on. The detector
+    learns online, so ``fit`` learns nothing: the series' first rows are its training.
+
+    One batch gives the same steps as feeding the points one by one (the detector's
+    decisions do not depend on how points are batched).
+
+    Parameters
+    ----------
+    step_s
+        The resampling step in seconds.
+    params
+        :class:`~vigil.detectors.online.DetectorParams`; ``step_s`` overrides its step.
+
+    Examples
+    --------
+    >>> t = 1_700_006_400_000 + 300_000 * np.arange(600)
+    >>> y = 10 + np.sin(np.arange(600) / 5.0)
+    >>> y[500] = 30.0
+    >>> model = OnlineModel(step_s=300).fit(y[:90], t[:90])
+    >>> z = model.score_samples(y, t)
+    >>> int(np.argmax(z)), bool(z[500] > 6)
+    (500, True)
+    >>> np.flatnonzero(model.incident_openings(y, t)).tolist()
+    [500]
+    """
+
+    def __init__(self, step_s: int = 60, params: DetectorParams | None = None) -> None:
+        self.step_s = step_s
+        self.params = params
+
+    def fit(self, values, ts_ms) -> OnlineModel:
+        self.detector_ = OnlineDetector(
+            replace(self.params or DetectorParams(), step_s=self.step_s)
+        )
+        return self
+
+    def _run(self, values, ts_ms) -> tuple[Steps, StepResults]:
+        p = self.detector_.params
+        bank = new_state_bank(1)
+        steps = resample_series(ts_ms, values, p.step_ms, p.max_fill_steps, bank)
+        return steps, self.detector_.process_steps(bank, steps)
+
+    def score_samples(self, values, ts_ms) -> np.ndarray:
+        steps, result = self._run(values, ts_ms)
+        return _to_rows(ts_ms, steps, result.z, self.detector_.params.step_ms)
+
+    def incident_openings(self, values, ts_ms) -> np.ndarray:
+        """Boolean per row: the detector opened an incident on this row's step."""
+        steps, result = self._run(values, ts_ms)
+        opened = _to_rows(ts_ms, steps, (result.event == 1).astype(float),
+                          self.detector_.params.step_ms)
+        return opened == 1.0
+
+
+class SeasonalNormaliser:
+    """Remove a daily profile, then centre and scale: ``z = (y − D(hour) − m) / s``.
+
+    ``D`` holds the hourly medians of the training steps (minus their overall median) and is
+    used only when the training covers two days or more and it explains at least
+    ``min_explained`` of the variance, so a series without a daily cycle gets none. ``m`` and
+    ``s`` are the median and the scaled median absolute deviation of the deseasonalised
+    training values; ``s`` is floored at ``scale_floor`` times the mean absolute step change
+    (as the online detector does), so a nearly constant series does not score every blip at
+    1e9σ.
+
+    Examples
+    --------
+    >>> t = np.arange(4 * 288) * 300_000
+    >>> y = 5 + 3 * np.sin(2 * np.pi * t / DAY_MS) + 0.1 * np.random.default_rng(0).normal(
+    ...     size=len(t))
+    >>> norm = SeasonalNormaliser().fit(y, t)
+    >>> norm.seasonal_, bool(np.abs(norm.transform(y, t)).mean() < 2)
+    (True, True)
+    """
+
+    def __init__(self, min_explained: float = 0.3, scale_floor: float = 0.25) -> None:
+        self.min_explained = min_explained
+        self.scale_floor = scale_floor
+
+    def fit(self, values, ts_ms) -> SeasonalNormaliser:
+        y = np.asarray(values, np.float64)
+        hour = (np.asarray(ts_ms, np.int64) % DAY_MS) // 3_600_000
+        profile = np.zeros(24)
+        for h in np.unique(hour):
+            profile[h] = np.median(y[hour == h])
+        profile -= np.median(y)
+        explained = 1.0 - np.var(y - profile[hour]) / max(np.var(y), 1e-300)
+        # Time covered, counting the last row's own step (mean spacing).
+        covered = (ts_ms[-1] - ts_ms[0]) * len(y) / (len(y) - 1) if len(y) > 1 else 0
+        self.seasonal_ = bool(covered >= 2 * DAY_MS and explained >= self.min_explained)
+        self.profile_ = profile if self.seasonal_ else np.zeros(24)
+        rest = y - self.profile_[hour]
+        self.center_ = float(np.median(rest))
+        mad = 1.4826 * float(np.median(np.abs(rest - self.center_)))
+        step = float(np.mean(np.abs(np.diff(y)))) if len(y) > 1 else 0.0
+        self.scale_ = max(mad, self.scale_floor * step, 1e-9 * (abs(self.center_) + 1.0))
+        return self
+
+    def transform(self, values, ts_ms) -> np.ndarray:
+        hour = (np.asarray(ts_ms, np.int64) % DAY_MS) // 3_600_000
+        y = np.asarray(values, np.float64)
+        return (y - self.profile_[hour] - self.center_) / self.scale_
+
+
+def window_features(z: np.ndarray, window: int) -> np.ndarray:
+    """Causal features of each step from the ``window`` steps up to and including it.
+
+    Columns: the value ``z_t``; its jump from the mean of the previous ``window`` steps; the
+    window's mean (level), standard deviation (variance) and total variation
+    ``S = Σ|z(t+1) − z(t)|`` (the article's collective-anomaly statistic). Before the first
+    full window the series' first value stands in for the missing past.
+
+    >>> window_features(np.array([0.0, 0.0, 0.0, 4.0]), window=2)[-1].tolist()
+    [4.0, 4.0, 2.0, 2.0, 4.0]
+    """
+    z = np.asarray(z, np.float64)
+    padded = np.r_[np.full(window, z[0] if len(z) else 0.0), z]
+    past = np.lib.stride_tricks.sliding_window_view(padded, window + 1)  # [t-w, ..., t]
+    current = past[:, 1:]
+    jump = z - past[:, :-1].mean(axis=1)
+    tv = np.abs(np.diff(past, axis=1)).sum(axis=1)
+    return np.column_stack([z, jump, current.mean(axis=1), current.std(axis=1), tv])
+
+
+class _WindowModel:
+    """Shared part of the models that score window features of normalised steps."""
+
+    def __init__(self, step_s: int = 60, window: int = 12, max_fill_s: int = 300) -> None:
+        self.step_s = step_s
+        self.window = window
+        self.max_fill_s = max_fill_s
+
+    def _steps(self, values, ts_ms) -> Steps:
+        return resample_series(ts_ms, values, self.step_s * 1000, self.max_fill_s // self.step_s)
+
+    def _features(self, steps: Steps) -> np.ndarray:
+        return window_features(self.normaliser_.transform(steps.value, steps.ts_ms), self.window)
+
+    def _fit_features(self, values, ts_ms) -> np.ndarray:
+        steps = self._steps(values, ts_ms)
+        self.normaliser_ = SeasonalNormaliser().fit(steps.value, steps.ts_ms)
+        return self._features(steps)
+
+    def _score_rows(self, values, ts_ms, score_steps: Callable[[np.ndarray], np.ndarray]):
+        steps = self._steps(values, ts_ms)
+        return _to_rows(ts_ms, steps, score_steps(self._features(steps)), self.step_s * 1000)
+
+
+class IsolationForestModel(_WindowModel):
+    """scikit-learn's IsolationForest on window features of the normalised steps.
+
+    Score: ``−IsolationForest.score_samples`` (the average path length turned into an
+    anomaly score in (0, 1]; about 0.5 is ordinary). Fitted on the training prefix only, so
+    every later score is causal.
+
+    Parameters
+    ----------
+    step_s
+        Resampling step in seconds.
+    window
+        Steps in the feature window (:func:`window_features`).
+    n_estimators, seed
+        Trees of the forest and its random seed.
+
+    Examples
+    --------
+    >>> t = 1_700_006_400_000 + 300_000 * np.arange(800)
+    >>> y = 10 + np.random.default_rng(1).normal(size=800)
+    >>> y[700] = 30.0
+    >>> model = IsolationForestModel(step_s=300).fit(y[:300], t[:300])
+    >>> s = model.score_samples(y, t)
+    >>> len(s), int(np.nanargmax(s))
+    (800, 700)
+    """
+
+    def __init__(
+        self,
+        step_s: int = 60,
+        window: int = 12,
+        max_fill_s: int = 300,
+        n_estimators: int = 100,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(step_s, window, max_fill_s)
+        self.n_estimators = n_estimators
+        self.seed = seed
+
+    def fit(self, values, ts_ms) -> IsolationForestModel:
+        from sklearn.ensemble import IsolationForest
+
+        features = self._fit_features(values, ts_ms)
+        self.forest_ = IsolationForest(
+            n_estimators=self.n_estimators, random_state=self.seed
+        ).fit(features)
+        return self
+
+    def score_samples(self, values, ts_ms) -> np.ndarray:
+        return self._score_rows(values, ts_ms, lambda f: -self.forest_.score_samples(f))
+
+
+class OneClassSVMModel(_WindowModel):
+    """scikit-learn's One-Class SVM (RBF kernel) on standardised window features.
+
+    Score: ``−decision_function`` (signed distance outside the learned support; positive =
+    outside). Fitted on the training prefix only, so every later score is causal.
+
+    Parameters
+    ----------
+    step_s
+        Resampling step in seconds.
+    window
+        Steps in the feature window (:func:`window_features`).
+    nu
+        Upper bound on the share of training steps treated as outliers.
+
+    Examples
+    --------
+    >>> t = 1_700_006_400_000 + 300_000 * np.arange(800)
+    >>> y = 10 + np.random.default_rng(1).normal(size=800)
+    >>> y[700] = 30.0
+    >>> model = OneClassSVMModel(step_s=300).fit(y[:300], t[:300])
+    >>> s = model.score_samples(y, t)
+    >>> len(s), int(np.nanargmax(s))
+    (800, 700)
+    """
+
+    def __init__(
+        self, step_s: int = 60, window: int = 12, max_fill_s: int = 300, nu: float = 0.01
+    ) -> None:
+        super().__init__(step_s, window, max_fill_s)
+        self.nu = nu
+
+    def fit(self, values, ts_ms) -> OneClassSVMModel:
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import OneClassSVM
+
+        features = self._fit_features(values, ts_ms)
+        self.svm_ = make_pipeline(StandardScaler(), OneClassSVM(nu=self.nu, gamma="scale"))
+        self.svm_.fit(features)
+        return self
+
+    def score_samples(self, values, ts_ms) -> np.ndarray:
+        return self._score_rows(values, ts_ms, lambda f: -self.svm_.decision_function(f))
+
+
+class HalfSpaceTreesModel(_WindowModel):
+    """river's HalfSpaceTrees, an online reference: score each step, then learn it.
+
+    ``fit`` learns the normaliser and the feature ranges (river's ``limits``, widened by
+    ``pad`` of the range on each side) from the training prefix; ``score_samples`` starts
+    from fresh trees and runs prequentially over the whole series, so a score never sees its
+    own step or later ones. Score in [0, 1], higher = more anomalous.
+
+    Parameters
+    ----------
+    step_s
+        Resampling step in seconds.
+    window
+        Steps in the feature window (:func:`window_features`).
+    n_trees, height, window_size, seed
+        river's ``HalfSpaceTrees`` parameters.
+    pad
+        Share of each feature's training range added on both sides of its limits.
+
+    Examples
+    --------
+    >>> t = 1_700_006_400_000 + 300_000 * np.arange(800)
+    >>> y = 10 + np.random.default_rng(1).normal(size=800)
+    >>> y[700] = 30.0
+    >>> model = HalfSpaceTreesModel(step_s=300).fit(y[:300], t[:300])
+    >>> s = model.score_samples(y, t)
+    >>> len(s), bool(s[700] > np.nanquantile(s[300:], 0.99))
+    (800, True)
+    """
+
+    def __init__(
+        self,
+        step_s: int = 60,
+        window: int = 12,
+        max_fill_s: int = 300,
+        n_trees: int = 10,
+        height: int = 8,
+        window_size: int = 250,
+        seed: int = 0,
+        pad: float = 0.5,
+    ) -> None:
+        super().__init__(step_s, window, max_fill_s)
+        self.n_trees = n_trees
+        self.height = height
+        self.window_size = window_size
+        self.seed = seed
+        self.pad = pad
+
+    def fit(self, values, ts_ms) -> HalfSpaceTreesModel:
+        from river.anomaly import HalfSpaceTrees
+
+        features = self._fit_features(values, ts_ms)
+        low, high = features.min(axis=0), features.max(axis=0)
+        width = np.maximum(high - low, 1e-9)
+        limits = {
+            j: (float(low[j] - self.pad * width[j]), float(high[j] + self.pad * width[j]))
+            for j in range(features.shape[1])
+        }
+        self.trees_ = HalfSpaceTrees(
+            n_trees=self.n_trees, height=self.height, window_size=self.window_size,
+            limits=limits, seed=self.seed,
+        )
+        return self
+
+    def score_samples(self, values, ts_ms) -> np.ndarray:
+        return self._score_rows(values, ts_ms, self._prequential)
+
+    def _prequential(self, features: np.ndarray) -> np.ndarray:
+        trees = copy.deepcopy(self.trees_)
+        out = np.empty(len(features))
+        for i, row in enumerate(features.tolist()):
+            x = dict(enumerate(row))
+            out[i] = trees.score_one(x)
+            trees.learn_one(x)
+        return out
+
+
+#: The lab's detector names and their classes (each takes ``step_s``).
+MODELS: dict[str, type] = {
+    "online": OnlineModel,
+    "iforest": IsolationForestModel,
+    "ocsvm": OneClassSVMModel,
+    "hst": HalfSpaceTreesModel,
+}
