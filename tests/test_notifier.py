@@ -437,3 +437,18 @@ async def test_telegram_errors_retry_then_dead_letter(redis_url, botapi):
     assert len(botapi.sent()) == 2
     (dead,) = h.dead_letters
     assert dead.attempts == 1 and dead.channel == "telegram" and "TelegramBadRequest" in dead.error
+
+
+async def test_resolve_counts_from_the_open_even_when_an_update_was_merged(redis_url, botapi):
+    async with Harness(redis_url, telegram_config(botapi, group_wait_s=0.5)) as h:
+        opened = make_event()
+        update = make_event(incident=opened.incident_id, kind="update", severity="critical",
+                            ts_ms=opened.ts_ms + 3 * STEP_MS)
+        await h.send(opened, update)  # one message, showing the critical event
+        await h.settle()
+        await h.send(make_event(incident=opened.incident_id, kind="resolve",
+                                ts_ms=opened.ts_ms + 25 * STEP_MS, context=False))
+        await h.settle()
+    first, resolved = botapi.sent()
+    assert "CRITICAL" in first.text
+    assert "resolved after 25 min" in resolved.text

@@ -630,7 +630,7 @@ class Notifier:
                 earlier = await self.store.get_incident(receiver, incident) or {}
                 record = {
                     "severity_rank": severity_rank(alert.severity),
-                    "opened_ms": earlier.get("opened_ms") or alert.event.ts_ms,
+                    "opened_ms": earlier.get("opened_ms") or alert.opened_ms or alert.event.ts_ms,
                     "resolved": alert.resolved_ms is not None,
                     "series": alert.event.series,
                     "notification_id": notification.id,
