@@ -130,15 +130,19 @@ class OnlineModel:
         return steps, self.detector_.process_steps(bank, steps)
 
     def score_samples(self, values, ts_ms) -> np.ndarray:
-        steps, result = self._run(values, ts_ms)
-        return _to_rows(ts_ms, steps, result.z, self.detector_.params.step_ms)
+        return self.score_and_openings(values, ts_ms)[0]
 
     def incident_openings(self, values, ts_ms) -> np.ndarray:
         """Boolean per row: the detector opened an incident on this row's step."""
+        return self.score_and_openings(values, ts_ms)[1]
+
+    def score_and_openings(self, values, ts_ms) -> tuple[np.ndarray, np.ndarray]:
+        """The z-scores and the incident openings from one pass over the series."""
         steps, result = self._run(values, ts_ms)
-        opened = _to_rows(ts_ms, steps, (result.event == 1).astype(float),
-                          self.detector_.params.step_ms)
-        return opened == 1.0
+        step_ms = self.detector_.params.step_ms
+        z = _to_rows(ts_ms, steps, result.z, step_ms)
+        opened = _to_rows(ts_ms, steps, (result.event == 1).astype(float), step_ms) == 1.0
+        return z, opened
 
 
 class SeasonalNormaliser:
