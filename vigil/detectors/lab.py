@@ -15,7 +15,11 @@ Protocol (``vigil evaluate``):
    threshold the event-wise precision/recall/F1, point-wise F1, point-adjusted F1 (inflated)
    and mean detection delay (:mod:`vigil.detectors.evaluation`).
 
-The run writes ``metrics.json`` and ``report.html`` (with one PNG per series in ``plots/``).
+5. Each series, resampled to the lab's step, is decomposed once
+   (:mod:`vigil.detectors.decompose`: detected period, STL, seasonal and trend strength).
+
+The run writes ``metrics.json`` and ``report.html`` (with two PNGs per series in ``plots/``:
+the series with every entry's detections, and its decomposition).
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import numpy as np
 from tqdm import tqdm
 
 from vigil.detectors.datasets import Dataset, load_dataset
+from vigil.detectors.decompose import ACF_THRESHOLD, Decomposition, decompose
 from vigil.detectors.evaluation import (
     event_metrics,
     mean_detection_delay_ms,
     point_adjusted_f1,
     point_f1,
 )
-from vigil.detectors.models import MODELS, OnlineModel
+from vigil.detectors.models import MODELS, OnlineModel, resample_series
 from vigil.detectors.nab import (
     PROFILES,
     ScoredFile,
@@ -49,7 +54,10 @@ from vigil.detectors.nab import (
     sweep_threshold,
 )
 
-__all__ = ["ENTRY_NAMES", "LabRun", "evaluate", "infer_step_s", "run_detectors", "summarise"]
+__all__ = [
+    "ENTRY_NAMES", "LabRun", "decompose_series", "evaluate", "infer_step_s", "run_detectors",
+    "summarise",
+]
 
 #: What each table row is (the online detector gives two: its incidents and its z-score).
 ENTRY_NAMES = {
@@ -72,6 +80,8 @@ class LabRun:
     scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
     openings: list[np.ndarray] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    #: Per series: the start of each grid step (ms) and the decomposition on that grid.
+    decompositions: list[tuple[np.ndarray, Decomposition]] = field(default_factory=list)
 
 
 def infer_step_s(dataset: Dataset) -> int:
@@ -119,6 +129,22 @@ def run_detectors(
     return run
 
 
+def decompose_series(ts_ms, values, step_s: int) -> tuple[np.ndarray, Decomposition]:
+    """One series resampled as the stream does, on a full grid, and decomposed.
+
+    Steps a long gap left out (the stream fills at most ``max_fill_s`` = 300 s, as the
+    models do) come back as ``nan`` on the grid; :func:`decompose` interpolates them.
+    """
+    step_ms = step_s * 1000
+    steps = resample_series(ts_ms, values, step_ms, max(0, 300 // step_s))
+    if len(steps) == 0:
+        return np.empty(0, np.int64), decompose(np.empty(0), step_s)
+    slot = (steps.ts_ms - steps.ts_ms[0]) // step_ms
+    grid = np.full(int(slot[-1]) + 1, np.nan)
+    grid[slot] = steps.value
+    return steps.ts_ms[0] + step_ms * np.arange(len(grid)), decompose(grid, step_s)
+
+
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
@@ -141,6 +167,14 @@ def _entry(files: list[ScoredFile], standard: list[np.ndarray], nab: dict) -> di
         "point_adjusted_f1_inflated": point_adjusted_f1(files, standard),
         "mean_delay_min": _finite(delay / 60_000.0),
     }
+
+
+def _decomposition_entry(run: LabRun, k: int) -> dict:
+    if not run.decompositions:
+        return {}
+    d = run.decompositions[k][1]
+    return {"period_steps": d.period, "seasonal_strength": d.seasonal_strength,
+            "trend_strength": d.trend_strength}
 
 
 def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
@@ -191,6 +225,7 @@ def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
             sid: {
                 "windows": len(f.windows),
                 "detections": {name: int(d[k].sum()) for name, d in detections.items()},
+                **_decomposition_entry(run, k),
             }
             for k, (sid, f) in enumerate(zip(run.ids, files, strict=True))
         },
@@ -210,13 +245,18 @@ def evaluate(
     dataset = load_dataset(path)
     step = step_s or infer_step_s(dataset)
     run = run_detectors(dataset, names, step, progress)
+    run.decompositions = [
+        decompose_series(dataset.series[sid].ts_ms, dataset.series[sid].values, step)
+        for sid in tqdm(run.ids, desc="decompose", disable=not progress)
+    ]
     summary, detections = summarise(run)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = _write_plots(run, detections, out / "plots", progress)
+    stl_plots = _write_decomposition_plots(run, out / "plots", progress)
     summary["run_seconds"] = time.perf_counter() - start
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "report.html").write_text(_report_html(summary, plots), encoding="utf-8")
+    (out / "report.html").write_text(_report_html(summary, plots, stl_plots), encoding="utf-8")
     return summary
 
 
@@ -255,7 +295,44 @@ def _write_plots(
         bottom.set_ylim(-0.7, len(names) - 0.3)
         bottom.tick_params(axis="x", labelsize=7)
         fig.tight_layout()
-        rel = f"plots/{k:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', s.name)}.png"
+        rel = f"plots/{_plot_name(k, s.name)}.png"
+        fig.savefig(folder.parent / rel, dpi=80)
+        paths.append(rel)
+    return paths
+
+
+def _plot_name(k: int, name: str) -> str:
+    return f"{k:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
+
+
+def _write_decomposition_plots(run: LabRun, folder: Path, progress: bool) -> list[str]:
+    """One PNG per series: observed (labelled windows shaded), trend, seasonal, residual."""
+    from matplotlib.figure import Figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, sid in enumerate(tqdm(run.ids, desc="decomposition plots", disable=not progress)):
+        grid_ms, d = run.decompositions[k]
+        t = grid_ms.astype("datetime64[ms]")
+        fig = Figure(figsize=(11, 6))
+        axes = fig.subplots(4, 1, sharex=True)
+        period = "none" if d.period is None else f"{d.period} steps"
+        axes[0].set_title(f"{sid} — period {period}, seasonal strength "
+                          f"{d.seasonal_strength:.2f}, trend strength {d.trend_strength:.2f}",
+                          fontsize=9)
+        for j, (start, end) in enumerate(run.files[k].windows):
+            axes[0].axvspan(np.datetime64(start, "ms"), np.datetime64(end, "ms"),
+                            color="#e8a33d", alpha=0.3, lw=0,
+                            label="labelled window" if j == 0 else None)
+        for ax, y, label in zip(axes, (d.observed, d.trend, d.seasonal, d.resid),
+                                ("observed", "trend", "seasonal", "residual"), strict=True):
+            ax.plot(t, y, lw=0.6, color="#1f4e79")
+            ax.set_ylabel(label, fontsize=8)
+            ax.tick_params(labelsize=7)
+        if run.files[k].windows:
+            axes[0].legend(loc="upper left", fontsize=7)
+        fig.tight_layout()
+        rel = f"plots/{_plot_name(k, run.dataset.series[sid].name)}_stl.png"
         fig.savefig(folder.parent / rel, dpi=80)
         paths.append(rel)
     return paths
@@ -265,7 +342,29 @@ def _fmt(x, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _report_html(summary: dict, plots: list[str]) -> str:
+def _period_text(steps: int | None, step_s: int) -> str:
+    if steps is None:
+        return "none"
+    return f"{steps} ({steps * step_s / 86_400:g} d)"
+
+
+def _series_table(summary: dict, plots: list[str], stl_plots: list[str]) -> str:
+    """One row per series: windows, detected period, strengths, links to both plots."""
+    step_s = summary["dataset"]["step_s"]
+    rows = []
+    for (sid, e), plot, stl in zip(summary["series"].items(), plots, stl_plots, strict=True):
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
+            html.escape(sid), e["windows"], _period_text(e["period_steps"], step_s),
+            _fmt(e["seasonal_strength"]), _fmt(e["trend_strength"]),
+            f'<a href="{html.escape(plot)}">series</a> · '
+            f'<a href="{html.escape(stl)}">decomposition</a>',
+        )) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in (
+        "series", "windows", "period (steps)", "seasonal strength", "trend strength", "plots"))
+    return f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "\n</table>"
+
+
+def _report_html(summary: dict, plots: list[str], stl_plots: list[str]) -> str:
     ds = summary["dataset"]
     rows = []
     for name, e in summary["detectors"].items():
@@ -289,8 +388,12 @@ def _report_html(summary: dict, plots: list[str]) -> str:
             "mean delay (min)", "time (s)",
         )
     )
-    images = "\n".join(f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}"></p>'
-                       for p in plots)
+    images = "\n".join(
+        f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}">'
+        f'<br><a href="{html.escape(d)}">decomposition</a><br>'
+        f'<img src="{html.escape(d)}" alt="{html.escape(d)}"></p>'
+        for p, d in zip(plots, stl_plots, strict=True)
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>vigil evaluation</title>
 <style>
@@ -333,8 +436,16 @@ and start well before the anomaly, so it is not a reaction time.</p>
 {chr(10).join(rows)}
 </table>
 <h2>Series</h2>
+<p>Each series resampled to the lab's step is decomposed once: a seasonal period (1 day or
+1 week) is kept when the autocorrelation at that lag, after removing a moving average of one
+period, is at least {ACF_THRESHOLD}; STL (robust) then splits it into trend, seasonal and
+residual; with no period the trend is a rolling median and the seasonal part zero.
+Strengths (Wang, Smith &amp; Hyndman): seasonal 1&nbsp;&minus;&nbsp;Var(R)/Var(S+R), trend
+1&nbsp;&minus;&nbsp;Var(R)/Var(T+R).</p>
+{_series_table(summary, plots, stl_plots)}
 <p>Grey: probation; orange: labelled windows; below each series, the detections of every
-detector at its standard-profile threshold (the online incidents as opened).</p>
+detector at its standard-profile threshold (the online incidents as opened); then its
+decomposition (observed, trend, seasonal, residual).</p>
 {images}
 </body></html>
 """
