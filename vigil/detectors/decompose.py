@@ -23,7 +23,8 @@ significant candidate (white noise, a random walk, a constant or too short a ser
 **Decomposition.** :func:`decompose` runs ``statsmodels.tsa.seasonal.STL`` (``robust=True``,
 R's default ``jump`` of a tenth of each smoother's window) with the detected period; with no
 period it is trend-only: the trend is a centred rolling median (window: one day in steps, at
-most a third of the series, odd), the seasonal part is zero. Always ``observed = trend + seasonal + resid``.
+most a third of the series, odd), the seasonal part is zero. Always
+``observed = trend + seasonal + resid``.
 
 **Strengths** (Wang, Smith & Hyndman 2006, as in *Forecasting: Principles and Practice*):
 
