@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from vigil.detectors.datasets import load_dataset, write_telemetry
-from vigil.detectors.lab import ENTRY_NAMES, infer_step_s, run_detectors, summarise
+from vigil.detectors.lab import (
+    ENTRY_NAMES,
+    decompose_series,
+    infer_step_s,
+    run_detectors,
+    summarise,
+)
 from vigil.detectors.nab import PROFILES, normalised, raw_score
 from vigil.detectors.synthetic import generate_telemetry
 from vigil.streams.cli import app
@@ -43,9 +50,44 @@ def test_evaluate_writes_metrics_and_a_report_naming_every_detector(telemetry, t
     for name in ENTRY_NAMES:
         assert name in report
     plots = sorted((out / "plots").glob("*.png"))
-    assert len(plots) == 2
+    decompositions = sorted((out / "plots").glob("*_stl.png"))
+    assert len(plots) == 4 and len(decompositions) == 2
     for p in plots:
         assert f'src="plots/{p.name}"' in report
+    for p in decompositions:
+        assert f'href="plots/{p.name}"' in report
+
+
+def test_evaluate_reports_each_series_period_and_strengths(telemetry, tmp_path):
+    out = tmp_path / "lab"
+    result = CliRunner().invoke(
+        app, ["evaluate", "--data", str(telemetry), "--out", str(out), "--detectors", "ocsvm"]
+    )
+    assert result.exit_code == 0, result.output
+    series = json.loads((out / "metrics.json").read_text())["series"]
+    dataset = load_dataset(telemetry)
+    for sid, entry in series.items():
+        s = dataset.series[sid]
+        _, d = decompose_series(s.ts_ms, s.values, 300)
+        assert entry["period_steps"] == d.period
+        assert entry["seasonal_strength"] == pytest.approx(d.seasonal_strength)
+        assert entry["trend_strength"] == pytest.approx(d.trend_strength)
+        assert 0.0 <= entry["seasonal_strength"] <= 1.0 and 0.0 <= entry["trend_strength"] <= 1.0
+    # The generated CPU series follows a daily cycle (288 five-minute steps).
+    cpu = next(e for sid, e in series.items() if sid.startswith("cpu_usage_percent"))
+    assert cpu["period_steps"] == 288 and cpu["seasonal_strength"] > 0.5
+    report = (out / "report.html").read_text()
+    assert "seasonal strength" in report and "288 (1 d)" in report
+
+
+def test_the_lab_grid_puts_a_long_gap_back_as_interpolated_steps():
+    ts = np.r_[np.arange(0, 100), np.arange(200, 300)] * 300_000
+    values = np.arange(len(ts), dtype=float)
+    grid_ms, d = decompose_series(ts, values, 300)
+    assert len(grid_ms) == len(d.observed) == 300
+    assert np.all(np.diff(grid_ms) == 300_000)
+    # The 100 missing steps lie on the straight line between the values on either side.
+    np.testing.assert_allclose(d.observed[100:200], np.linspace(99, 100, 102)[1:-1])
 
 
 def test_evaluate_runs_only_the_chosen_detectors(telemetry, tmp_path):
