@@ -180,7 +180,8 @@ def evaluate(
     data: Path = typer.Option(..., help="A NAB folder, a generator folder, a CSV or CSV folder."),
     out: Path = typer.Option(Path("lab-report"), help="Folder for metrics.json and report.html."),
     detectors: str = typer.Option(
-        "online,iforest,ocsvm,hst", help="Comma-separated: online, iforest, ocsvm, hst."
+        "online,iforest,ocsvm,hst",
+        help="Comma-separated: online, iforest, ocsvm, hst, mlp (supervised, by series folds).",
     ),
     step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
 ) -> None:
