@@ -16,7 +16,10 @@ filled with the last value), and a step's score is put on the last raw row insid
 One-Class SVM, HalfSpaceTrees) score window features of the deseasonalised, normalised
 steps (:class:`SeasonalNormaliser`, :func:`window_features`), learned on the training prefix.
 
-:data:`MODELS` maps the lab's detector names to the classes.
+:data:`MODELS` maps the lab's detector names to the classes. The supervised detector, the
+article's perceptron, trains on other series' labels instead of a probation prefix; it lives
+in :mod:`vigil.detectors.perceptron` (``SUPERVISED_MODELS``) and the lab trains it by series
+folds.
 """
 
 from __future__ import annotations

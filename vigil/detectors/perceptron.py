@@ -51,7 +51,7 @@ def window_inputs(values: np.ndarray, window: int = 100) -> np.ndarray:
     ``i + window − 1``): the window min-max scaled to [0, 1], then its ``S``.
 
     >>> window_inputs(np.array([0.0, 2.0, 4.0, 0.0]), window=3).tolist()
-    [[0.0, 0.5, 1.0, 1.0], [0.0, 1.0, 0.0, 2.0]]
+    [[0.0, 0.5, 1.0, 1.0], [0.5, 1.0, 0.0, 1.5]]
     """
     v = np.asarray(values, np.float64)
     if len(v) < window:
