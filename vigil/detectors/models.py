@@ -25,13 +25,13 @@ folds.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from vigil.detectors.bank import new_state_bank
-from vigil.detectors.online import DetectorParams, OnlineDetector, StepResults
+from vigil.detectors.online import DetectorParams, OnlineDetector
 from vigil.detectors.resample import Steps, last_row_of_step, resample_batch
 
 __all__ = [
@@ -48,37 +48,42 @@ __all__ = [
 DAY_MS = 86_400_000
 
 
-def resample_series(ts_ms, values, step_ms: int, max_fill_steps: int, bank=None) -> Steps:
-    """All steps of one series, the last one included (the stream path's resampling).
+def resample_series(
+    ts_ms, values, step_ms: int, max_fill_steps: int, bank=None, index=None
+) -> Steps:
+    """All steps of one series — or of several, ``index`` giving each point's bank row —
+    the last ones included (the stream path's resampling), ordered by series then time.
 
     The stream closes a step when a later point arrives; here a probe point one step after
-    the last one closes it (the probe itself stays open and is never returned). ``bank`` is
-    the one-series state to resample into (a fresh one by default).
+    each series' last one closes it (the probe itself stays open and is never returned).
+    ``bank`` is the state to resample into (a fresh one by default).
 
     >>> steps = resample_series([0, 30_000, 60_000], [1.0, 3.0, 5.0], 60_000, 5)
     >>> steps.ts_ms.tolist(), steps.value.tolist()
     ([0, 60000], [2.0, 5.0])
     """
-    bank = new_state_bank(1) if bank is None else bank
     ts_ms = np.asarray(ts_ms, np.int64)
-    steps = resample_batch(
-        bank, np.zeros(len(ts_ms), np.int64), ts_ms, values, step_ms, max_fill_steps
-    )
-    if bank["bucket_count"][0] == 0:
+    index = np.zeros(len(ts_ms), np.int64) if index is None else np.asarray(index, np.int64)
+    if bank is None:
+        bank = new_state_bank(int(index.max()) + 1 if len(index) else 1)
+    steps = resample_batch(bank, index, ts_ms, values, step_ms, max_fill_steps)
+    open_rows = np.flatnonzero(bank["bucket_count"] > 0)
+    if not len(open_rows):
         return steps
-    probe = [int(bank["bucket_ms"][0]) + step_ms]
-    last = resample_batch(bank, [0], probe, [0.0], step_ms, max_fill_steps)
-    return Steps(
-        *(np.r_[getattr(steps, f), getattr(last, f)] for f in
-          ("index", "ts_ms", "value", "filled", "after_gap")),
-        dropped=steps.dropped,
+    probes = bank["bucket_ms"][open_rows] + step_ms
+    last = resample_batch(
+        bank, open_rows, probes, np.zeros(len(open_rows)), step_ms, max_fill_steps
     )
+    fields = ("index", "ts_ms", "value", "filled", "after_gap")
+    merged = [np.r_[getattr(steps, f), getattr(last, f)] for f in fields]
+    order = np.lexsort((merged[1], merged[0]))
+    return Steps(*(column[order] for column in merged), dropped=steps.dropped)
 
 
-def _to_rows(row_ts_ms, steps: Steps, step_scores: np.ndarray, step_ms: int) -> np.ndarray:
+def _to_rows(row_ts_ms, step_ts_ms, step_scores: np.ndarray, step_ms: int) -> np.ndarray:
     """Per-row scores: each step's score on its last raw row, ``nan`` elsewhere."""
     out = np.full(len(row_ts_ms), np.nan)
-    rows = last_row_of_step(row_ts_ms, steps.ts_ms, step_ms)
+    rows = last_row_of_step(row_ts_ms, step_ts_ms, step_ms)
     out[rows[rows >= 0]] = step_scores[rows >= 0]
     return out
 
@@ -126,12 +131,6 @@ class OnlineModel:
         )
         return self
 
-    def _run(self, values, ts_ms) -> tuple[Steps, StepResults]:
-        p = self.detector_.params
-        bank = new_state_bank(1)
-        steps = resample_series(ts_ms, values, p.step_ms, p.max_fill_steps, bank)
-        return steps, self.detector_.process_steps(bank, steps)
-
     def score_samples(self, values, ts_ms) -> np.ndarray:
         return self.score_and_openings(values, ts_ms)[0]
 
@@ -141,11 +140,36 @@ class OnlineModel:
 
     def score_and_openings(self, values, ts_ms) -> tuple[np.ndarray, np.ndarray]:
         """The z-scores and the incident openings from one pass over the series."""
-        steps, result = self._run(values, ts_ms)
-        step_ms = self.detector_.params.step_ms
-        z = _to_rows(ts_ms, steps, result.z, step_ms)
-        opened = _to_rows(ts_ms, steps, (result.event == 1).astype(float), step_ms) == 1.0
-        return z, opened
+        return self.score_and_openings_many([(values, ts_ms)])[0]
+
+    def score_and_openings_many(
+        self, series: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`score_and_openings` of several ``(values, ts_ms)`` series in one batch.
+
+        Series do not interact, so the results are those of one series at a time; but each
+        vectorised round of the detector then covers every series (on nab-dev's 28 series:
+        ~3 s instead of ~45 s).
+        """
+        p = self.detector_.params
+        stamps = [np.asarray(ts, np.int64) for _, ts in series]
+        index = np.concatenate([np.full(len(ts), k) for k, ts in enumerate(stamps)])
+        bank = new_state_bank(len(series))
+        steps = resample_series(
+            np.concatenate(stamps), np.concatenate([np.asarray(v, float) for v, _ in series]),
+            p.step_ms, p.max_fill_steps, bank, index,
+        )
+        result = self.detector_.process_steps(bank, steps)
+        opened = (result.event == 1).astype(float)
+        out = []
+        for k, ts in enumerate(stamps):
+            mine = steps.index == k
+            step_ts = steps.ts_ms[mine]
+            out.append((
+                _to_rows(ts, step_ts, result.z[mine], p.step_ms),
+                _to_rows(ts, step_ts, opened[mine], p.step_ms) == 1.0,
+            ))
+        return out
 
 
 class SeasonalNormaliser:
@@ -239,7 +263,9 @@ class _WindowModel:
 
     def _score_rows(self, values, ts_ms, score_steps: Callable[[np.ndarray], np.ndarray]):
         steps = self._steps(values, ts_ms)
-        return _to_rows(ts_ms, steps, score_steps(self._features(steps)), self.step_s * 1000)
+        return _to_rows(
+            ts_ms, steps.ts_ms, score_steps(self._features(steps)), self.step_s * 1000
+        )
 
 
 class IsolationForestModel(_WindowModel):

@@ -191,46 +191,17 @@ def sweep_threshold(
 
 def _main(path: str) -> None:
     """Score the online detector's incident openings on a NAB folder (all three profiles)."""
-    import json
-    from pathlib import Path
+    from vigil.detectors.datasets import load_dataset
+    from vigil.detectors.lab import run_detectors
 
-    from vigil.detectors.datasets import load_dataset, parse_timestamps_ms
-    from vigil.detectors.online import DetectorParams, OnlineDetector, new_state_bank
-
-    root = Path(path)
-    windows = json.loads((root / "combined_windows.json").read_text())
-    dataset = load_dataset(root)
-    params = DetectorParams(step_s=300)
-    ids = list(dataset.series)
-    index = np.concatenate([np.full(len(dataset.series[s]), k) for k, s in enumerate(ids)])
-    ts = np.concatenate([dataset.series[s].ts_ms for s in ids])
-    values = np.concatenate([dataset.series[s].values for s in ids])
-    result = OnlineDetector(params).process(new_state_bank(len(ids)), index, ts, values)
-    opened = result.event == 1
-    files, detections = [], []
-    for rel, spans in sorted(windows.items()):
-        category, name = rel.split("/")
-        text = (root / "data" / rel).read_text().splitlines()[1:]
-        stamps = parse_timestamps_ms([line.split(",")[0] for line in text])
-        k = next(
-            i for i, s in enumerate(ids)
-            if dataset.series[s].labels.get("category") == category
-            and dataset.series[s].name == _metric(name)
-        )
-        mine = (result.steps.index == k) & opened
-        # A step's verdict lands on the last row of its bucket.
-        bucket = stamps - stamps % params.step_ms
-        rows = np.searchsorted(bucket, result.steps.ts_ms[mine], side="right") - 1
-        detected = np.zeros(len(stamps), bool)
-        detected[rows[rows >= 0]] = True
-        spans_ms = [tuple(int(t) for t in parse_timestamps_ms(list(s))) for s in spans]
-        files.append(ScoredFile(stamps, spans_ms))
-        detections.append(detected)
+    step_s = 300
+    run = run_detectors(load_dataset(path), ["online"], step_s, progress=False)
+    files, detections = run.files, run.openings
     n_windows = sum(len(f.windows) for f in files)
     hit, outside = detection_counts(files, detections)
     print(
         f"{len(files)} files, {n_windows} windows; detections = incident openings of one "
-        f"parameter set (DetectorParams(step_s={params.step_s})), no threshold sweep"
+        f"parameter set (DetectorParams(step_s={step_s})), no threshold sweep"
     )
     print(f"windows detected: {hit}/{n_windows}, detections outside windows: {outside}")
     for profile in PROFILES:
@@ -254,12 +225,6 @@ def detection_counts(
         hit += len(np.unique(k[k >= 0]))
         outside += int((k == OUTSIDE).sum())
     return hit, outside
-
-
-def _metric(file_name: str) -> str:
-    from vigil.detectors.datasets import metric_name
-
-    return metric_name(file_name.rsplit(".", 1)[0])
 
 
 if __name__ == "__main__":

@@ -219,7 +219,7 @@ class WindowPerceptron:
         step_scores = np.zeros(len(steps))
         if len(X):
             step_scores[self.window - 1:] = self.predict_windows(X)
-        return _to_rows(ts_ms, steps, step_scores, self.step_s * 1000)
+        return _to_rows(ts_ms, steps.ts_ms, step_scores, self.step_s * 1000)
 
 
 def labelled_windows(
