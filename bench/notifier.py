@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from bench.pipeline import Services, delete_keys
 from bench.report import info
 from vigil.sinks.botapi import BotAPIServer
-from vigil.streams.embedded import WorkerProcess, create_topics, free_port
+from vigil.streams.embedded import create_topics, start_notifier
 from vigil.streams.records import AnomalyEvent, stable_id
 from vigil.streams.replay import make_producer
 
@@ -75,16 +74,14 @@ def measure_alert_latency(svc: Services, incidents: int, rate: float) -> AlertLa
         server = BotAPIServer().start()
         stack.callback(server.stop)
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vigil-bench-")))
-        config = workdir / "vigil.yaml"
-        config.write_text(yaml.safe_dump({"alerts": {
+        alerts = {
             "receivers": [{"name": "ops", "telegram": {"chat_ids": [1]}}],
             "default_receivers": ["ops"],
             "group_wait_s": 0.0,
             "rate_limit_per_minute": 1_000_000,
             "telegram": {"token": "1:BENCH", "api_url": server.url, "poll_updates": False},
-        }}))
+        }
         env = {
-            "VIGIL_CONFIG_FILE": str(config),
             "VIGIL_KAFKA_BOOTSTRAP": svc.bootstrap,
             "VIGIL_REDIS_URL": svc.redis_url,
             "VIGIL_REDIS_PREFIX": f"{run_id}:",
@@ -92,13 +89,12 @@ def measure_alert_latency(svc: Services, incidents: int, rate: float) -> AlertLa
             "VIGIL_ANOMALIES_TOPIC": topic,
             "VIGIL_FEEDBACK_TOPIC": feedback,
             "VIGIL_ALERTS_DEADLETTER_TOPIC": dead,
-            "VIGIL_NOTIFIER_WEB_PORT": str(free_port()),
             "VIGIL_SESSION_TIMEOUT_S": "6",
             "VIGIL_LOG_LEVEL": "warning",
             "F_DATADIR": str(workdir / "{conf.name}-data"),
         }
         log_path = Path(tempfile.gettempdir()) / f"vigil-{run_id}-notifier.log"
-        notifier = WorkerProcess(env, log_path, command="notifier")
+        notifier = start_notifier(env, alerts, workdir / "vigil.yaml", log_path)
         stack.callback(notifier.stop, kill=True)
         stack.callback(delete_keys, svc.redis_url, f"{run_id}:")
         info(f"notifier {run_id} started (log: {log_path})")

@@ -23,6 +23,7 @@ from vigil.streams.embedded import (
     create_topics,
     free_port,
     start_broker,
+    start_notifier,
     start_redis,
 )
 
@@ -129,20 +130,17 @@ class Stack:
 
     def start_notifier(self, alerts: dict, **overrides: str) -> WorkerProcess:
         """A ``vigil notifier`` with ``alerts`` as the settings file's alerts section."""
-        import yaml
-
-        config = self.tmp_path / f"vigil-{len(self.workers)}.yaml"
-        config.write_text(yaml.safe_dump({"alerts": alerts}))
+        n = len(self.workers)
         env = self.env(
-            VIGIL_CONFIG_FILE=str(config),
             VIGIL_NOTIFIER_APP_ID=f"{self.app_id}-notifier",
             VIGIL_NOTIFIER_WEB_PORT=str(free_port()),
             VIGIL_FEEDBACK_TOPIC=self.feedback_topic,
             VIGIL_ALERTS_DEADLETTER_TOPIC=self.alerts_deadletter_topic,
             **overrides,
         )
-        log = self.tmp_path / f"notifier-{len(self.workers)}.log"
-        notifier = WorkerProcess(env, log, command="notifier")
+        notifier = start_notifier(
+            env, alerts, self.tmp_path / f"vigil-{n}.yaml", self.tmp_path / f"notifier-{n}.log"
+        )
         self.workers.append(notifier)
         return notifier
 

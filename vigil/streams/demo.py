@@ -22,7 +22,6 @@ from pathlib import Path
 
 import orjson
 import redis
-import yaml
 from tqdm import tqdm
 
 from vigil.detectors.evaluation import match_incidents
@@ -34,6 +33,7 @@ from vigil.streams.embedded import (
     configured_or_embedded,
     create_topics,
     free_port,
+    start_notifier,
 )
 from vigil.streams.replay import replay
 from vigil.streams.settings import Settings
@@ -127,20 +127,19 @@ def _start_notifier(stack: ExitStack, env: dict[str, str], run_id: str):
     """A ``vigil notifier`` sending to a local Bot API server (no Telegram account needed)."""
     botapi = BotAPIServer().start()
     stack.callback(botapi.stop)
-    config = Path(tempfile.gettempdir()) / f"vigil-{run_id}.yaml"
-    config.write_text(yaml.safe_dump({"alerts": {
+    alerts = {
         "receivers": [{"name": "oncall", "telegram": {"chat_ids": [1]}}],
         "default_receivers": ["oncall"],
         "group_wait_s": 2.0,
         "rate_limit_per_minute": 600,
         "max_event_age_s": 40 * 86_400,  # the replayed month is history: alert on all of it
         "telegram": {"token": "1:DEMO", "api_url": botapi.url, "poll_updates": False},
-    }}))
-    log_path = Path(tempfile.gettempdir()) / f"vigil-{run_id}-notifier.log"
-    notifier = WorkerProcess(
-        {**env, "VIGIL_CONFIG_FILE": str(config), "VIGIL_NOTIFIER_APP_ID": f"{run_id}-notifier",
-         "VIGIL_NOTIFIER_WEB_PORT": str(free_port())},
-        log_path, command="notifier",
+    }
+    folder = Path(tempfile.gettempdir())
+    log_path = folder / f"vigil-{run_id}-notifier.log"
+    notifier = start_notifier(
+        {**env, "VIGIL_NOTIFIER_APP_ID": f"{run_id}-notifier"}, alerts,
+        folder / f"vigil-{run_id}.yaml", log_path,
     )
     stack.callback(notifier.stop)
     print(f"started the notifier → local Telegram Bot API at {botapi.url} (log: {log_path})")

@@ -178,6 +178,19 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-chars:]
 
 
+def start_notifier(
+    env: dict[str, str], alerts: dict, config_path: Path, log_path: Path
+) -> WorkerProcess:
+    """A ``vigil notifier`` process whose settings file (written to ``config_path``) holds
+    ``alerts`` as its ``alerts:`` section; it gets a free web port unless ``env`` names one."""
+    import yaml
+
+    config_path.write_text(yaml.safe_dump({"alerts": alerts}))
+    full_env = {"VIGIL_NOTIFIER_WEB_PORT": str(free_port()), **env,
+                "VIGIL_CONFIG_FILE": str(config_path)}
+    return WorkerProcess(full_env, log_path, command="notifier")
+
+
 class TopicCollector:
     """Reads topics from the beginning in a background thread and keeps every message."""
 

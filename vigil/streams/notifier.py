@@ -627,7 +627,10 @@ class Notifier:
         for alert in notification.incidents:
             incident = alert.event.incident_id
             if notification.kind == "firing":
-                earlier = await self.store.get_incident(receiver, incident) or {}
+                # Only an escalation has an earlier record (dedupe and in-flight ensure it).
+                earlier = {}
+                if alert.escalation:
+                    earlier = await self.store.get_incident(receiver, incident) or {}
                 record = {
                     "severity_rank": severity_rank(alert.severity),
                     "opened_ms": earlier.get("opened_ms") or alert.opened_ms or alert.event.ts_ms,
