@@ -37,7 +37,14 @@ from vigil.streams.settings import Settings
 from vigil.streams.state import RedisStateStore
 from vigil.streams.transport import VigilApp
 
-__all__ = ["add_web_pages", "create_app", "new_app", "resolve_topics"]
+__all__ = [
+    "add_dashboard",
+    "add_web_pages",
+    "create_app",
+    "new_app",
+    "resolve_topics",
+    "track_consumer_lag",
+]
 
 log = logging.getLogger("vigil.worker")
 
@@ -94,9 +101,15 @@ def new_app(settings: Settings, app_id: str, web_port: int) -> VigilApp:
 
 
 def add_web_pages(
-    app: faust.App, redis_client: aioredis.Redis, details: Callable[[], dict]
+    app: faust.App,
+    redis_client: aioredis.Redis,
+    details: Callable[[], dict],
+    clickhouse_url: str = "",
 ) -> None:
-    """``/metrics`` (Prometheus) and ``/health`` (Redis reachable, plus ``details()``)."""
+    """``/metrics`` (Prometheus) and ``/health``: Redis reachable, the Kafka partitions this
+    process owns, ClickHouse reachable (when configured), plus ``details()``. Both stay open
+    without the dashboard token, as Prometheus scrapers and probes expect."""
+    clickhouse_ping = _clickhouse_ping(clickhouse_url) if clickhouse_url else None
 
     @app.page("/metrics")
     async def prometheus_metrics(web, request):
@@ -111,8 +124,94 @@ def add_web_pages(
             redis_ok = True
         except Exception:  # noqa: BLE001 - health reports, it does not raise
             redis_ok = False
-        status = 200 if redis_ok else 503
-        return web.json({"redis": redis_ok, **details()}, status=status)
+        report: dict = {"redis": redis_ok}
+        try:
+            assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in app.consumer.assignment())
+        except Exception:  # noqa: BLE001 - no consumer yet (starting)
+            assigned = []
+        report["kafka_assigned"] = assigned
+        healthy = redis_ok
+        if clickhouse_ping is not None:
+            report["clickhouse"] = await asyncio.to_thread(clickhouse_ping)
+            healthy = healthy and report["clickhouse"]
+        return web.json({**report, **details()}, status=200 if healthy else 503)
+
+
+def _clickhouse_ping(url: str) -> Callable[[], bool]:
+    """A ``SELECT 1`` against ClickHouse, for ``/health`` (one connection, reused)."""
+    import threading
+
+    from clickhouse_driver import Client
+
+    client = Client.from_url(url)
+    client.connection.connect_timeout = 2
+    client.connection.send_receive_timeout = 5
+    lock = threading.Lock()
+
+    def ping() -> bool:
+        with lock:
+            try:
+                return client.execute("SELECT 1") == [(1,)]
+            except Exception:  # noqa: BLE001 - reachable or not, nothing else
+                client.disconnect()
+                return False
+
+    return ping
+
+
+def track_consumer_lag(app: faust.App, interval_s: float) -> None:
+    """Refresh ``vigil_consumer_lag``: per owned partition, the end offset minus the
+    committed offset, every ``interval_s`` seconds (revoked partitions disappear)."""
+
+    @app.timer(interval_s)
+    async def consumer_lag() -> None:
+        consumer = app.consumer
+        assigned = consumer.assignment()
+        highwaters = await consumer.highwaters(*assigned) if assigned else {}
+        metrics.CONSUMER_LAG.clear()
+        for tp, end in highwaters.items():
+            committed = consumer._committed_offset.get(tp) or 0
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                max(0, (end or 0) - committed)
+            )
+
+
+def add_dashboard(app: faust.App, settings: Settings) -> None:
+    """The live dashboard under ``/dashboard`` when ``dashboard_token`` is set."""
+    token = settings.dashboard_token.get_secret_value() if settings.dashboard_token else ""
+    if not token:
+        log.info("dashboard off (set VIGIL_DASHBOARD_TOKEN to serve /dashboard)")
+        return
+    if not settings.web_enabled:
+        log.warning("dashboard off: the web server is disabled (VIGIL_WEB_ENABLED=false)")
+        return
+    from vigil.sinks.dashboard import AnomalyFeed, Dashboard
+
+    store = None
+    clickhouse_url = getattr(settings, "clickhouse_url", "")
+    if clickhouse_url:
+        from vigil.sinks.clickhouse import ClickHouseStore
+
+        store = ClickHouseStore(clickhouse_url)
+    else:
+        log.warning("dashboard without ClickHouse (VIGIL_CLICKHOUSE_URL unset): "
+                    "live feed only, no series, charts or incidents")
+    feed = AnomalyFeed(
+        settings.kafka_bootstrap,
+        settings.anomalies_topic,
+        backlog=settings.dashboard_backlog,
+        client_queue=settings.dashboard_client_queue,
+        seed=store.recent_events if store is not None else None,
+    )
+    dashboard = Dashboard(token, feed, store, z_marked=settings.detector.z_open)
+    dashboard.install(app.web.web_app.router)
+
+    @app.task
+    async def dashboard_feed() -> None:
+        dashboard.warm_up()
+        await feed.run()
+
+    log.info("dashboard at http://%s:%s/dashboard", settings.web_host, settings.web_port)
 
 
 def create_app(settings: Settings | None = None, topics: list[str] | None = None) -> faust.App:
@@ -182,6 +281,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
                     results.append(result)
             points = sum(len(r) for r in results)
             metrics.POINTS_IN.inc(points)
+            metrics.POINTS_RATE.add(points)
             metrics.MESSAGES_IN.inc(len(events))
             routed = route(results, settings.points_partitions, settings.max_points_per_message)
             for partition, blob in routed:
@@ -222,7 +322,11 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         # Another worker may own these series now; Redis holds their latest state.
         pipeline.forget()
 
-    add_web_pages(app, redis_client, lambda: {"topics": topics})
+    add_web_pages(
+        app, redis_client, lambda: {"topics": topics}, getattr(settings, "clickhouse_url", "")
+    )
+    track_consumer_lag(app, settings.lag_refresh_s)
+    add_dashboard(app, settings)
 
     if settings.input_pattern:
 

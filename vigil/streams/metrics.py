@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -33,6 +37,19 @@ BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 CACHED_SERIES = Gauge("vigil_cached_series", "Series states held in worker memory")
+CONSUMER_LAG = Gauge(
+    "vigil_consumer_lag",
+    "Messages behind the partition's end (highwater − committed offset), per partition the "
+    "worker owns",
+    ["topic", "partition"],
+)
+POINTS_PER_SECOND = Gauge(
+    "vigil_points_per_second", "Points parsed per second over the last 10 seconds"
+)
+DASHBOARD_CLIENTS = Gauge("vigil_dashboard_clients", "Browsers connected to the live feed")
+DASHBOARD_CLIENTS_DROPPED = Counter(
+    "vigil_dashboard_clients_dropped", "Live-feed clients dropped for reading too slowly"
+)
 RESUBSCRIBES = Counter(
     "vigil_resubscribes", "Restarts because the input pattern matched new topics"
 )
@@ -57,6 +74,44 @@ ALERTS_DIGESTED = Counter(
 )
 FEEDBACK = Counter("vigil_feedback", "Operator button presses", ["action"])
 ACTIVE_SILENCES = Gauge("vigil_active_silences", "Silences in force")
+
+
+class SlidingRate:
+    """Events per second over the last ``window_s`` seconds, in one-second buckets.
+
+    >>> rate = SlidingRate(window_s=10, clock=lambda: 100.0)
+    >>> rate.add(50); rate.add(30)
+    >>> rate.per_second()
+    8.0
+    """
+
+    def __init__(self, window_s: int = 10, clock=time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._buckets: deque[list] = deque()  # [second, count], oldest first
+        self._lock = threading.Lock()  # scrapes may come from another thread
+
+    def _trim(self, now: int) -> None:
+        while self._buckets and self._buckets[0][0] <= now - self.window_s:
+            self._buckets.popleft()
+
+    def add(self, n: int) -> None:
+        now = int(self.clock())
+        with self._lock:
+            if self._buckets and self._buckets[-1][0] == now:
+                self._buckets[-1][1] += n
+            else:
+                self._buckets.append([now, n])
+            self._trim(now)
+
+    def per_second(self) -> float:
+        with self._lock:
+            self._trim(int(self.clock()))
+            return sum(c for _, c in self._buckets) / self.window_s
+
+
+POINTS_RATE = SlidingRate()
+POINTS_PER_SECOND.set_function(POINTS_RATE.per_second)
 
 
 def exposition() -> tuple[bytes, str]:

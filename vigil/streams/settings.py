@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -91,6 +91,20 @@ class Settings(BaseSettings):
     web_enabled: bool = True
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    dashboard_token: SecretStr | None = Field(
+        None, description="Token that opens the live dashboard at /dashboard (unset: no "
+        "dashboard). /metrics and /health stay open."
+    )
+    dashboard_backlog: int = Field(
+        100, ge=0, description="Recent anomaly events a newly opened dashboard is shown."
+    )
+    dashboard_client_queue: int = Field(
+        500, ge=1, description="Events queued per dashboard client; a client that falls "
+        "further behind is disconnected (its browser reconnects)."
+    )
+    lag_refresh_s: float = Field(
+        5.0, gt=0, description="How often the consumer lag gauge is refreshed."
+    )
     log_level: str = "info"
 
     chart_history_steps: int = Field(
