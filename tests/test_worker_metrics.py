@@ -1,0 +1,105 @@
+"""A real worker's ``/metrics`` and ``/health`` while points flow (real broker and Redis)."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Stack, wait_until
+from vigil.detectors.synthetic import generate_telemetry
+from vigil.streams.replay import replay
+
+pytestmark = pytest.mark.integration
+
+DAY_MS = 86_400_000
+
+
+def scrape(port: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of the worker's /metrics, by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and all((k, v2) in ls for k, v2 in labels.items()))
+
+
+def health(port: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, orjson.loads(error.read())
+
+
+def test_metrics_move_when_points_flow_and_health_reports_the_assignment(stack: Stack):
+    worker = stack.start_worker(VIGIL_LAG_REFRESH_S="0.3")
+    port = worker.env["VIGIL_WEB_PORT"]
+
+    def assigned():
+        if not worker.alive():
+            pytest.fail("worker died:\n" + worker.log_tail())
+        try:
+            status, report = health(port)
+        except OSError:
+            return None
+        return status == 200 and report["kafka_assigned"] and report
+
+    report = wait_until(assigned, 60, "/health with partitions assigned")
+    assert report["redis"] is True and "clickhouse" not in report  # not configured here
+    owned = {stack.input_topic, stack.points_topic}
+    assert {a.split("/")[0] for a in report["kafka_assigned"]} == owned
+    before = scrape(port)
+
+    now = time.time_ns() // 1_000_000
+    start = now - 8 * DAY_MS - DAY_MS // 2
+    start -= start % 60_000
+    telemetry = generate_telemetry(hosts=1, metrics=["cpu_usage_percent"], days=8.5,
+                                   seed=3, start_ms=start)
+    bad = [b"not a record", b'{"name": "cpu", "value": "high", "timestamp": 1}']
+    producer = Producer({"bootstrap.servers": stack.broker})
+    for payload in bad:
+        producer.produce(stack.input_topic, payload)
+    producer.flush(10)
+    sent = replay(telemetry, stack.broker, stack.input_topic, batch=100)
+
+    # While the points flow, the lag gauge sees a backlog on some partition.
+    lags: list[float] = []
+
+    def processed() -> bool:
+        lags.append(total(scrape(port), "vigil_consumer_lag"))
+        return stack.processed() >= sent
+
+    wait_until(processed, 120, f"{sent} points processed", poll=0.1)
+    after = scrape(port)
+
+    assert total(after, "vigil_points_in_total") - total(before, "vigil_points_in_total") == sent
+    assert total(after, "vigil_points_per_second") > 0
+    assert total(after, "vigil_dead_letters_total", stage="parse") - total(
+        before, "vigil_dead_letters_total", stage="parse") == len(bad)
+    assert total(after, "vigil_state_store_seconds_count") > total(
+        before, "vigil_state_store_seconds_count")
+    events_out = total(after, "vigil_events_out_total")
+    assert events_out > total(before, "vigil_events_out_total")
+    assert total(after, "vigil_events_out_total", kind="open") >= 1
+    assert max(lags) > 0, "the lag gauge never saw the backlog"
+    # One lag sample per owned partition, and none left once everything is committed.
+    partitions = {(dict(ls)["topic"], dict(ls)["partition"])
+                  for (n, ls) in after if n == "vigil_consumer_lag"}
+    assert {t for t, _ in partitions} == owned and len(partitions) == 8
+    wait_until(lambda: total(scrape(port), "vigil_consumer_lag") == 0, 30, "lag back to 0")
+    # The rate is over a sliding window: it falls back to 0 when nothing arrives.
+    wait_until(lambda: total(scrape(port), "vigil_points_per_second") == 0, 30,
+               "points/s back to 0")
