@@ -157,10 +157,10 @@ class AnomalyFeed:
                 await consumer.start()
                 partitions = None
                 while not partitions:
-                    partitions = await consumer.partitions_for_topic(self.topic)
+                    await consumer.topics()  # refreshes the cluster metadata
+                    partitions = consumer.partitions_for_topic(self.topic)
                     if not partitions:
-                        await asyncio.sleep(1)
-                        await consumer._client.force_metadata_update()
+                        await asyncio.sleep(1)  # the topic does not exist yet
                 assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
                 consumer.assign(assigned)
                 await consumer.seek_to_end(*assigned)
