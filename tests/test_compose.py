@@ -130,6 +130,9 @@ def test_grafana_is_provisioned_with_the_clickhouse_source_and_the_dashboard():
     env = clickhouse["environment"]
     assert data["host"] == "clickhouse" and data["protocol"] == "native"
     assert data["port"] == 9000
+    # The health check logs in as the user the worker and Grafana use.
+    check = clickhouse["healthcheck"]["test"]
+    assert check[check.index("--user") + 1] == clickhouse["environment"]["CLICKHOUSE_USER"]
     assert (data["username"], source["secureJsonData"]["password"], data["defaultDatabase"]) == (
         env["CLICKHOUSE_USER"], env["CLICKHOUSE_PASSWORD"], env["CLICKHOUSE_DB"])
 
