@@ -74,7 +74,7 @@ async def client():
     await feed._seed()
     dashboard = Dashboard(TOKEN, feed, store)
     app = web.Application()
-    dashboard.install(app.router)
+    dashboard.install(app)
     async with TestClient(TestServer(app)) as c:
         c.store, c.feed = store, feed
         yield c
@@ -173,8 +173,19 @@ async def test_a_slow_client_is_dropped_and_the_others_keep_receiving(client):
 async def test_without_clickhouse_the_reads_say_so(client):
     feed = AnomalyFeed("unused:9092", "anomalies")
     app = web.Application()
-    Dashboard(TOKEN, feed, store=None).install(app.router)
+    Dashboard(TOKEN, feed, store=None).install(app)
     async with TestClient(TestServer(app)) as c:
         response = await c.get("/dashboard/api/series", headers=AUTH)
         assert response.status == 503
         assert "VIGIL_CLICKHOUSE_URL" in (await response.json())["error"]
+
+
+async def test_open_streams_end_when_the_server_shuts_down(client):
+    # The web server waits for open requests when the worker stops: a live stream must end.
+    response = await client.get("/dashboard/events", headers=AUTH)
+    await _read_sse(response, 3)  # backlog and ready
+    assert len(client.feed.subscribers) == 1
+    await client.server.app.shutdown()
+    rest = await asyncio.wait_for(response.content.read(), 5)  # EOF, not a hang
+    assert b"anomaly" not in rest
+    assert client.feed.subscribers == set()

@@ -67,9 +67,18 @@ def check_token(request: web.Request, token: str) -> bool:
 class Subscriber:
     """One connected browser: a bounded queue, and whether it was dropped for lagging."""
 
+    #: Put in the queue to end the stream (server shutdown).
+    END = b""
+
     def __init__(self, maxsize: int) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
         self.dropped = asyncio.Event()
+
+    def end(self) -> None:
+        """Make the stream's handler return (at once when it waits for an event)."""
+        self.dropped.set()
+        with contextlib.suppress(asyncio.QueueFull):  # full: the handler is not waiting
+            self.queue.put_nowait(self.END)
 
 
 class AnomalyFeed:
@@ -102,6 +111,12 @@ class AnomalyFeed:
         self.subscribers.add(subscriber)
         metrics.DASHBOARD_CLIENTS.set(len(self.subscribers))
         return subscriber
+
+    def close(self) -> None:
+        """End every browser's stream (the web server waits for open requests on stop)."""
+        for subscriber in list(self.subscribers):
+            self.unsubscribe(subscriber)
+            subscriber.end()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
@@ -203,7 +218,9 @@ class Dashboard:
         self.z_marked = z_marked
         self._chart_pool: ProcessPoolExecutor | None = None
 
-    def install(self, router: web.UrlDispatcher) -> None:
+    def install(self, app: web.Application) -> None:
+        """Add the routes to ``app`` (before it starts), and end the live streams when it
+        shuts down — an open stream would otherwise hold up the worker's stop."""
         routes = [
             ("/dashboard", self.page),
             ("/dashboard/", self.page),
@@ -215,7 +232,12 @@ class Dashboard:
             ("/dashboard/chart.png", self.chart),
         ]
         for path, handler in routes:
-            router.add_get(path, self._guarded(handler))
+            app.router.add_get(path, self._guarded(handler))
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self.feed.close()
+        self.close()
 
     # -- access -------------------------------------------------------------------------
 
@@ -282,6 +304,8 @@ class Dashboard:
                 except asyncio.TimeoutError:
                     await response.write(b": keep-alive\n\n")  # proxies close idle streams
                     continue
+                if data == Subscriber.END:
+                    break
                 await response.write(b"event: anomaly\ndata: " + data + b"\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass

@@ -166,8 +166,12 @@ def track_consumer_lag(app: faust.App, interval_s: float) -> None:
     @app.timer(interval_s)
     async def consumer_lag() -> None:
         consumer = app.consumer
-        assigned = consumer.assignment()
-        highwaters = await consumer.highwaters(*assigned) if assigned else {}
+        try:
+            assigned = consumer.assignment()
+            highwaters = await consumer.highwaters(*assigned) if assigned else {}
+        except Exception as exc:  # noqa: BLE001 - a gauge must not stop the worker
+            log.warning("consumer lag not refreshed: %s", exc)
+            return
         metrics.CONSUMER_LAG.clear()
         for tp, end in highwaters.items():
             committed = consumer._committed_offset.get(tp) or 0
@@ -204,7 +208,7 @@ def add_dashboard(app: faust.App, settings: Settings) -> None:
         seed=store.recent_events if store is not None else None,
     )
     dashboard = Dashboard(token, feed, store, z_marked=settings.detector.z_open)
-    dashboard.install(app.web.web_app.router)
+    dashboard.install(app.web.web_app)
 
     @app.task
     async def dashboard_feed() -> None:
