@@ -96,8 +96,14 @@ def test_dashboard_in_chromium_shows_series_live_events_incident_and_chart(
                  f"/dashboard/chart.png?series={listed[0]['series']}"):
         assert _get(base + path)[0] == 401, path
         assert _get(base + path, {"Authorization": "Bearer wrong"})[0] == 401, path
-    # /metrics and /health stay open (Prometheus convention).
-    assert _get(base + "/metrics")[0] == 200
+    # /metrics and /health stay open (Prometheus convention); the history buffer is there.
+    status, body = _get(base + "/metrics")
+    assert status == 200
+    exposed = body.decode()
+    assert "\nvigil_clickhouse_buffer_rows " in exposed
+    written = [line for line in exposed.splitlines()
+               if line.startswith('vigil_clickhouse_rows_written_total{table="steps"}')]
+    assert written and float(written[0].split()[-1]) >= sent
     status, body = _get(base + "/health")
     assert status == 200 and orjson.loads(body)["clickhouse"] is True
 
