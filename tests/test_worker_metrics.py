@@ -22,7 +22,8 @@ DAY_MS = 86_400_000
 
 def scrape(port: str) -> dict[tuple[str, tuple], float]:
     """Every sample of the worker's /metrics, by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    # A generous timeout: the page is served by the event loop that also runs the batches.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
         text = response.read().decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -82,7 +83,7 @@ def test_metrics_move_when_points_flow_and_health_reports_the_assignment(stack: 
         lags.append(total(scrape(port), "vigil_consumer_lag"))
         return stack.processed() >= sent
 
-    wait_until(processed, 120, f"{sent} points processed", poll=0.1)
+    wait_until(processed, 120, f"{sent} points processed", poll=0.2)
     after = scrape(port)
 
     assert total(after, "vigil_points_in_total") - total(before, "vigil_points_in_total") == sent
