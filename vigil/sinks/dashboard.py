@@ -163,7 +163,8 @@ class AnomalyFeed:
         """Consume until cancelled; reconnects after a broker error."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        await self._seed()
+        seeded = False
+        positions: dict[int, int] = {}  # partition → next offset, to resume after an error
         while True:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False
@@ -178,12 +179,23 @@ class AnomalyFeed:
                         await asyncio.sleep(1)  # the topic does not exist yet
                 assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
                 consumer.assign(assigned)
-                await consumer.seek_to_end(*assigned)
+                fresh = [tp for tp in assigned if tp.partition not in positions]
+                for tp in assigned:
+                    if tp.partition in positions:
+                        consumer.seek(tp, positions[tp.partition])
+                if fresh:
+                    await consumer.seek_to_end(*fresh)
+                if not seeded:
+                    # The backlog is read once the live start is fixed: an event may come
+                    # both ways (browsers keep events by id), but none falls between.
+                    await self._seed()
+                    seeded = True
                 self.running = True
                 log.info("dashboard feed reads %s (%d partitions)", self.topic, len(assigned))
                 while True:
                     batches = await consumer.getmany(timeout_ms=1000, max_records=500)
-                    for records in batches.values():
+                    for tp, records in batches.items():
+                        positions[tp.partition] = records[-1].offset + 1
                         for record in records:
                             data = self.slim(record.value or b"")
                             if data is not None:
