@@ -1,5 +1,5 @@
-"""The ``vigil`` command line: worker, notifier, silence, generate, replay, evaluate, demo,
-bench."""
+"""The ``vigil`` command line: worker, notifier, silence, generate, replay, evaluate, score,
+demo, bench."""
 
 from __future__ import annotations
 
@@ -198,6 +198,23 @@ def evaluate(
         typer.echo(f"{name:17} {nab}  event F1 {e['event']['f1']:.2f}")
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
                f"in {summary['run_seconds']:.0f} s")
+
+
+@app.command()
+def score(
+    data: Path = typer.Argument(..., help="A folder of NAB-style CSVs (timestamp,value), or one."),
+    out: Path = typer.Option(..., help="Output folder (same relative paths), or a .csv file."),
+    step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+) -> None:
+    """Write the online detector's causal scores in [0, 1] beside each row, for NAB's scorer."""
+    from vigil.detectors.score_files import score_csv_files
+
+    try:
+        run = score_csv_files(data, out, step_s=step or None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"scored {run.rows:,} rows of {len(run.inputs)} files (step {run.step_s} s) "
+               f"into {out} in {run.seconds:.1f} s")
 
 
 @app.command()
