@@ -25,6 +25,7 @@ folds.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -489,11 +490,15 @@ class ProphetModel:
     def fit(self, values, ts_ms) -> ProphetModel:
         import logging
 
+        # Prophet logs an ERROR on import when plotly (interactive plots only) is missing.
+        logging.getLogger("prophet.plot").disabled = True
         import pandas as pd
+        from cmdstanpy.utils import get_logger
         from prophet import Prophet
 
-        for name in ("cmdstanpy", "prophet"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # cmdstanpy sets its logger to DEBUG on first use, and logs every fit at INFO.
+        get_logger().setLevel(logging.WARNING)
+        logging.getLogger("prophet").setLevel(logging.WARNING)
         steps = self._steps(values, ts_ms)
         covered = (steps.ts_ms[-1] - steps.ts_ms[0]) if len(steps) else 0
         self.prophet_ = Prophet(
@@ -504,7 +509,9 @@ class ProphetModel:
             uncertainty_samples=0,  # the interval comes from the residuals below
         )
         frame = pd.DataFrame({"ds": pd.to_datetime(steps.ts_ms, unit="ms"), "y": steps.value})
-        self.prophet_.fit(frame)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="prophet")  # pandas deprecations inside
+            self.prophet_.fit(frame)
         resid = steps.value - self._forecast(steps.ts_ms)
         center = float(np.median(resid))
         mad = 1.4826 * float(np.median(np.abs(resid - center)))
@@ -516,7 +523,9 @@ class ProphetModel:
         import pandas as pd
 
         frame = pd.DataFrame({"ds": pd.to_datetime(np.asarray(ts_ms, np.int64), unit="ms")})
-        return self.prophet_.predict(frame)["yhat"].to_numpy(np.float64)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="prophet")
+            return self.prophet_.predict(frame)["yhat"].to_numpy(np.float64)
 
     def score_samples(self, values, ts_ms) -> np.ndarray:
         steps = self._steps(values, ts_ms)
