@@ -98,6 +98,10 @@ def test_a_single_file_to_a_file_and_bad_input(tmp_path):
     assert run.rows == 400 and len(out) == 401 and out[11] == [str(t[10]), "n/a", "0.0"]
     scores = np.array([float(r[2]) for r in out[1:]])
     assert int(np.argmax(scores)) == 350 and scores[350] == 1.0
+    # NAB's results layout names files <detector>_<file>.csv.
+    score_csv_files(tmp_path, tmp_path / "results" / "vigil", prefix="vigil_", progress=False)
+    assert (tmp_path / "results" / "vigil" / "vigil_one.csv").read_text() == (
+        tmp_path / "scored.csv").read_text()
     with pytest.raises(ValueError, match="overwrite"):
         score_csv_files(src, src, progress=False)
     (tmp_path / "bad.csv").write_text("time,v\n1,2\n")

@@ -92,7 +92,7 @@ SUPERVISED_EPOCHS = 8
 CV_GRID: dict[str, dict[str, tuple]] = {
     "iforest": {"window": (6, 12, 24)},
     "ocsvm": {"nu": (0.005, 0.01, 0.05)},
-    "prophet": {"changepoint_prior_scale": (0.01, 0.05, 0.5)},
+    "prophet": {"changepoint_prior_scale": (0.01, 0.05, 0.5), "growth": ("linear", "flat")},
 }
 
 
@@ -198,6 +198,10 @@ def run_detectors(
                 run.scores[name].append(model.score_samples(s.values, s.ts_ms))
                 run.seconds[name] += time.perf_counter() - start
                 bar.update()
+    # online_score next to online in the tables
+    order = [n for name in run.scores if name != "online_score"
+             for n in ((name, "online_score") if name == "online" else (name,))]
+    run.scores = {n: run.scores[n] for n in order}
     return run
 
 

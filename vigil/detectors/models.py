@@ -465,6 +465,8 @@ class ProphetModel:
         Longest gap filled with the last value.
     changepoint_prior_scale
         Prophet's trend flexibility.
+    growth
+        Prophet's trend: ``linear`` (extrapolated from the training part) or ``flat``.
 
     Examples
     --------
@@ -478,11 +480,16 @@ class ProphetModel:
     """
 
     def __init__(
-        self, step_s: int = 60, max_fill_s: int = 300, changepoint_prior_scale: float = 0.05
+        self,
+        step_s: int = 60,
+        max_fill_s: int = 300,
+        changepoint_prior_scale: float = 0.05,
+        growth: str = "linear",
     ) -> None:
         self.step_s = step_s
         self.max_fill_s = max_fill_s
         self.changepoint_prior_scale = changepoint_prior_scale
+        self.growth = growth
 
     def _steps(self, values, ts_ms) -> Steps:
         return resample_series(ts_ms, values, self.step_s * 1000, self.max_fill_s // self.step_s)
@@ -506,6 +513,7 @@ class ProphetModel:
             weekly_seasonality=bool(covered >= 14 * DAY_MS),
             yearly_seasonality=False,
             changepoint_prior_scale=self.changepoint_prior_scale,
+            growth=self.growth,
             uncertainty_samples=0,  # the interval comes from the residuals below
         )
         frame = pd.DataFrame({"ds": pd.to_datetime(steps.ts_ms, unit="ms"), "y": steps.value})

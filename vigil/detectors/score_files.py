@@ -72,13 +72,18 @@ def _csv_files(src: Path) -> list[Path]:
 
 
 def score_csv_files(
-    src: str | Path, dst: str | Path, step_s: int | None = None, progress: bool = True
+    src: str | Path,
+    dst: str | Path,
+    step_s: int | None = None,
+    progress: bool = True,
+    prefix: str = "",
 ) -> ScoreRun:
     """Score every CSV under ``src`` (or the file ``src``) into ``dst``.
 
-    ``dst`` is a folder (outputs at the inputs' relative paths) — or, when ``src`` is one
-    file, the output file itself if it ends in ``.csv``. ``step_s`` defaults to the data's
-    typical spacing (the lab's :func:`~vigil.detectors.lab.infer_step_s`).
+    ``dst`` is a folder (outputs at the inputs' relative paths, each file name preceded by
+    ``prefix``: NAB's results layout wants ``<detector>_<file>.csv``) — or, when ``src`` is
+    one file, the output file itself if it ends in ``.csv``. ``step_s`` defaults to the
+    data's typical spacing (the lab's :func:`~vigil.detectors.lab.infer_step_s`).
     """
     from tqdm import tqdm
 
@@ -91,9 +96,9 @@ def score_csv_files(
     if not files:
         raise ValueError(f"{src}: no CSV files")
     if src.is_file():
-        outputs = [dst if dst.suffix.lower() == ".csv" else dst / src.name]
+        outputs = [dst if dst.suffix.lower() == ".csv" else dst / (prefix + src.name)]
     else:
-        outputs = [dst / f.relative_to(src) for f in files]
+        outputs = [dst / f.relative_to(src).with_name(prefix + f.name) for f in files]
     if any(o.resolve() == f.resolve() for o, f in zip(outputs, files, strict=True)):
         raise ValueError("the output would overwrite an input file")
     read = []

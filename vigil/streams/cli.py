@@ -232,12 +232,15 @@ def score(
     data: Path = typer.Argument(..., help="A folder of NAB-style CSVs (timestamp,value), or one."),
     out: Path = typer.Option(..., help="Output folder (same relative paths), or a .csv file."),
     step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+    prefix: str = typer.Option(
+        "", help="Put before each output file name (NAB's results layout: 'vigil_')."
+    ),
 ) -> None:
     """Write the online detector's causal scores in [0, 1] beside each row, for NAB's scorer."""
     from vigil.detectors.score_files import score_csv_files
 
     try:
-        run = score_csv_files(data, out, step_s=step or None)
+        run = score_csv_files(data, out, step_s=step or None, prefix=prefix)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(f"scored {run.rows:,} rows of {len(run.inputs)} files (step {run.step_s} s) "
