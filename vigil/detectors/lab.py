@@ -485,7 +485,7 @@ def _protocol(run: LabRun) -> dict:
 def _preparation(run: LabRun) -> dict:
     p = run.preparation
     return {
-        "resampling": f"every model resamples raw rows to a {run.step_s} s step with the stream "
+        "resampling": f"Every model resamples raw rows to a {run.step_s} s step with the stream "
         "path's code (vigil.detectors.resample: mean per step, gaps up to 300 s filled "
         "with the last value, longer gaps left open); each step's score goes on its last row",
         **p.describe(),
@@ -497,8 +497,8 @@ def _preparation(run: LabRun) -> dict:
 def _best_and_worst(per_series: dict[str, dict[str, float | None]]) -> dict:
     """Per detector, the series with the highest and the lowest standard NAB score."""
     out = {}
-    names = {name for scores in per_series.values() for name in scores}
-    for name in sorted(names):
+    names = dict.fromkeys(name for scores in per_series.values() for name in scores)
+    for name in names:  # in the results table's order
         ranked = [(v, sid) for sid, scores in per_series.items()
                   if (v := scores.get(name)) is not None]
         if not ranked:
