@@ -92,7 +92,8 @@ SUPERVISED_EPOCHS = 8
 CV_GRID: dict[str, dict[str, tuple]] = {
     "iforest": {"window": (6, 12, 24)},
     "ocsvm": {"nu": (0.005, 0.01, 0.05)},
-    "prophet": {"changepoint_prior_scale": (0.01, 0.05, 0.5), "growth": ("linear", "flat")},
+    "prophet": {"changepoint_prior_scale": (0.01, 0.05, 0.5),
+                "residual_halflife_steps": (0, 12, 288)},
 }
 
 

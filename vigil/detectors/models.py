@@ -467,6 +467,10 @@ class ProphetModel:
         Prophet's trend flexibility.
     growth
         Prophet's trend: ``linear`` (extrapolated from the training part) or ``flat``.
+    residual_halflife_steps
+        When positive, the residual is taken from its own recent level (an exponential
+        average of the earlier steps' residuals with this half-life), so that a forecast
+        that drifts away from the series over a long horizon is followed; 0: off.
 
     Examples
     --------
@@ -485,11 +489,13 @@ class ProphetModel:
         max_fill_s: int = 300,
         changepoint_prior_scale: float = 0.05,
         growth: str = "linear",
+        residual_halflife_steps: int = 0,
     ) -> None:
         self.step_s = step_s
         self.max_fill_s = max_fill_s
         self.changepoint_prior_scale = changepoint_prior_scale
         self.growth = growth
+        self.residual_halflife_steps = residual_halflife_steps
 
     def _steps(self, values, ts_ms) -> Steps:
         return resample_series(ts_ms, values, self.step_s * 1000, self.max_fill_s // self.step_s)
@@ -537,8 +543,16 @@ class ProphetModel:
 
     def score_samples(self, values, ts_ms) -> np.ndarray:
         steps = self._steps(values, ts_ms)
-        score = np.abs(steps.value - self._forecast(steps.ts_ms)) / self.scale_
-        return _to_rows(ts_ms, steps.ts_ms, score, self.step_s * 1000)
+        resid = steps.value - self._forecast(steps.ts_ms)
+        if self.residual_halflife_steps > 0 and len(resid):
+            from scipy.signal import lfilter
+
+            # m(t+1) = m(t) + a·(r(t) − m(t)): the residuals' recent level, from earlier
+            # steps only, so a forecast that drifts away is followed and the score stays causal.
+            a = 1.0 - 0.5 ** (1.0 / self.residual_halflife_steps)
+            level = lfilter([a], [1.0, a - 1.0], resid)
+            resid = resid - np.r_[0.0, level[:-1]]
+        return _to_rows(ts_ms, steps.ts_ms, np.abs(resid) / self.scale_, self.step_s * 1000)
 
 
 #: The lab's detector names and their classes (each takes ``step_s``).
