@@ -271,7 +271,7 @@ def run_cv(
     run.seconds = {}
     val_windows = sum(len(f.windows) for f in val_files)
 
-    def choose(entry: str, val_scores: list[np.ndarray]) -> tuple[dict, float]:
+    def choose(val_scores: list[np.ndarray]) -> tuple[dict, float]:
         thresholds, nab = {}, {}
         for p in PROFILES:
             thresholds[p], raw = sweep_threshold(val_files, _no_nan(val_scores), p)
@@ -281,17 +281,17 @@ def run_cv(
 
     if "online" in names:
         start = time.perf_counter()
-        model = OnlineModel(step_s=step_s).fit(None, None)
-        dev = model.score_and_openings_many([
+        # A fresh detector for each pass: the development run must not see the full one.
+        dev = OnlineModel(step_s=step_s).fit(None, None).score_and_openings_many([
             (dataset.series[sid].values[: splits[sid].development.stop],
              dataset.series[sid].ts_ms[: splits[sid].development.stop]) for sid in ids])
-        full = model.score_and_openings_many(
+        full = OnlineModel(step_s=step_s).fit(None, None).score_and_openings_many(
             [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in ids])
         by_sid = dict(zip(ids, dev, strict=True))
         for entry, mapping in (("online", lambda z, o: z), ("online_score", anomaly_score)):
             val = [mapping(*by_sid[sid])[fold.validation.start:fold.validation.stop]
                    for sid, fold in pairs]
-            choices[entry], _ = choose(entry, val)
+            choices[entry], _ = choose(val)
             choices[entry]["params"] = {}
             run.scores[entry] = [mapping(z, o)[r.start:r.stop]
                                  for (z, o), r in zip(full, run.rows, strict=True)]
@@ -316,7 +316,7 @@ def run_cv(
                                                  s.ts_ms[: val_rows.stop])
                     val.append(scored[val_rows.start:])
                     bar.update()
-                choice, rank = choose(name, val)
+                choice, rank = choose(val)
                 tried.append((rank, params, choice))
             best = max(tried, key=lambda t: t[0])  # the first of equals
             params = best[1]
