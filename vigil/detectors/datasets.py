@@ -171,8 +171,9 @@ class AnomalyLabel:
 class Dataset:
     """Series keyed by id, labelled windows sorted by start, and where they came from.
 
-    ``source`` is ``synthetic``, ``nab`` or ``csv``; ``meta`` holds the path, the manifest
-    (synthetic data) or how many duplicate timestamps were dropped per series (CSV, NAB).
+    ``source`` is ``synthetic``, ``nab``, ``csv`` or ``parquet``; ``meta`` holds the path, the
+    manifest (synthetic data) or how many duplicate timestamps were dropped per series (CSV,
+    Parquet, NAB).
     """
 
     series: dict[str, SeriesData]
