@@ -164,7 +164,7 @@ def test_dashboard_in_chromium_shows_series_live_events_incident_and_chart(
         feedback = {"feedback_id": stable_id(incident_id, "ack"), "action": "acknowledge",
                     "incident_id": incident_id, "series": series_id, "notification_id": "n1",
                     "receiver": "ops", "user_id": 7, "user_name": "carol", "chat_id": 1,
-                    "ts_ms": now, "ts": "", "source": "telegram"}
+                    "ts_ms": time.time_ns() // 1_000_000, "ts": "", "source": "telegram"}
         producer.produce(stack.feedback_topic, orjson.dumps(feedback),
                          key=incident_id.encode())
         producer.flush(10)
@@ -181,6 +181,17 @@ def test_dashboard_in_chromium_shows_series_live_events_incident_and_chart(
         incident_text = driver.find_element(By.ID, "incident").text
         assert "acknowledge by carol" in incident_text
         assert driver.find_elements(By.CSS_SELECTOR, "#incident-events tbody tr")
+
+        # The series list counts the new incident, still without a reload.
+        def counted() -> bool:
+            try:
+                row = driver.find_element(
+                    By.CSS_SELECTOR, f'tr.series-row[data-series="{_css(series_id)}"]')
+                return int(row.find_elements(By.TAG_NAME, "td")[1].text) == shown[series_id] + 1
+            except StaleElementReferenceException:
+                return False
+
+        wait_until(counted, 30, "the new incident counted in the series list")
 
         def chart_drawn():
             return driver.execute_script(
