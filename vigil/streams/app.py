@@ -189,6 +189,9 @@ def add_dashboard(app: faust.App, settings: Settings) -> None:
     if not settings.web_enabled:
         log.warning("dashboard off: the web server is disabled (VIGIL_WEB_ENABLED=false)")
         return
+    if len(token) < 16:
+        log.warning("the dashboard token is short (%d characters); use a random one, e.g. "
+                    "openssl rand -hex 16", len(token))
     from vigil.sinks.dashboard import AnomalyFeed, Dashboard
 
     store = None
