@@ -1,0 +1,99 @@
+"""The worker's hook into history storage (ClickHouse), when ``clickhouse_url`` is set.
+
+:func:`attach_storage` gives the detect agent a :class:`History` to hand each batch to (steps,
+events — a memory append, never a wait), and adds to the app: the writer's background flush
+task, an agent that stores operators' feedback, and a daily retention timer. The writer
+itself — bounded buffer, retries, drop-oldest — is :class:`vigil.sinks.clickhouse.
+ClickHouseWriter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import faust
+import orjson
+
+from vigil.sinks.clickhouse import ClickHouseStore, ClickHouseWriter, feedback_row
+from vigil.streams import metrics
+from vigil.streams.records import AnomalyEvent
+from vigil.streams.settings import Settings
+
+__all__ = ["History", "attach_storage", "new_writer"]
+
+log = logging.getLogger("vigil.storage")
+
+
+def new_writer(settings: Settings, store: ClickHouseStore | None = None) -> ClickHouseWriter:
+    """A writer with the settings' bounds whose counts feed the worker's metrics."""
+    return ClickHouseWriter(
+        store or ClickHouseStore(settings.clickhouse_url),
+        batch_rows=settings.clickhouse_batch_rows,
+        flush_s=settings.clickhouse_flush_s,
+        max_rows=settings.clickhouse_buffer_max_rows,
+        on_written=lambda table, n: metrics.CLICKHOUSE_ROWS_WRITTEN.labels(table=table).inc(n),
+        on_drop=metrics.CLICKHOUSE_ROWS_DROPPED.inc,
+        on_error=metrics.CLICKHOUSE_ERRORS.inc,
+        on_buffer=metrics.CLICKHOUSE_BUFFER_ROWS.set,
+    )
+
+
+class History:
+    """What the detect agent calls once per batch."""
+
+    def __init__(self, writer: ClickHouseWriter) -> None:
+        self.writer = writer
+
+    def record(self, series: Sequence[str], results, events: Sequence[AnomalyEvent]) -> None:
+        if results is not None:
+            self.writer.add_steps(series, results)
+        if events:
+            self.writer.add_events(events)
+
+
+def attach_storage(app: faust.App, settings: Settings) -> History | None:
+    """Wire ClickHouse storage into ``app``; None when ``clickhouse_url`` is empty."""
+    if not settings.clickhouse_url:
+        log.info("ClickHouse storage is off (VIGIL_CLICKHOUSE_URL is not set)")
+        return None
+    writer = new_writer(settings)
+    history = History(writer)
+    feedback_topic = app.topic(
+        settings.feedback_topic, internal=True, key_serializer="raw", value_serializer="raw"
+    )
+
+    @app.task
+    async def clickhouse_writer() -> None:
+        log.info("ClickHouse storage on: %s (batches of %d rows or %.1f s, buffer bound %d)",
+                 writer.store.url.split("@")[-1], writer.batch_rows, writer.flush_s,
+                 writer.max_rows)
+        try:
+            await writer.run()
+        finally:
+            await writer.close()
+
+    @app.agent(feedback_topic, name="vigil.feedback-store")
+    async def store_feedback(stream):
+        async for records in stream.take(500, 1.0):
+            good = []
+            for raw in records:
+                try:
+                    doc = orjson.loads(raw)
+                    good.append(feedback_row(doc))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    # The notifier writes this topic; a stray record is skipped, not fatal.
+                    log.warning("feedback record not stored (%s): %.200r", exc, raw)
+            writer.add("feedback", good)
+
+    @app.timer(86_400.0, on_leader=True)
+    async def retention() -> None:
+        if settings.retention_days and writer.schema_ready:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, writer.store.drop_expired, settings.retention_days)
+            except Exception as exc:  # noqa: BLE001 - retried tomorrow
+                log.warning("ClickHouse retention failed: %s", exc)
+
+    return history
