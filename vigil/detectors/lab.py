@@ -313,15 +313,16 @@ def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
 
 
 def evaluate(
-    path: str | Path,
+    path: str | Path | Dataset,
     out_dir: str | Path,
     names: Sequence[str] = tuple(MODELS),
     step_s: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run the lab on a dataset folder and write ``metrics.json`` and ``report.html``."""
+    """Run the lab on a dataset (or its folder) and write ``metrics.json`` and
+    ``report.html``."""
     start = time.perf_counter()
-    dataset = load_dataset(path)
+    dataset = path if isinstance(path, Dataset) else load_dataset(path)
     step = step_s or infer_step_s(dataset)
     run = run_detectors(dataset, names, step, progress)
     run.decompositions = [

@@ -91,13 +91,18 @@ MIGRATIONS: dict[int, list[str | Callable[[ClickHouseStore], None]]] = {
     # v2: an ``anomalous`` flag per step (rows written by v1 get it from their band), and the
     # series catalogue the dashboards list, filled from the steps already stored.
     2: [
-        "ALTER TABLE {db}.steps ADD COLUMN IF NOT EXISTS anomalous UInt8 "
-        "DEFAULT toUInt8(value < lower OR value > upper)",
+        lambda store: store.add_column(
+            "steps", "anomalous", "UInt8 DEFAULT toUInt8(value < lower OR value > upper)"),
         """CREATE TABLE IF NOT EXISTS {db}.series (
             series String, name String, label_keys Array(String), label_values Array(String),
             first_seen_ms Int64, last_seen_ms Int64
         ) """ + _ENGINE + "(last_seen_ms) ORDER BY series",
         lambda store: store._fill_series_from_steps(),
+        # Labelled anomaly windows that came with backfilled history (NAB, the generator).
+        """CREATE TABLE IF NOT EXISTS {db}.labels (
+            series String, start_ms Int64, end_ms Int64, kind String, type String,
+            start DateTime
+        ) """ + _ENGINE + " PARTITION BY toYYYYMM(start) ORDER BY (series, start_ms, end_ms)",
     ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -115,9 +120,15 @@ TABLES: dict[str, tuple[str, ...]] = {
                  "receiver", "user_id", "user_name", "chat_id", "ts", "ts_ms", "source"),
     "series": ("series", "name", "label_keys", "label_values", "first_seen_ms",
                "last_seen_ms"),
+    "labels": ("series", "start_ms", "end_ms", "kind", "type", "start"),
 }
-PARTITIONED = ("steps", "events", "incidents", "feedback")
+PARTITIONED = ("steps", "events", "incidents", "feedback", "labels")
 _SEVERITY_RANK = {"none": 0, "warning": 1, "critical": 2}
+
+
+def _seconds(ts_ms: int) -> int:
+    """Epoch seconds for a ``DateTime`` bound (UInt32: clamped to its range)."""
+    return min(max(int(ts_ms) // 1000, 0), 2**32 - 1)
 
 
 def _finite(x: float) -> float:
@@ -267,6 +278,15 @@ class ClickHouseStore:
             applied.append(version)
         return applied
 
+    def add_column(self, table: str, column: str, definition: str) -> None:
+        """``ALTER TABLE … ADD COLUMN`` unless it is there (18.16 has no ``IF NOT EXISTS``
+        for columns)."""
+        exists = self.execute(
+            "SELECT count() FROM system.columns WHERE database = %(db)s AND table = %(t)s "
+            "AND name = %(c)s", {"db": self.database, "t": table, "c": column})[0][0]
+        if not exists:
+            self.execute(f"ALTER TABLE {{db}}.{table} ADD COLUMN {column} {definition}")
+
     def _fill_series_from_steps(self) -> None:
         from vigil.streams.records import parse_series  # the one parser of series ids
 
@@ -295,7 +315,7 @@ class ClickHouseStore:
         if unknown:
             stored = self.execute(
                 "SELECT series, min(first_seen_ms) FROM {db}.series WHERE series IN %(s)s "
-                "GROUP BY series", {"s": unknown},
+                "GROUP BY series", {"s": tuple(unknown)},
             )
             if len(self._first_seen) + len(unknown) > self.cache_limit:
                 self._first_seen.clear()
@@ -370,7 +390,7 @@ class ClickHouseStore:
         cols = TABLES["incidents"]
         rows = self.execute(
             f"SELECT {', '.join(cols)} FROM {{db}}.incidents FINAL "
-            "WHERE incident_id IN %(ids)s", {"ids": list(ids)},
+            "WHERE incident_id IN %(ids)s", {"ids": tuple(ids)},
         )
         found = []
         for r in rows:
@@ -395,7 +415,7 @@ class ClickHouseStore:
         cutoff_month = cutoff.year * 100 + cutoff.month  # partitions before it are all older
         parts = self.execute(
             "SELECT DISTINCT table, partition FROM system.parts WHERE database = %(db)s "
-            "AND active AND table IN %(t)s", {"db": self.database, "t": list(PARTITIONED)},
+            "AND active AND table IN %(t)s", {"db": self.database, "t": PARTITIONED},
         )
         dropped = []
         for table, partition in sorted(parts):
@@ -414,12 +434,11 @@ class ClickHouseStore:
         """Per series: name, labels, incidents opened since ``since_ms``, last incident and
         last step seen; most anomalous first."""
         rows = self.execute(
-            """SELECT s.series, s.name, s.label_keys, s.label_values, s.last_seen_ms,
-                      i.n, i.last_ms
-               FROM (SELECT series, argMax(name, last_seen_ms) AS name,
-                            argMax(label_keys, last_seen_ms) AS label_keys,
-                            argMax(label_values, last_seen_ms) AS label_values,
-                            max(last_seen_ms) AS last_seen_ms
+            """SELECT s.series, s.nm, s.lk, s.lv, s.seen, i.n, i.last_ms
+               FROM (SELECT series, argMax(name, last_seen_ms) AS nm,
+                            argMax(label_keys, last_seen_ms) AS lk,
+                            argMax(label_values, last_seen_ms) AS lv,
+                            max(last_seen_ms) AS seen
                      FROM {db}.series GROUP BY series) AS s
                ANY LEFT JOIN
                     (SELECT series, count() AS n, max(opened_ms) AS last_ms
@@ -443,7 +462,7 @@ class ClickHouseStore:
             "score, anomalous FROM {db}.steps FINAL WHERE series = %(s)s "
             "AND ts >= toDateTime(%(lo)s) AND ts <= toDateTime(%(hi)s) ORDER BY ts",
             {"s": series, "lo": int(since_ms) // 1000 + (since_ms % 1000 > 0),
-             "hi": int(until_ms) // 1000},
+             "hi": _seconds(until_ms)},
         )
         names = ("ts_ms", "value", "expected", "lower", "upper", "z", "anomalous")
         columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
@@ -517,7 +536,7 @@ class ClickHouseStore:
             upper = ""
             if until_ms is not None:
                 upper = " AND ts <= toDateTime(%(hi)s)"
-                params["hi"] = int(until_ms) // 1000
+                params["hi"] = _seconds(until_ms)
             rows = self.execute(
                 "SELECT toInt64(toUnixTimestamp(ts)) * 1000, value, anomalous "
                 "FROM {db}.steps FINAL WHERE series = %(s)s AND ts >= toDateTime(%(lo)s)"
@@ -529,22 +548,20 @@ class ClickHouseStore:
                    np.asarray(rows[2], np.int8))
 
     def labelled_windows(self, series: Sequence[str], since_ms: int,
-                         until_ms: int | None) -> list[tuple[str, int, int, str]]:
-        """``(series, start_ms, end_ms, anomaly_type)`` of stored incidents that operators
-        did not mark ``not_anomaly`` — the labels history carries."""
+                         until_ms: int | None) -> list[tuple[str, int, int, str, str]]:
+        """``(series, start_ms, end_ms, kind, type)`` of the stored labelled windows that
+        overlap ``[since_ms, until_ms]`` (labels come only from backfilled data sets: the
+        detector's own incidents are not ground truth)."""
         if not series:
             return []
         rows = self.execute(
-            """SELECT series, opened_ms, resolved_ms, anomaly_type, incident_id
-               FROM {db}.incidents FINAL WHERE series IN %(s)s AND opened_ms >= %(lo)s
-               AND opened_ms <= %(hi)s
-               AND incident_id NOT IN (SELECT incident_id FROM {db}.feedback
-                                       WHERE action = 'not_anomaly')
-               ORDER BY opened_ms""",
-            {"s": list(series), "lo": int(since_ms),
+            "SELECT series, start_ms, end_ms, kind, type FROM {db}.labels FINAL "
+            "WHERE series IN %(s)s AND end_ms >= %(lo)s AND start_ms <= %(hi)s "
+            "ORDER BY start_ms, series",
+            {"s": tuple(series), "lo": int(since_ms),
              "hi": int(until_ms) if until_ms is not None else 2**62},
         )
-        return [(s, int(o), int(r if r is not None else o), t) for s, o, r, t, _ in rows]
+        return [(s, int(a), int(b), k, t) for s, a, b, k, t in rows]
 
 
 # --------------------------------------------------------------------------- writer
@@ -689,7 +706,7 @@ class ClickHouseWriter:
             by_table.setdefault(c.table, []).extend(c.rows)
         failed: list[_Chunk] = []
         error: Exception | None = None
-        for table in ("steps", "series", "events", "feedback"):
+        for table in ("steps", "series", "events", "feedback", "labels"):
             rows = by_table.get(table)
             if not rows:
                 continue
@@ -706,7 +723,9 @@ class ClickHouseWriter:
                     self.store.upsert_series(seen)
                 elif table == "events":
                     self.store.insert("events", rows)
-                    self.store.upsert_incidents(rows)
+                    incidents = self.store.upsert_incidents(rows)
+                    self.written["incidents"] += incidents
+                    self.on_written("incidents", incidents)
                 else:
                     self.store.insert(table, rows)
                 self.written[table] += len(rows)

@@ -97,3 +97,147 @@ def attach_storage(app: faust.App, settings: Settings) -> History | None:
                 log.warning("ClickHouse retention failed: %s", exc)
 
     return history
+
+
+# --------------------------------------------------------------------------- history in/out
+
+
+class _MemoryStates:
+    """The state store of a backfill: every series starts fresh, states stay in the
+    pipeline's own memory (duck-types :class:`~vigil.streams.state.RedisStateStore`)."""
+
+    async def load(self, series):
+        return [None] * len(series)
+
+    async def save(self, series, states, points: int = 0) -> None:
+        return None
+
+
+def backfill(
+    dataset,
+    url: str,
+    settings: Settings | None = None,
+    step_s: int | None = None,
+    chunk: int = 50_000,
+    progress=None,
+) -> dict[str, int]:
+    """Run the worker's detection code causally over ``dataset`` (a
+    :class:`~vigil.detectors.datasets.Dataset`) and store its steps, events, incidents, series
+    and labelled windows in ClickHouse at ``url``. Returns row counts per table.
+
+    The points go through :class:`~vigil.streams.pipeline.DetectionPipeline` in time order,
+    ``chunk`` points at a time, from fresh states — exactly what a worker would have stored
+    had it seen the data live. ``step_s`` overrides the detector's step (default: the
+    settings' one).
+    """
+    from dataclasses import replace
+
+    from vigil.detectors.datasets import iter_points_in_time_order
+    from vigil.streams.pipeline import DetectionPipeline
+
+    settings = settings or Settings()
+    params = settings.detector if step_s is None else replace(settings.detector, step_s=step_s)
+    store = ClickHouseStore(url)
+    store.ensure_schema()
+    writer = ClickHouseWriter(store, batch_rows=10**9, max_rows=10**9)
+    pipeline = DetectionPipeline(_MemoryStates(), params, directions=settings.directions,
+                                 history_steps=0)
+
+    async def run() -> None:
+        for series, ts, values in iter_points_in_time_order(dataset, chunk):
+            batch = await pipeline.process(series, ts, values)
+            await pipeline.save(batch)
+            writer.add_steps(batch.series, batch.results)
+            writer.add_events(batch.events)
+            await writer.flush_with_retry(stop_after=10)
+            if progress is not None:
+                progress(len(series))
+        writer.add("labels", [
+            (lab.series, int(lab.start_ms), int(lab.end_ms), lab.kind, lab.type,
+             int(lab.start_ms) // 1000)
+            for lab in dataset.labels
+        ])
+        await writer.flush_with_retry(stop_after=10)
+
+    try:
+        asyncio.run(run())
+    finally:
+        store.close()
+    return dict(writer.written)
+
+
+def _points_table(store: ClickHouseStore, selectors: Sequence[str], since_ms: int,
+                  until_ms: int | None):
+    """The selected series' stored steps (missing values left out) as a pyarrow table in the
+    shared snapshot layout: ``timestamp`` (ms, UTC), ``value``, ``series``, ``label`` (0/1 from
+    the stored labelled windows)."""
+    import numpy as np
+    import pyarrow as pa
+
+    series = store.series_matching(selectors)
+    windows: dict[str, list[tuple[int, int]]] = {}
+    for s, start, end, _, _ in store.labelled_windows(series, since_ms, until_ms):
+        windows.setdefault(s, []).append((start, end))
+    parts = []
+    for s, ts, value, _ in store.read_points(series, since_ms, until_ms):
+        keep = np.isfinite(value)
+        ts, value = ts[keep], value[keep]
+        label = np.zeros(len(ts), np.int8)
+        for start, end in windows.get(s, ()):
+            label[(ts >= start) & (ts <= end)] = 1
+        parts.append(pa.table({
+            "timestamp": pa.array(ts, pa.timestamp("ms", tz="UTC")),
+            "value": pa.array(value, pa.float64()),
+            "series": pa.array([s] * len(ts), pa.string()),
+            "label": pa.array(label, pa.int8()),
+        }))
+    schema = pa.schema([("timestamp", pa.timestamp("ms", tz="UTC")), ("value", pa.float64()),
+                        ("series", pa.string()), ("label", pa.int8())])
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def export(url: str, selectors: Sequence[str], since_ms: int, until_ms: int | None,
+           fmt: str, out) -> int:
+    """Write the selected series' steps to ``out`` as Parquet or CSV; returns the rows."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    store = ClickHouseStore(url)
+    try:
+        table = _points_table(store, selectors, since_ms, until_ms)
+    finally:
+        store.close()
+    if fmt == "parquet":
+        pq.write_table(table, out)
+    elif fmt == "csv":
+        pacsv.write_csv(table, out)
+    else:
+        raise ValueError(f"unknown format {fmt!r}: parquet or csv")
+    return table.num_rows
+
+
+def load_history(url: str, selectors: Sequence[str] = (), since_ms: int = 0,
+                 until_ms: int | None = None):
+    """The stored steps of the selected series as the same in-memory
+    :class:`~vigil.detectors.datasets.Dataset` the file loaders return (``source``
+    ``clickhouse``); labels are the stored labelled windows (from backfilled data sets)."""
+    from vigil.detectors.datasets import AnomalyLabel, Dataset, SeriesData
+    from vigil.streams.records import parse_series
+
+    store = ClickHouseStore(url)
+    try:
+        series = {}
+        import numpy as np
+
+        for s, ts, value, _ in store.read_points(
+                store.series_matching(selectors), since_ms, until_ms):
+            keep = np.isfinite(value)
+            name, labels = parse_series(s)
+            series[s] = SeriesData(name, labels, ts[keep], value[keep])
+        labels = [AnomalyLabel(s, a, b, k, t) for s, a, b, k, t in
+                  store.labelled_windows(list(series), since_ms, until_ms)]
+    finally:
+        store.close()
+    return Dataset(series, labels, source="clickhouse",
+                   meta={"path": url.split("@")[-1], "since_ms": since_ms,
+                         "until_ms": until_ms})
