@@ -722,10 +722,11 @@ class ClickHouseWriter:
                             min(old[0], first), max(old[1], last))
                     self.store.upsert_series(seen)
                 elif table == "events":
-                    self.store.insert("events", rows)
+                    # Incidents first: their merge reads which events are already stored.
                     incidents = self.store.upsert_incidents(rows)
                     self.written["incidents"] += incidents
                     self.on_written("incidents", incidents)
+                    self.store.insert("events", rows)
                 else:
                     self.store.insert(table, rows)
                 self.written[table] += len(rows)
@@ -769,7 +770,7 @@ class ClickHouseWriter:
             return deadline is not None and time.monotonic() >= deadline
 
         async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.2, max=30.0, jitter=0.2),
+            wait=wait_exponential_jitter(max=30.0, jitter=0.2, multiplier=0.2),
             retry=retry_if_exception_type((ClickHouseError, OSError, EOFError)),
             stop=give_up, reraise=True,
             before_sleep=lambda state: log.warning(

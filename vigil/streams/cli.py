@@ -247,7 +247,8 @@ def evaluate(
                                    "instead of --data."),
     series: list[str] = typer.Option([], "--series", help="With --clickhouse: series id or "
                                      "glob (repeatable; default all)."),
-    since: str = typer.Option("3650d", help="With --clickhouse: ISO time or age (30d)."),
+    since: str = typer.Option("0", help="With --clickhouse: ISO time or age (30d); "
+                              "default: all history."),
     until: str = typer.Option(None, help="With --clickhouse: ISO time or age."),
     out: Path = typer.Option(Path("lab-report"), help="Folder for metrics.json and report.html."),
     detectors: str = typer.Option(
@@ -267,6 +268,9 @@ def evaluate(
         from vigil.streams.storage import load_history
 
         source = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
+        if not source.series:
+            raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
+                                     f"in that time range at {clickhouse}")
     try:
         summary = run_lab(source, out, names, step_s=step or None)
     except ValueError as exc:

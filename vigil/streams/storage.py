@@ -152,6 +152,19 @@ def backfill(
             await writer.flush_with_retry(stop_after=10)
             if progress is not None:
                 progress(len(series))
+        # The resampler closes a step when a later one begins: one point per series in the
+        # step after its last closes its final step (that point's own step is never scored).
+        step_ms = params.step_ms
+        ends = [(sid, s.ts_ms[-1], s.values[-1]) for sid, s in dataset.series.items() if len(s)]
+        if ends:
+            import numpy as np
+
+            last = np.array([int(t) for _, t, _ in ends], np.int64)
+            batch = await pipeline.process(
+                [sid for sid, _, _ in ends], last - last % step_ms + step_ms,
+                np.array([float(v) for _, _, v in ends]))
+            writer.add_steps(batch.series, batch.results)
+            writer.add_events(batch.events)
         writer.add("labels", [
             (lab.series, int(lab.start_ms), int(lab.end_ms), lab.kind, lab.type,
              int(lab.start_ms) // 1000)
@@ -234,8 +247,15 @@ def load_history(url: str, selectors: Sequence[str] = (), since_ms: int = 0,
             keep = np.isfinite(value)
             name, labels = parse_series(s)
             series[s] = SeriesData(name, labels, ts[keep], value[keep])
-        labels = [AnomalyLabel(s, a, b, k, t) for s, a, b, k, t in
-                  store.labelled_windows(list(series), since_ms, until_ms)]
+        labels = []
+        for s, a, b, k, t in store.labelled_windows(list(series), since_ms, until_ms):
+            # Rows are steps stamped with their start: a window starts and ends on the
+            # steps that hold its first and last labelled point (NAB's scorer needs rows).
+            ts = series[s].ts_ms
+            if not len(ts):
+                continue
+            lo, hi = np.searchsorted(ts, [a, b], side="right") - 1
+            labels.append(AnomalyLabel(s, int(ts[max(lo, 0)]), int(ts[max(hi, 0)]), k, t))
     finally:
         store.close()
     return Dataset(series, labels, source="clickhouse",
