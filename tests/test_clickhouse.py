@@ -461,6 +461,12 @@ def test_backfill_then_export_round_trips_as_parquet_and_csv(clickhouse_url: str
                 labelled |= (source.ts_ms >= lab.start_ms) & (source.ts_ms <= lab.end_ms)
         assert (table.column("label").to_numpy()[mine] == labelled[theirs]).all()
         assert labelled.any()
+        # The lab's Parquet reader gives the same series back.
+        again = load_dataset(out)
+        assert list(again.series) == [cpu]
+        np.testing.assert_array_equal(again.series[cpu].ts_ms, ts)
+        assert {(lab.start_ms, lab.end_ms) for lab in again.labels} and all(
+            lab.series == cpu for lab in again.labels)
 
         csv_out = tmp_path / "all.csv"
         result = runner.invoke(cli, ["export", "--series", cpu, "--series", "load1*",
@@ -505,7 +511,8 @@ def test_history_loads_as_the_same_dataset_as_the_files(clickhouse_url: str, tmp
         assert sorted(map(key, loaded.labels)) == sorted(key(lab, 300_000)
                                                          for lab in small.labels)
         result = CliRunner().invoke(cli, ["evaluate", "--clickhouse", url, "--detectors",
-                                          "online", "--out", str(tmp_path / "lab")])
+                                          "online", "--protocol", "nab",
+                                          "--out", str(tmp_path / "lab")])
         assert result.exit_code == 0, result.output
         assert (tmp_path / "lab" / "metrics.json").is_file()
     finally:
