@@ -519,3 +519,23 @@ def test_history_loads_as_the_same_dataset_as_the_files(clickhouse_url: str, tmp
         store = ClickHouseStore(url)
         store.execute(f"DROP DATABASE IF EXISTS {store.database}")
         store.close()
+
+
+def test_a_graceful_stop_writes_what_is_buffered(stack: Stack, clickhouse_url: str):
+    url = _url(clickhouse_url)
+    # Nothing is flushed by size or time during the run: only the stop writes the rows.
+    worker = stack.start_worker(VIGIL_CLICKHOUSE_URL=url, VIGIL_CLICKHOUSE_FLUSH_S="600",
+                                VIGIL_CLICKHOUSE_BATCH_ROWS="10000000",
+                                VIGIL_FEEDBACK_TOPIC=stack.feedback_topic)
+    telemetry = generate_telemetry(hosts=1, metrics=["load1"], days=1, seed=4,
+                                   start_ms=T0)
+    sent = replay(telemetry, stack.broker, stack.input_topic, batch=100)
+    stack.wait_processed(sent, worker)
+    store = ClickHouseStore(url)
+    try:
+        assert _count(store, "steps") == 0
+        assert worker.stop() == 0
+        assert _count(store, "steps") >= sent * 0.95
+    finally:
+        store.execute(f"DROP DATABASE IF EXISTS {store.database}")
+        store.close()

@@ -392,13 +392,16 @@ class ClickHouseStore:
             f"SELECT {', '.join(cols)} FROM {{db}}.incidents FINAL "
             "WHERE incident_id IN %(ids)s", {"ids": tuple(ids)},
         )
+        if not rows:
+            return []
+        known = dict(self.execute(
+            "SELECT incident_id, groupUniqArray(event_id) FROM {db}.events "
+            "WHERE incident_id IN %(ids)s GROUP BY incident_id", {"ids": tuple(ids)}))
         found = []
         for r in rows:
             row = dict(zip(cols, r, strict=True))
             row["updated_ms"] //= 1000
-            row["event_ids"] = {x for (x,) in self.execute(
-                "SELECT DISTINCT event_id FROM {db}.events WHERE incident_id = %(i)s",
-                {"i": row["incident_id"]})}
+            row["event_ids"] = set(known.get(row["incident_id"], ()))
             found.append(row)
         return found
 

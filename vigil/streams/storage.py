@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import faust
@@ -87,14 +88,22 @@ def attach_storage(app: faust.App, settings: Settings) -> History | None:
                     log.warning("feedback record not stored (%s): %.200r", exc, raw)
             writer.add("feedback", good)
 
-    @app.timer(86_400.0, on_leader=True)
+    last_retention = [0.0]
+
+    # Checked hourly (a timer's first run is one interval after start), run once a day by
+    # the group's leader, so workers restarted daily still apply it.
+    @app.timer(3_600.0, on_leader=True)
     async def retention() -> None:
-        if settings.retention_days and writer.schema_ready:
-            try:
-                await asyncio.get_running_loop().run_in_executor(
-                    None, writer.store.drop_expired, settings.retention_days)
-            except Exception as exc:  # noqa: BLE001 - retried tomorrow
-                log.warning("ClickHouse retention failed: %s", exc)
+        if not settings.retention_days or not writer.schema_ready:
+            return
+        if time.monotonic() - last_retention[0] < 86_400 and last_retention[0]:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, writer.store.drop_expired, settings.retention_days)
+            last_retention[0] = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - retried at the next check
+            log.warning("ClickHouse retention failed: %s", exc)
 
     return history
 
