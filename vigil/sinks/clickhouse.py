@@ -239,6 +239,15 @@ class ClickHouseStore:
         self.execute(f"INSERT INTO {{db}}.{table} ({columns}) VALUES", list(rows))
         return len(rows)
 
+    def insert_columns(self, table: str, columns: Sequence[list]) -> int:
+        """Insert rows given column by column (columns as in :data:`TABLES`)."""
+        if not columns or not len(columns[0]):
+            return 0
+        names = ", ".join(TABLES[table])
+        self.execute(f"INSERT INTO {{db}}.{table} ({names}) VALUES", list(columns),
+                     columnar=True)
+        return len(columns[0])
+
     def close(self) -> None:
         with self._lock:
             self.client.disconnect()
@@ -572,8 +581,16 @@ class ClickHouseStore:
 
 @dataclass
 class _Chunk:
+    """Rows of one table, column by column (inserted as they are: ``columnar=True``)."""
+
     table: str
-    rows: list[tuple]
+    columns: list[list]
+
+    def __len__(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    def rows(self) -> list[tuple]:
+        return list(zip(*self.columns, strict=True))
 
 
 class ClickHouseWriter:
@@ -620,10 +637,17 @@ class ClickHouseWriter:
     # ---- adding rows (event loop, no I/O)
 
     def add(self, table: str, rows: list[tuple]) -> None:
-        if not rows:
+        """Buffer row tuples (columns as in :data:`TABLES`)."""
+        if rows:
+            self.add_columns(table, [list(c) for c in zip(*rows, strict=True)])
+
+    def add_columns(self, table: str, columns: list[list]) -> None:
+        """Buffer rows given column by column (equal-length lists)."""
+        chunk = _Chunk(table, columns)
+        if not len(chunk):
             return
-        self._chunks.append(_Chunk(table, rows))
-        self.buffered += len(rows)
+        self._chunks.append(chunk)
+        self.buffered += len(chunk)
         over = self.buffered - self.max_rows
         if over > 0:
             self._drop_oldest(over)
@@ -635,11 +659,12 @@ class ClickHouseWriter:
         dropped = 0
         while dropped < count and self._chunks:
             chunk = self._chunks[0]
-            take = min(count - dropped, len(chunk.rows))
-            if take == len(chunk.rows):
+            take = min(count - dropped, len(chunk))
+            if take == len(chunk):
                 self._chunks.popleft()
             else:
-                del chunk.rows[:take]
+                for column in chunk.columns:
+                    del column[:take]
             dropped += take
         self.buffered -= dropped
         self.dropped += dropped
@@ -660,11 +685,11 @@ class ClickHouseWriter:
         names = np.asarray(touched, dtype=object)
         ts_s = (np.asarray(steps.ts_ms, np.int64) // 1000).tolist()
         anomalous = (np.asarray(results.anomaly_type) > 0).astype(np.uint8).tolist()
-        self.add("steps", list(zip(
+        self.add_columns("steps", [
             names[index].tolist(), ts_s, np.asarray(steps.value, float).tolist(),
             np.asarray(results.expected, float).tolist(),
             np.asarray(results.lower, float).tolist(), np.asarray(results.upper, float).tolist(),
-            np.asarray(results.z, float).tolist(), anomalous, strict=True)))
+            np.asarray(results.z, float).tolist(), anomalous])
         # Steps come by series then time: first and last step of each series.
         starts = np.r_[0, np.flatnonzero(np.diff(index)) + 1]
         ends = np.r_[starts[1:], n] - 1
@@ -691,7 +716,7 @@ class ClickHouseWriter:
 
     def _put_back(self, chunks: list[_Chunk]) -> None:
         self._chunks.extendleft(reversed(chunks))
-        self.buffered += sum(len(c.rows) for c in chunks)
+        self.buffered += sum(len(c) for c in chunks)
         over = self.buffered - self.max_rows
         if over > 0:
             self._drop_oldest(over)
@@ -704,39 +729,44 @@ class ClickHouseWriter:
             # At the first write, not at start: ClickHouse may be down when the worker starts.
             self.store.ensure_schema()
             self.schema_ready = True
-        by_table: dict[str, list[tuple]] = {}
+        by_table: dict[str, _Chunk] = {}
         for c in chunks:
-            by_table.setdefault(c.table, []).extend(c.rows)
+            merged = by_table.get(c.table)
+            if merged is None:
+                by_table[c.table] = _Chunk(c.table, [list(col) for col in c.columns])
+            else:
+                for into, col in zip(merged.columns, c.columns, strict=True):
+                    into.extend(col)
         failed: list[_Chunk] = []
         error: Exception | None = None
         for table in ("steps", "series", "events", "feedback", "labels"):
-            rows = by_table.get(table)
-            if not rows:
+            chunk = by_table.get(table)
+            if chunk is None or not len(chunk):
                 continue
             if error is not None:
-                failed.append(_Chunk(table, rows))
+                failed.append(chunk)
                 continue
             try:
                 if table == "series":
                     seen: dict[str, tuple[int, int]] = {}
-                    for s, first, last in rows:
+                    for s, first, last in chunk.rows():
                         old = seen.get(s)
                         seen[s] = (first, last) if old is None else (
                             min(old[0], first), max(old[1], last))
                     self.store.upsert_series(seen)
                 elif table == "events":
                     # Incidents first: their merge reads which events are already stored.
-                    incidents = self.store.upsert_incidents(rows)
+                    incidents = self.store.upsert_incidents(chunk.rows())
                     self.written["incidents"] += incidents
                     self.on_written("incidents", incidents)
-                    self.store.insert("events", rows)
+                    self.store.insert_columns("events", chunk.columns)
                 else:
-                    self.store.insert(table, rows)
-                self.written[table] += len(rows)
-                self.on_written(table, len(rows))
+                    self.store.insert_columns(table, chunk.columns)
+                self.written[table] += len(chunk)
+                self.on_written(table, len(chunk))
             except Exception as exc:  # noqa: BLE001 - kept and re-raised for the retry
                 error = exc
-                failed.append(_Chunk(table, rows))
+                failed.append(chunk)
         if error is not None:
             raise _PartialFlush(failed) from error
         return failed
