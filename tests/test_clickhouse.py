@@ -260,7 +260,7 @@ async def test_writer_bounds_its_buffer_while_clickhouse_is_down_and_catches_up(
             await asyncio.sleep(0.01)
         # Adding never waits for the dead server, and the bound holds.
         assert time.perf_counter() - started < 5
-        assert writer.buffered == 300
+        assert writer.pending == 300
         await _wait(lambda: writer.errors > 0, 20)
         assert writer.dropped == sum(drops) == 550 - 300
 
@@ -278,6 +278,26 @@ async def test_writer_bounds_its_buffer_while_clickhouse_is_down_and_catches_up(
     finally:
         server.stop()
         shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+async def test_rows_the_server_refuses_are_counted_and_do_not_block_later_writes(
+        store: ClickHouseStore):
+    writer = ClickHouseWriter(store)
+    bad = ("f1", "mute", "i1", "cpu", "n1", "oncall", "not a number", "ann", 1, T0 // 1000,
+           T0, "telegram")
+    writer.add("feedback", [bad])
+    # 20,000 new series in one flush: their catalogue lookup is split under the server's
+    # query size limit.
+    names = [f'bench_metric{{host="h{i:05d}",metric="m{i % 7}"}}' for i in range(20_000)]
+    writer.add_steps(names, _results([[(T0, 1.0, 1.0, 0.0, 0)]] * 20_000))
+    await _write(writer)
+    assert writer.dropped == 1 and writer.errors == 1
+    assert writer.written["steps"] == 20_000 and writer.buffered == 0
+    assert _count(store, "series") == 20_000
+    writer.add_feedback([{"feedback_id": "f2", "action": "mute", "incident_id": "i1",
+                          "ts_ms": T0}])
+    await _write(writer)
+    assert _count(store, "feedback") == 1
 
 
 async def _wait(predicate, timeout: float) -> None:

@@ -41,11 +41,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from clickhouse_driver import Client
-from clickhouse_driver.errors import Error as ClickHouseError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 __all__ = [
     "MIGRATIONS",
+    "transient",
     "SCHEMA_VERSION",
     "TABLES",
     "ClickHouseStore",
@@ -124,6 +125,43 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 PARTITIONED = ("steps", "events", "incidents", "feedback", "labels")
 _SEVERITY_RANK = {"none": 0, "warning": 1, "critical": 2}
+
+
+def _parts(items: Sequence[str], max_chars: int = 100_000) -> Iterable[tuple[str, ...]]:
+    """``items`` in tuples of at most ~``max_chars`` characters (one ``IN`` list each).
+
+    >>> [len(p) for p in _parts(["x" * 10] * 25, max_chars=100)]
+    [7, 7, 7, 4]
+    """
+    part: list[str] = []
+    size = 0
+    for item in items:
+        if part and size + len(item) + 4 > max_chars:
+            yield tuple(part)
+            part, size = [], 0
+        part.append(item)
+        size += len(item) + 4
+    if part:
+        yield tuple(part)
+
+
+#: Server error codes worth retrying: timeouts, network, memory, too many parts or queries,
+#: and a table or database that is gone (the schema is then created again).
+_TRANSIENT_CODES = {3, 159, 160, 164, 202, 209, 210, 241, 252, 285, 319, 425, 60, 81}
+_SCHEMA_GONE = {60, 81}
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed insert may succeed if retried (else its rows can never be stored).
+
+    >>> transient(ConnectionRefusedError()), transient(ServerException("syntax", code=62))
+    (True, False)
+    """
+    if isinstance(exc, (OSError, EOFError, NetworkError, SocketTimeoutError)):
+        return True
+    if isinstance(exc, ServerException):
+        return exc.code in _TRANSIENT_CODES
+    return False
 
 
 def _seconds(ts_ms: int) -> int:
@@ -322,10 +360,12 @@ class ClickHouseStore:
 
         unknown = [s for s in seen if s not in self._first_seen]
         if unknown:
-            stored = self.execute(
-                "SELECT series, min(first_seen_ms) FROM {db}.series WHERE series IN %(s)s "
-                "GROUP BY series", {"s": tuple(unknown)},
-            )
+            stored = []
+            for part in _parts(unknown):  # queries stay under max_query_size (256 KiB)
+                stored += self.execute(
+                    "SELECT series, min(first_seen_ms) FROM {db}.series WHERE series IN %(s)s "
+                    "GROUP BY series", {"s": part},
+                )
             if len(self._first_seen) + len(unknown) > self.cache_limit:
                 self._first_seen.clear()
             self._first_seen.update(dict(stored))
@@ -345,8 +385,9 @@ class ClickHouseStore:
         ids = list(dict.fromkeys(e[index["incident_id"]] for e in events))
         unknown = [i for i in ids if i not in self._incidents]
         if unknown:
-            for found in self._incident_rows(unknown):
-                self._incidents[found["incident_id"]] = found
+            for part in _parts(unknown):
+                for found in self._incident_rows(part):
+                    self._incidents[found["incident_id"]] = found
         touched = {}
         for e in sorted(events, key=lambda e: e[index["ts_ms"]]):
             iid = e[index["incident_id"]]
@@ -633,6 +674,13 @@ class ClickHouseWriter:
         self._dropping_logged = False
         self._closing = False
         self.schema_ready = False
+        self._lost: list[tuple[str, int, BaseException]] = []
+        self._in_flight = 0
+
+    @property
+    def pending(self) -> int:
+        """Rows not stored yet: buffered plus those of the insert under way (the gauge)."""
+        return self.buffered + self._in_flight
 
     # ---- adding rows (event loop, no I/O)
 
@@ -648,10 +696,10 @@ class ClickHouseWriter:
             return
         self._chunks.append(chunk)
         self.buffered += len(chunk)
-        over = self.buffered - self.max_rows
+        over = self.pending - self.max_rows
         if over > 0:
             self._drop_oldest(over)
-        self.on_buffer(self.buffered)
+        self.on_buffer(self.pending)
         if self.buffered >= self.batch_rows:
             self._wake.set()
 
@@ -717,10 +765,10 @@ class ClickHouseWriter:
     def _put_back(self, chunks: list[_Chunk]) -> None:
         self._chunks.extendleft(reversed(chunks))
         self.buffered += sum(len(c) for c in chunks)
-        over = self.buffered - self.max_rows
+        over = self.pending - self.max_rows
         if over > 0:
             self._drop_oldest(over)
-        self.on_buffer(self.buffered)
+        self.on_buffer(self.pending)
 
     def _write(self, chunks: list[_Chunk]) -> list[_Chunk]:
         """Insert the chunks table by table (steps, series, events, incidents, feedback);
@@ -729,6 +777,7 @@ class ClickHouseWriter:
             # At the first write, not at start: ClickHouse may be down when the worker starts.
             self.store.ensure_schema()
             self.schema_ready = True
+        self._lost: list[tuple[str, int, BaseException]] = []
         by_table: dict[str, _Chunk] = {}
         for c in chunks:
             merged = by_table.get(c.table)
@@ -765,32 +814,57 @@ class ClickHouseWriter:
                 self.written[table] += len(chunk)
                 self.on_written(table, len(chunk))
             except Exception as exc:  # noqa: BLE001 - kept and re-raised for the retry
+                if not transient(exc):
+                    # Retrying cannot help (a bad row, a query the server refuses): give the
+                    # rows up — counted — rather than block every later write.
+                    self._lost.append((table, len(chunk), exc))
+                    continue
+                if isinstance(exc, ServerException) and exc.code in _SCHEMA_GONE:
+                    self.schema_ready = False
                 error = exc
                 failed.append(chunk)
         if error is not None:
             raise _PartialFlush(failed) from error
         return failed
 
+    def _count_lost(self) -> None:
+        for table, n, exc in self._lost:
+            self.dropped += n
+            self.on_drop(n)
+            self.errors += 1
+            self.on_error()
+            log.error("ClickHouse refused %d %s rows, dropped (not retried): %s", n, table,
+                      str(exc).splitlines()[0][:300])
+        self._lost = []
+
     async def flush(self) -> None:
         """Write everything buffered now (one attempt); on failure the rows go back."""
         chunks = self._take()
-        self.on_buffer(self.buffered)
         if not chunks:
             return
+        self._in_flight = sum(len(c) for c in chunks)
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, self._write, chunks)
         except _PartialFlush as partial:
+            self._in_flight = 0
+            self._count_lost()
             self.errors += 1
             self.on_error()
             self._put_back(partial.failed)
             raise partial.__cause__ from None
         except BaseException as exc:
+            self._in_flight = 0
             if isinstance(exc, Exception):
                 self.errors += 1
                 self.on_error()
             self._put_back(chunks)
+            if isinstance(exc, Exception) and not transient(exc):
+                log.error("ClickHouse schema could not be applied: %s", exc)
             raise
+        self._in_flight = 0
+        self.on_buffer(self.pending)
+        self._count_lost()
         self._last_flush = time.monotonic()
         if self._dropping_logged and self.buffered < self.max_rows:
             self._dropping_logged = False
@@ -804,7 +878,7 @@ class ClickHouseWriter:
 
         async for attempt in AsyncRetrying(
             wait=wait_exponential_jitter(max=30.0, jitter=0.2, multiplier=0.2),
-            retry=retry_if_exception_type((ClickHouseError, OSError, EOFError)),
+            retry=retry_if_exception(transient),
             stop=give_up, reraise=True,
             before_sleep=lambda state: log.warning(
                 "ClickHouse write failed (%s); %d rows buffered, retrying in %.1f s",
