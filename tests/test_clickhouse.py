@@ -177,7 +177,9 @@ async def test_writes_round_trip_through_the_read_api(store: ClickHouseStore):
     assert incident["severity"] == "critical" and incident["peak_score"] == 14.0
     assert incident["labels"] == {"host": "db-1"}
     assert [e["kind"] for e in incident["events"]] == ["open", "update", "resolve"]
-    assert [f["action"] for f in incident["feedback"]] == ["acknowledge"]
+    assert [(f["action"], f["user_name"], f["ts_ms"]) for f in incident["feedback"]] == [
+        ("acknowledge", "ann", T0 + 5 * 60_000)]
+    assert incident["feedback"][0]["ts"] == "2023-11-15T00:05:00Z"
     assert store.incident("nope") is None
 
     recent = store.recent_events(2)

@@ -164,6 +164,10 @@ def transient(exc: BaseException) -> bool:
     return False
 
 
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _seconds(ts_ms: int) -> int:
     """Epoch seconds for a ``DateTime`` bound (UInt32: clamped to its range)."""
     return min(max(int(ts_ms) // 1000, 0), 2**32 - 1)
@@ -537,7 +541,7 @@ class ClickHouseStore:
         events = self._events("incident_id = %(i)s ORDER BY ts_ms, event_id", {"i": incident_id})
         fcols = TABLES["feedback"]
         feedback = [
-            {c: v for c, v in zip(fcols, f, strict=True) if c != "ts"}
+            {**{c: v for c, v in zip(fcols, f, strict=True)}, "ts": _iso(f[fcols.index("ts_ms")])}
             for f in self.execute(
                 f"SELECT {', '.join(fcols)} FROM {{db}}.feedback FINAL "
                 "WHERE incident_id = %(i)s ORDER BY ts_ms", {"i": incident_id})
@@ -564,8 +568,7 @@ class ClickHouseStore:
             keys, values = row.pop("label_keys"), row.pop("label_values")
             row["labels"] = dict(zip(keys, values, strict=True))
             row["schema_version"] = row.pop("event_schema")
-            row["ts"] = datetime.fromtimestamp(row["ts_ms"] / 1000, timezone.utc).strftime(
-                "%Y-%m-%dT%H:%M:%SZ")
+            row["ts"] = _iso(row["ts_ms"])
             out.append(row)
         return out
 
