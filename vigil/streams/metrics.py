@@ -54,6 +54,18 @@ RESUBSCRIBES = Counter(
     "vigil_resubscribes", "Restarts because the input pattern matched new topics"
 )
 
+# History storage (ClickHouse)
+CLICKHOUSE_BUFFER_ROWS = Gauge(
+    "vigil_clickhouse_buffer_rows", "Rows waiting in the worker's buffer for ClickHouse"
+)
+CLICKHOUSE_ROWS_WRITTEN = Counter(
+    "vigil_clickhouse_rows_written", "Rows inserted into ClickHouse", ["table"]
+)
+CLICKHOUSE_ROWS_DROPPED = Counter(
+    "vigil_clickhouse_rows_dropped", "Rows dropped because the ClickHouse buffer was full"
+)
+CLICKHOUSE_ERRORS = Counter("vigil_clickhouse_errors", "Failed ClickHouse inserts (retried)")
+
 # The notifier (``vigil notifier``)
 ALERTS_SENT = Counter(
     "vigil_alerts_sent", "Notifications delivered", ["receiver", "channel", "kind"]

@@ -259,6 +259,8 @@ class Batch:
     points: int
     steps: int
     dropped: int
+    #: The detector's per-step outputs (``steps.index`` points into ``series``), for storage.
+    results: StepResults | None = None
 
 
 class DetectionPipeline:
@@ -348,6 +350,7 @@ class DetectionPipeline:
             points=len(series),
             steps=len(results.steps),
             dropped=results.steps.dropped,
+            results=results,
         )
 
     async def save(self, batch: Batch) -> None:
