@@ -196,11 +196,10 @@ def add_dashboard(app: faust.App, settings: Settings) -> None:
     from vigil.sinks.dashboard import AnomalyFeed, Dashboard
 
     store = None
-    clickhouse_url = getattr(settings, "clickhouse_url", "")
-    if clickhouse_url:
+    if settings.clickhouse_url:
         from vigil.sinks.clickhouse import ClickHouseStore
 
-        store = ClickHouseStore(clickhouse_url)
+        store = ClickHouseStore(settings.clickhouse_url)
     else:
         log.warning("dashboard without ClickHouse (VIGIL_CLICKHOUSE_URL unset): "
                     "live feed only, no series, charts or incidents")
@@ -334,9 +333,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         # Another worker may own these series now; Redis holds their latest state.
         pipeline.forget()
 
-    add_web_pages(
-        app, redis_client, lambda: {"topics": topics}, getattr(settings, "clickhouse_url", "")
-    )
+    add_web_pages(app, redis_client, lambda: {"topics": topics}, settings.clickhouse_url)
     track_consumer_lag(app, settings.lag_refresh_s)
     add_dashboard(app, settings)
 
