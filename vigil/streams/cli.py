@@ -1,5 +1,5 @@
-"""The ``vigil`` command line: worker, notifier, silence, generate, replay, evaluate, demo,
-bench."""
+"""The ``vigil`` command line: worker, notifier, silence, generate, replay, evaluate, train,
+demo, bench."""
 
 from __future__ import annotations
 
@@ -181,7 +181,8 @@ def evaluate(
     out: Path = typer.Option(Path("lab-report"), help="Folder for metrics.json and report.html."),
     detectors: str = typer.Option(
         "online,iforest,ocsvm,hst",
-        help="Comma-separated: online, iforest, ocsvm, hst, mlp (supervised, by series folds).",
+        help="Comma-separated: online, iforest, ocsvm, hst, mlp (supervised, by series folds), "
+        "lstm, lstm_forecast, online+lstm, online+lstm_forecast (global LSTM, series folds).",
     ),
     step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
 ) -> None:
@@ -198,6 +199,61 @@ def evaluate(
         typer.echo(f"{name:17} {nab}  event F1 {e['event']['f1']:.2f}")
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
                f"in {summary['run_seconds']:.0f} s")
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., help="A NAB folder, a generator folder, a CSV or CSV folder."),
+    out: Path = typer.Option(Path("lstm.pt"), help="Model file to write (VIGIL_LSTM_MODEL)."),
+    kind: str = typer.Option("forecaster", help="forecaster or autoencoder."),
+    window: int = typer.Option(64, min=4, help="Steps per window."),
+    hidden: int = typer.Option(32, min=1, help="LSTM units per layer."),
+    layers: int = typer.Option(1, min=1, help="LSTM layers."),
+    epochs: int = typer.Option(5, min=1, help="Passes over the training windows."),
+    max_windows: int = typer.Option(50_000, min=10, help="Most training windows (random)."),
+    step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+    seed: int = typer.Option(0, help="Seed of weights, split and order (same seed, same model)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:n]."),
+) -> None:
+    """Train the global LSTM on what the online detector considers normal; save weights."""
+    from tqdm import tqdm
+
+    import vigil
+    from vigil.detectors.datasets import load_dataset
+    from vigil.detectors.lab import infer_step_s
+    from vigil.detectors.lstm import FORMAT_VERSION, KINDS, WindowLSTM, train_on_dataset
+    from vigil.detectors.online import DetectorParams
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+    dataset = load_dataset(data)
+    step_s = step or infer_step_s(dataset)
+    model = WindowLSTM(window=window, kind=kind, hidden=hidden, layers=layers, epochs=epochs,
+                       seed=seed, device=device)
+    with tqdm(total=epochs, desc=f"train {kind}", unit="epoch") as bar:
+        def progress(epoch: int, loss: float, val: float) -> None:
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{val:.4f}")
+            bar.update()
+
+        try:
+            summary = train_on_dataset(dataset, step_s, model, max_windows, progress)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    params = DetectorParams()
+    model.save(out, {
+        "vigil_version": vigil.__version__,
+        "format_version": FORMAT_VERSION,
+        "normalisation": "online detector residual (value - expected) / sigma, sigma = "
+        f"(upper - expected) / z_open (z_open {params.z_open}), clipped to ±{model.clip}",
+        "data": summary,
+        "device": str(model.device_),
+        "validation_loss": model.val_loss_[-1],
+    })
+    typer.echo(
+        f"trained on {summary['summary']} in {epochs} epochs on {model.device_}: loss "
+        f"{model.loss_[0]:.4f} → {model.loss_[-1]:.4f}, validation {model.val_loss_[0]:.4f} → "
+        f"{model.val_loss_[-1]:.4f}; wrote {out}"
+    )
 
 
 @app.command()

@@ -98,6 +98,16 @@ class Settings(BaseSettings):
         "(24 bytes each; 0 = events carry no chart data)."
     )
 
+    lstm_model: str | None = Field(
+        None, description="The global LSTM model file (`vigil train --out`); None = the "
+        "seasonal detector alone. A missing file is picked up when it appears."
+    )
+    lstm_device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:n].")
+    lstm_batch: int = Field(256, ge=1, description="Windows per LSTM forward pass.")
+    lstm_reload_s: float = Field(10.0, gt=0, description="How often the model file is checked.")
+    lstm_threads: int = Field(0, ge=0, description="torch threads for the LSTM (0: torch's "
+                              "default, the number of cores).")
+
     notifier_app_id: str = Field("vigil-notifier", description="Consumer group of the notifier.")
     notifier_web_port: int = 6067
     alerts: AlertingConfig = Field(
