@@ -151,11 +151,14 @@ class Run:
 class Worker:
     """A worker process for one run, plus the progress counters it exposes."""
 
-    def __init__(self, svc: Services, run: Run, stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self, svc: Services, run: Run, stack: contextlib.ExitStack,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         datadir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vigil-bench-"))
         stack.callback(delete_keys, svc.redis_url, run.prefix)
         log_path = Path(tempfile.gettempdir()) / f"vigil-{run.run_id}-worker.log"
-        env = run.worker_env(svc, datadir)
+        env = {**run.worker_env(svc, datadir), **(extra_env or {})}
         self.metrics_url = f"http://127.0.0.1:{env['VIGIL_WEB_PORT']}/metrics"
         self.process = WorkerProcess(env, log_path)
         # Killed, not stopped gracefully: its group and topics are thrown away anyway.
@@ -357,14 +360,16 @@ class _Progress(threading.Thread):
 
 
 def measure_throughput(
-    svc: Services, label: str, n_series: int, minutes: int, per_message: int
+    svc: Services, label: str, n_series: int, minutes: int, per_message: int,
+    extra_env: dict[str, str] | None = None,
 ) -> ThroughputResult:
-    """Points/s of one worker on ``minutes`` × ``n_series`` points, produced all at once."""
+    """Points/s of one worker on ``minutes`` × ``n_series`` points, produced all at once
+    (``extra_env``: more ``VIGIL_*`` settings for the worker, e.g. an LSTM model)."""
     run = Run(label)
     create_topics(svc.bootstrap, run.topics())
     with contextlib.ExitStack() as stack:
         stack.callback(_delete_topics, svc.bootstrap, list(run.topics()))
-        worker = Worker(svc, run, stack)
+        worker = Worker(svc, run, stack, extra_env)
         now = _minute_floor(time.time_ns() // 1_000_000)
         workload = Workload(n_series, per_message, start_ms=now - (minutes + 60) * MINUTE_MS)
         # Encode while the worker starts up (it mostly waits for its group join meanwhile).

@@ -230,3 +230,17 @@ def test_a_planted_spike_is_attributed_to_both_detectors_when_the_lstm_agrees(tr
     seen = series_residuals([(ds.series["x"].values, ds.series["x"].ts_ms)], 60)[0]
     z = model.score_series(seen.residual)
     assert z[300] > 6 and np.nanmedian(z) < 3
+
+
+def test_lstm_bench_figures_print_as_name_number_unit():
+    from bench.lstm import lstm_figures
+    from bench.report import FIGURE_LINE
+
+    figures = list(lstm_figures(batches=(8, 16), windows=(8,), models=("default",),
+                                device="cpu", min_seconds=0.0, min_passes=1))
+    names = [f.name for f in figures]
+    assert names == [
+        "lstm_default_w8_b8_windows_per_s", "lstm_default_w8_b8_batch_ms",
+        "lstm_default_w8_b16_windows_per_s", "lstm_default_w8_b16_batch_ms",
+    ]
+    assert all(FIGURE_LINE.match(f.line()) and f.value > 0 for f in figures)

@@ -271,11 +271,16 @@ def demo(
 @app.command()
 def bench(
     quick: bool = typer.Option(False, help="Smaller sizes; finishes in under a minute."),
+    lstm_only: bool = typer.Option(False, help="Only the LSTM scorer (no broker, no worker)."),
+    lstm_grid: bool = typer.Option(
+        False, help="The LSTM's full grid: batch 256…16,384 × window 32…128."
+    ),
+    device: str = typer.Option("auto", help="Where the LSTM runs: auto, cpu, cuda."),
 ) -> None:
     """Measure detector and end-to-end throughput; prints `name: value unit` lines."""
     from bench.run import run_all
 
-    run_all(quick=quick)
+    run_all(quick=quick, lstm_only=lstm_only, lstm_grid=lstm_grid, device=device)
 
 
 def main() -> None:
