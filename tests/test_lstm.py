@@ -244,3 +244,39 @@ def test_lstm_bench_figures_print_as_name_number_unit():
         "lstm_default_w8_b16_windows_per_s", "lstm_default_w8_b16_batch_ms",
     ]
     assert all(FIGURE_LINE.match(f.line()) and f.value > 0 for f in figures)
+
+
+def test_pipeline_events_name_the_lstm_where_it_contributes_and_where_it_alone_opens(
+    trained, tmp_path, redis_url
+):
+    """A low LSTM threshold makes both cases happen on a planted spike and a planted burst."""
+    model, summary = trained
+    path = model.save(tmp_path / "lstm.pt", {"data": summary})
+    t = 1_700_006_400_000 + 60_000 * np.arange(600)
+    rng = np.random.default_rng(4)
+    y = 50 + rng.normal(size=600)
+    y[400] = 90.0  # a spike: the seasonal detector opens; the LSTM agrees
+    y[500:508] += 2.5 * np.array([1, -1] * 4)  # an oscillation under the seasonal threshold
+
+    async def run():
+        client = aioredis.from_url(redis_url)
+        prefix = f"vigil-test-lstm-events-{tmp_path.name}:"
+        try:
+            scorer = LstmScorer(path, device="cpu", z_alert=5.0)
+            assert await scorer.refresh()
+            pipeline = DetectionPipeline(RedisStateStore(client, prefix), lstm=scorer)
+            batch = await pipeline.process(["x"] * 600, t, y)
+            keys = [k async for k in client.scan_iter(f"{prefix}*")]
+            if keys:
+                await client.delete(*keys)
+            return batch.events
+        finally:
+            await client.aclose()
+
+    events = asyncio.run(run())
+    spike = [e for e in events if e.ts_ms == t[400] and e.kind == "open"]
+    assert spike and spike[0].detectors == ["seasonal", "lstm"]
+    own = [e for e in events if e.detectors == ["lstm"]]
+    assert own and own[0].kind == "open" and own[0].anomaly_type == "collective:lstm"
+    assert all(e.incident_id != spike[0].incident_id for e in own)
+    assert "LSTM" in own[0].reason

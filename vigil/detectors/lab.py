@@ -90,6 +90,9 @@ LSTM_ENTRIES = {"lstm": "autoencoder", "lstm_forecast": "forecaster"}
 LSTM_MAX_WINDOWS = 8_000
 LSTM_EPOCHS = 3
 LSTM_WINDOW = 64
+#: The LSTM score from which the combination opens an incident (the worker's default,
+#: ``VIGIL_LSTM_Z_OPEN``).
+LSTM_Z_OPEN = 24.0
 
 #: Series folds of the supervised detectors, the most training windows per fold, and the
 #: training epochs (kept small so that nab-dev's 4 trainings stay within about a minute).
@@ -255,7 +258,8 @@ def lstm_scores(
 
     The combination is what the worker alerts on with the model loaded: the seasonal
     detector's incident openings plus those of :class:`~vigil.detectors.lstm.LstmIncidents`
-    (the LSTM score past ``z_open`` where no seasonal incident is open), as a 0/1 score.
+    (the LSTM score past :data:`LSTM_Z_OPEN` where no seasonal incident is open), as a 0/1
+    score.
     """
     from vigil.detectors.lstm import (
         LstmIncidents,
@@ -293,7 +297,8 @@ def lstm_scores(
             s, ts = seen[sid], dataset.series[sid].ts_ms
             z_lstm = model.score_series(s.residual)
             p = DetectorParams()
-            incidents = LstmIncidents(p.z_open, p.z_close, p.z_critical, p.resolve_steps)
+            incidents = LstmIncidents(LSTM_Z_OPEN, p.z_close, max(p.z_critical, LSTM_Z_OPEN),
+                                      p.resolve_steps)
             found = incidents.step([sid], np.zeros(len(z_lstm), np.int64), s.ts_ms, z_lstm,
                                    s.incident_start_ms)
             both = s.opened.astype(float)

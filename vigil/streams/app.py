@@ -148,7 +148,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     lstm = None
     if settings.lstm_model:
         lstm = LstmScorer(settings.lstm_model, settings.lstm_device, settings.lstm_batch,
-                          settings.detector.z_open, settings.lstm_threads)
+                          settings.detector.z_open, settings.lstm_threads,
+                          settings.lstm_z_open)
     else:
         log.info("no LSTM model configured (VIGIL_LSTM_MODEL): seasonal detector alone")
     pipeline = DetectionPipeline(

@@ -45,13 +45,16 @@ class LstmScorer:
         The detector's ``z_open`` (to read the residual back from its band).
     threads
         torch's intra-op threads (0: torch's default).
+    z_alert
+        The LSTM score from which it contributes to an event or opens an incident.
     """
 
     def __init__(
         self, path: str | Path, device: str = "auto", batch: int = 256, z_open: float = 6.0,
-        threads: int = 0,
+        threads: int = 0, z_alert: float = 24.0,
     ) -> None:
         self.path = Path(path)
+        self.z_alert = z_alert
         self.device = device
         self.batch = batch
         self.z_open = z_open

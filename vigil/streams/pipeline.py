@@ -291,7 +291,10 @@ class DetectionPipeline:
         self.lstm = lstm
         self.detector = OnlineDetector(params)
         p = self.detector.params
-        self.lstm_incidents = LstmIncidents(p.z_open, p.z_close, p.z_critical, p.resolve_steps)
+        z_open = p.z_open if lstm is None else lstm.z_alert
+        self.lstm_incidents = LstmIncidents(
+            z_open, p.z_close, max(p.z_critical, z_open), p.resolve_steps
+        )
         self.max_cached_series = max_cached_series
         self.detector_name = detector_name
         self.directions = dict(directions or {})

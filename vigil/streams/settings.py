@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     lstm_reload_s: float = Field(10.0, gt=0, description="How often the model file is checked.")
     lstm_threads: int = Field(0, ge=0, description="torch threads for the LSTM (0: torch's "
                               "default, the number of cores).")
+    lstm_z_open: float = Field(
+        24.0, gt=0, description="LSTM score from which it joins an event or opens an incident "
+        "of its own (its scores are heavy-tailed on real data: see the README)."
+    )
 
     notifier_app_id: str = Field("vigil-notifier", description="Consumer group of the notifier.")
     notifier_web_port: int = 6067
