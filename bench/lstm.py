@@ -7,9 +7,9 @@ them. Each cell of the grid runs a warm-up pass, then timed passes for at least
 ``min_seconds`` (and at least ``min_passes``); the latency is the median pass, windows/s is
 ``batch / median``. On CUDA every pass ends with a synchronisation (the copy back does it).
 
-Two models: ``ref`` is the design card's 2-layer, 64-unit LSTM (the figure in
-``docs/infrastructure.md``), ``default`` the model ``vigil train`` builds by default
-(1 layer, 32 units, the forecaster the lab chose).
+Two models: ``ref`` is the design card's 2-layer, 64-unit LSTM with a linear head (the
+forecaster; the figure in ``docs/infrastructure.md``), ``default`` the model ``vigil train``
+builds by default (the autoencoder the lab chose: 1-layer, 32-unit encoder and decoder).
 """
 
 from __future__ import annotations
@@ -25,16 +25,18 @@ __all__ = ["GRID_BATCHES", "GRID_WINDOWS", "MODELS", "lstm_figures", "make_model
 
 GRID_BATCHES = (256, 1024, 4096, 16_384)
 GRID_WINDOWS = (32, 64, 128)
-#: name → (layers, hidden units)
-MODELS = {"ref": (2, 64), "default": (1, 32)}
+#: name → (kind, layers, hidden units)
+MODELS = {"ref": ("forecaster", 2, 64), "default": ("autoencoder", 1, 32)}
 
 
-def make_model(window: int, layers: int, hidden: int, device: str, seed: int = 0):
+def make_model(
+    window: int, kind: str, layers: int, hidden: int, device: str, seed: int = 0
+):
     """A ready-to-score model with random weights (one tiny training step sets it up)."""
     from vigil.detectors.lstm import WindowLSTM
 
-    model = WindowLSTM(window=window, hidden=hidden, layers=layers, epochs=1, seed=seed,
-                       device=device, batch_size=64)
+    model = WindowLSTM(window=window, kind=kind, hidden=hidden, layers=layers, epochs=1,
+                       seed=seed, device=device, batch_size=64)
     X = np.random.default_rng(seed).normal(size=(64, window)).astype(np.float32)
     return model.fit_windows(X)
 
@@ -69,9 +71,9 @@ def lstm_figures(
     info(f"lstm: device {name}, torch {torch.__version__}")
     rng = np.random.default_rng(0)
     for model_name in models:
-        layers, hidden = MODELS[model_name]
+        kind, layers, hidden = MODELS[model_name]
         for window in windows:
-            model = make_model(window, layers, hidden, device)
+            model = make_model(window, kind, layers, hidden, device)
             for batch in batches:
                 X = rng.normal(size=(batch, window)).astype(np.float32)
                 median = _time_passes(model, X, min_seconds, min_passes)

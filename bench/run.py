@@ -124,9 +124,11 @@ def _lstm_model_file(folder: str) -> str:
 
     from bench.lstm import MODELS, make_model
 
-    layers, hidden = MODELS["default"]
+    kind, layers, hidden = MODELS["default"]
     path = Path(folder) / "bench-lstm.pt"
-    make_model(64, layers, hidden, "cpu").save(path, {"data": {"summary": "bench weights"}})
+    make_model(64, kind, layers, hidden, "cpu").save(
+        path, {"data": {"summary": "bench weights"}}
+    )
     return str(path)
 
 

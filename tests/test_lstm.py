@@ -93,7 +93,7 @@ def test_a_saved_model_scores_the_same_and_keeps_its_metadata(trained, tmp_path)
     X = np.random.default_rng(1).normal(size=(50, model.window))
     np.testing.assert_allclose(loaded.score_windows(X), model.score_windows(X), atol=1e-6)
     assert loaded.metadata_["data"]["windows_used"] == 4_000
-    assert (loaded.window, loaded.kind, loaded.val_loss_) == (32, "forecaster", model.val_loss_)
+    assert (loaded.window, loaded.kind, loaded.val_loss_) == (32, "autoencoder", model.val_loss_)
 
 
 def test_unusable_model_files_raise_a_clear_error(tmp_path):

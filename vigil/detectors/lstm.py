@@ -195,7 +195,7 @@ class WindowLSTM:
     def __init__(
         self,
         window: int = 64,
-        kind: str = "forecaster",
+        kind: str = "autoencoder",
         hidden: int = 32,
         layers: int = 1,
         focus: int = 1,

@@ -205,7 +205,9 @@ def evaluate(
 def train(
     data: Path = typer.Option(..., help="A NAB folder, a generator folder, a CSV or CSV folder."),
     out: Path = typer.Option(Path("lstm.pt"), help="Model file to write (VIGIL_LSTM_MODEL)."),
-    kind: str = typer.Option("forecaster", help="forecaster or autoencoder."),
+    kind: str = typer.Option(
+        "autoencoder", help="autoencoder (the lab's choice on nab-dev) or forecaster."
+    ),
     window: int = typer.Option(64, min=4, help="Steps per window."),
     hidden: int = typer.Option(32, min=1, help="LSTM units per layer."),
     layers: int = typer.Option(1, min=1, help="LSTM layers."),
