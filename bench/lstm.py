@@ -59,11 +59,16 @@ def lstm_figures(
     device: str = "auto",
     min_seconds: float = 1.0,
     min_passes: int = 3,
+    threads: int = 1,
 ) -> Iterator[Figure]:
-    """``lstm_{model}_w{window}_b{batch}_windows_per_s`` and ``..._batch_ms`` per cell."""
+    """``lstm_{model}_w{window}_b{batch}_windows_per_s`` and ``..._batch_ms`` per cell, with
+    ``threads`` torch threads (0: torch's default; the worker's default is 1)."""
     import torch
 
     from vigil.detectors.lstm import _device
+
+    if threads:
+        torch.set_num_threads(threads)
 
     dev = _device(torch, device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (

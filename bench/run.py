@@ -103,16 +103,16 @@ def run_detector(
 
 
 def run_lstm(
-    grid: bool = False, device: str = "auto", min_seconds: float = 1.0
+    grid: bool = False, device: str = "auto", min_seconds: float = 1.0, threads: int = 1
 ) -> dict[str, float]:
     """The LSTM scorer's figures alone: batch 256 and 4096 at window 64 for both models, or
     (``grid``) every batch of :data:`GRID_BATCHES` × window of :data:`GRID_WINDOWS`."""
     results: dict[str, float] = {}
     if grid:
         figures = lstm_figures(GRID_BATCHES, GRID_WINDOWS, device=device,
-                               min_seconds=min_seconds)
+                               min_seconds=min_seconds, threads=threads)
     else:
-        figures = lstm_figures(device=device, min_seconds=min_seconds)
+        figures = lstm_figures(device=device, min_seconds=min_seconds, threads=threads)
     for figure in figures:
         _emit(figure, results)
     return results
@@ -132,13 +132,16 @@ def _lstm_model_file(folder: str) -> str:
     return str(path)
 
 
-def run_e2e_lstm(svc, sizes: Sizes, device: str = "auto") -> dict[str, float]:
+def run_e2e_lstm(
+    svc, sizes: Sizes, device: str = "auto", lstm_threads: int = 1
+) -> dict[str, float]:
     """Worker points/s without and with the LSTM on one workload."""
     import tempfile
 
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="vigil-bench-lstm-") as folder:
-        env = {"VIGIL_LSTM_MODEL": _lstm_model_file(folder), "VIGIL_LSTM_DEVICE": device}
+        env = {"VIGIL_LSTM_MODEL": _lstm_model_file(folder), "VIGIL_LSTM_DEVICE": device,
+               "VIGIL_LSTM_THREADS": str(lstm_threads)}
         for label, extra in (("off", None), ("on", env)):
             run = measure_throughput(svc, f"lstm-{label}", sizes.lstm_series,
                                      sizes.lstm_minutes, per_message=100, extra_env=extra)
@@ -152,7 +155,8 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
 
 
 def run_all(
-    quick: bool = False, lstm_only: bool = False, lstm_grid: bool = False, device: str = "auto"
+    quick: bool = False, lstm_only: bool = False, lstm_grid: bool = False, device: str = "auto",
+    lstm_threads: int = 1,
 ) -> dict[str, float]:
     """Run every benchmark, print the figures, and return them as ``{name: value}``.
 
@@ -166,7 +170,7 @@ def run_all(
         print(machine_line(), flush=True)
         if lstm_only:
             return run_lstm(grid=lstm_grid, device=device,
-                            min_seconds=0.3 if quick else 1.0)
+                            min_seconds=0.3 if quick else 1.0, threads=lstm_threads)
         results = run_detector(sizes.detector_rounds, skip=sizes.detector_skip)
         with services() as svc:
             batched = measure_throughput(
@@ -194,9 +198,9 @@ def run_all(
             _emit(Figure("alert_latency_max", alerts.max_ms, "ms"), results)
             _emit(Figure("alert_rate", alerts.rate, "incidents/s"), results)
             _emit(Figure("alert_samples", alerts.received, "incidents"), results)
-            results.update(run_e2e_lstm(svc, sizes, device))
+            results.update(run_e2e_lstm(svc, sizes, device, lstm_threads))
         results.update(run_lstm(grid=lstm_grid, device=device,
-                                min_seconds=0.3 if quick else 1.0))
+                                min_seconds=0.3 if quick else 1.0, threads=lstm_threads))
     finally:
         signal.signal(signal.SIGTERM, previous)
         sys.stderr.flush()

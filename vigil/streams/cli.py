@@ -278,11 +278,13 @@ def bench(
         False, help="The LSTM's full grid: batch 256…16,384 × window 32…128."
     ),
     device: str = typer.Option("auto", help="Where the LSTM runs: auto, cpu, cuda."),
+    lstm_threads: int = typer.Option(1, min=0, help="torch threads (0: one per core)."),
 ) -> None:
     """Measure detector and end-to-end throughput; prints `name: value unit` lines."""
     from bench.run import run_all
 
-    run_all(quick=quick, lstm_only=lstm_only, lstm_grid=lstm_grid, device=device)
+    run_all(quick=quick, lstm_only=lstm_only, lstm_grid=lstm_grid, device=device,
+            lstm_threads=lstm_threads)
 
 
 def main() -> None:

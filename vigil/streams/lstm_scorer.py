@@ -51,7 +51,7 @@ class LstmScorer:
 
     def __init__(
         self, path: str | Path, device: str = "auto", batch: int = 256, z_open: float = 6.0,
-        threads: int = 0, z_alert: float = 24.0,
+        threads: int = 1, z_alert: float = 24.0,
     ) -> None:
         self.path = Path(path)
         self.z_alert = z_alert

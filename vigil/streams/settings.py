@@ -105,8 +105,11 @@ class Settings(BaseSettings):
     lstm_device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:n].")
     lstm_batch: int = Field(256, ge=1, description="Windows per LSTM forward pass.")
     lstm_reload_s: float = Field(10.0, gt=0, description="How often the model file is checked.")
-    lstm_threads: int = Field(0, ge=0, description="torch threads for the LSTM (0: torch's "
-                              "default, the number of cores).")
+    lstm_threads: int = Field(
+        1, ge=0, description="torch threads for the LSTM (0: torch's default, one per core). "
+        "One leaves a core to the event loop and the detector; on a busy 2-core machine two "
+        "spinning torch threads were 3–10× slower than one."
+    )
     lstm_z_open: float = Field(
         24.0, gt=0, description="LSTM score from which it joins an event or opens an incident "
         "of its own (its scores are heavy-tailed on real data: see the README)."
