@@ -50,7 +50,8 @@ def test_worker_without_then_with_then_with_a_corrupt_model_file(stack: Stack, t
     model = WindowLSTM(window=16, hidden=8, layers=1, epochs=1, device="cpu").fit_windows(X)
     path = tmp_path / "lstm.pt"
     worker = stack.start_worker(VIGIL_LSTM_MODEL=str(path), VIGIL_LSTM_RELOAD_S="0.5",
-                                VIGIL_LSTM_DEVICE="cpu")
+                                VIGIL_LSTM_DEVICE="cpu",
+                                F_DATADIR=str(tmp_path / "{conf.name}-data"))
     sent = 0
 
     def feed(first: float, last: float) -> None:
