@@ -607,6 +607,14 @@ scored by a network trained on the labelled windows of the other folds' series (
 positive when its last step lies in a labelled window; at most {SUPERVISED_MAX_WINDOWS:,}
 windows per fold, positives first, the rest weighted by class in the loss;
 {SUPERVISED_EPOCHS} epochs). Its first 99 steps, with no full window, score 0.</p>
+<p>The global LSTM (<code>lstm</code>, the autoencoder, and <code>lstm_forecast</code>, when
+run) scores {LSTM_WINDOW}-step windows of the online detector's normalised residual. It is
+trained, like the perceptron, only on series it does not score ({SUPERVISED_FOLDS} series
+folds), on the windows the online detector considered normal and that touch no labelled
+window (at most {LSTM_MAX_WINDOWS:,}, {LSTM_EPOCHS} epochs). <code>online+lstm</code> is what
+the worker alerts on with a model loaded: the online detector's incident openings plus the
+LSTM's own where its score reaches {LSTM_Z_OPEN:g} and no online incident is open (a 0/1
+score, no threshold of its own).</p>
 <p>A detector with a continuous score is turned into detections by one threshold for the
 whole corpus per NAB profile, the one that maximises that profile's score (NAB's own sweep),
 so its NAB figures are the best it can reach with a single threshold. The online detector is
