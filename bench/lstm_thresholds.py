@@ -1,10 +1,10 @@
 """How the worker's LSTM combination scores at several LSTM thresholds (the README's table).
 
-``vigil evaluate`` scores ``online+lstm`` at one threshold (:data:`~vigil.detectors.lab.LSTM_Z_OPEN`);
-this trains the fold models once (the lab's protocol: 4 series folds, each scored by a model
-trained on the other series' normal windows) and scores the combination — the online
-detector's incident openings plus the LSTM's own — at each threshold, next to the online
-detector alone::
+``vigil evaluate`` scores ``online+lstm`` at one threshold
+(:data:`~vigil.detectors.lab.LSTM_Z_OPEN`). This trains the fold models once (the lab's
+protocol: 4 series folds, each scored by a model trained on the other series' normal
+windows) and scores the combination — the online detector's incident openings plus the
+LSTM's own — at each threshold, next to the online detector alone::
 
     PYTHONPATH=. python -m bench.lstm_thresholds ../shared/data/nab-dev autoencoder
 
