@@ -151,10 +151,8 @@ class Run:
 class Worker:
     """A worker process for one run, plus the progress counters it exposes."""
 
-    def __init__(
-        self, svc: Services, run: Run, stack: contextlib.ExitStack,
-        extra_env: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, svc: Services, run: Run, stack: contextlib.ExitStack,
+                 extra_env: dict[str, str] | None = None) -> None:
         datadir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vigil-bench-"))
         stack.callback(delete_keys, svc.redis_url, run.prefix)
         log_path = Path(tempfile.gettempdir()) / f"vigil-{run.run_id}-worker.log"
@@ -364,7 +362,7 @@ def measure_throughput(
     extra_env: dict[str, str] | None = None,
 ) -> ThroughputResult:
     """Points/s of one worker on ``minutes`` × ``n_series`` points, produced all at once
-    (``extra_env``: more ``VIGIL_*`` settings for the worker, e.g. an LSTM model)."""
+    (``extra_env``: more worker settings, e.g. ClickHouse storage on, an LSTM model)."""
     run = Run(label)
     create_topics(svc.bootstrap, run.topics())
     with contextlib.ExitStack() as stack:
@@ -393,6 +391,8 @@ def measure_throughput(
         cpu = meter.report()
         progress.join(5)
         del producer
+        if extra_env and extra_env.get("VIGIL_CLICKHOUSE_URL"):
+            _report_storage(worker, label, finished)
     if progress.awake is None:
         raise RuntimeError(f"never saw the ingest counter move: {progress.error}")
     awake_at, first_batch = progress.awake
@@ -408,6 +408,27 @@ def measure_throughput(
     )
     info(f"{label}: {cpu}")
     return ThroughputResult(credited, seconds, steady)
+
+
+def _metric_total(worker: Worker, name: str) -> float:
+    with urllib.request.urlopen(worker.metrics_url, timeout=2) as response:
+        body = response.read().decode()
+    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body,
+                                              re.MULTILINE))
+
+
+def _report_storage(worker: Worker, label: str, detected_at: float, wait_s: float = 120) -> None:
+    """How long after detection the ClickHouse buffer was empty, and what it dropped."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _metric_total(worker, "vigil_clickhouse_buffer_rows"):
+        time.sleep(0.1)
+    info(
+        f"{label}: ClickHouse buffer empty {time.monotonic() - detected_at:.1f} s after the "
+        f"last point was detected; rows written "
+        f"{_metric_total(worker, 'vigil_clickhouse_rows_written_total'):,.0f}, dropped "
+        f"{_metric_total(worker, 'vigil_clickhouse_rows_dropped_total'):,.0f}, insert errors "
+        f"{_metric_total(worker, 'vigil_clickhouse_errors_total'):,.0f}"
+    )
 
 
 def _steady_rate(samples: list[tuple[float, int]], base: int, total: int) -> float:

@@ -25,6 +25,7 @@ The figures, in order:
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -154,6 +155,35 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _with_clickhouse(svc, sizes: Sizes):
+    """The batched throughput with ClickHouse storage on: ``VIGIL_CLICKHOUSE_URL``'s server,
+    else a local clickhouse-server started here; None (and a note) when there is neither."""
+    import shutil as _shutil
+    import uuid
+
+    from vigil.streams.embedded import start_clickhouse
+
+    url = os.environ.get("VIGIL_CLICKHOUSE_URL")
+    server = None
+    if not url:
+        try:
+            server = start_clickhouse()
+        except RuntimeError as exc:
+            info(f"no ClickHouse, storage-on throughput not measured: {exc}")
+            return None
+        url = server.url
+    url = url.rsplit("/", 1)[0] + f"/bench_{uuid.uuid4().hex[:8]}"
+    try:
+        return measure_throughput(
+            svc, "batched_clickhouse", sizes.fleet_series, sizes.batched_minutes,
+            per_message=100, extra_env={"VIGIL_CLICKHOUSE_URL": url},
+        )
+    finally:
+        if server is not None:
+            server.stop()
+            _shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
 def run_all(
     quick: bool = False, lstm_only: bool = False, lstm_grid: bool = False, device: str = "auto",
     lstm_threads: int = 1,
@@ -177,6 +207,10 @@ def run_all(
                 svc, "batched", sizes.fleet_series, sizes.batched_minutes, per_message=100
             )
             _emit(Figure("e2e_batched_100_points_per_message", batched.rate, "points/s"), results)
+            stored = _with_clickhouse(svc, sizes)
+            if stored is not None:
+                _emit(Figure("e2e_batched_100_points_per_message_clickhouse", stored.rate,
+                             "points/s"), results)
             single = measure_throughput(
                 svc, "single", sizes.fleet_series, sizes.single_minutes, per_message=1
             )

@@ -687,7 +687,7 @@ def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
 
 
 def evaluate(
-    path: str | Path,
+    path: str | Path | Dataset,
     out_dir: str | Path,
     names: Sequence[str] = tuple(MODELS),
     step_s: int | None = None,
@@ -698,13 +698,13 @@ def evaluate(
     gap: int = 24,
     test_fraction: float = 0.3,
 ) -> dict:
-    """Run the lab on a dataset and write ``metrics.json`` and ``report.html``.
+    """Run the lab on a dataset (or its path) and write ``metrics.json`` and ``report.html``.
 
     ``protocol`` is ``nab`` (the default on a NAB checkout) or ``cv`` (the default
     elsewhere); ``folds``, ``gap`` (rows) and ``test_fraction`` set up ``cv``.
     """
     start = time.perf_counter()
-    dataset = load_dataset(path)
+    dataset = path if isinstance(path, Dataset) else load_dataset(path)
     protocol = protocol or ("nab" if dataset.source == "nab" else "cv")
     if protocol not in ("nab", "cv"):
         raise ValueError(f"protocol must be 'nab' or 'cv', not {protocol!r}")

@@ -36,6 +36,7 @@ from vigil.streams.pipeline import DetectionPipeline, decode_points, route
 from vigil.streams.records import DeadLetter, Reject
 from vigil.streams.settings import Settings
 from vigil.streams.state import RedisStateStore
+from vigil.streams.storage import attach_storage
 from vigil.streams.transport import VigilApp
 
 __all__ = ["add_web_pages", "create_app", "new_app", "resolve_topics"]
@@ -161,6 +162,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         lstm=lstm,
     )
 
+    history = attach_storage(app, settings)  # ClickHouse, when configured
+
     async def dead_letter(reject: Reject, event: EventT, stage: str = "parse") -> asyncio.Future:
         message = event.message
         metrics.DEAD_LETTERS.labels(stage=stage).inc()
@@ -218,6 +221,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             if delivered:
                 await asyncio.gather(*delivered)
             await pipeline.save(batch)
+            if history is not None:
+                history.record(batch.series, batch.results, batch.events)
             metrics.POINTS_DETECTED.inc(batch.points - batch.dropped)
             metrics.STEPS_SCORED.inc(batch.steps)
             metrics.POINTS_DROPPED.inc(batch.dropped)

@@ -1,5 +1,5 @@
-"""The ``vigil`` command line: worker, notifier, silence, generate, replay, evaluate, score,
-train, demo, bench."""
+"""The ``vigil`` command line: worker, notifier, silence, generate, replay, backfill, export,
+evaluate, score, train, demo, bench."""
 
 from __future__ import annotations
 
@@ -175,11 +175,83 @@ def replay(
     typer.echo(f"sent {sent:,} points of {len(dataset.series)} series to {topic}")
 
 
+def _clickhouse_url(url: str | None) -> str:
+    url = url or Settings().clickhouse_url
+    if not url:
+        raise typer.BadParameter("give --clickhouse or set VIGIL_CLICKHOUSE_URL")
+    return url
+
+
+def _since_ms(text: str | None) -> int | None:
+    from vigil.sinks.clickhouse import parse_since
+
+    if text is None:
+        return None
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def backfill(
+    path: Path = typer.Argument(..., help="A CSV file, a NAB folder or a generator folder."),
+    clickhouse: str = typer.Option(None, help="clickhouse:// URL (default: "
+                                   "VIGIL_CLICKHOUSE_URL)."),
+    step: int = typer.Option(0, min=0, help="Detector step in seconds (0: the data's own)."),
+) -> None:
+    """Run the online detector over recorded telemetry and store it in ClickHouse."""
+    from tqdm import tqdm
+
+    from vigil.detectors.datasets import load_dataset
+    from vigil.detectors.lab import infer_step_s
+    from vigil.streams.storage import backfill as run_backfill
+
+    url = _clickhouse_url(clickhouse)
+    try:
+        dataset = load_dataset(path)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    step_s = step or infer_step_s(dataset)
+    with tqdm(total=dataset.n_points, unit="pt", unit_scale=True, desc="backfill") as bar:
+        written = run_backfill(dataset, url, step_s=step_s, progress=bar.update)
+    typer.echo(f"stored {dataset.n_points:,} points of {len(dataset.series)} series "
+               f"(step {step_s} s): " + ", ".join(f"{t} {n:,}" for t, n in written.items()))
+
+
+@app.command()
+def export(
+    series: list[str] = typer.Option(..., "--series", help="Series id or glob (repeatable)."),
+    since: str = typer.Option(..., help="ISO 8601 time or an age: 30d, 12h."),
+    until: str = typer.Option(None, help="ISO 8601 time or an age (default: now)."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
+    out: Path = typer.Option(..., help="File to write."),
+    clickhouse: str = typer.Option(None, help="clickhouse:// URL (default: "
+                                   "VIGIL_CLICKHOUSE_URL)."),
+) -> None:
+    """Write a snapshot of stored steps: timestamp, value, series, label."""
+    from vigil.streams.storage import export as run_export
+
+    if fmt not in ("parquet", "csv"):
+        raise typer.BadParameter("--format must be parquet or csv")
+    rows = run_export(_clickhouse_url(clickhouse), series, _since_ms(since), _since_ms(until),
+                      fmt, out)
+    typer.echo(f"wrote {rows:,} rows to {out}")
+
+
 @app.command()
 def evaluate(
     data: Path = typer.Option(
-        ..., help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of them."
+        None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of "
+        "them (or --clickhouse)."
     ),
+    clickhouse: str = typer.Option(None, help="Read the history from this clickhouse:// URL "
+                                   "instead of --data."),
+    series: list[str] = typer.Option([], "--series", help="With --clickhouse: series id or "
+                                     "glob (repeatable; default all)."),
+    since: str = typer.Option("0", help="With --clickhouse: ISO time or age (30d); "
+                              "default: all history."),
+    until: str = typer.Option(None, help="With --clickhouse: ISO time or age."),
     out: Path = typer.Option(Path("lab-report"), help="Folder for metrics.json and report.html."),
     detectors: str = typer.Option(
         "online,iforest,ocsvm,hst,prophet",
@@ -208,10 +280,20 @@ def evaluate(
     from vigil.detectors.prepare import Preparation
 
     names = [d.strip() for d in detectors.split(",") if d.strip()]
+    if (data is None) == (clickhouse is None):
+        raise typer.BadParameter("give either --data or --clickhouse")
+    source = data
+    if clickhouse is not None:
+        from vigil.streams.storage import load_history
+
+        source = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
+        if not source.series:
+            raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
+                                     f"in that time range at {clickhouse}")
     try:
         clip = None if clip_outliers.strip().lower() == "none" else float(clip_outliers)
         preparation = Preparation(clip_quantile=clip, normalise=normalise)
-        summary = run_lab(data, out, names, step_s=step or None, protocol=protocol or None,
+        summary = run_lab(source, out, names, step_s=step or None, protocol=protocol or None,
                           preparation=preparation, folds=folds, gap=gap,
                           test_fraction=test_fraction)
     except ValueError as exc:

@@ -37,6 +37,18 @@ RESUBSCRIBES = Counter(
     "vigil_resubscribes", "Restarts because the input pattern matched new topics"
 )
 
+# History storage (ClickHouse)
+CLICKHOUSE_BUFFER_ROWS = Gauge(
+    "vigil_clickhouse_buffer_rows", "Rows waiting in the worker's buffer for ClickHouse"
+)
+CLICKHOUSE_ROWS_WRITTEN = Counter(
+    "vigil_clickhouse_rows_written", "Rows inserted into ClickHouse", ["table"]
+)
+CLICKHOUSE_ROWS_DROPPED = Counter(
+    "vigil_clickhouse_rows_dropped", "Rows dropped because the ClickHouse buffer was full"
+)
+CLICKHOUSE_ERRORS = Counter("vigil_clickhouse_errors", "Failed ClickHouse inserts (retried)")
+
 # The LSTM scorer (vigil.streams.lstm_scorer)
 LSTM_MODEL_LOADED = Gauge(
     "vigil_lstm_model_loaded", "1 when an LSTM model is loaded, 0 = seasonal detector alone"

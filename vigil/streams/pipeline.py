@@ -270,6 +270,8 @@ class Batch:
     points: int
     steps: int
     dropped: int
+    #: The detector's per-step outputs (``steps.index`` points into ``series``), for storage.
+    results: StepResults | None = None
 
 
 class DetectionPipeline:
@@ -372,6 +374,7 @@ class DetectionPipeline:
             points=len(series),
             steps=len(results.steps),
             dropped=results.steps.dropped,
+            results=results,
         )
 
     async def save(self, batch: Batch) -> None:

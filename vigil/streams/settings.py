@@ -78,6 +78,24 @@ class Settings(BaseSettings):
         500_000, description="Series states kept in worker memory before the cache is reset."
     )
 
+    clickhouse_url: str = Field(
+        "", description="clickhouse://user:password@host:9000/database — history storage "
+        "(steps, events, incidents, feedback); empty = off."
+    )
+    clickhouse_batch_rows: int = Field(
+        20_000, ge=1, description="Rows buffered before a ClickHouse insert is started."
+    )
+    clickhouse_flush_s: float = Field(
+        2.0, gt=0, description="Longest time rows wait in the buffer before an insert."
+    )
+    clickhouse_buffer_max_rows: int = Field(
+        1_000_000, ge=1, description="Rows kept while ClickHouse is slow or down; beyond "
+        "this the oldest are dropped (and counted)."
+    )
+    retention_days: int = Field(
+        90, ge=0, description="Drop ClickHouse monthly partitions older than this (0 = keep)."
+    )
+
     ingest_batch: int = Field(2_000, description="Input messages per batch (Faust take).")
     detect_batch: int = Field(500, description="Routed messages per detection batch.")
     batch_window_s: float = Field(0.05, description="Longest wait to fill a batch.")
