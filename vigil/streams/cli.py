@@ -332,7 +332,17 @@ def score(
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., help="A NAB folder, a generator folder, a CSV or CSV folder."),
+    data: Path = typer.Option(
+        None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of "
+        "them (or --clickhouse)."
+    ),
+    clickhouse: str = typer.Option(None, help="Train on the history stored at this "
+                                   "clickhouse:// URL instead of --data."),
+    series: list[str] = typer.Option([], "--series", help="With --clickhouse: series id or "
+                                     "glob (repeatable; default all)."),
+    since: str = typer.Option("0", help="With --clickhouse: ISO time or age (30d); "
+                              "default: all history."),
+    until: str = typer.Option(None, help="With --clickhouse: ISO time or age."),
     out: Path = typer.Option(Path("lstm.pt"), help="Model file to write (VIGIL_LSTM_MODEL)."),
     kind: str = typer.Option(
         "autoencoder", help="autoencoder (the lab's choice on nab-dev) or forecaster."
@@ -357,7 +367,17 @@ def train(
 
     if kind not in KINDS:
         raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
-    dataset = load_dataset(data)
+    if (data is None) == (clickhouse is None):
+        raise typer.BadParameter("give either --data or --clickhouse")
+    if clickhouse is not None:
+        from vigil.streams.storage import load_history
+
+        dataset = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
+        if not dataset.series:
+            raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
+                                     f"in that time range at {clickhouse}")
+    else:
+        dataset = load_dataset(data)
     step_s = step or infer_step_s(dataset)
     model = WindowLSTM(window=window, kind=kind, hidden=hidden, layers=layers, epochs=epochs,
                        seed=seed, device=device)
