@@ -362,7 +362,7 @@ def measure_throughput(
     extra_env: dict[str, str] | None = None,
 ) -> ThroughputResult:
     """Points/s of one worker on ``minutes`` × ``n_series`` points, produced all at once
-    (``extra_env``: more worker settings, e.g. ClickHouse storage on)."""
+    (``extra_env``: more worker settings, e.g. ClickHouse storage on, an LSTM model)."""
     run = Run(label)
     create_topics(svc.bootstrap, run.topics())
     with contextlib.ExitStack() as stack:

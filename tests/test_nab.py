@@ -124,3 +124,14 @@ def test_the_last_probation_row_is_ignored_and_the_first_scored_row_counts():
     assert probation_length(N) == 150
     assert _score([149]) == 0.0
     assert _score([150]) == pytest.approx(100 * (-1 - 0.11 + 1) / 2)
+
+
+def test_a_one_row_window_is_scored_without_dividing_by_zero():
+    # Generated or hand-labelled data can hold a window of a single row; NAB's formula
+    # divides by (width − 1), so such a window counts as two rows wide after it ends.
+    f = ScoredFile(np.arange(N) * 60_000, [(400 * 60_000, 400 * 60_000)])
+    det = np.zeros(N, bool)
+    det[[400, 402]] = True
+    sigma = lambda y: 2 / (1 + np.exp(5 * y)) - 1  # noqa: E731
+    raw = sigma(-1) / sigma(-1) + 0.11 * sigma(2 / 1)  # hit at the edge, FP 2 rows later
+    assert raw_score([f], [det], "standard") == pytest.approx(raw)

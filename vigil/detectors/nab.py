@@ -111,7 +111,9 @@ class ScoredFile:
             elif prev_right is None:
                 out[i] = -fp
             else:
-                out[i] = fp * scaled_sigmoid(abs(i - prev_right) / (prev_width - 1))
+                # NAB divides by (width − 1); a one-row window (never in NAB's corpus, but
+                # possible in generated or hand-labelled data) counts as two rows wide.
+                out[i] = fp * scaled_sigmoid(abs(i - prev_right) / max(prev_width - 1, 1.0))
         return out
 
 

@@ -30,6 +30,7 @@ from faust.types import EventT
 from mode import CrashingSupervisor
 
 from vigil.streams import metrics
+from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
 from vigil.streams.pipeline import DetectionPipeline, decode_points, route
 from vigil.streams.records import DeadLetter, Reject
@@ -250,12 +251,20 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
 
     redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
     store = RedisStateStore(redis_client, settings.redis_prefix)
+    lstm = None
+    if settings.lstm_model:
+        lstm = LstmScorer(settings.lstm_model, settings.lstm_device, settings.lstm_batch,
+                          settings.detector.z_open, settings.lstm_threads,
+                          settings.lstm_z_open)
+    else:
+        log.info("no LSTM model configured (VIGIL_LSTM_MODEL): seasonal detector alone")
     pipeline = DetectionPipeline(
         store,
         settings.detector,
         settings.max_cached_series,
         directions=settings.directions,
         history_steps=settings.chart_history_steps,
+        lstm=lstm,
     )
 
     history = attach_storage(app, settings)  # ClickHouse, when configured
@@ -336,6 +345,16 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     add_web_pages(app, redis_client, lambda: {"topics": topics}, settings.clickhouse_url)
     track_consumer_lag(app, settings.lag_refresh_s)
     add_dashboard(app, settings)
+
+    if lstm is not None:
+
+        @app.task
+        async def load_lstm() -> None:
+            await lstm.refresh()  # at start, before the first batch is likely
+
+        @app.timer(settings.lstm_reload_s)
+        async def watch_lstm() -> None:
+            await lstm.refresh()
 
     if settings.input_pattern:
 

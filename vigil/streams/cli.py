@@ -1,5 +1,5 @@
 """The ``vigil`` command line: worker, notifier, silence, generate, replay, backfill, export,
-evaluate, score, demo, bench."""
+evaluate, score, train, demo, bench."""
 
 from __future__ import annotations
 
@@ -256,7 +256,8 @@ def evaluate(
     detectors: str = typer.Option(
         "online,iforest,ocsvm,hst,prophet",
         help="Comma-separated: online, iforest, ocsvm, hst, prophet, mlp (supervised, by series "
-        "folds; NAB protocol only).",
+        "folds; NAB protocol only), lstm, lstm_forecast, online+lstm, online+lstm_forecast "
+        "(global LSTM trained by series folds; NAB protocol only).",
     ),
     step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
     protocol: str = typer.Option(
@@ -330,6 +331,83 @@ def score(
 
 
 @app.command()
+def train(
+    data: Path = typer.Option(
+        None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of "
+        "them (or --clickhouse)."
+    ),
+    clickhouse: str = typer.Option(None, help="Train on the history stored at this "
+                                   "clickhouse:// URL instead of --data."),
+    series: list[str] = typer.Option([], "--series", help="With --clickhouse: series id or "
+                                     "glob (repeatable; default all)."),
+    since: str = typer.Option("0", help="With --clickhouse: ISO time or age (30d); "
+                              "default: all history."),
+    until: str = typer.Option(None, help="With --clickhouse: ISO time or age."),
+    out: Path = typer.Option(Path("lstm.pt"), help="Model file to write (VIGIL_LSTM_MODEL)."),
+    kind: str = typer.Option(
+        "autoencoder", help="autoencoder (the lab's choice on nab-dev) or forecaster."
+    ),
+    window: int = typer.Option(64, min=4, help="Steps per window."),
+    hidden: int = typer.Option(32, min=1, help="LSTM units per layer."),
+    layers: int = typer.Option(1, min=1, help="LSTM layers."),
+    epochs: int = typer.Option(5, min=1, help="Passes over the training windows."),
+    max_windows: int = typer.Option(50_000, min=10, help="Most training windows (random)."),
+    step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+    seed: int = typer.Option(0, help="Seed of weights, split and order (same seed, same model)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:n]."),
+) -> None:
+    """Train the global LSTM on what the online detector considers normal; save weights."""
+    from tqdm import tqdm
+
+    import vigil
+    from vigil.detectors.datasets import load_dataset
+    from vigil.detectors.lab import infer_step_s
+    from vigil.detectors.lstm import FORMAT_VERSION, KINDS, WindowLSTM, train_on_dataset
+    from vigil.detectors.online import DetectorParams
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+    if (data is None) == (clickhouse is None):
+        raise typer.BadParameter("give either --data or --clickhouse")
+    if clickhouse is not None:
+        from vigil.streams.storage import load_history
+
+        dataset = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
+        if not dataset.series:
+            raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
+                                     f"in that time range at {clickhouse}")
+    else:
+        dataset = load_dataset(data)
+    step_s = step or infer_step_s(dataset)
+    model = WindowLSTM(window=window, kind=kind, hidden=hidden, layers=layers, epochs=epochs,
+                       seed=seed, device=device)
+    with tqdm(total=epochs, desc=f"train {kind}", unit="epoch") as bar:
+        def progress(epoch: int, loss: float, val: float) -> None:
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{val:.4f}")
+            bar.update()
+
+        try:
+            summary = train_on_dataset(dataset, step_s, model, max_windows, progress)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    params = DetectorParams()
+    model.save(out, {
+        "vigil_version": vigil.__version__,
+        "format_version": FORMAT_VERSION,
+        "normalisation": "online detector residual (value - expected) / sigma, sigma = "
+        f"(upper - expected) / z_open (z_open {params.z_open}), clipped to ±{model.clip}",
+        "data": summary,
+        "device": str(model.device_),
+        "validation_loss": model.val_loss_[-1],
+    })
+    typer.echo(
+        f"trained on {summary['summary']} in {epochs} epochs on {model.device_}: loss "
+        f"{model.loss_[0]:.4f} → {model.loss_[-1]:.4f}, validation {model.val_loss_[0]:.4f} → "
+        f"{model.val_loss_[-1]:.4f}; wrote {out}"
+    )
+
+
+@app.command()
 def demo(
     hosts: int = typer.Option(3, min=1, help="Hosts to simulate (7 metrics each)."),
     days: float = typer.Option(30.0, min=2.0, help="Days of 1-minute telemetry."),
@@ -344,11 +422,18 @@ def demo(
 @app.command()
 def bench(
     quick: bool = typer.Option(False, help="Smaller sizes; finishes in under a minute."),
+    lstm_only: bool = typer.Option(False, help="Only the LSTM scorer (no broker, no worker)."),
+    lstm_grid: bool = typer.Option(
+        False, help="The LSTM's full grid: batch 256…16,384 × window 32…128."
+    ),
+    device: str = typer.Option("auto", help="Where the LSTM runs: auto, cpu, cuda."),
+    lstm_threads: int = typer.Option(1, min=0, help="torch threads (0: one per core)."),
 ) -> None:
     """Measure detector and end-to-end throughput; prints `name: value unit` lines."""
     from bench.run import run_all
 
-    run_all(quick=quick)
+    run_all(quick=quick, lstm_only=lstm_only, lstm_grid=lstm_grid, device=device,
+            lstm_threads=lstm_threads)
 
 
 def main() -> None:

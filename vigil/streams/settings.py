@@ -130,6 +130,23 @@ class Settings(BaseSettings):
         "(24 bytes each; 0 = events carry no chart data)."
     )
 
+    lstm_model: str | None = Field(
+        None, description="The global LSTM model file (`vigil train --out`); None = the "
+        "seasonal detector alone. A missing file is picked up when it appears."
+    )
+    lstm_device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:n].")
+    lstm_batch: int = Field(256, ge=1, description="Windows per LSTM forward pass.")
+    lstm_reload_s: float = Field(10.0, gt=0, description="How often the model file is checked.")
+    lstm_threads: int = Field(
+        1, ge=0, description="torch threads for the LSTM (0: torch's default, one per core). "
+        "One leaves a core to the event loop and the detector; on a busy 2-core machine two "
+        "spinning torch threads were 3–10× slower than one."
+    )
+    lstm_z_open: float = Field(
+        24.0, gt=0, description="LSTM score from which it joins an event or opens an incident "
+        "of its own (its scores are heavy-tailed on real data: see the README)."
+    )
+
     notifier_app_id: str = Field("vigil-notifier", description="Consumer group of the notifier.")
     notifier_web_port: int = 6067
     alerts: AlertingConfig = Field(
