@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -757,6 +758,45 @@ def test_changing_future_points_does_not_change_past_results():
                 np.testing.assert_array_equal(got[name][past], expected[past], err_msg=name)
                 changed |= not np.array_equal(got[name][~past], expected[~past])
             assert changed  # the change itself does show
+
+
+NAB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev"
+
+
+def test_nab_scores_are_causal_over_a_batch_of_real_series():
+    # All 28 nab-dev series in one batch, as the lab and the NAB score run them; the future
+    # of three of them is rewritten (spikes, a level shift, a burst of spikes, a flatline).
+    # Every score and incident opening before the change is identical, in all series.
+    from vigil.detectors.datasets import load_dataset
+    from vigil.detectors.models import OnlineModel
+
+    data = load_dataset(NAB_DEV)  # ../shared/data/nab-dev must be there: fail, never skip
+    ids = sorted(data.series)
+    series = [(data.series[s].values, data.series[s].ts_ms) for s in ids]
+    model = OnlineModel(step_s=300).fit(None, None)
+    reference = model.score_and_openings_many(series)
+    rng = np.random.default_rng(5)
+    changed = {0: 0.3, 11: 0.5, len(ids) - 1: 0.8}  # series → where its future is rewritten
+    cuts = {}
+    rewritten = list(series)
+    for k, at in changed.items():
+        y, ts = series[k]
+        cut = cuts[k] = int(at * len(y))
+        future = y[cut:].copy()
+        spread = float(np.std(y[:cut])) + 1.0
+        future[::37] += 50 * spread  # spikes
+        future[len(future) // 2 :] += 10 * spread  # a level shift
+        future[len(future) // 4 : len(future) // 4 + 30] = future[len(future) // 4]  # flatline
+        future[10:40:3] += rng.normal(0, 80 * spread, 10)  # a burst
+        rewritten[k] = (np.r_[y[:cut], future], ts)
+    got = model.score_and_openings_many(rewritten)
+    for k, ((z_ref, open_ref), (z_got, open_got)) in enumerate(zip(reference, got, strict=True)):
+        past = slice(0, cuts.get(k, len(z_ref)))
+        np.testing.assert_array_equal(z_got[past], z_ref[past], err_msg=ids[k])
+        np.testing.assert_array_equal(open_got[past], open_ref[past], err_msg=ids[k])
+        if k in cuts:  # the change itself does show
+            assert not np.array_equal(z_got[cuts[k]:], z_ref[cuts[k]:]), ids[k]
+            assert open_got[cuts[k]:].sum() > open_ref[cuts[k]:].sum(), ids[k]
 
 
 # --------------------------------------------------------------------------- what is news

@@ -56,7 +56,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import gammainc, ndtr
 
 from vigil.detectors.bank import (
     DAILY_SLOTS,
@@ -136,6 +136,10 @@ class DetectorParams:
     recur_halflife_s: float = 3 * 86_400.0
     recur_margin: float = 1.5
     recur_min_count: float = 1.2
+    burst_window_s: float = 3_600.0
+    burst_halflife_s: float = 3 * 86_400.0
+    burst_p: float = 1e-4
+    burst_min_hits: float = 3.0
 
     @property
     def step_ms(self) -> int:
@@ -266,6 +270,8 @@ class OnlineDetector:
         self._tv_floor = float(0.76 * np.sqrt(self._a_var / (2.0 - self._a_var)))
         self._rarity_decay = 0.5 ** (s / p.rarity_halflife_s)
         self._recur_decay = 0.5 ** (s / p.recur_halflife_s)
+        self._a_burst = _alpha(s, p.burst_window_s)
+        self._a_burst_long = _alpha(s, p.burst_halflife_s)
         self._levels = p.z_open * np.sqrt(2.0) ** np.arange(RARITY_LEVELS)
 
     def process(
@@ -461,7 +467,21 @@ class OnlineDetector:
             )
         # A flatline is scored by how rare an unchanged step is for the series already.
         novel |= best == ANOMALY_TYPES.index("flatline") - 1
-        anomalous = extreme & (novel | st["incident_open"].astype(bool))
+        # Burst: many extreme steps lately for a series where they are rare. The recent count
+        # (EW, ~burst_window_s) against the Poisson tail of the long-run rate's count.
+        hit = extreme.astype(np.float64)
+        b_short = (1 - self._a_burst) * st["burst_short"] + self._a_burst * hit
+        b_mean = st["burst_mean"].astype(np.float64)
+        burst = np.zeros(k, bool)
+        cand = np.flatnonzero(scoring & extreme & (b_short >= p.burst_min_hits * self._a_burst))
+        if len(cand):
+            count = b_short[cand] / self._a_burst
+            mean = np.maximum(b_mean[cand] / self._a_burst, 1e-6)
+            burst[cand] = gammainc(count, mean) <= p.burst_p  # P(X ≥ count), X ~ Poisson(mean)
+        a_bl = weight(self._a_burst_long)
+        st["burst_mean"] = np.where(observed, b_mean + a_bl * (hit - b_mean), b_mean)
+        st["burst_short"] = np.where(observed, b_short, st["burst_short"])
+        anomalous = extreme & (novel | burst | st["incident_open"].astype(bool))
 
         # Contextual: a point anomaly whose value is ordinary for the series at another time.
         contextual = anomalous & (stat_point >= p.z_open) & new_d
