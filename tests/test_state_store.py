@@ -83,13 +83,14 @@ def _as_version_2(value: bytes) -> bytes:
 
 def test_format_2_states_are_read_with_the_new_fields_fresh():
     bank = _learned_bank(2)
-    bank["burst_mean"][:] = 0.5  # a format-2 record has no such field: it must come back 0
+    bank["burst_mean"][:] = 0.5  # a format-2 record has no such field: it must come back fresh
     old = [_as_version_2(v) for v in pack(bank)]
     assert FORMAT_VERSION == 3 and len(old[0]) < VALUE_BYTES and readable(old[0])
     restored, found = unpack([old[0], None, old[1]])
     assert found.tolist() == [True, False, True]
+    fresh = new_state_bank(2)
     for name in STATE_DTYPE.names:
-        want = bank[name] if name not in ADDED_IN_V3 else np.zeros_like(bank[name])
+        want = bank[name] if name not in ADDED_IN_V3 else fresh[name]
         np.testing.assert_array_equal(restored[name][[0, 2]], want, err_msg=name)
     # ... and the detector goes on from them.
     OnlineDetector().process(restored, np.zeros(1, int), [T0 + 600 * 60_000], [10.0])
