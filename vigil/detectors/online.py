@@ -31,7 +31,12 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
   few hours has learned that such spikes are its normal, while a much larger one is still
   news — and not *recurring*: as high as the scores at this hour of the day on about two
   previous days (a nightly job). Flatlines are exempt (their score already says how rare an
-  unchanged step is for the series). The scores themselves are unchanged.
+  unchanged step is for the series). A *burst* is news even where single extreme steps are
+  not: the count of extreme steps in the last ``burst_window_s`` (EW) is improbable under
+  the series' long-run rate of them (Poisson tail ``≤ burst_p``, at least
+  ``burst_min_hits``) — spikes that come much denser than usual. For ``quiet_s`` after news
+  on a series, only a larger score of the same kind is news again: one disturbance that comes
+  and goes is one alert. The scores themselves are unchanged.
 * **Incidents** open when a score that is news passes ``z_open``, stay open while it is above
   ``z_close``, and resolve after ``resolve_steps`` calm steps (hysteresis): a long anomaly is
   one ``open``, an ``update`` when it becomes critical, and one ``resolve``.
