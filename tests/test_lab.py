@@ -35,10 +35,14 @@ def telemetry(tmp_path_factory) -> Path:
 
 def test_evaluate_writes_metrics_and_a_report_naming_every_detector(telemetry, tmp_path):
     out = tmp_path / "lab"
-    result = CliRunner().invoke(app, ["evaluate", "--data", str(telemetry), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["evaluate", "--data", str(telemetry), "--out", str(out), "--protocol", "nab"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"dataset", "protocol", "detectors", "series", "run_seconds"}
+    assert set(metrics) == {"dataset", "protocol", "preparation", "detectors", "series",
+                            "best_worst", "run_seconds"}
+    assert metrics["protocol"]["name"] == "nab"
     assert metrics["dataset"]["step_s"] == 300 and metrics["dataset"]["series"] == 2
     # The default run: every detector but the supervised one (mlp, run on request).
     assert set(metrics["detectors"]) == set(ENTRY_NAMES) - {"mlp"}
@@ -79,6 +83,19 @@ def test_evaluate_reports_each_series_period_and_strengths(telemetry, tmp_path):
     assert cpu["period_steps"] == 288 and cpu["seasonal_strength"] > 0.5
     report = (out / "report.html").read_text()
     assert "seasonal strength" in report and "288 (1 d)" in report
+
+
+def test_cv_is_the_default_off_nab_and_warns_when_validation_has_no_labels(telemetry, tmp_path):
+    # The generator labels nothing in its first 7 days: in 9 days all fall in the test period.
+    out = tmp_path / "lab"
+    result = CliRunner().invoke(
+        app, ["evaluate", "--data", str(telemetry), "--out", str(out), "--detectors", "online"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: no labelled window falls in any validation block" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"]["name"] == "cv" and metrics["cv"]["validation_windows"] == 0
+    assert "Warning: no labelled window" in (out / "report.html").read_text()
 
 
 def test_the_lab_grid_puts_a_long_gap_back_as_interpolated_steps():

@@ -114,3 +114,26 @@ def test_window_features_see_only_the_past():
     full = window_features(z, 5)
     assert full.shape == (50, 5)
     np.testing.assert_array_equal(window_features(z[:30], 5), full[:30])
+
+
+def test_prophet_can_follow_a_forecast_that_drifts_away():
+    from vigil.detectors.models import ProphetModel
+
+    ts, y = _series()
+    drifted = y.copy()
+    # After training the level climbs by 100 and stays; the planted anomaly becomes a dip
+    # of 40 below that new level (its +40 spike turned into −40).
+    drifted[TRAIN:] += 100 * np.minimum(1.0, np.arange(N - TRAIN) / 100)
+    drifted[SPIKE] -= 80
+    plain = ProphetModel(step_s=STEP_S).fit(y[:TRAIN], ts[:TRAIN]).score_samples(drifted, ts)
+    following = ProphetModel(step_s=STEP_S, residual_halflife_steps=12).fit(
+        y[:TRAIN], ts[:TRAIN]).score_samples(drifted, ts)
+    # Plain, the dip sits closer to the old forecast than the whole drifted level does.
+    assert plain[SPIKE] < np.median(plain[TRAIN + 100:])
+    # Following the residual's recent level, the dip stands out again.
+    assert following[SPIKE] >= np.quantile(following[TRAIN:], 0.99)
+    # Still causal (up to rounding: the recursive filter runs over a differently sized array).
+    model = ProphetModel(step_s=STEP_S, residual_halflife_steps=12).fit(y[:TRAIN], ts[:TRAIN])
+    np.testing.assert_allclose(
+        model.score_samples(drifted[: SPIKE + 1], ts[: SPIKE + 1]), following[: SPIKE + 1],
+        rtol=1e-12)

@@ -111,3 +111,18 @@ def test_online_detector_scores_on_nab_dev(capsys):
     assert scores["standard"] >= 56.0
     assert scores["reward_low_FP_rate"] >= 47.0
     assert scores["reward_low_FN_rate"] >= 60.0
+
+
+def test_a_false_positive_just_after_a_window_costs_by_its_distance_from_it():
+    # Right after the window (row 500, its right edge is 499): q = 1/(width − 1) = 1/99.
+    sigma = lambda y: 2 / (1 + np.exp(5 * y)) - 1  # noqa: E731
+    raw = 1.0 + 0.11 * sigma(1 / 99)  # left-edge hit earns 1; the FP costs 0.11·σ(q) ≈ −0.003
+    assert _score([400, 500]) == pytest.approx(100 * (raw + 1) / 2)
+    # Three window widths or more after it, the full fp weight.
+    assert _score([400, 499 + 3 * 99]) == pytest.approx(100 * (1 - 0.11 + 1) / 2)
+
+
+def test_the_last_probation_row_is_ignored_and_the_first_scored_row_counts():
+    assert probation_length(N) == 150
+    assert _score([149]) == 0.0
+    assert _score([150]) == pytest.approx(100 * (-1 - 0.11 + 1) / 2)

@@ -11,7 +11,12 @@ labelled anomaly windows — so benchmarks and the replay tool do not care where
   (``series,name,host,start_ms,end_ms,start,end,kind,type``) and the manifest;
 * a NAB checkout (``data/<category>/<file>.csv`` and ``combined_windows.json``);
 * one CSV with the header ``timestamp,value[,label]`` (ISO or epoch timestamps; runs of
-  ``label`` = 1 become labelled windows), or a folder of such CSVs.
+  ``label`` = 1 become labelled windows), or a folder of such CSVs;
+* one Parquet file (``vigil export``'s layout) with the columns ``timestamp``
+  (``timestamp[ms, tz=UTC]``, any other timestamp unit, int64 epoch ms, or text as in a CSV),
+  ``value`` (float), optionally ``series`` (a canonical series id; without it the file is one
+  series named after the file) and ``label`` (0/1, runs of 1 become labelled windows), or a
+  folder of such files.
 
 :func:`iter_points_in_time_order` merges all series into one time-ordered stream of columnar
 chunks, optionally shifted so that the newest point lands "now" (replaying 2014 data as live).
@@ -45,7 +50,9 @@ __all__ = [
     "iter_points_in_time_order",
     "load_dataset",
     "metric_name",
+    "parse_series_id",
     "parse_timestamps_ms",
+    "read_series_csv",
     "series_id",
     "shift_dataset",
     "write_telemetry",
@@ -82,6 +89,37 @@ def series_id(name: str, labels: Mapping[str, str] | None = None) -> str:
         return name
     inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
     return f"{name}{{{inner}}}"
+
+
+_SERIES_ID = re.compile(r"^(?P<name>[^{}]+?)(\{(?P<labels>.*)\})?$", re.S)
+_LABEL_PAIR = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|$)', re.S)
+
+
+def parse_series_id(text: str) -> tuple[str, dict[str, str]]:
+    """The metric name and labels of a canonical series id (the inverse of :func:`series_id`).
+
+    >>> parse_series_id('cpu{dc="eu",host="web-01"}')
+    ('cpu', {'dc': 'eu', 'host': 'web-01'})
+    >>> series_id(*parse_series_id('up{job="x"}'))
+    'up{job="x"}'
+    """
+    m = _SERIES_ID.match(text.strip())
+    if not m:
+        raise ValueError(f"not a series id: {text!r}")
+    labels: dict[str, str] = {}
+    rest = m.group("labels") or ""
+    pos = 0
+    while pos < len(rest):
+        pair = _LABEL_PAIR.match(rest, pos)
+        if not pair:
+            raise ValueError(f"not a series id: {text!r}")
+        labels[pair.group(1)] = _unescape(pair.group(2))
+        pos = pair.end()
+    return m.group("name").strip(), labels
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
 
 
 def metric_name(text: str) -> str:
@@ -133,8 +171,9 @@ class AnomalyLabel:
 class Dataset:
     """Series keyed by id, labelled windows sorted by start, and where they came from.
 
-    ``source`` is ``synthetic``, ``nab`` or ``csv``; ``meta`` holds the path, the manifest
-    (synthetic data) or how many duplicate timestamps were dropped per series (CSV, NAB).
+    ``source`` is ``synthetic``, ``nab``, ``csv`` or ``parquet``; ``meta`` holds the path, the
+    manifest (synthetic data) or how many duplicate timestamps were dropped per series (CSV,
+    Parquet, NAB).
     """
 
     series: dict[str, SeriesData]
@@ -298,7 +337,8 @@ def _manifest(t: Telemetry | Dataset, ids: list[str], params: dict[str, Any]) ->
 
 
 def load_dataset(path: str | Path, *, shift_to_ms: int | None = None) -> Dataset:
-    """Load a synthetic-telemetry folder, a NAB checkout, one CSV, or a folder of CSVs.
+    """Load a synthetic-telemetry folder, a NAB checkout, one CSV or Parquet file, or a folder
+    of CSVs or of Parquet files.
 
     With ``shift_to_ms`` all timestamps (and labels) move by one constant so that the newest
     point lands at that time.
@@ -308,12 +348,19 @@ def load_dataset(path: str | Path, *, shift_to_ms: int | None = None) -> Dataset
         ds = _load_generated(p)
     elif p.is_dir() and (p / "combined_windows.json").is_file() and (p / "data").is_dir():
         ds = _load_nab(p)
+    elif p.is_file() and p.suffix.lower() == ".parquet":
+        ds = _load_parquet_files([p])
     elif p.is_file():
         ds = _load_csv_files([p])
+    elif p.is_dir() and any(p.glob("*.parquet")):
+        ds = _load_parquet_files(sorted(p.glob("*.parquet")))
     elif p.is_dir() and any(p.glob("*.csv")):
         ds = _load_csv_files(sorted(p.glob("*.csv")))
     else:
-        raise ValueError(f"{p}: not a telemetry folder, a NAB checkout, a CSV or CSV folder")
+        raise ValueError(
+            f"{p}: not a telemetry folder, a NAB checkout, a CSV or Parquet file, or a folder "
+            "of them"
+        )
     ds.meta["path"] = str(p)
     return ds if shift_to_ms is None else shift_dataset(ds, shift_to_ms)
 
@@ -398,6 +445,83 @@ def _load_csv_files(files: list[Path]) -> Dataset:
     return Dataset(series, labels, source="csv", meta={"duplicates_dropped": duplicates})
 
 
+def _load_parquet_files(files: list[Path]) -> Dataset:
+    series: dict[str, SeriesData] = {}
+    labels: list[AnomalyLabel] = []
+    duplicates: dict[str, int] = {}
+    for file in files:
+        for s, flags, dropped in _read_parquet(file):
+            _add_series(series, s, file)
+            if dropped:
+                duplicates[s.id] = dropped
+            labels.extend(_windows_from_flags(s.id, s.ts_ms, flags))
+    labels.sort(key=lambda lab: (lab.start_ms, lab.series))
+    return Dataset(series, labels, source="parquet", meta={"duplicates_dropped": duplicates})
+
+
+def _read_parquet(file: Path) -> list[tuple[SeriesData, np.ndarray | None, int]]:
+    """The series of one Parquet file, each with its label flags and duplicates dropped."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(file)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"{file}: not a readable Parquet file ({exc})") from None
+    columns = set(table.column_names)
+    if not {"timestamp", "value"} <= columns:
+        raise ValueError(f"{file}: expected columns 'timestamp' and 'value', got {sorted(columns)}")
+    ts_col = table.column("timestamp")
+    if pa.types.is_timestamp(ts_col.type):
+        ts = pc.cast(ts_col, pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+        ts = ts.to_numpy(zero_copy_only=False)
+    elif pa.types.is_integer(ts_col.type):
+        ts = ts_col.to_numpy(zero_copy_only=False)  # epoch milliseconds
+    elif pa.types.is_string(ts_col.type) or pa.types.is_large_string(ts_col.type):
+        try:
+            ts = parse_timestamps_ms([str(t) for t in ts_col.to_pylist()])
+        except ValueError as exc:
+            raise ValueError(f"{file}: unreadable timestamps ({exc})") from None
+    else:
+        raise ValueError(f"{file}: column 'timestamp' has type {ts_col.type}; expected a "
+                         "timestamp, int64 epoch milliseconds or text")
+    try:
+        values = pc.cast(table.column("value"), pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"{file}: column 'value' is not numeric ({exc})") from None
+    values = np.asarray(values, np.float64)  # nulls arrive as nan
+    ok = np.isfinite(values)
+    ts_nulls = table.column("timestamp").is_null().to_numpy(zero_copy_only=False)
+    ok &= ~np.asarray(ts_nulls, bool)
+    flags = None
+    if "label" in columns:
+        lab = table.column("label").to_numpy(zero_copy_only=False)
+        flags = np.nan_to_num(np.asarray(lab, np.float64)) != 0
+    if "series" in columns:
+        ids = np.asarray(table.column("series").to_pylist(), dtype=object)
+        if any(i is None for i in ids):
+            raise ValueError(f"{file}: column 'series' has empty rows")
+    else:
+        ids = np.full(len(values), None, dtype=object)
+    ts = np.asarray(ts, np.int64)
+    out = []
+    for sid in dict.fromkeys(ids[ok].tolist()):
+        mine = ok & (ids == sid)
+        if sid is None:
+            name, labels = metric_name(file.stem), {}
+        else:
+            try:
+                name, labels = parse_series_id(sid)
+            except ValueError as exc:
+                raise ValueError(f"{file}: {exc}") from None
+        s, f, rows = _sorted_series(
+            name, labels, ts[mine], values[mine], None if flags is None else flags[mine]
+        )
+        out.append((s, f, int(mine.sum()) - len(rows)))
+    return out
+
+
 def _add_series(series: dict[str, SeriesData], s: SeriesData, file: Path) -> None:
     if s.id in series:
         raise ValueError(f"{file}: series id {s.id} already used by another file")
@@ -412,6 +536,19 @@ def _read_series_csv(
     Points are sorted by time; of rows with the same timestamp the last one is kept (NAB has
     a few, from a daylight-saving change). Rows without a finite value are missing points.
     """
+    s, flags, rows, n_read = read_series_csv(file, labels)
+    return s, flags, n_read - len(rows)
+
+
+def read_series_csv(
+    file: str | Path, labels: Mapping[str, str] | None = None
+) -> tuple[SeriesData, np.ndarray | None, np.ndarray, int]:
+    """A ``timestamp,value[,label]`` CSV as a series, its label flags (or ``None``), the file
+    row (0 = first data row) each point came from, and the number of rows with a value.
+
+    ``vigil score`` uses the rows to put each point's score back on its own line.
+    """
+    file = Path(file)
     with open(file, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = [h.strip().lower() for h in next(reader, [])]
@@ -419,29 +556,39 @@ def _read_series_csv(
             raise ValueError(f"{file}: expected a header with 'timestamp' and 'value'")
         i_ts, i_val = header.index("timestamp"), header.index("value")
         i_lab = header.index("label") if "label" in header else None
-        stamps, values, flags = [], [], []
-        for row in reader:
+        stamps, values, flags, lines = [], [], [], []
+        for line, row in enumerate(reader):
             value = _float_or_none(row[i_val]) if len(row) > max(i_ts, i_val) else None
             if value is None:
                 continue
             stamps.append(row[i_ts])
             values.append(value)
+            lines.append(line)
             if i_lab is not None:
                 flag = row[i_lab].strip().lower() if i_lab < len(row) else ""
                 flags.append(flag not in ("", "0", "0.0", "false"))
-    ts = parse_timestamps_ms(stamps)
+    try:
+        ts = parse_timestamps_ms(stamps)
+    except ValueError as exc:
+        raise ValueError(f"{file}: unreadable timestamps ({exc})") from None
+    flag_arr = np.array(flags, dtype=bool) if i_lab is not None else None
+    s, flag_arr, kept = _sorted_series(
+        metric_name(file.stem), dict(labels or {}), ts, np.array(values, np.float64), flag_arr
+    )
+    return s, flag_arr, np.array(lines, np.int64)[kept], len(ts)
+
+
+def _sorted_series(
+    name: str, labels: dict[str, str], ts: np.ndarray, values: np.ndarray,
+    flags: np.ndarray | None,
+) -> tuple[SeriesData, np.ndarray | None, np.ndarray]:
+    """Points sorted by time, the last of equal timestamps kept; also the kept input rows."""
     order = np.argsort(ts, kind="stable")
     ts = ts[order]
     last_of_time = np.append(ts[1:] != ts[:-1], True) if len(ts) else np.empty(0, bool)
     rows = order[last_of_time]
-    s = SeriesData(
-        metric_name(file.stem),
-        dict(labels),
-        ts[last_of_time],
-        np.array(values, dtype=np.float64)[rows],
-    )
-    flag_arr = np.array(flags, dtype=bool)[rows] if i_lab is not None else None
-    return s, flag_arr, len(ts) - len(rows)
+    s = SeriesData(name, labels, ts[last_of_time], values[rows])
+    return s, (flags[rows] if flags is not None else None), rows
 
 
 def _float_or_none(text: str) -> float | None:

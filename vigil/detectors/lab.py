@@ -25,6 +25,7 @@ the series with every entry's detections, and its decomposition).
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import math
 import re
@@ -59,19 +60,24 @@ from vigil.detectors.perceptron import (
     series_folds,
     subsample,
 )
+from vigil.detectors.prepare import Preparation, PreparedModel
+from vigil.detectors.protocol import Splits, clip_windows, rolling_origin_splits
+from vigil.detectors.score_files import anomaly_score
 
 __all__ = [
-    "ENTRY_NAMES", "LabRun", "decompose_series", "evaluate", "infer_step_s", "run_detectors",
-    "summarise",
+    "CV_GRID", "ENTRY_NAMES", "LabRun", "decompose_series", "evaluate", "infer_step_s",
+    "run_cv", "run_detectors", "summarise",
 ]
 
 #: What each table row is (the online detector gives two: its incidents and its z-score).
 ENTRY_NAMES = {
     "online_incidents": "online detector, incident openings (no threshold)",
     "online": "online detector, equivalent z-score swept",
+    "online_score": "online detector, vigil score output (openings = 1, z squashed < 1) swept",
     "iforest": "IsolationForest on window features",
     "ocsvm": "One-Class SVM on window features",
     "hst": "river HalfSpaceTrees (reference)",
+    "prophet": "Prophet forecast residual (baseline)",
     "mlp": "the article's perceptron, trained on the other series' labels (series folds)",
 }
 
@@ -80,6 +86,15 @@ ENTRY_NAMES = {
 SUPERVISED_FOLDS = 4
 SUPERVISED_MAX_WINDOWS = 20_000
 SUPERVISED_EPOCHS = 8
+
+#: Hyperparameters chosen by cross-validation (``--protocol cv``), with their candidates.
+#: A detector not listed keeps its defaults; only its thresholds are chosen.
+CV_GRID: dict[str, dict[str, tuple]] = {
+    "iforest": {"window": (6, 12, 24)},
+    "ocsvm": {"nu": (0.005, 0.01, 0.05)},
+    "prophet": {"changepoint_prior_scale": (0.01, 0.05, 0.5),
+                "residual_halflife_steps": (0, 12, 288)},
+}
 
 
 @dataclass
@@ -95,6 +110,14 @@ class LabRun:
     seconds: dict[str, float] = field(default_factory=dict)
     #: Per series: the start of each grid step (ms) and the decomposition on that grid.
     decompositions: list[tuple[np.ndarray, Decomposition]] = field(default_factory=list)
+    #: ``nab`` or ``cv``; under ``cv``, the scored rows of each series (its test period)
+    #: and, per detector, the thresholds chosen on the validation folds.
+    protocol: str = "nab"
+    rows: list[range] | None = None
+    thresholds: dict[str, dict[str, float]] | None = None
+    preparation: Preparation = field(default_factory=Preparation)
+    #: Under ``cv``: the splits' settings and each detector's choices (metrics.json "cv").
+    cv: dict | None = None
 
 
 def infer_step_s(dataset: Dataset) -> int:
@@ -108,18 +131,38 @@ def _scored_file(dataset: Dataset, sid: str) -> ScoredFile:
     return ScoredFile(dataset.series[sid].ts_ms, sorted(windows))
 
 
-def run_detectors(
-    dataset: Dataset, names: Sequence[str], step_s: int, progress: bool = True
-) -> LabRun:
-    """Fit every model on each series' probation rows and score all its rows."""
+def make_model(name: str, step_s: int, preparation: Preparation | None = None, **params):
+    """A fresh lab model; the offline ones behind ``preparation`` when it does anything.
+
+    The online detector is never prepared: it is run as the worker runs it.
+    """
+    model = MODELS[name](step_s=step_s, **params)
+    if name != "online" and preparation is not None and preparation.active:
+        return PreparedModel(model, preparation)
+    return model
+
+
+def _check_names(dataset: Dataset, names: Sequence[str]) -> None:
     known = {**MODELS, **SUPERVISED_MODELS}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown detectors {unknown}; choose from {list(known)}")
     if not dataset.labels:
         raise ValueError("the dataset has no labelled anomalies to evaluate against")
+
+
+def run_detectors(
+    dataset: Dataset,
+    names: Sequence[str],
+    step_s: int,
+    progress: bool = True,
+    preparation: Preparation | None = None,
+) -> LabRun:
+    """Fit every model on each series' probation rows and score all its rows."""
+    _check_names(dataset, names)
     ids = list(dataset.series)
     run = LabRun(dataset, step_s, ids, [_scored_file(dataset, sid) for sid in ids])
+    run.preparation = preparation or Preparation()
     run.scores = {name: [] for name in names}
     run.seconds = dict.fromkeys(names, 0.0)
     run.openings = [] if "online" in names else None
@@ -133,12 +176,14 @@ def run_detectors(
         # pass gives both its z-scores and its incident openings.
         start = time.perf_counter()
         model = OnlineModel(step_s=step_s).fit(None, None)
+        run.scores["online_score"] = []
         for z, opened in model.score_and_openings_many(
             [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in ids]
         ):
             run.scores["online"].append(z)
+            run.scores["online_score"].append(anomaly_score(z, opened))
             run.openings.append(opened)
-        run.seconds["online"] = time.perf_counter() - start
+        run.seconds["online"] = run.seconds["online_score"] = time.perf_counter() - start
     names = [n for n in names if n in MODELS and n != "online"]
     with tqdm(total=len(ids) * len(names), desc="evaluate", unit="fit",
               disable=not progress or not names) as bar:
@@ -148,10 +193,163 @@ def run_detectors(
             for name in names:
                 bar.set_postfix_str(f"{name} {s.name}")
                 start = time.perf_counter()
-                model = MODELS[name](step_s=step_s).fit(s.values[:train], s.ts_ms[:train])
+                model = make_model(name, step_s, preparation).fit(
+                    s.values[:train], s.ts_ms[:train]
+                )
                 run.scores[name].append(model.score_samples(s.values, s.ts_ms))
                 run.seconds[name] += time.perf_counter() - start
                 bar.update()
+    # online_score next to online in the tables
+    order = [n for name in run.scores if name != "online_score"
+             for n in ((name, "online_score") if name == "online" else (name,))]
+    run.scores = {n: run.scores[n] for n in order}
+    return run
+
+
+def _windows_of(dataset: Dataset, sid: str) -> list[tuple[int, int]]:
+    return sorted((lab.start_ms, lab.end_ms) for lab in dataset.labels if lab.series == sid)
+
+
+def _no_nan(scores: Sequence[np.ndarray]) -> list[np.ndarray]:
+    # A row that closes no step has no verdict: it can never be a detection.
+    return [np.where(np.isnan(s), -np.inf, s) for s in scores]
+
+
+def _candidates(name: str) -> list[dict]:
+    grid = CV_GRID.get(name, {})
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def run_cv(
+    dataset: Dataset,
+    names: Sequence[str],
+    step_s: int,
+    progress: bool = True,
+    preparation: Preparation | None = None,
+    n_folds: int = 3,
+    gap: int = 24,
+    test_fraction: float = 0.3,
+) -> LabRun:
+    """Rolling-origin cross-validation on each series' earlier part, then its test period.
+
+    Per series (:func:`~vigil.detectors.protocol.rolling_origin_splits`): fold ``k`` fits a
+    model on rows ``[0, t_k)`` and scores rows up to the end of its validation block (so it
+    sees nothing later); per detector, each hyperparameter candidate of :data:`CV_GRID` gets
+    the corpus-wide threshold per NAB profile that maximises the raw NAB score over every
+    validation block of every series, and the candidate with the best standard-profile
+    score wins. Then each detector, with its chosen hyperparameters, is refitted on the
+    whole development part of each series and scores the series; only the test rows are
+    kept, and the metrics use the thresholds chosen above. No value of the test period
+    reaches a fit, a threshold or a choice.
+    """
+    _check_names(dataset, names)
+    supervised = [n for n in names if n in SUPERVISED_MODELS]
+    if supervised:
+        raise ValueError(f"{supervised} train on other series' labels; evaluate them with "
+                         "--protocol nab")
+    preparation = preparation or Preparation()
+    ids = list(dataset.series)
+    splits: dict[str, Splits] = {}
+    for sid in ids:
+        try:
+            splits[sid] = rolling_origin_splits(len(dataset.series[sid]), n_folds, gap,
+                                                test_fraction)
+        except ValueError as exc:
+            raise ValueError(f"{sid}: {exc}") from None
+    windows = {sid: _windows_of(dataset, sid) for sid in ids}
+
+    def block(sid: str, rows: range) -> ScoredFile:
+        ts = dataset.series[sid].ts_ms
+        return ScoredFile(ts[rows.start:rows.stop], clip_windows(ts, windows[sid], rows), 0)
+
+    pairs = [(sid, fold) for sid in ids for fold in splits[sid].folds]
+    val_files = [block(sid, fold.validation) for sid, fold in pairs]
+    test_files = [block(sid, splits[sid].test) for sid in ids]
+    run = LabRun(dataset, step_s, ids, test_files, protocol="cv",
+                 rows=[splits[sid].test for sid in ids], preparation=preparation)
+    run.thresholds, choices = {}, {}
+    run.seconds = {}
+    val_windows = sum(len(f.windows) for f in val_files)
+
+    def choose(val_scores: list[np.ndarray]) -> tuple[dict, float]:
+        thresholds, nab = {}, {}
+        for p in PROFILES:
+            thresholds[p], raw = sweep_threshold(val_files, _no_nan(val_scores), p)
+            nab[p] = normalised(raw, val_windows, p) if val_windows else None
+        return {"thresholds": thresholds, "validation_nab": nab}, (
+            -math.inf if nab["standard"] is None else nab["standard"])
+
+    if "online" in names:
+        start = time.perf_counter()
+        # A fresh detector for each pass: the development run must not see the full one.
+        dev = OnlineModel(step_s=step_s).fit(None, None).score_and_openings_many([
+            (dataset.series[sid].values[: splits[sid].development.stop],
+             dataset.series[sid].ts_ms[: splits[sid].development.stop]) for sid in ids])
+        full = OnlineModel(step_s=step_s).fit(None, None).score_and_openings_many(
+            [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in ids])
+        by_sid = dict(zip(ids, dev, strict=True))
+        for entry, mapping in (("online", lambda z, o: z), ("online_score", anomaly_score)):
+            val = [mapping(*by_sid[sid])[fold.validation.start:fold.validation.stop]
+                   for sid, fold in pairs]
+            choices[entry], _ = choose(val)
+            choices[entry]["params"] = {}
+            run.scores[entry] = [mapping(z, o)[r.start:r.stop]
+                                 for (z, o), r in zip(full, run.rows, strict=True)]
+        run.openings = [o[r.start:r.stop] for (_, o), r in zip(full, run.rows, strict=True)]
+        run.seconds["online"] = run.seconds["online_score"] = time.perf_counter() - start
+
+    offline = [n for n in names if n in MODELS and n != "online"]
+    total = sum(len(_candidates(n)) * len(pairs) + len(ids) for n in offline)
+    with tqdm(total=total, desc="cross-validate", unit="fit",
+              disable=not progress or not offline) as bar:
+        for name in offline:
+            start = time.perf_counter()
+            tried = []
+            for params in _candidates(name):
+                val = []
+                for sid, fold in pairs:
+                    bar.set_postfix_str(f"{name} {dataset.series[sid].name}")
+                    s, train, val_rows = dataset.series[sid], fold.train, fold.validation
+                    model = make_model(name, step_s, preparation, **params).fit(
+                        s.values[train.start:train.stop], s.ts_ms[train.start:train.stop])
+                    scored = model.score_samples(s.values[: val_rows.stop],
+                                                 s.ts_ms[: val_rows.stop])
+                    val.append(scored[val_rows.start:])
+                    bar.update()
+                choice, rank = choose(val)
+                tried.append((rank, params, choice))
+            best = max(tried, key=lambda t: t[0])  # the first of equals
+            params = best[1]
+            choices[name] = {**best[2], "params": params, "candidates": [
+                {"params": p, "validation_nab_standard": c["validation_nab"]["standard"]}
+                for _, p, c in tried]}
+            run.scores[name] = []
+            for sid, rows in zip(ids, run.rows, strict=True):
+                s, dev = dataset.series[sid], splits[sid].development
+                model = make_model(name, step_s, preparation, **params).fit(
+                    s.values[dev.start:dev.stop], s.ts_ms[dev.start:dev.stop])
+                run.scores[name].append(model.score_samples(s.values, s.ts_ms)[rows.start:])
+                bar.update()
+            run.seconds[name] = time.perf_counter() - start
+    ordered = [n for n in ("online", "online_score", *offline) if n in choices]
+    run.thresholds = {n: choices[n]["thresholds"] for n in ordered}
+    run.scores = {n: run.scores[n] for n in ordered}
+    run.cv = {
+        **({"warning": "no labelled window falls in any validation block, so no threshold "
+            "can be chosen: every detector with a threshold detects nothing on the test "
+            "period (use longer series, a smaller --test-fraction, or --protocol nab)"}
+           if not val_windows else {}),
+        "folds": n_folds, "gap_rows": gap, "test_fraction": test_fraction,
+        "validation_blocks": len(val_files), "validation_windows": val_windows,
+        "test_windows": sum(len(f.windows) for f in test_files),
+        "detectors": {n: {"params": choices[n]["params"],
+                          "thresholds": {p: _finite(t) for p, t in
+                                         choices[n]["thresholds"].items()},
+                          "validation_nab": choices[n]["validation_nab"],
+                          **({"candidates": choices[n]["candidates"]}
+                             if "candidates" in choices[n] else {})}
+                      for n in ordered},
+    }
     return run
 
 
@@ -254,15 +452,78 @@ def _decomposition_entry(run: LabRun, k: int) -> dict:
             "trend_strength": d.trend_strength}
 
 
+def _normalised(raw: float, n_windows: int, profile: str) -> float | None:
+    """NAB's normalised score; undefined (``None``) without any labelled window."""
+    return normalised(raw, n_windows, profile) if n_windows else None
+
+
+def _protocol(run: LabRun) -> dict:
+    if run.protocol == "cv":
+        cv = run.cv or {}
+        return {
+            "name": "cv",
+            "training": f"per series, rolling-origin cross-validation on the first "
+            f"{1 - cv.get('test_fraction', 0):.0%} of its rows ({cv.get('folds')} folds, a gap "
+            f"of {cv.get('gap_rows')} rows before each validation block); each detector is "
+            "refitted on that whole development part and scored on the rest (the test "
+            f"period, after the same gap); hyperparameters tried: {CV_GRID}",
+            "threshold": "one per NAB profile over the corpus, the one that maximises that "
+            "profile's score over every validation block; event, point and delay metrics "
+            "at the standard profile's threshold",
+            "scored_rows": "the test period of each series only; no probation",
+        }
+    return {
+        "name": "nab",
+        "training": "each model is fitted on its series' NAB probation rows; the "
+        f"supervised ones ({', '.join(SUPERVISED_MODELS)}) instead on the labelled "
+        f"windows of the other series, by {SUPERVISED_FOLDS} series folds",
+        "threshold": "one per NAB profile over the corpus (NAB's sweep); event, point "
+        "and delay metrics at the standard profile's threshold",
+        "probation": "probation rows are never scored",
+    }
+
+
+def _preparation(run: LabRun) -> dict:
+    p = run.preparation
+    return {
+        "resampling": f"Every model resamples raw rows to a {run.step_s} s step with the stream "
+        "path's code (vigil.detectors.resample: mean per step, gaps up to 300 s filled "
+        "with the last value, longer gaps left open); each step's score goes on its last row",
+        **p.describe(),
+        "applies_to": "the offline models' input (iforest, ocsvm, hst, prophet); the online "
+        "detector runs as the worker does, the supervised perceptron scales each window itself",
+    }
+
+
+def _best_and_worst(per_series: dict[str, dict[str, float | None]]) -> dict:
+    """Per detector, the series with the highest and the lowest standard NAB score."""
+    out = {}
+    names = dict.fromkeys(name for scores in per_series.values() for name in scores)
+    for name in names:  # in the results table's order
+        ranked = [(v, sid) for sid, scores in per_series.items()
+                  if (v := scores.get(name)) is not None]
+        if not ranked:
+            continue
+        best = max(ranked, key=lambda r: r[0])
+        worst = min(ranked, key=lambda r: r[0])
+        out[name] = {"best": {"series": best[1], "nab_standard": best[0]},
+                     "worst": {"series": worst[1], "nab_standard": worst[0]}}
+    return out
+
+
 def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
-    """The ``metrics.json`` content, and each entry's detections (standard profile)."""
+    """The ``metrics.json`` content, and each entry's detections (standard profile).
+
+    Thresholds are swept over the scored rows (NAB protocol) or, when ``run.thresholds``
+    has them (cross-validation), taken from there.
+    """
     files = run.files
     n_windows = sum(len(f.windows) for f in files)
     entries: dict[str, dict] = {}
     detections: dict[str, list[np.ndarray]] = {}
     if run.openings is not None:
         nab = {
-            p: {"score": normalised(raw_score(files, run.openings, p), n_windows, p),
+            p: {"score": _normalised(raw_score(files, run.openings, p), n_windows, p),
                 "threshold": None}
             for p in PROFILES
         }
@@ -270,17 +531,25 @@ def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
         entries["online_incidents"]["seconds"] = run.seconds["online"]
         detections["online_incidents"] = run.openings
     for name, scores in run.scores.items():
-        # A row that closes no step has no verdict: it can never be a detection.
-        scores = [np.where(np.isnan(s), -np.inf, s) for s in scores]
+        scores = _no_nan(scores)
         nab, thresholds = {}, {}
         for p in PROFILES:
-            thresholds[p], raw = sweep_threshold(files, scores, p)
-            nab[p] = {"score": normalised(raw, n_windows, p), "threshold": _finite(thresholds[p])}
+            if run.thresholds is not None:
+                thresholds[p] = run.thresholds[name][p]
+                raw = raw_score(files, [s >= thresholds[p] for s in scores], p)
+            else:
+                thresholds[p], raw = sweep_threshold(files, scores, p)
+            nab[p] = {"score": _normalised(raw, n_windows, p), "threshold": _finite(thresholds[p])}
         # The sweep returns +inf when no threshold beats detecting nothing.
         standard = [s >= thresholds["standard"] for s in scores]
         entries[name] = _entry(files, standard, nab)
         entries[name]["seconds"] = run.seconds[name]
         detections[name] = standard
+    per_series = {
+        sid: {name: _normalised(raw_score([f], [d[k]], "standard"), len(f.windows), "standard")
+              for name, d in detections.items()}
+        for k, (sid, f) in enumerate(zip(run.ids, files, strict=True))
+    }
     ds = run.dataset
     summary = {
         "dataset": {
@@ -288,27 +557,27 @@ def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
             "source": ds.source,
             "series": len(ds.series),
             "points": ds.n_points,
-            "windows": n_windows,
+            "windows": len(ds.labels),
+            "scored_windows": n_windows,
             "step_s": run.step_s,
         },
-        "protocol": {
-            "training": "each model is fitted on its series' NAB probation rows; the "
-            f"supervised ones ({', '.join(SUPERVISED_MODELS)}) instead on the labelled "
-            f"windows of the other series, by {SUPERVISED_FOLDS} series folds",
-            "threshold": "one per NAB profile over the corpus (NAB's sweep); event, point "
-            "and delay metrics at the standard profile's threshold",
-            "probation": "probation rows are never scored",
-        },
+        "protocol": _protocol(run),
+        "preparation": _preparation(run),
         "detectors": {name: {"description": ENTRY_NAMES[name], **e} for name, e in entries.items()},
         "series": {
             sid: {
                 "windows": len(f.windows),
+                "scored_rows": len(f.ts_ms),
                 "detections": {name: int(d[k].sum()) for name, d in detections.items()},
+                "nab_standard": per_series[sid],
                 **_decomposition_entry(run, k),
             }
             for k, (sid, f) in enumerate(zip(run.ids, files, strict=True))
         },
+        "best_worst": _best_and_worst(per_series),
     }
+    if run.cv is not None:
+        summary["cv"] = run.cv
     return summary, detections
 
 
@@ -318,12 +587,27 @@ def evaluate(
     names: Sequence[str] = tuple(MODELS),
     step_s: int | None = None,
     progress: bool = True,
+    protocol: str | None = None,
+    preparation: Preparation | None = None,
+    folds: int = 3,
+    gap: int = 24,
+    test_fraction: float = 0.3,
 ) -> dict:
-    """Run the lab on a dataset folder and write ``metrics.json`` and ``report.html``."""
+    """Run the lab on a dataset and write ``metrics.json`` and ``report.html``.
+
+    ``protocol`` is ``nab`` (the default on a NAB checkout) or ``cv`` (the default
+    elsewhere); ``folds``, ``gap`` (rows) and ``test_fraction`` set up ``cv``.
+    """
     start = time.perf_counter()
     dataset = load_dataset(path)
+    protocol = protocol or ("nab" if dataset.source == "nab" else "cv")
+    if protocol not in ("nab", "cv"):
+        raise ValueError(f"protocol must be 'nab' or 'cv', not {protocol!r}")
     step = step_s or infer_step_s(dataset)
-    run = run_detectors(dataset, names, step, progress)
+    if protocol == "cv":
+        run = run_cv(dataset, names, step, progress, preparation, folds, gap, test_fraction)
+    else:
+        run = run_detectors(dataset, names, step, progress, preparation)
     run.decompositions = [
         decompose_series(dataset.series[sid].ts_ms, dataset.series[sid].values, step)
         for sid in tqdm(run.ids, desc="decompose", disable=not progress)
@@ -352,24 +636,27 @@ def _write_plots(
     names = list(detections)
     paths = []
     for k, sid in enumerate(tqdm(run.ids, desc="plots", disable=not progress)):
-        s, f = run.dataset.series[sid], run.files[k]
+        s = run.dataset.series[sid]
         t = s.ts_ms.astype("datetime64[ms]")
+        # Detections cover the scored rows: all rows (NAB) or the test period (CV).
+        first = run.rows[k].start if run.rows is not None else 0
         fig = Figure(figsize=(11, 2.4 + 0.25 * len(names)))
         top, bottom = fig.subplots(
             2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 0.4 + 0.3 * len(names)]}
         )
         top.plot(t, s.values, lw=0.6, color="#1f4e79")
-        train = probation_length(len(s))
+        train = probation_length(len(s)) if run.rows is None else first
         if train:
-            top.axvspan(t[0], t[train - 1], color="#999999", alpha=0.2, lw=0, label="probation")
-        for j, (start, end) in enumerate(f.windows):
+            top.axvspan(t[0], t[train - 1], color="#999999", alpha=0.2, lw=0,
+                        label="probation" if run.rows is None else "development (CV folds)")
+        for j, (start, end) in enumerate(_windows_of(run.dataset, sid)):
             top.axvspan(np.datetime64(start, "ms"), np.datetime64(end, "ms"), color="#e8a33d",
                         alpha=0.3, lw=0, label="labelled window" if j == 0 else None)
         top.set_title(sid, fontsize=9)
         top.legend(loc="upper left", fontsize=7)
         for row, name in enumerate(names):
-            hit = detections[name][k]
-            bottom.plot(t[hit], np.full(hit.sum(), row), "|", ms=8, color=f"C{row}")
+            hit = first + np.flatnonzero(detections[name][k])
+            bottom.plot(t[hit], np.full(len(hit), row), "|", ms=8, color=f"C{row}")
         bottom.set_yticks(range(len(names)), names, fontsize=7)
         bottom.set_ylim(-0.7, len(names) - 0.3)
         bottom.tick_params(axis="x", labelsize=7)
@@ -399,7 +686,7 @@ def _write_decomposition_plots(run: LabRun, folder: Path, progress: bool) -> lis
         axes[0].set_title(f"{sid} — period {period}, seasonal strength "
                           f"{d.seasonal_strength:.2f}, trend strength {d.trend_strength:.2f}",
                           fontsize=9)
-        for j, (start, end) in enumerate(run.files[k].windows):
+        for j, (start, end) in enumerate(_windows_of(run.dataset, sid)):
             axes[0].axvspan(np.datetime64(start, "ms"), np.datetime64(end, "ms"),
                             color="#e8a33d", alpha=0.3, lw=0,
                             label="labelled window" if j == 0 else None)
@@ -408,7 +695,7 @@ def _write_decomposition_plots(run: LabRun, folder: Path, progress: bool) -> lis
             ax.plot(t, y, lw=0.6, color="#1f4e79")
             ax.set_ylabel(label, fontsize=8)
             ax.tick_params(labelsize=7)
-        if run.files[k].windows:
+        if _windows_of(run.dataset, sid):
             axes[0].legend(loc="upper left", fontsize=7)
         fig.tight_layout()
         rel = f"plots/{_plot_name(k, run.dataset.series[sid].name)}_stl.png"
@@ -441,6 +728,110 @@ def _series_table(summary: dict, plots: list[str], stl_plots: list[str]) -> str:
     head = "".join(f"<th>{h}</th>" for h in (
         "series", "windows", "period (steps)", "seasonal strength", "trend strength", "plots"))
     return f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "\n</table>"
+
+
+def _table(head: Sequence[str], rows: list[Sequence]) -> str:
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{th}</tr>\n{body}\n</table>"
+
+
+def _params_text(params: dict) -> str:
+    return html.escape(", ".join(f"{k}={v}" for k, v in params.items()) or "defaults")
+
+
+def _protocol_html(summary: dict) -> str:
+    """The method paragraph on training, scoring and thresholds, per protocol."""
+    if summary["protocol"]["name"] == "cv":
+        cv = summary["cv"]
+        return f"""<p><b>Protocol: rolling-origin cross-validation, then an untouched test
+period.</b> Each series is split by time. Its first {1 - cv['test_fraction']:.0%} of rows
+(the development part) holds {cv['folds']} rolling-origin folds: fold <i>k</i> fits each
+model on the rows from the start up to an origin, skips a gap of {cv['gap_rows']} rows, and
+scores the next block (validation); the origin moves one block on per fold, so training
+grows and no validation row precedes a training row. Per detector, the thresholds (one per
+NAB profile for the whole corpus) and the hyperparameters listed below are those with the
+best NAB score over all {cv['validation_blocks']} validation blocks
+({cv['validation_windows']} labelled windows fall in them). Each detector is then refitted on
+the whole development part of each series and scores the series; only its last rows, after
+the same gap, are measured (the test period: {cv['test_windows']} labelled windows). No value
+of the test period reaches a fit, a threshold or a choice. The online detector learns as it
+goes from the first row, as the worker does; only its threshold is chosen. The supervised
+perceptron is evaluated under the NAB protocol only.</p>"""
+    return f"""<p><b>Protocol: NAB.</b> Each series is scored as one file of the Numenta
+Anomaly Benchmark (NAB v1.1). Its first min(15&nbsp;%, 750) rows are <em>probation</em>: never
+scored, and the only rows a model may be fitted on. The online detector learns as it goes,
+from the first row, exactly as the worker does; IsolationForest, One-Class SVM and Prophet
+are fitted on the probation rows; river's HalfSpaceTrees learns its feature ranges there and
+then learns each step after scoring it. One parameter set serves the whole corpus, and a
+detector with a continuous score is turned into detections by one threshold for the whole
+corpus per NAB profile, the one that maximises that profile's score (NAB's own sweep), so its
+NAB figures are the best it can reach with a single threshold.</p>
+<p>The article's perceptron (<code>mlp</code>, when run) is supervised: 101 inputs (the last
+100 steps min-max scaled within their window, and their total variation S), hidden layers
+of 55 and 1024 sigmoid units, cross-entropy, Adam. It needs labels, so it never learns from
+the series it scores: the series are split into {SUPERVISED_FOLDS} folds, and each fold is
+scored by a network trained on the labelled windows of the other folds' series (a window is
+positive when its last step lies in a labelled window; at most {SUPERVISED_MAX_WINDOWS:,}
+windows per fold, positives first, the rest weighted by class in the loss;
+{SUPERVISED_EPOCHS} epochs). Its first 99 steps, with no full window, score 0.</p>"""
+
+
+def _preparation_html(summary: dict) -> str:
+    p = summary["preparation"]
+    clip = p["clip_outliers"]
+    clip_text = ("none" if clip is None else
+                 f"training values clipped to their {clip['quantiles'][0]:g} and "
+                 f"{clip['quantiles'][1]:g} quantiles before fitting (scored values are never "
+                 "clipped: that would hide the anomalies)")
+    return f"""<p><b>Preparation.</b> {html.escape(p['resampling'])}. Outlier clipping:
+{html.escape(clip_text)}. Normalisation: <code>{html.escape(p['normalise'])}</code>
+(learned on the training values, applied to all). These apply to
+{html.escape(p['applies_to'])}. IsolationForest, One-Class SVM and HalfSpaceTrees then score
+window features (value, jump, level, spread and total variation over the last steps) of the
+series after removing a daily profile and scaling, both learned on the training rows; Prophet
+scores the residual from its forecast. Every score is causal: it depends on no later
+point.</p>"""
+
+
+def _thresholds_html(summary: dict) -> str:
+    rows = [(html.escape(name), *(_fmt(e["nab"][p]["threshold"], 4) for p in PROFILES))
+            for name, e in summary["detectors"].items()]
+    return _table(("detector", *(f"threshold ({p})" for p in PROFILES)), rows)
+
+
+def _cv_html(summary: dict) -> str:
+    if "cv" not in summary:
+        return ""
+    rows = []
+    for name, c in summary["cv"]["detectors"].items():
+        tried = "<br>".join(f"{_params_text(t['params'])}: {_fmt(t['validation_nab_standard'], 1)}"
+                            for t in c.get("candidates", []) if t["params"]) or "—"
+        rows.append((html.escape(name), _params_text(c["params"]), tried,
+                     *(_fmt(c["validation_nab"][p], 1) for p in PROFILES),
+                     *(_fmt(c["thresholds"][p], 4) for p in PROFILES)))
+    head = ("detector", "chosen", "candidates (validation NAB standard)",
+            *(f"validation NAB {p}" for p in PROFILES), *(f"threshold {p}" for p in PROFILES))
+    warning = summary["cv"].get("warning")
+    warning = f"<p><b>Warning: {html.escape(warning)}.</b></p>\n" if warning else ""
+    return ("<h2>Cross-validation</h2>\n" + warning + "<p>Scores over the validation blocks "
+            "of every series (the development part only), at the threshold chosen there.</p>\n"
+            + _table(head, rows))
+
+
+def _best_worst_html(summary: dict, plots: list[str]) -> str:
+    plot_of = dict(zip(summary["series"], plots, strict=True))
+    parts = ["<h2>Best and worst cases</h2>",
+             "<p>Per detector, the series with the highest and the lowest standard NAB score "
+             "(series with at least one scored labelled window), with its plot.</p>"]
+    for name, bw in summary["best_worst"].items():
+        parts.append(f"<h3>{html.escape(name)}</h3>")
+        for which in ("best", "worst"):
+            sid, score = bw[which]["series"], bw[which]["nab_standard"]
+            plot = html.escape(plot_of[sid])
+            parts.append(f"<p>{which}: <code>{html.escape(sid)}</code>, NAB standard "
+                         f"{_fmt(score, 1)}<br><img src=\"{plot}\" alt=\"{plot}\"></p>")
+    return "\n".join(parts)
 
 
 def _report_html(summary: dict, plots: list[str], stl_plots: list[str]) -> str:
@@ -484,29 +875,15 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>vigil evaluation lab</h1>
 <p>Data: <code>{html.escape(str(ds['path']))}</code> ({html.escape(ds['source'])}):
-{ds['series']} series, {ds['points']:,} points, {ds['windows']} labelled windows, resampled
-to a {ds['step_s']} s step. Run time {summary['run_seconds']:.0f} s.</p>
+{ds['series']} series, {ds['points']:,} points, {ds['windows']} labelled windows
+({ds['scored_windows']} in the scored rows), resampled to a {ds['step_s']} s step. Protocol
+<code>{summary['protocol']['name']}</code>. Run time {summary['run_seconds']:.0f} s.</p>
 <h2>Method</h2>
-<p>Each series is scored as one file of the Numenta Anomaly Benchmark (NAB v1.1). Its first
-min(15&nbsp;%, 750) rows are <em>probation</em>: never scored, and the only rows a model may
-be fitted on. The online detector learns as it goes, from the first row, exactly as the
-worker does; IsolationForest and One-Class SVM are fitted on the probation rows and then
-score window features (value, jump, level, spread and total variation over the last steps)
-of the series after removing a daily profile and scaling, both learned on the probation
-rows; river's HalfSpaceTrees scores the same features and learns each step after scoring it.
-Every score is causal: it depends on no later point.</p>
-<p>The article's perceptron (<code>mlp</code>, when run) is supervised: 101 inputs (the last
-100 steps min-max scaled within their window, and their total variation S), hidden layers
-of 55 and 1024 sigmoid units, cross-entropy, Adam. It needs labels, so it never learns from
-the series it scores: the series are split into {SUPERVISED_FOLDS} folds, and each fold is
-scored by a network trained on the labelled windows of the other folds' series (a window is
-positive when its last step lies in a labelled window; at most {SUPERVISED_MAX_WINDOWS:,}
-windows per fold, positives first, the rest weighted by class in the loss;
-{SUPERVISED_EPOCHS} epochs). Its first 99 steps, with no full window, score 0.</p>
-<p>A detector with a continuous score is turned into detections by one threshold for the
-whole corpus per NAB profile, the one that maximises that profile's score (NAB's own sweep),
-so its NAB figures are the best it can reach with a single threshold. The online detector is
-also scored on its incident openings, with no threshold: that row is what on-call would get.
+{_protocol_html(summary)}
+{_preparation_html(summary)}
+<p>The online detector is also scored on its incident openings, with no threshold: that row
+is what on-call would get; <code>online_score</code> is what <code>vigil score</code> writes
+for NAB's own scorer (incident openings 1, other rows their z-score squashed below 0.99).
 NAB rewards an early detection inside a labelled window (weight falling from 1 at the left
 edge to 0 at the right), charges each missed window and each detection outside windows; the
 normalised score is 0 for a detector that never fires and 100 for a perfect one. The three
@@ -522,6 +899,10 @@ and start well before the anomaly, so it is not a reaction time.</p>
 <table><tr>{head}</tr>
 {chr(10).join(rows)}
 </table>
+<p>Thresholds (a detection is a score at or above it; — : none beats detecting nothing):</p>
+{_thresholds_html(summary)}
+{_cv_html(summary)}
+{_best_worst_html(summary, plots)}
 <h2>Series</h2>
 <p>Each series resampled to the lab's step is decomposed once: a seasonal period (1 day or
 1 week) is kept when the autocorrelation at that lag, after removing a moving average of one
@@ -530,8 +911,9 @@ residual; with no period the trend is a rolling median and the seasonal part zer
 Strengths (Wang, Smith &amp; Hyndman): seasonal 1&nbsp;&minus;&nbsp;Var(R)/Var(S+R), trend
 1&nbsp;&minus;&nbsp;Var(R)/Var(T+R).</p>
 {_series_table(summary, plots, stl_plots)}
-<p>Grey: probation; orange: labelled windows; below each series, the detections of every
-detector at its standard-profile threshold (the online incidents as opened); then its
+<p>Grey: probation (NAB) or the development part (CV); orange: labelled windows; below
+each series, the detections of every detector at its standard-profile threshold (the online
+incidents as opened); then its
 decomposition (observed, trend, seasonal, residual).</p>
 {images}
 </body></html>

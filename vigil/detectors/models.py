@@ -25,6 +25,7 @@ folds.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -40,6 +41,7 @@ __all__ = [
     "IsolationForestModel",
     "OneClassSVMModel",
     "OnlineModel",
+    "ProphetModel",
     "SeasonalNormaliser",
     "resample_series",
     "window_features",
@@ -443,10 +445,121 @@ class HalfSpaceTreesModel(_WindowModel):
         return out
 
 
+class ProphetModel:
+    """Prophet (Meta's additive forecaster) as a forecasting baseline: the residual from
+    its forecast, in units of the training residuals' spread.
+
+    ``fit`` resamples the training prefix (the stream path's resampling) and fits Prophet
+    with a piecewise-linear trend, a daily seasonality when the prefix covers a day or
+    more and a weekly one from two weeks on. ``score_samples`` forecasts every step from
+    that fit alone (so the score is causal: it depends on the training prefix, the step's
+    time and its value) and scores ``|y − ŷ| / σ``, σ = 1.4826 · MAD of the in-sample
+    residuals (floored like :class:`SeasonalNormaliser`'s scale): how many interval
+    half-widths of a ±1σ forecast interval the value lies from the forecast.
+
+    Parameters
+    ----------
+    step_s
+        Resampling step in seconds.
+    max_fill_s
+        Longest gap filled with the last value.
+    changepoint_prior_scale
+        Prophet's trend flexibility.
+    growth
+        Prophet's trend: ``linear`` (extrapolated from the training part) or ``flat``.
+    residual_halflife_steps
+        When positive, the residual is taken from its own recent level (an exponential
+        average of the earlier steps' residuals with this half-life), so that a forecast
+        that drifts away from the series over a long horizon is followed; 0: off.
+
+    Examples
+    --------
+    >>> t = 1_700_006_400_000 + 300_000 * np.arange(800)
+    >>> y = 10 + np.random.default_rng(1).normal(size=800)
+    >>> y[700] = 30.0
+    >>> model = ProphetModel(step_s=300).fit(y[:300], t[:300])
+    >>> s = model.score_samples(y, t)
+    >>> len(s), int(np.nanargmax(s))
+    (800, 700)
+    """
+
+    def __init__(
+        self,
+        step_s: int = 60,
+        max_fill_s: int = 300,
+        changepoint_prior_scale: float = 0.05,
+        growth: str = "linear",
+        residual_halflife_steps: int = 0,
+    ) -> None:
+        self.step_s = step_s
+        self.max_fill_s = max_fill_s
+        self.changepoint_prior_scale = changepoint_prior_scale
+        self.growth = growth
+        self.residual_halflife_steps = residual_halflife_steps
+
+    def _steps(self, values, ts_ms) -> Steps:
+        return resample_series(ts_ms, values, self.step_s * 1000, self.max_fill_s // self.step_s)
+
+    def fit(self, values, ts_ms) -> ProphetModel:
+        import logging
+
+        # Prophet logs an ERROR on import when plotly (interactive plots only) is missing.
+        logging.getLogger("prophet.plot").disabled = True
+        import pandas as pd
+        from cmdstanpy.utils import get_logger
+        from prophet import Prophet
+
+        # cmdstanpy sets its logger to DEBUG on first use, and logs every fit at INFO.
+        get_logger().setLevel(logging.WARNING)
+        logging.getLogger("prophet").setLevel(logging.WARNING)
+        steps = self._steps(values, ts_ms)
+        covered = (steps.ts_ms[-1] - steps.ts_ms[0]) if len(steps) else 0
+        self.prophet_ = Prophet(
+            daily_seasonality=bool(covered >= DAY_MS - self.step_s * 1000),
+            weekly_seasonality=bool(covered >= 14 * DAY_MS),
+            yearly_seasonality=False,
+            changepoint_prior_scale=self.changepoint_prior_scale,
+            growth=self.growth,
+            uncertainty_samples=0,  # the interval comes from the residuals below
+        )
+        frame = pd.DataFrame({"ds": pd.to_datetime(steps.ts_ms, unit="ms"), "y": steps.value})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="prophet")  # pandas deprecations inside
+            self.prophet_.fit(frame)
+        resid = steps.value - self._forecast(steps.ts_ms)
+        center = float(np.median(resid))
+        mad = 1.4826 * float(np.median(np.abs(resid - center)))
+        jump = float(np.mean(np.abs(np.diff(steps.value)))) if len(steps) > 1 else 0.0
+        self.scale_ = max(mad, 0.25 * jump, 1e-9 * (float(np.median(np.abs(steps.value))) + 1))
+        return self
+
+    def _forecast(self, ts_ms: np.ndarray) -> np.ndarray:
+        import pandas as pd
+
+        frame = pd.DataFrame({"ds": pd.to_datetime(np.asarray(ts_ms, np.int64), unit="ms")})
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="prophet")
+            return self.prophet_.predict(frame)["yhat"].to_numpy(np.float64)
+
+    def score_samples(self, values, ts_ms) -> np.ndarray:
+        steps = self._steps(values, ts_ms)
+        resid = steps.value - self._forecast(steps.ts_ms)
+        if self.residual_halflife_steps > 0 and len(resid):
+            from scipy.signal import lfilter
+
+            # m(t+1) = m(t) + a·(r(t) − m(t)): the residuals' recent level, from earlier
+            # steps only, so a forecast that drifts away is followed and the score stays causal.
+            a = 1.0 - 0.5 ** (1.0 / self.residual_halflife_steps)
+            level = lfilter([a], [1.0, a - 1.0], resid)
+            resid = resid - np.r_[0.0, level[:-1]]
+        return _to_rows(ts_ms, steps.ts_ms, np.abs(resid) / self.scale_, self.step_s * 1000)
+
+
 #: The lab's detector names and their classes (each takes ``step_s``).
 MODELS: dict[str, type] = {
     "online": OnlineModel,
     "iforest": IsolationForestModel,
     "ocsvm": OneClassSVMModel,
     "hst": HalfSpaceTreesModel,
+    "prophet": ProphetModel,
 }

@@ -67,10 +67,13 @@ class ScoredFile:
 
     ``window_of_row[i]`` is the window index of row ``i``, :data:`OUTSIDE` or
     :data:`PROBATION`. ``windows`` are ``(start_ms, end_ms)`` that match row timestamps.
+    ``probation_rows`` overrides NAB's probation length (the lab's cross-validation scores
+    blocks cut from a series, which have none).
     """
 
     ts_ms: np.ndarray
     windows: list[tuple[int, int]]
+    probation_rows: int | None = None
 
     def __post_init__(self) -> None:
         ts = np.asarray(self.ts_ms, np.int64)
@@ -83,7 +86,8 @@ class ScoredFile:
                 raise ValueError(f"window {k} does not start and end on row timestamps")
             window_of_row[left : right + 1] = k
             bounds.append((left, right))
-        window_of_row[: probation_length(n)] = PROBATION
+        probation = probation_length(n) if self.probation_rows is None else self.probation_rows
+        window_of_row[:probation] = PROBATION
         self.window_of_row = window_of_row
         self._bounds = bounds
 

@@ -1,5 +1,5 @@
-"""The ``vigil`` command line: worker, notifier, silence, generate, replay, evaluate, demo,
-bench."""
+"""The ``vigil`` command line: worker, notifier, silence, generate, replay, evaluate, score,
+demo, bench."""
 
 from __future__ import annotations
 
@@ -177,27 +177,74 @@ def replay(
 
 @app.command()
 def evaluate(
-    data: Path = typer.Option(..., help="A NAB folder, a generator folder, a CSV or CSV folder."),
+    data: Path = typer.Option(
+        ..., help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of them."
+    ),
     out: Path = typer.Option(Path("lab-report"), help="Folder for metrics.json and report.html."),
     detectors: str = typer.Option(
-        "online,iforest,ocsvm,hst",
-        help="Comma-separated: online, iforest, ocsvm, hst, mlp (supervised, by series folds).",
+        "online,iforest,ocsvm,hst,prophet",
+        help="Comma-separated: online, iforest, ocsvm, hst, prophet, mlp (supervised, by series "
+        "folds; NAB protocol only).",
     ),
     step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+    protocol: str = typer.Option(
+        "", help="nab (one threshold per profile over the corpus, fitted on probation rows) or "
+        "cv (rolling-origin CV, then a held-out test period); default: nab on a NAB folder, "
+        "cv otherwise.",
+    ),
+    folds: int = typer.Option(3, min=1, help="cv: rolling-origin folds."),
+    gap: int = typer.Option(24, min=0, help="cv: rows skipped between training and scored rows."),
+    test_fraction: float = typer.Option(0.3, help="cv: share of each series held out for test."),
+    clip_outliers: str = typer.Option(
+        "none", help="Quantile q: clip the offline models' training values to [q, 1-q]; none."
+    ),
+    normalise: str = typer.Option(
+        "none", help="The offline models' input: none, zscore or robust (median/MAD)."
+    ),
 ) -> None:
     """Run every detector on every labelled series and write a NAB-scored comparison."""
     from vigil.detectors.lab import evaluate as run_lab
+    from vigil.detectors.prepare import Preparation
 
     names = [d.strip() for d in detectors.split(",") if d.strip()]
     try:
-        summary = run_lab(data, out, names, step_s=step or None)
+        clip = None if clip_outliers.strip().lower() == "none" else float(clip_outliers)
+        preparation = Preparation(clip_quantile=clip, normalise=normalise)
+        summary = run_lab(data, out, names, step_s=step or None, protocol=protocol or None,
+                          preparation=preparation, folds=folds, gap=gap,
+                          test_fraction=test_fraction)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if summary.get("cv", {}).get("warning"):
+        typer.echo(f"warning: {summary['cv']['warning']}", err=True)
     for name, e in summary["detectors"].items():
-        nab = "  ".join(f"{p} {v['score']:6.1f}" for p, v in e["nab"].items())
+        nab = "  ".join(
+            f"{p} {'—' if v['score'] is None else format(v['score'], '6.1f')}"
+            for p, v in e["nab"].items()
+        )
         typer.echo(f"{name:17} {nab}  event F1 {e['event']['f1']:.2f}")
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
                f"in {summary['run_seconds']:.0f} s")
+
+
+@app.command()
+def score(
+    data: Path = typer.Argument(..., help="A folder of NAB-style CSVs (timestamp,value), or one."),
+    out: Path = typer.Option(..., help="Output folder (same relative paths), or a .csv file."),
+    step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+    prefix: str = typer.Option(
+        "", help="Put before each output file name (NAB's results layout: 'vigil_')."
+    ),
+) -> None:
+    """Write the online detector's causal scores in [0, 1] beside each row, for NAB's scorer."""
+    from vigil.detectors.score_files import score_csv_files
+
+    try:
+        run = score_csv_files(data, out, step_s=step or None, prefix=prefix)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"scored {run.rows:,} rows of {len(run.inputs)} files (step {run.step_s} s) "
+               f"into {out} in {run.seconds:.1f} s")
 
 
 @app.command()

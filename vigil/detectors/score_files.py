@@ -1,0 +1,141 @@
+"""``vigil score``: the online detector's causal anomaly scores written beside NAB-style CSVs.
+
+For every ``timestamp,value`` CSV under a folder (or one file) this writes a CSV at the same
+relative path with the columns ``timestamp,value,anomaly_score``: one row per input row, in
+the same order, with the input's own text for ``timestamp`` and ``value``, so that NAB's own
+scorer (which expects exactly this) can be run on the output.
+
+Scores come from :class:`~vigil.detectors.models.OnlineModel` with its shipped defaults
+(all files in one batch, as the lab runs it) and are mapped into [0, 1] by
+:func:`anomaly_score`: an incident opening is 1.0; any other row is its equivalent z-score
+squashed below :data:`Z_CAP` (< 1). A threshold sweep over them (NAB's optimiser) can then
+pick the incident openings alone (any threshold above the cap) or add the rows with the
+highest z-scores, so it reaches at least the openings' own NAB score.
+
+Rows the detector never saw — a non-numeric value, or an earlier row with the same timestamp
+as a later one (the loader keeps the last) — score 0, as does a row that closes no step of
+the resampling grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vigil.detectors.datasets import Dataset, read_series_csv
+
+__all__ = ["OPENING_SCORE", "Z_CAP", "Z_HALF", "ScoreRun", "anomaly_score", "score_csv_files"]
+
+#: The score of a row where the detector opened an incident.
+OPENING_SCORE = 1.0
+#: Every other row scores below this.
+Z_CAP = 0.99
+#: The z-score that maps to half the cap.
+Z_HALF = 5.0
+
+
+def anomaly_score(z: np.ndarray, opened: np.ndarray) -> np.ndarray:
+    """``1`` where an incident opened, else ``Z_CAP · z⁺ / (z⁺ + Z_HALF)`` (``nan`` → 0).
+
+    Monotone in ``z``, so a threshold on it is a threshold on ``z``.
+
+    >>> anomaly_score(np.array([0.0, 5.0, 100.0, np.nan, -3.0]),
+    ...               np.array([False, False, False, False, True])).round(3).tolist()
+    [0.0, 0.495, 0.943, 0.0, 1.0]
+    """
+    zp = np.clip(np.nan_to_num(np.asarray(z, np.float64), nan=0.0, posinf=1e12), 0.0, None)
+    return np.where(np.asarray(opened, bool), OPENING_SCORE, Z_CAP * zp / (zp + Z_HALF))
+
+
+@dataclass
+class ScoreRun:
+    """What :func:`score_csv_files` wrote: input and output files, rows, step and time."""
+
+    inputs: list[Path]
+    outputs: list[Path]
+    rows: int
+    step_s: int
+    seconds: float
+
+
+def _csv_files(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    if src.is_dir():
+        return sorted(p for p in src.rglob("*.csv") if p.is_file())
+    raise ValueError(f"{src}: no such file or folder")
+
+
+def score_csv_files(
+    src: str | Path,
+    dst: str | Path,
+    step_s: int | None = None,
+    progress: bool = True,
+    prefix: str = "",
+) -> ScoreRun:
+    """Score every CSV under ``src`` (or the file ``src``) into ``dst``.
+
+    ``dst`` is a folder (outputs at the inputs' relative paths, each file name preceded by
+    ``prefix``: NAB's results layout wants ``<detector>_<file>.csv``) — or, when ``src`` is
+    one file, the output file itself if it ends in ``.csv``. ``step_s`` defaults to the
+    data's typical spacing (the lab's :func:`~vigil.detectors.lab.infer_step_s`).
+    """
+    from tqdm import tqdm
+
+    from vigil.detectors.lab import infer_step_s
+    from vigil.detectors.models import OnlineModel
+
+    start = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    files = _csv_files(src)
+    if not files:
+        raise ValueError(f"{src}: no CSV files")
+    if src.is_file():
+        outputs = [dst if dst.suffix.lower() == ".csv" else dst / (prefix + src.name)]
+    else:
+        outputs = [dst / f.relative_to(src).with_name(prefix + f.name) for f in files]
+    if any(o.resolve() == f.resolve() for o, f in zip(outputs, files, strict=True)):
+        raise ValueError("the output would overwrite an input file")
+    read = []
+    for f in tqdm(files, desc="read", unit="file", disable=not progress):
+        s, _, rows, _ = read_series_csv(f)
+        read.append((s, rows))
+    step = step_s or infer_step_s(
+        Dataset({str(k): s for k, (s, _) in enumerate(read)}, [], source="csv")
+    )
+    model = OnlineModel(step_s=step).fit(None, None)
+    results = model.score_and_openings_many([(s.values, s.ts_ms) for s, _ in read])
+    total = 0
+    for f, out, (_, rows), (z, opened) in tqdm(
+        list(zip(files, outputs, read, results, strict=True)), desc="write", unit="file",
+        disable=not progress,
+    ):
+        total += _write_scores(f, out, rows, anomaly_score(z, opened))
+    return ScoreRun(files, outputs, total, step, time.perf_counter() - start)
+
+
+def _write_scores(src: Path, out: Path, rows: np.ndarray, scores: np.ndarray) -> int:
+    """Copy ``src``'s timestamp and value text with each row's score; returns rows written."""
+    with open(src, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = [h.strip().lower() for h in next(reader, [])]
+        i_ts, i_val = header.index("timestamp"), header.index("value")
+        lines = list(reader)
+    per_line = np.zeros(len(lines))
+    per_line[rows] = scores
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["timestamp", "value", "anomaly_score"])
+        for row, score in zip(lines, per_line.tolist(), strict=True):
+            writer.writerow([_cell(row, i_ts), _cell(row, i_val), repr(score)])
+    return len(lines)
+
+
+def _cell(row: Sequence[str], i: int) -> str:
+    return row[i] if i < len(row) else ""
