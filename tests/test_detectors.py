@@ -834,6 +834,30 @@ def test_a_daily_job_spike_stops_alerting_once_it_recurs():
         assert T0 + int(m) * MINUTE in opens
 
 
+def test_large_bursts_every_other_day_are_learned_as_normal():
+    # A 60σ spike every 40 hours (not at one hour of the day: not recurring). A one-day memory
+    # forgets each before the next; large excursions are remembered longer (rarity_growth),
+    # so after a few they are the series' normal. A 7σ blip is remembered for about a day.
+    rng = np.random.default_rng(45)
+    step = 5
+    n = 12 * DAY // step
+    minutes = np.arange(n) * step
+    y = 20 + rng.normal(0, 1, n)
+    spikes = np.arange(DAY // step, n, 40 * 60 // step)
+    y[spikes] += 60
+    params = DetectorParams(step_s=300)
+
+    def opened_spikes(p: DetectorParams) -> int:
+        r, _ = run(np.zeros(n, np.int64), minutes, y, p)
+        opens = set(((r.steps.ts_ms[r.event == 1] - T0) // MINUTE).tolist())
+        return sum(int(minutes[i]) in opens for i in spikes if minutes[i] > 6 * DAY)
+
+    late = int((minutes[spikes] > 6 * DAY).sum())
+    assert late >= 3
+    assert opened_spikes(params) == 0
+    assert opened_spikes(replace(params, rarity_growth=1.0)) == late
+
+
 def test_frequent_spikes_stop_alerting_but_a_much_larger_one_does():
     # Spikes of about 30σ every ~2 hours: after a few, the series' normal. One at 200σ is not.
     rng = np.random.default_rng(42)

@@ -27,10 +27,11 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
 * **What is news.** A score past ``z_open`` opens an incident only if it is news for the
   series: *rare* — fewer than ``rarity_max`` excursions of the score (runs above
   ``z_close``) reached the level just under it (levels ``z_open·√2^k``) in the recent past
-  (decayed count, half-life ``rarity_halflife_s``), so a series that spikes this high every
-  few hours has learned that such spikes are its normal, while a much larger one is still
-  news — and not *recurring*: as high as the scores at this hour of the day on about two
-  previous days (a nightly job). Flatlines are exempt (their score already says how rare an
+  (decayed count, half-life ``rarity_halflife_s`` at ``z_open``, × ``rarity_growth`` per level
+  up; recurring excursions not counted), so a series that spikes this high every few hours
+  has learned that such spikes are its normal, while a much larger one is still news — and
+  not *recurring*: as high as the scores at this hour of the day on about two previous days
+  (a nightly job). Flatlines are exempt (their score already says how rare an
   unchanged step is for the series). A *burst* is news even where single extreme steps are
   not: the count of extreme steps in the last ``burst_window_s`` (EW) is improbable under
   the series' long-run rate of them (Poisson tail ``≤ burst_p``, at least
@@ -138,6 +139,7 @@ class DetectorParams:
     scale_floor: float = 0.25
     rarity_halflife_s: float = 86_400.0
     rarity_max: float = 2.0
+    rarity_growth: float = 1.3
     recur_halflife_s: float = 3 * 86_400.0
     recur_margin: float = 1.5
     recur_min_count: float = 1.2
@@ -275,8 +277,10 @@ class OnlineDetector:
         self._var_floor = float(0.60 * np.sqrt(self._a_var / (2.0 - self._a_var)))
         # ... and of the log of a short EW mean of |Δy| for Gaussian noise (CV of |Δy| 0.76).
         self._tv_floor = float(0.76 * np.sqrt(self._a_var / (2.0 - self._a_var)))
-        self._rarity_decay = 0.5 ** (s / p.rarity_halflife_s)
         self._recur_decay = 0.5 ** (s / p.recur_halflife_s)
+        self._rarity_decays = [
+            0.5 ** (s / (p.rarity_halflife_s * p.rarity_growth**k)) for k in range(RARITY_LEVELS)
+        ]
         self._a_burst = _alpha(s, p.burst_window_s)
         self._a_burst_long = _alpha(s, p.burst_halflife_s)
         self._levels = p.z_open * np.sqrt(2.0) ** np.arange(RARITY_LEVELS)
@@ -634,7 +638,9 @@ class OnlineDetector:
 
         * **Rarity**: a decayed count of the times the score recently rose past the level
           just under ``z`` (levels ``z_open·√2^k``). A series that spikes this high every few
-          hours has learned that such spikes are its normal.
+          hours has learned that such spikes are its normal. Level k forgets with half-life
+          ``rarity_halflife_s · rarity_growth^k`` (large excursions are remembered longer);
+          recurring excursions are not counted (they are explained by the hour of the day).
         * **Recurrence**: on about two previous days (decayed count of extreme events in this
           hour of the day), a score as high (decayed maximum) at this hour: a nightly job.
 
@@ -645,9 +651,12 @@ class OnlineDetector:
         rows = e
         steps = (t - st["rare_ts_ms"][e]) // p.step_ms
         steps = np.where(st["rare_ts_ms"][e] < 0, 0, np.maximum(steps, 0))
-        f_rare = _int_power(self._rarity_decay, steps)
         f_recur = _int_power(self._recur_decay, steps)
-        exceed = st["exceed"][rows] * f_rare[:, None]
+        # Each level forgets at its own pace: rarity_halflife_s at z_open, × rarity_growth per
+        # level up (a 50σ burst is remembered for days, a 7σ blip for about one).
+        exceed = st["exceed"][rows] * np.stack(
+            [_int_power(d, steps) for d in self._rarity_decays], axis=1
+        )
         hour_max = st["z_hour_max"][rows] * f_recur[:, None]
         hour_count = st["z_hour_count"][rows] * f_recur[:, None]
         i = np.arange(len(e))
@@ -662,7 +671,10 @@ class OnlineDetector:
         )
         # Learn: the levels this excursion passes for the first time, and this hour's events.
         peak = st["z_peak"][rows].astype(np.float64)
-        exceed += (z[:, None] >= self._levels) & (peak[:, None] < self._levels)
+        # A recurring excursion (the nightly job) is explained already: it does not make other
+        # excursions of its size look normal.
+        crossed = (z[:, None] >= self._levels) & (peak[:, None] < self._levels)
+        exceed += crossed & ~recurring[:, None]
         known = hours_known.astype(np.float64)
         zk = z * known
         hour_max[i, h0] = np.maximum(hour_max[i, h0], zk)
