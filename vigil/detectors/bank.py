@@ -68,9 +68,6 @@ STATE_DTYPE = np.dtype(
         ("z_hour_count", "f4", (24,)),
         ("burst_short", "f4"),
         ("burst_mean", "f4"),
-        ("news_ms", "i8"),
-        ("news_peak", "f4"),
-        ("news_type", "u1"),
         # incident
         ("incident_open", "u1"),
         ("incident_severity", "u1"),
@@ -86,12 +83,10 @@ STATE_DTYPE = np.dtype(
 )
 
 #: Fields added in state format 3 (a format-2 record is the layout without them).
-ADDED_IN_V3 = ("burst_short", "burst_mean", "news_ms", "news_peak", "news_type")
+ADDED_IN_V3 = ("burst_short", "burst_mean")
 
 # -1 = none yet
-_UNSET = (
-    "watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms", "news_ms"
-)
+_UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms")
 
 
 class StateBank:

@@ -35,9 +35,8 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
   unchanged step is for the series). A *burst* is news even where single extreme steps are
   not: the count of extreme steps in the last ``burst_window_s`` (EW) is improbable under
   the series' long-run rate of them (Poisson tail ``≤ burst_p``, at least
-  ``burst_min_hits``) — spikes that come much denser than usual. For ``quiet_s`` after news
-  on a series, only a larger score of the same kind is news again: one disturbance that comes
-  and goes is one alert. The scores themselves are unchanged.
+  ``burst_min_hits``) — spikes that come much denser than usual. The scores themselves are
+  unchanged.
 * **Incidents** open when a score that is news passes ``z_open``, stay open while it is above
   ``z_close``, and resolve after ``resolve_steps`` calm steps (hysteresis): a long anomaly is
   one ``open``, an ``update`` when it becomes critical, and one ``resolve``.
@@ -143,8 +142,6 @@ class DetectorParams:
     recur_halflife_s: float = 3 * 86_400.0
     recur_margin: float = 1.5
     recur_min_count: float = 1.2
-    quiet_s: float = 12 * 3_600.0
-    quiet_from_end: bool = True
     burst_window_s: float = 3_600.0
     burst_halflife_s: float = 3 * 86_400.0
     burst_p: float = 1e-4
@@ -492,19 +489,7 @@ class OnlineDetector:
         a_bl = weight(self._a_burst_long)
         st["burst_mean"] = np.where(observed, b_mean + a_bl * (hit - b_mean), b_mean)
         st["burst_short"] = np.where(observed, b_short, st["burst_short"])
-        # Shortly after the last news of a series, only a larger score is news again: one
-        # disturbance that comes and goes is one alert.
-        is_open_now = st["incident_open"].astype(bool)
-        since = t - st["news_ms"]
-        quiet = (st["news_ms"] >= 0) & (since < p.quiet_s * 1000) & (st["news_type"] == best)
-        news = extreme & (novel | burst) & (~quiet | (z_eff > st["news_peak"]))
-        anomalous = extreme & (news | is_open_now)
-        mark = anomalous if p.quiet_from_end else news & ~is_open_now
-        st["news_peak"] = np.where(
-            mark, np.where(quiet, np.maximum(st["news_peak"], z_eff), z_eff), st["news_peak"]
-        ).astype(np.float32)
-        st["news_ms"] = np.where(mark, t, st["news_ms"])
-        st["news_type"] = np.where(mark, best, st["news_type"]).astype(np.uint8)
+        anomalous = extreme & (novel | burst | st["incident_open"].astype(bool))
 
         # Contextual: a point anomaly whose value is ordinary for the series at another time.
         contextual = anomalous & (stat_point >= p.z_open) & new_d
