@@ -13,6 +13,7 @@ from vigil.detectors.nab import (
     normalised,
     probation_length,
     raw_score,
+    scaled_sigmoid,
     sweep_threshold,
 )
 
@@ -126,3 +127,13 @@ def test_the_last_probation_row_is_ignored_and_the_first_scored_row_counts():
     assert probation_length(N) == 150
     assert _score([149]) == 0.0
     assert _score([150]) == pytest.approx(100 * (-1 - 0.11 + 1) / 2)
+
+
+def test_a_false_positive_after_a_one_row_window_is_scored():
+    # Generated telemetry labels a spike as one row; NAB's formula divides by width − 1.
+    f = ScoredFile(np.arange(200), [(100, 100)])  # probation: rows 0-29
+    det = np.zeros(200, bool)
+    det[[100, 150]] = True
+    w = f.weights(1.0, 0.11)
+    assert w[150] == pytest.approx(0.11 * scaled_sigmoid(50.0)) == pytest.approx(-0.11)
+    assert normalised(raw_score([f], [det], "standard"), 1, "standard") < 100.0

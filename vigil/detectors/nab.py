@@ -111,7 +111,9 @@ class ScoredFile:
             elif prev_right is None:
                 out[i] = -fp
             else:
-                out[i] = fp * scaled_sigmoid(abs(i - prev_right) / (prev_width - 1))
+                # max(…, 1): a one-row window (a labelled point, not in NAB's own corpus)
+                # would divide by zero.
+                out[i] = fp * scaled_sigmoid(abs(i - prev_right) / max(prev_width - 1, 1.0))
         return out
 
 
