@@ -151,11 +151,12 @@ class Run:
 class Worker:
     """A worker process for one run, plus the progress counters it exposes."""
 
-    def __init__(self, svc: Services, run: Run, stack: contextlib.ExitStack) -> None:
+    def __init__(self, svc: Services, run: Run, stack: contextlib.ExitStack,
+                 extra_env: dict[str, str] | None = None) -> None:
         datadir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vigil-bench-"))
         stack.callback(delete_keys, svc.redis_url, run.prefix)
         log_path = Path(tempfile.gettempdir()) / f"vigil-{run.run_id}-worker.log"
-        env = run.worker_env(svc, datadir)
+        env = {**run.worker_env(svc, datadir), **(extra_env or {})}
         self.metrics_url = f"http://127.0.0.1:{env['VIGIL_WEB_PORT']}/metrics"
         self.process = WorkerProcess(env, log_path)
         # Killed, not stopped gracefully: its group and topics are thrown away anyway.
@@ -357,14 +358,16 @@ class _Progress(threading.Thread):
 
 
 def measure_throughput(
-    svc: Services, label: str, n_series: int, minutes: int, per_message: int
+    svc: Services, label: str, n_series: int, minutes: int, per_message: int,
+    extra_env: dict[str, str] | None = None,
 ) -> ThroughputResult:
-    """Points/s of one worker on ``minutes`` × ``n_series`` points, produced all at once."""
+    """Points/s of one worker on ``minutes`` × ``n_series`` points, produced all at once
+    (``extra_env``: more worker settings, e.g. ClickHouse storage on, an LSTM model)."""
     run = Run(label)
     create_topics(svc.bootstrap, run.topics())
     with contextlib.ExitStack() as stack:
         stack.callback(_delete_topics, svc.bootstrap, list(run.topics()))
-        worker = Worker(svc, run, stack)
+        worker = Worker(svc, run, stack, extra_env)
         now = _minute_floor(time.time_ns() // 1_000_000)
         workload = Workload(n_series, per_message, start_ms=now - (minutes + 60) * MINUTE_MS)
         # Encode while the worker starts up (it mostly waits for its group join meanwhile).
@@ -388,6 +391,8 @@ def measure_throughput(
         cpu = meter.report()
         progress.join(5)
         del producer
+        if extra_env and extra_env.get("VIGIL_CLICKHOUSE_URL"):
+            _report_storage(worker, label, finished)
     if progress.awake is None:
         raise RuntimeError(f"never saw the ingest counter move: {progress.error}")
     awake_at, first_batch = progress.awake
@@ -403,6 +408,27 @@ def measure_throughput(
     )
     info(f"{label}: {cpu}")
     return ThroughputResult(credited, seconds, steady)
+
+
+def _metric_total(worker: Worker, name: str) -> float:
+    with urllib.request.urlopen(worker.metrics_url, timeout=2) as response:
+        body = response.read().decode()
+    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body,
+                                              re.MULTILINE))
+
+
+def _report_storage(worker: Worker, label: str, detected_at: float, wait_s: float = 120) -> None:
+    """How long after detection the ClickHouse buffer was empty, and what it dropped."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _metric_total(worker, "vigil_clickhouse_buffer_rows"):
+        time.sleep(0.1)
+    info(
+        f"{label}: ClickHouse buffer empty {time.monotonic() - detected_at:.1f} s after the "
+        f"last point was detected; rows written "
+        f"{_metric_total(worker, 'vigil_clickhouse_rows_written_total'):,.0f}, dropped "
+        f"{_metric_total(worker, 'vigil_clickhouse_rows_dropped_total'):,.0f}, insert errors "
+        f"{_metric_total(worker, 'vigil_clickhouse_errors_total'):,.0f}"
+    )
 
 
 def _steady_rate(samples: list[tuple[float, int]], base: int, total: int) -> float:

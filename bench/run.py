@@ -17,21 +17,27 @@ The figures, in order:
 4. ``alert_latency_p50`` / ``alert_latency_p95`` — anomaly event produced → its Telegram
    request at a local Bot API server, one incident (one message with a chart) at a time at
    ``alert_rate`` (:mod:`bench.notifier`), ``alert_samples`` of them.
+5. ``lstm_{model}_w{window}_b{batch}_windows_per_s`` / ``..._batch_ms`` — the LSTM scorer
+   alone (:mod:`bench.lstm`; the full grid of batch sizes and window lengths with
+   ``lstm_grid=True``), and ``e2e_lstm_off`` / ``e2e_lstm_on`` — one worker end to end on a
+   fleet long enough for every series to fill its window, without and with a model loaded.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass
 
 from bench.detector import detector_figures
+from bench.lstm import GRID_BATCHES, GRID_WINDOWS, lstm_figures
 from bench.notifier import measure_alert_latency
 from bench.pipeline import measure_latency, measure_throughput, services
 from bench.report import Figure, info, machine_line
 
-__all__ = ["FULL", "QUICK", "Sizes", "run_all", "run_detector"]
+__all__ = ["FULL", "QUICK", "Sizes", "run_all", "run_detector", "run_lstm"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class Sizes:
     latency_spikes: int
     alert_incidents: int
     alert_rate: float  # incidents per second
+    lstm_series: int = 2_000  # fleet of the end-to-end LSTM on/off runs
+    lstm_minutes: int = 150  # ... minutes of it (more than the 64-step window)
 
 
 QUICK = Sizes(
@@ -61,6 +69,8 @@ QUICK = Sizes(
     latency_spikes=400,
     alert_incidents=100,
     alert_rate=5.0,
+    lstm_series=1_000,
+    lstm_minutes=100,
 )
 
 FULL = Sizes(
@@ -93,24 +103,114 @@ def run_detector(
     return results
 
 
+def run_lstm(
+    grid: bool = False, device: str = "auto", min_seconds: float = 1.0, threads: int = 1
+) -> dict[str, float]:
+    """The LSTM scorer's figures alone: batch 256 and 4096 at window 64 for both models, or
+    (``grid``) every batch of :data:`GRID_BATCHES` × window of :data:`GRID_WINDOWS`."""
+    results: dict[str, float] = {}
+    if grid:
+        figures = lstm_figures(GRID_BATCHES, GRID_WINDOWS, device=device,
+                               min_seconds=min_seconds, threads=threads)
+    else:
+        figures = lstm_figures(device=device, min_seconds=min_seconds, threads=threads)
+    for figure in figures:
+        _emit(figure, results)
+    return results
+
+
+def _lstm_model_file(folder: str) -> str:
+    """A model file for the worker: the default architecture, random weights."""
+    from pathlib import Path
+
+    from bench.lstm import MODELS, make_model
+
+    kind, layers, hidden = MODELS["default"]
+    path = Path(folder) / "bench-lstm.pt"
+    make_model(64, kind, layers, hidden, "cpu").save(
+        path, {"data": {"summary": "bench weights"}}
+    )
+    return str(path)
+
+
+def run_e2e_lstm(
+    svc, sizes: Sizes, device: str = "auto", lstm_threads: int = 1
+) -> dict[str, float]:
+    """Worker points/s without and with the LSTM on one workload."""
+    import tempfile
+
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-lstm-") as folder:
+        env = {"VIGIL_LSTM_MODEL": _lstm_model_file(folder), "VIGIL_LSTM_DEVICE": device,
+               "VIGIL_LSTM_THREADS": str(lstm_threads)}
+        for label, extra in (("off", None), ("on", env)):
+            run = measure_throughput(svc, f"lstm-{label}", sizes.lstm_series,
+                                     sizes.lstm_minutes, per_message=100, extra_env=extra)
+            _emit(Figure(f"e2e_lstm_{label}", run.rate, "points/s"), results)
+    return results
+
+
 def _raise_on_sigterm(signum: int, frame: object) -> None:
     # Turn a polite kill into an exception so every `with` block stops what it started.
     raise SystemExit(128 + signum)
 
 
-def run_all(quick: bool = False) -> dict[str, float]:
-    """Run every benchmark, print the figures, and return them as ``{name: value}``."""
+def _with_clickhouse(svc, sizes: Sizes):
+    """The batched throughput with ClickHouse storage on: ``VIGIL_CLICKHOUSE_URL``'s server,
+    else a local clickhouse-server started here; None (and a note) when there is neither."""
+    import shutil as _shutil
+    import uuid
+
+    from vigil.streams.embedded import start_clickhouse
+
+    url = os.environ.get("VIGIL_CLICKHOUSE_URL")
+    server = None
+    if not url:
+        try:
+            server = start_clickhouse()
+        except RuntimeError as exc:
+            info(f"no ClickHouse, storage-on throughput not measured: {exc}")
+            return None
+        url = server.url
+    url = url.rsplit("/", 1)[0] + f"/bench_{uuid.uuid4().hex[:8]}"
+    try:
+        return measure_throughput(
+            svc, "batched_clickhouse", sizes.fleet_series, sizes.batched_minutes,
+            per_message=100, extra_env={"VIGIL_CLICKHOUSE_URL": url},
+        )
+    finally:
+        if server is not None:
+            server.stop()
+            _shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+def run_all(
+    quick: bool = False, lstm_only: bool = False, lstm_grid: bool = False, device: str = "auto",
+    lstm_threads: int = 1,
+) -> dict[str, float]:
+    """Run every benchmark, print the figures, and return them as ``{name: value}``.
+
+    ``lstm_only`` runs the LSTM scorer's figures alone (no broker, no worker); ``lstm_grid``
+    measures its full grid; ``device`` is where the LSTM runs (``auto``, ``cpu``, ``cuda``).
+    """
     sizes = QUICK if quick else FULL
     started = time.monotonic()
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         print(machine_line(), flush=True)
+        if lstm_only:
+            return run_lstm(grid=lstm_grid, device=device,
+                            min_seconds=0.3 if quick else 1.0, threads=lstm_threads)
         results = run_detector(sizes.detector_rounds, skip=sizes.detector_skip)
         with services() as svc:
             batched = measure_throughput(
                 svc, "batched", sizes.fleet_series, sizes.batched_minutes, per_message=100
             )
             _emit(Figure("e2e_batched_100_points_per_message", batched.rate, "points/s"), results)
+            stored = _with_clickhouse(svc, sizes)
+            if stored is not None:
+                _emit(Figure("e2e_batched_100_points_per_message_clickhouse", stored.rate,
+                             "points/s"), results)
             single = measure_throughput(
                 svc, "single", sizes.fleet_series, sizes.single_minutes, per_message=1
             )
@@ -132,6 +232,9 @@ def run_all(quick: bool = False) -> dict[str, float]:
             _emit(Figure("alert_latency_max", alerts.max_ms, "ms"), results)
             _emit(Figure("alert_rate", alerts.rate, "incidents/s"), results)
             _emit(Figure("alert_samples", alerts.received, "incidents"), results)
+            results.update(run_e2e_lstm(svc, sizes, device, lstm_threads))
+        results.update(run_lstm(grid=lstm_grid, device=device,
+                                min_seconds=0.3 if quick else 1.0, threads=lstm_threads))
     finally:
         signal.signal(signal.SIGTERM, previous)
         sys.stderr.flush()

@@ -1,4 +1,5 @@
-"""Test services: a real Kafka-protocol broker (Tansu) and a real Redis, shared by the session.
+"""Test services: a real Kafka-protocol broker (Tansu), a real Redis and a real ClickHouse,
+shared by the session.
 
 The broker is started on a free port for the test session. Redis is the one on
 127.0.0.1:6379 when it answers (as on the project's machines and in CI), else a throw-away
@@ -23,6 +24,7 @@ from vigil.streams.embedded import (
     create_topics,
     free_port,
     start_broker,
+    start_clickhouse,
     start_notifier,
     start_redis,
 )
@@ -37,6 +39,20 @@ def broker() -> Iterator[str]:
         yield service.address
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url() -> Iterator[str]:
+    """A real ClickHouse server for the session (fails if clickhouse-server is missing):
+    its ``clickhouse://`` URL with database ``vigil``; tests pick their own database."""
+    import shutil
+
+    service = start_clickhouse()
+    try:
+        yield service.url
+    finally:
+        service.stop()
+        shutil.rmtree(service.data_dir, ignore_errors=True)
 
 
 def _local_redis() -> str | None:

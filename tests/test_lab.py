@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from vigil.detectors.datasets import load_dataset, write_telemetry
 from vigil.detectors.lab import (
     ENTRY_NAMES,
+    LSTM_ENTRIES,
     decompose_series,
     infer_step_s,
     run_detectors,
@@ -44,15 +45,16 @@ def test_evaluate_writes_metrics_and_a_report_naming_every_detector(telemetry, t
                             "best_worst", "run_seconds"}
     assert metrics["protocol"]["name"] == "nab"
     assert metrics["dataset"]["step_s"] == 300 and metrics["dataset"]["series"] == 2
-    # The default run: every detector but the supervised one (mlp, run on request).
-    assert set(metrics["detectors"]) == set(ENTRY_NAMES) - {"mlp"}
+    # The default run: every detector but those trained on other series (run on request).
+    on_request = {"mlp", *LSTM_ENTRIES, *(f"online+{n}" for n in LSTM_ENTRIES)}
+    assert set(metrics["detectors"]) == set(ENTRY_NAMES) - on_request
     for entry in metrics["detectors"].values():
         assert set(entry["nab"]) == set(PROFILES)
         assert {"precision", "recall", "f1"} <= set(entry["event"])
         assert {"point_f1", "point_adjusted_f1_inflated", "mean_delay_min"} <= set(entry)
         assert 0.0 <= entry["event"]["f1"] <= 1.0
     report = (out / "report.html").read_text()
-    for name in set(ENTRY_NAMES) - {"mlp"}:
+    for name in set(ENTRY_NAMES) - on_request:
         assert name in report
     plots = sorted((out / "plots").glob("*.png"))
     decompositions = sorted((out / "plots").glob("*_stl.png"))
@@ -119,7 +121,7 @@ def test_evaluate_runs_only_the_chosen_detectors(telemetry, tmp_path):
 
 def test_an_unknown_detector_is_refused(telemetry, tmp_path):
     result = CliRunner().invoke(
-        app, ["evaluate", "--data", str(telemetry), "--out", str(tmp_path), "--detectors", "lstm"]
+        app, ["evaluate", "--data", str(telemetry), "--out", str(tmp_path), "--detectors", "nosuch"]
     )
     assert result.exit_code != 0
     assert not (tmp_path / "metrics.json").exists()
@@ -150,3 +152,22 @@ def test_reported_nab_scores_are_those_of_the_reported_detections(telemetry):
     assert any(d.any() for d in detections["online_incidents"])
     for d, f in zip(detections["online"], run.files, strict=True):
         assert len(d) == len(f.ts_ms)
+
+
+def test_lstm_entries_score_every_row_and_the_combination_keeps_the_online_openings(telemetry):
+    from vigil.detectors.datasets import load_dataset
+    from vigil.detectors.lab import lstm_scores
+    from vigil.detectors.models import OnlineModel
+
+    ds = load_dataset(telemetry)
+    ids = list(ds.series)
+    alone, combined = lstm_scores(ds, ids, "autoencoder", 300, max_windows=500, epochs=1,
+                                  window=16)
+    online = OnlineModel(step_s=300).fit(None, None).score_and_openings_many(
+        [(ds.series[sid].values, ds.series[sid].ts_ms) for sid in ids])
+    for sid, a, c, (_, opened) in zip(ids, alone, combined, online, strict=True):
+        assert len(a) == len(c) == len(ds.series[sid])
+        step_rows = ~np.isnan(a)
+        assert step_rows.sum() > 0.9 * len(a)  # one score per step (5-minute rows)
+        assert set(np.unique(c[step_rows])) <= {0.0, 1.0}
+        assert (c[opened] == 1.0).all()  # every online opening is kept

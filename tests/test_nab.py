@@ -13,7 +13,6 @@ from vigil.detectors.nab import (
     normalised,
     probation_length,
     raw_score,
-    scaled_sigmoid,
     sweep_threshold,
 )
 
@@ -129,11 +128,12 @@ def test_the_last_probation_row_is_ignored_and_the_first_scored_row_counts():
     assert _score([150]) == pytest.approx(100 * (-1 - 0.11 + 1) / 2)
 
 
-def test_a_false_positive_after_a_one_row_window_is_scored():
-    # Generated telemetry labels a spike as one row; NAB's formula divides by width − 1.
-    f = ScoredFile(np.arange(200), [(100, 100)])  # probation: rows 0-29
-    det = np.zeros(200, bool)
-    det[[100, 150]] = True
-    w = f.weights(1.0, 0.11)
-    assert w[150] == pytest.approx(0.11 * scaled_sigmoid(50.0)) == pytest.approx(-0.11)
-    assert normalised(raw_score([f], [det], "standard"), 1, "standard") < 100.0
+def test_a_one_row_window_is_scored_without_dividing_by_zero():
+    # Generated or hand-labelled data can hold a window of a single row; NAB's formula
+    # divides by (width − 1), so such a window counts as two rows wide after it ends.
+    f = ScoredFile(np.arange(N) * 60_000, [(400 * 60_000, 400 * 60_000)])
+    det = np.zeros(N, bool)
+    det[[400, 402]] = True
+    sigma = lambda y: 2 / (1 + np.exp(5 * y)) - 1  # noqa: E731
+    raw = sigma(-1) / sigma(-1) + 0.11 * sigma(2 / 1)  # hit at the edge, FP 2 rows later
+    assert raw_score([f], [det], "standard") == pytest.approx(raw)

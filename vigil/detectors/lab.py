@@ -45,7 +45,7 @@ from vigil.detectors.evaluation import (
     point_adjusted_f1,
     point_f1,
 )
-from vigil.detectors.models import MODELS, OnlineModel, resample_series
+from vigil.detectors.models import MODELS, OnlineModel, _to_rows, resample_series
 from vigil.detectors.nab import (
     PROFILES,
     ScoredFile,
@@ -79,7 +79,26 @@ ENTRY_NAMES = {
     "hst": "river HalfSpaceTrees (reference)",
     "prophet": "Prophet forecast residual (baseline)",
     "mlp": "the article's perceptron, trained on the other series' labels (series folds)",
+    "lstm": "global LSTM autoencoder on residual windows, trained on the other series "
+    "(series folds)",
+    "lstm_forecast": "global LSTM forecaster on residual windows, trained on the other series "
+    "(series folds)",
+    "online+lstm": "the worker's combination with the LSTM autoencoder: online incident "
+    "openings plus the LSTM's own (no threshold)",
+    "online+lstm_forecast": "the worker's combination with the LSTM forecaster: online "
+    "incident openings plus the LSTM's own (no threshold)",
 }
+
+#: The global LSTM entries (:mod:`vigil.detectors.lstm`) and their kind; ``online+NAME`` is
+#: the combination with the online detector's z-score.
+LSTM_ENTRIES = {"lstm": "autoencoder", "lstm_forecast": "forecaster"}
+#: Training of the LSTM entries per fold: most windows, epochs, window length.
+LSTM_MAX_WINDOWS = 8_000
+LSTM_EPOCHS = 3
+LSTM_WINDOW = 64
+#: The LSTM score from which the combination opens an incident (the worker's default,
+#: ``VIGIL_LSTM_Z_OPEN``).
+LSTM_Z_OPEN = 24.0
 
 #: Series folds of the supervised detectors, the most training windows per fold, and the
 #: training epochs (kept small so that nab-dev's 4 trainings stay within about a minute).
@@ -143,7 +162,8 @@ def make_model(name: str, step_s: int, preparation: Preparation | None = None, *
 
 
 def _check_names(dataset: Dataset, names: Sequence[str]) -> None:
-    known = {**MODELS, **SUPERVISED_MODELS}
+    known = {**MODELS, **SUPERVISED_MODELS, **LSTM_ENTRIES,
+             **{f"online+{n}": None for n in LSTM_ENTRIES}}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown detectors {unknown}; choose from {list(known)}")
@@ -171,6 +191,15 @@ def run_detectors(
             start = time.perf_counter()
             run.scores[name] = supervised_scores(dataset, ids, name, step_s, progress=progress)
             run.seconds[name] = time.perf_counter() - start
+    lstm_names = [n for n in names if n.removeprefix("online+") in LSTM_ENTRIES]
+    for kind_name in dict.fromkeys(n.removeprefix("online+") for n in lstm_names):
+        start = time.perf_counter()
+        alone, combined = lstm_scores(dataset, ids, LSTM_ENTRIES[kind_name], step_s,
+                                      progress=progress)
+        seconds = time.perf_counter() - start
+        for name, scores in ((kind_name, alone), (f"online+{kind_name}", combined)):
+            if name in names:
+                run.scores[name], run.seconds[name] = scores, seconds
     if "online" in names:
         # All series in one batch (the detector learns as it goes: nothing to fit), and one
         # pass gives both its z-scores and its incident openings.
@@ -243,7 +272,8 @@ def run_cv(
     reaches a fit, a threshold or a choice.
     """
     _check_names(dataset, names)
-    supervised = [n for n in names if n in SUPERVISED_MODELS]
+    supervised = [n for n in names
+                  if n in SUPERVISED_MODELS or n.removeprefix("online+") in LSTM_ENTRIES]
     if supervised:
         raise ValueError(f"{supervised} train on other series' labels; evaluate them with "
                          "--protocol nab")
@@ -404,6 +434,79 @@ def supervised_scores(
     return [scores[sid] for sid in ids]
 
 
+def lstm_scores(
+    dataset: Dataset,
+    ids: Sequence[str],
+    kind: str,
+    step_s: int,
+    folds: int | None = None,
+    max_windows: int | None = None,
+    epochs: int | None = None,
+    window: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per-row scores of the global LSTM (``kind``) and of its combination with the online
+    detector, for every series in ``ids`` order, by series folds.
+
+    The online detector runs over every series once (as the worker would); its normalised
+    residuals are the LSTM's input. For each fold (:func:`.perceptron.series_folds`) a fresh
+    model is trained on the *other* series' windows that the detector considered normal and
+    that touch no labelled window (at most ``max_windows``, drawn at random), then scores
+    the fold's series. No series' own data or labels reach the model that scores it.
+
+    The combination is what the worker alerts on with the model loaded: the seasonal
+    detector's incident openings plus those of :class:`~vigil.detectors.lstm.LstmIncidents`
+    (the LSTM score past :data:`LSTM_Z_OPEN` where no seasonal incident is open), as a 0/1
+    score.
+    """
+    from vigil.detectors.lstm import (
+        LstmIncidents,
+        WindowLSTM,
+        series_residuals,
+        training_windows,
+    )
+    from vigil.detectors.online import DetectorParams
+
+    folds = SUPERVISED_FOLDS if folds is None else folds
+    max_windows = LSTM_MAX_WINDOWS if max_windows is None else max_windows
+    epochs = LSTM_EPOCHS if epochs is None else epochs
+    window = LSTM_WINDOW if window is None else window
+    ids = list(ids)
+    if len(ids) < 2:
+        raise ValueError("the LSTM trains on other series: it needs two series or more")
+    seen = dict(zip(ids, series_residuals(
+        [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in ids], step_s
+    ), strict=True))
+    windows = {sid: [(lab.start_ms, lab.end_ms) for lab in dataset.labels if lab.series == sid]
+               for sid in ids}
+    train_x = {sid: training_windows(seen[sid], window, windows[sid]) for sid in ids}
+    rng = np.random.default_rng(seed)
+    alone: dict[str, np.ndarray] = {}
+    combined: dict[str, np.ndarray] = {}
+    step_ms = step_s * 1000
+    for k, held_out in enumerate(tqdm(series_folds(ids, folds, seed), desc=f"{kind} folds",
+                                      disable=not progress)):
+        X = np.vstack([train_x[sid] for sid in ids if sid not in held_out])
+        if len(X) > max_windows:
+            X = X[np.sort(rng.choice(len(X), max_windows, replace=False))]
+        model = WindowLSTM(window=window, kind=kind, epochs=epochs, seed=seed + k,
+                           device="cpu").fit_windows(X)
+        for sid in held_out:
+            s, ts = seen[sid], dataset.series[sid].ts_ms
+            z_lstm = model.score_series(s.residual)
+            p = DetectorParams()
+            incidents = LstmIncidents(LSTM_Z_OPEN, p.z_close, max(p.z_critical, LSTM_Z_OPEN),
+                                      p.resolve_steps)
+            found = incidents.step([sid], np.zeros(len(z_lstm), np.int64), s.ts_ms, z_lstm,
+                                   s.incident_start_ms)
+            both = s.opened.astype(float)
+            both[[i for i, code, _ in found if code == 1]] = 1.0
+            alone[sid] = _to_rows(ts, s.ts_ms, np.nan_to_num(z_lstm, nan=-1e9), step_ms)
+            combined[sid] = _to_rows(ts, s.ts_ms, both, step_ms)
+    return [alone[sid] for sid in ids], [combined[sid] for sid in ids]
+
+
 def decompose_series(ts_ms, values, step_s: int) -> tuple[np.ndarray, Decomposition]:
     """One series resampled as the stream does, on a full grid, and decomposed.
 
@@ -476,7 +579,9 @@ def _protocol(run: LabRun) -> dict:
         "name": "nab",
         "training": "each model is fitted on its series' NAB probation rows; the "
         f"supervised ones ({', '.join(SUPERVISED_MODELS)}) instead on the labelled "
-        f"windows of the other series, by {SUPERVISED_FOLDS} series folds",
+        f"windows of the other series, by {SUPERVISED_FOLDS} series folds; the LSTM "
+        f"entries ({', '.join(LSTM_ENTRIES)}) on the other series' normal residual "
+        f"windows (no labelled window), by {SUPERVISED_FOLDS} series folds",
         "threshold": "one per NAB profile over the corpus (NAB's sweep); event, point "
         "and delay metrics at the standard profile's threshold",
         "probation": "probation rows are never scored",
@@ -582,7 +687,7 @@ def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
 
 
 def evaluate(
-    path: str | Path,
+    path: str | Path | Dataset,
     out_dir: str | Path,
     names: Sequence[str] = tuple(MODELS),
     step_s: int | None = None,
@@ -593,13 +698,13 @@ def evaluate(
     gap: int = 24,
     test_fraction: float = 0.3,
 ) -> dict:
-    """Run the lab on a dataset and write ``metrics.json`` and ``report.html``.
+    """Run the lab on a dataset (or its path) and write ``metrics.json`` and ``report.html``.
 
     ``protocol`` is ``nab`` (the default on a NAB checkout) or ``cv`` (the default
     elsewhere); ``folds``, ``gap`` (rows) and ``test_fraction`` set up ``cv``.
     """
     start = time.perf_counter()
-    dataset = load_dataset(path)
+    dataset = path if isinstance(path, Dataset) else load_dataset(path)
     protocol = protocol or ("nab" if dataset.source == "nab" else "cv")
     if protocol not in ("nab", "cv"):
         raise ValueError(f"protocol must be 'nab' or 'cv', not {protocol!r}")
@@ -774,7 +879,15 @@ the series it scores: the series are split into {SUPERVISED_FOLDS} folds, and ea
 scored by a network trained on the labelled windows of the other folds' series (a window is
 positive when its last step lies in a labelled window; at most {SUPERVISED_MAX_WINDOWS:,}
 windows per fold, positives first, the rest weighted by class in the loss;
-{SUPERVISED_EPOCHS} epochs). Its first 99 steps, with no full window, score 0.</p>"""
+{SUPERVISED_EPOCHS} epochs). Its first 99 steps, with no full window, score 0.</p>
+<p>The global LSTM (<code>lstm</code>, the autoencoder, and <code>lstm_forecast</code>, when
+run) scores {LSTM_WINDOW}-step windows of the online detector's normalised residual. It is
+trained, like the perceptron, only on series it does not score ({SUPERVISED_FOLDS} series
+folds), on the windows the online detector considered normal and that touch no labelled
+window (at most {LSTM_MAX_WINDOWS:,}, {LSTM_EPOCHS} epochs). <code>online+lstm</code> is what
+the worker alerts on with a model loaded: the online detector's incident openings plus the
+LSTM's own where its score reaches {LSTM_Z_OPEN:g} and no online incident is open (a 0/1
+score, no threshold of its own).</p>"""
 
 
 def _preparation_html(summary: dict) -> str:

@@ -111,8 +111,8 @@ class ScoredFile:
             elif prev_right is None:
                 out[i] = -fp
             else:
-                # max(…, 1): a one-row window (a labelled point, not in NAB's own corpus)
-                # would divide by zero.
+                # NAB divides by (width − 1); a one-row window (never in NAB's corpus, but
+                # possible in generated or hand-labelled data) counts as two rows wide.
                 out[i] = fp * scaled_sigmoid(abs(i - prev_right) / max(prev_width - 1, 1.0))
         return out
 

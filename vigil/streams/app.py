@@ -30,11 +30,13 @@ from faust.types import EventT
 from mode import CrashingSupervisor
 
 from vigil.streams import metrics
+from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
 from vigil.streams.pipeline import DetectionPipeline, decode_points, route
 from vigil.streams.records import DeadLetter, Reject
 from vigil.streams.settings import Settings
 from vigil.streams.state import RedisStateStore
+from vigil.streams.storage import attach_storage
 from vigil.streams.transport import VigilApp
 
 __all__ = ["add_web_pages", "create_app", "new_app", "resolve_topics"]
@@ -144,13 +146,23 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
 
     redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
     store = RedisStateStore(redis_client, settings.redis_prefix)
+    lstm = None
+    if settings.lstm_model:
+        lstm = LstmScorer(settings.lstm_model, settings.lstm_device, settings.lstm_batch,
+                          settings.detector.z_open, settings.lstm_threads,
+                          settings.lstm_z_open)
+    else:
+        log.info("no LSTM model configured (VIGIL_LSTM_MODEL): seasonal detector alone")
     pipeline = DetectionPipeline(
         store,
         settings.detector,
         settings.max_cached_series,
         directions=settings.directions,
         history_steps=settings.chart_history_steps,
+        lstm=lstm,
     )
+
+    history = attach_storage(app, settings)  # ClickHouse, when configured
 
     async def dead_letter(reject: Reject, event: EventT, stage: str = "parse") -> asyncio.Future:
         message = event.message
@@ -209,6 +221,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             if delivered:
                 await asyncio.gather(*delivered)
             await pipeline.save(batch)
+            if history is not None:
+                history.record(batch.series, batch.results, batch.events)
             metrics.POINTS_DETECTED.inc(batch.points - batch.dropped)
             metrics.STEPS_SCORED.inc(batch.steps)
             metrics.POINTS_DROPPED.inc(batch.dropped)
@@ -223,6 +237,16 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         pipeline.forget()
 
     add_web_pages(app, redis_client, lambda: {"topics": topics})
+
+    if lstm is not None:
+
+        @app.task
+        async def load_lstm() -> None:
+            await lstm.refresh()  # at start, before the first batch is likely
+
+        @app.timer(settings.lstm_reload_s)
+        async def watch_lstm() -> None:
+            await lstm.refresh()
 
     if settings.input_pattern:
 

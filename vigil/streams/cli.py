@@ -1,5 +1,5 @@
-"""The ``vigil`` command line: worker, notifier, silence, generate, replay, evaluate, score,
-demo, bench."""
+"""The ``vigil`` command line: worker, notifier, silence, generate, replay, backfill, export,
+evaluate, score, train, demo, bench."""
 
 from __future__ import annotations
 
@@ -175,16 +175,89 @@ def replay(
     typer.echo(f"sent {sent:,} points of {len(dataset.series)} series to {topic}")
 
 
+def _clickhouse_url(url: str | None) -> str:
+    url = url or Settings().clickhouse_url
+    if not url:
+        raise typer.BadParameter("give --clickhouse or set VIGIL_CLICKHOUSE_URL")
+    return url
+
+
+def _since_ms(text: str | None) -> int | None:
+    from vigil.sinks.clickhouse import parse_since
+
+    if text is None:
+        return None
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+@app.command()
+def backfill(
+    path: Path = typer.Argument(..., help="A CSV file, a NAB folder or a generator folder."),
+    clickhouse: str = typer.Option(None, help="clickhouse:// URL (default: "
+                                   "VIGIL_CLICKHOUSE_URL)."),
+    step: int = typer.Option(0, min=0, help="Detector step in seconds (0: the data's own)."),
+) -> None:
+    """Run the online detector over recorded telemetry and store it in ClickHouse."""
+    from tqdm import tqdm
+
+    from vigil.detectors.datasets import load_dataset
+    from vigil.detectors.lab import infer_step_s
+    from vigil.streams.storage import backfill as run_backfill
+
+    url = _clickhouse_url(clickhouse)
+    try:
+        dataset = load_dataset(path)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    step_s = step or infer_step_s(dataset)
+    with tqdm(total=dataset.n_points, unit="pt", unit_scale=True, desc="backfill") as bar:
+        written = run_backfill(dataset, url, step_s=step_s, progress=bar.update)
+    typer.echo(f"stored {dataset.n_points:,} points of {len(dataset.series)} series "
+               f"(step {step_s} s): " + ", ".join(f"{t} {n:,}" for t, n in written.items()))
+
+
+@app.command()
+def export(
+    series: list[str] = typer.Option(..., "--series", help="Series id or glob (repeatable)."),
+    since: str = typer.Option(..., help="ISO 8601 time or an age: 30d, 12h."),
+    until: str = typer.Option(None, help="ISO 8601 time or an age (default: now)."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
+    out: Path = typer.Option(..., help="File to write."),
+    clickhouse: str = typer.Option(None, help="clickhouse:// URL (default: "
+                                   "VIGIL_CLICKHOUSE_URL)."),
+) -> None:
+    """Write a snapshot of stored steps: timestamp, value, series, label."""
+    from vigil.streams.storage import export as run_export
+
+    if fmt not in ("parquet", "csv"):
+        raise typer.BadParameter("--format must be parquet or csv")
+    rows = run_export(_clickhouse_url(clickhouse), series, _since_ms(since), _since_ms(until),
+                      fmt, out)
+    typer.echo(f"wrote {rows:,} rows to {out}")
+
+
 @app.command()
 def evaluate(
     data: Path = typer.Option(
-        ..., help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of them."
+        None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of "
+        "them (or --clickhouse)."
     ),
+    clickhouse: str = typer.Option(None, help="Read the history from this clickhouse:// URL "
+                                   "instead of --data."),
+    series: list[str] = typer.Option([], "--series", help="With --clickhouse: series id or "
+                                     "glob (repeatable; default all)."),
+    since: str = typer.Option("0", help="With --clickhouse: ISO time or age (30d); "
+                              "default: all history."),
+    until: str = typer.Option(None, help="With --clickhouse: ISO time or age."),
     out: Path = typer.Option(Path("lab-report"), help="Folder for metrics.json and report.html."),
     detectors: str = typer.Option(
         "online,iforest,ocsvm,hst,prophet",
         help="Comma-separated: online, iforest, ocsvm, hst, prophet, mlp (supervised, by series "
-        "folds; NAB protocol only).",
+        "folds; NAB protocol only), lstm, lstm_forecast, online+lstm, online+lstm_forecast "
+        "(global LSTM trained by series folds; NAB protocol only).",
     ),
     step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
     protocol: str = typer.Option(
@@ -207,10 +280,20 @@ def evaluate(
     from vigil.detectors.prepare import Preparation
 
     names = [d.strip() for d in detectors.split(",") if d.strip()]
+    if (data is None) == (clickhouse is None):
+        raise typer.BadParameter("give either --data or --clickhouse")
+    source = data
+    if clickhouse is not None:
+        from vigil.streams.storage import load_history
+
+        source = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
+        if not source.series:
+            raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
+                                     f"in that time range at {clickhouse}")
     try:
         clip = None if clip_outliers.strip().lower() == "none" else float(clip_outliers)
         preparation = Preparation(clip_quantile=clip, normalise=normalise)
-        summary = run_lab(data, out, names, step_s=step or None, protocol=protocol or None,
+        summary = run_lab(source, out, names, step_s=step or None, protocol=protocol or None,
                           preparation=preparation, folds=folds, gap=gap,
                           test_fraction=test_fraction)
     except ValueError as exc:
@@ -248,6 +331,83 @@ def score(
 
 
 @app.command()
+def train(
+    data: Path = typer.Option(
+        None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of "
+        "them (or --clickhouse)."
+    ),
+    clickhouse: str = typer.Option(None, help="Train on the history stored at this "
+                                   "clickhouse:// URL instead of --data."),
+    series: list[str] = typer.Option([], "--series", help="With --clickhouse: series id or "
+                                     "glob (repeatable; default all)."),
+    since: str = typer.Option("0", help="With --clickhouse: ISO time or age (30d); "
+                              "default: all history."),
+    until: str = typer.Option(None, help="With --clickhouse: ISO time or age."),
+    out: Path = typer.Option(Path("lstm.pt"), help="Model file to write (VIGIL_LSTM_MODEL)."),
+    kind: str = typer.Option(
+        "autoencoder", help="autoencoder (the lab's choice on nab-dev) or forecaster."
+    ),
+    window: int = typer.Option(64, min=4, help="Steps per window."),
+    hidden: int = typer.Option(32, min=1, help="LSTM units per layer."),
+    layers: int = typer.Option(1, min=1, help="LSTM layers."),
+    epochs: int = typer.Option(5, min=1, help="Passes over the training windows."),
+    max_windows: int = typer.Option(50_000, min=10, help="Most training windows (random)."),
+    step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+    seed: int = typer.Option(0, help="Seed of weights, split and order (same seed, same model)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:n]."),
+) -> None:
+    """Train the global LSTM on what the online detector considers normal; save weights."""
+    from tqdm import tqdm
+
+    import vigil
+    from vigil.detectors.datasets import load_dataset
+    from vigil.detectors.lab import infer_step_s
+    from vigil.detectors.lstm import FORMAT_VERSION, KINDS, WindowLSTM, train_on_dataset
+    from vigil.detectors.online import DetectorParams
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
+    if (data is None) == (clickhouse is None):
+        raise typer.BadParameter("give either --data or --clickhouse")
+    if clickhouse is not None:
+        from vigil.streams.storage import load_history
+
+        dataset = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
+        if not dataset.series:
+            raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
+                                     f"in that time range at {clickhouse}")
+    else:
+        dataset = load_dataset(data)
+    step_s = step or infer_step_s(dataset)
+    model = WindowLSTM(window=window, kind=kind, hidden=hidden, layers=layers, epochs=epochs,
+                       seed=seed, device=device)
+    with tqdm(total=epochs, desc=f"train {kind}", unit="epoch") as bar:
+        def progress(epoch: int, loss: float, val: float) -> None:
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{val:.4f}")
+            bar.update()
+
+        try:
+            summary = train_on_dataset(dataset, step_s, model, max_windows, progress)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    params = DetectorParams()
+    model.save(out, {
+        "vigil_version": vigil.__version__,
+        "format_version": FORMAT_VERSION,
+        "normalisation": "online detector residual (value - expected) / sigma, sigma = "
+        f"(upper - expected) / z_open (z_open {params.z_open}), clipped to ±{model.clip}",
+        "data": summary,
+        "device": str(model.device_),
+        "validation_loss": model.val_loss_[-1],
+    })
+    typer.echo(
+        f"trained on {summary['summary']} in {epochs} epochs on {model.device_}: loss "
+        f"{model.loss_[0]:.4f} → {model.loss_[-1]:.4f}, validation {model.val_loss_[0]:.4f} → "
+        f"{model.val_loss_[-1]:.4f}; wrote {out}"
+    )
+
+
+@app.command()
 def demo(
     hosts: int = typer.Option(3, min=1, help="Hosts to simulate (7 metrics each)."),
     days: float = typer.Option(30.0, min=2.0, help="Days of 1-minute telemetry."),
@@ -262,11 +422,18 @@ def demo(
 @app.command()
 def bench(
     quick: bool = typer.Option(False, help="Smaller sizes; finishes in under a minute."),
+    lstm_only: bool = typer.Option(False, help="Only the LSTM scorer (no broker, no worker)."),
+    lstm_grid: bool = typer.Option(
+        False, help="The LSTM's full grid: batch 256…16,384 × window 32…128."
+    ),
+    device: str = typer.Option("auto", help="Where the LSTM runs: auto, cpu, cuda."),
+    lstm_threads: int = typer.Option(1, min=0, help="torch threads (0: one per core)."),
 ) -> None:
     """Measure detector and end-to-end throughput; prints `name: value unit` lines."""
     from bench.run import run_all
 
-    run_all(quick=quick)
+    run_all(quick=quick, lstm_only=lstm_only, lstm_grid=lstm_grid, device=device,
+            lstm_threads=lstm_threads)
 
 
 def main() -> None:

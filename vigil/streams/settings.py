@@ -78,6 +78,24 @@ class Settings(BaseSettings):
         500_000, description="Series states kept in worker memory before the cache is reset."
     )
 
+    clickhouse_url: str = Field(
+        "", description="clickhouse://user:password@host:9000/database — history storage "
+        "(steps, events, incidents, feedback); empty = off."
+    )
+    clickhouse_batch_rows: int = Field(
+        20_000, ge=1, description="Rows buffered before a ClickHouse insert is started."
+    )
+    clickhouse_flush_s: float = Field(
+        2.0, gt=0, description="Longest time rows wait in the buffer before an insert."
+    )
+    clickhouse_buffer_max_rows: int = Field(
+        1_000_000, ge=1, description="Rows kept while ClickHouse is slow or down; beyond "
+        "this the oldest are dropped (and counted)."
+    )
+    retention_days: int = Field(
+        90, ge=0, description="Drop ClickHouse monthly partitions older than this (0 = keep)."
+    )
+
     ingest_batch: int = Field(2_000, description="Input messages per batch (Faust take).")
     detect_batch: int = Field(500, description="Routed messages per detection batch.")
     batch_window_s: float = Field(0.05, description="Longest wait to fill a batch.")
@@ -96,6 +114,23 @@ class Settings(BaseSettings):
     chart_history_steps: int = Field(
         120, ge=0, description="Recent steps per series kept in worker memory for alert charts "
         "(24 bytes each; 0 = events carry no chart data)."
+    )
+
+    lstm_model: str | None = Field(
+        None, description="The global LSTM model file (`vigil train --out`); None = the "
+        "seasonal detector alone. A missing file is picked up when it appears."
+    )
+    lstm_device: str = Field("auto", description="auto (CUDA when present), cpu or cuda[:n].")
+    lstm_batch: int = Field(256, ge=1, description="Windows per LSTM forward pass.")
+    lstm_reload_s: float = Field(10.0, gt=0, description="How often the model file is checked.")
+    lstm_threads: int = Field(
+        1, ge=0, description="torch threads for the LSTM (0: torch's default, one per core). "
+        "One leaves a core to the event loop and the detector; on a busy 2-core machine two "
+        "spinning torch threads were 3–10× slower than one."
+    )
+    lstm_z_open: float = Field(
+        24.0, gt=0, description="LSTM score from which it joins an event or opens an incident "
+        "of its own (its scores are heavy-tailed on real data: see the README)."
     )
 
     notifier_app_id: str = Field("vigil-notifier", description="Consumer group of the notifier.")

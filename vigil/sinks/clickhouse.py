@@ -1,0 +1,927 @@
+"""History in ClickHouse: the schema (versioned migrations), the store, and the worker's
+buffered writer.
+
+Tables (database from the URL, ``vigil`` by default)::
+
+    steps           one row per resampled step: value, expected, band, score, anomalous
+    events          every AnomalyEvent (open / update / resolve), without its chart context
+    incidents       one row per incident, its latest state (ReplacingMergeTree)
+    feedback        operators' button presses (the notifier's Feedback records)
+    series          the catalogue: name, labels, first and last seen
+    schema_version  the migrations applied
+
+The SQL runs on ClickHouse 18.16 (Debian's package, used by the tests) as well as on current
+releases, so it avoids TTL, DateTime64, Map, CODEC and server-side ``{x:Type}`` parameters:
+times are ``DateTime`` (seconds) plus an ``Int64`` of epoch milliseconds where milliseconds
+matter, labels are two arrays, and retention drops whole monthly partitions
+(:meth:`ClickHouseStore.drop_expired`). Every table is a ReplacingMergeTree keyed by what makes
+a row unique, so a replayed batch (Kafka is at-least-once) replaces rather than duplicates;
+reads use ``FINAL``.
+
+:class:`ClickHouseStore` is synchronous (clickhouse-driver, native protocol); async callers run
+its methods in an executor. :class:`ClickHouseWriter` is the worker's side: it buffers rows in
+memory (bounded), flushes them in batches off the event loop, retries while ClickHouse is
+down and drops the oldest rows — counted — when the bound is reached, so detection never waits
+for storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from clickhouse_driver import Client
+from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+
+__all__ = [
+    "MIGRATIONS",
+    "transient",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "ClickHouseStore",
+    "ClickHouseWriter",
+    "event_row",
+    "feedback_row",
+    "parse_since",
+]
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- schema
+
+_ENGINE = "ENGINE = ReplacingMergeTree"
+
+#: Each version's steps, applied in order by :meth:`ClickHouseStore.ensure_schema`: SQL text
+#: (``{db}`` is the database) or a function of the store (a data migration).
+MIGRATIONS: dict[int, list[str | Callable[[ClickHouseStore], None]]] = {
+    1: [
+        """CREATE TABLE IF NOT EXISTS {db}.steps (
+            series String, ts DateTime, value Float64, expected Float64,
+            lower Float64, upper Float64, score Float64
+        ) """ + _ENGINE + " PARTITION BY toYYYYMM(ts) ORDER BY (series, ts)",
+        """CREATE TABLE IF NOT EXISTS {db}.events (
+            event_id String, incident_id String, kind String, series String, name String,
+            label_keys Array(String), label_values Array(String), ts DateTime, ts_ms Int64,
+            value Float64, expected Float64, lower Float64, upper Float64, score Float64,
+            severity String, anomaly_type String, detectors Array(String), reason String,
+            event_schema UInt16
+        ) """ + _ENGINE + " PARTITION BY toYYYYMM(ts) ORDER BY (series, ts, event_id)",
+        """CREATE TABLE IF NOT EXISTS {db}.incidents (
+            incident_id String, series String, name String,
+            label_keys Array(String), label_values Array(String),
+            opened DateTime, opened_ms Int64, resolved_ms Nullable(Int64), severity String,
+            anomaly_type String, peak_score Float64, events UInt32, updated_ms Int64
+        ) """ + _ENGINE + "(updated_ms) PARTITION BY toYYYYMM(opened) ORDER BY incident_id",
+        """CREATE TABLE IF NOT EXISTS {db}.feedback (
+            feedback_id String, action String, incident_id String, series String,
+            notification_id String, receiver String, user_id Int64, user_name String,
+            chat_id Int64, ts DateTime, ts_ms Int64, source String
+        ) """ + _ENGINE + " PARTITION BY toYYYYMM(ts) ORDER BY (incident_id, feedback_id)",
+    ],
+    # v2: an ``anomalous`` flag per step (rows written by v1 get it from their band), and the
+    # series catalogue the dashboards list, filled from the steps already stored.
+    2: [
+        lambda store: store.add_column(
+            "steps", "anomalous", "UInt8 DEFAULT toUInt8(value < lower OR value > upper)"),
+        """CREATE TABLE IF NOT EXISTS {db}.series (
+            series String, name String, label_keys Array(String), label_values Array(String),
+            first_seen_ms Int64, last_seen_ms Int64
+        ) """ + _ENGINE + "(last_seen_ms) ORDER BY series",
+        lambda store: store._fill_series_from_steps(),
+        # Labelled anomaly windows that came with backfilled history (NAB, the generator).
+        """CREATE TABLE IF NOT EXISTS {db}.labels (
+            series String, start_ms Int64, end_ms Int64, kind String, type String,
+            start DateTime
+        ) """ + _ENGINE + " PARTITION BY toYYYYMM(start) ORDER BY (series, start_ms, end_ms)",
+    ],
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+#: Columns inserted per table, in order.
+TABLES: dict[str, tuple[str, ...]] = {
+    "steps": ("series", "ts", "value", "expected", "lower", "upper", "score", "anomalous"),
+    "events": ("event_id", "incident_id", "kind", "series", "name", "label_keys",
+               "label_values", "ts", "ts_ms", "value", "expected", "lower", "upper", "score",
+               "severity", "anomaly_type", "detectors", "reason", "event_schema"),
+    "incidents": ("incident_id", "series", "name", "label_keys", "label_values", "opened",
+                  "opened_ms", "resolved_ms", "severity", "anomaly_type", "peak_score",
+                  "events", "updated_ms"),
+    "feedback": ("feedback_id", "action", "incident_id", "series", "notification_id",
+                 "receiver", "user_id", "user_name", "chat_id", "ts", "ts_ms", "source"),
+    "series": ("series", "name", "label_keys", "label_values", "first_seen_ms",
+               "last_seen_ms"),
+    "labels": ("series", "start_ms", "end_ms", "kind", "type", "start"),
+}
+PARTITIONED = ("steps", "events", "incidents", "feedback", "labels")
+_SEVERITY_RANK = {"none": 0, "warning": 1, "critical": 2}
+
+
+def _parts(items: Sequence[str], max_chars: int = 100_000) -> Iterable[tuple[str, ...]]:
+    """``items`` in tuples of at most ~``max_chars`` characters (one ``IN`` list each).
+
+    >>> [len(p) for p in _parts(["x" * 10] * 25, max_chars=100)]
+    [7, 7, 7, 4]
+    """
+    part: list[str] = []
+    size = 0
+    for item in items:
+        if part and size + len(item) + 4 > max_chars:
+            yield tuple(part)
+            part, size = [], 0
+        part.append(item)
+        size += len(item) + 4
+    if part:
+        yield tuple(part)
+
+
+#: Server error codes worth retrying: timeouts, network, memory, too many parts or queries,
+#: and a table or database that is gone (the schema is then created again).
+_TRANSIENT_CODES = {3, 159, 160, 164, 202, 209, 210, 241, 252, 285, 319, 425, 60, 81}
+_SCHEMA_GONE = {60, 81}
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed insert may succeed if retried (else its rows can never be stored).
+
+    >>> transient(ConnectionRefusedError()), transient(ServerException("syntax", code=62))
+    (True, False)
+    """
+    if isinstance(exc, (OSError, EOFError, NetworkError, SocketTimeoutError)):
+        return True
+    if isinstance(exc, ServerException):
+        return exc.code in _TRANSIENT_CODES
+    return False
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _seconds(ts_ms: int) -> int:
+    """Epoch seconds for a ``DateTime`` bound (UInt32: clamped to its range)."""
+    return min(max(int(ts_ms) // 1000, 0), 2**32 - 1)
+
+
+def _finite(x: float) -> float:
+    return float(x) if x == x else float("nan")
+
+
+def _labels(labels: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    keys = sorted(labels)
+    return keys, [str(labels[k]) for k in keys]
+
+
+def event_row(event: Any) -> tuple:
+    """An ``events`` row from an AnomalyEvent (or any object / dict with its fields)."""
+    get = event.get if isinstance(event, Mapping) else lambda k, d=None: getattr(event, k, d)
+    keys, values = _labels(get("labels") or {})
+    ts_ms = int(get("ts_ms"))
+    return (
+        get("event_id"), get("incident_id"), get("kind"), get("series"), get("name"),
+        keys, values, ts_ms // 1000, ts_ms, float(get("value")), float(get("expected")),
+        float(get("lower")), float(get("upper")), float(get("score")), get("severity"),
+        get("anomaly_type"), [str(d) for d in get("detectors") or []], get("reason") or "",
+        int(get("schema_version", 1) or 1),
+    )
+
+
+def feedback_row(feedback: Any) -> tuple:
+    """A ``feedback`` row from a Feedback record (or a dict with its fields)."""
+    get = feedback.get if isinstance(feedback, Mapping) else lambda k, d=None: getattr(
+        feedback, k, d)
+    ts_ms = int(get("ts_ms"))
+    return (
+        get("feedback_id"), get("action"), get("incident_id"), get("series") or "",
+        get("notification_id") or "", get("receiver") or "", int(get("user_id") or 0),
+        get("user_name") or "", int(get("chat_id") or 0), ts_ms // 1000, ts_ms,
+        get("source") or "",
+    )
+
+
+def parse_since(text: str, now_ms: int | None = None) -> int:
+    """Epoch milliseconds from ``30d`` / ``12h`` / ``15m`` / ``90s`` ago, or ISO 8601 (UTC
+    when no zone is given), or epoch milliseconds.
+
+    >>> parse_since("2d", now_ms=3 * 86_400_000)
+    86400000
+    >>> parse_since("2024-01-01T00:00:00Z")
+    1704067200000
+    >>> parse_since("2024-01-01")
+    1704067200000
+    """
+    text = text.strip()
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    units = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
+        return now_ms - int(float(text[:-1]) * units[text[-1]])
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (use ISO 8601 or an age like 30d)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+# --------------------------------------------------------------------------- store
+
+
+class ClickHouseStore:
+    """Reads and writes vigil's tables over ClickHouse's native protocol (synchronous).
+
+    ``url`` is ``clickhouse://user:password@host:9000/database``; the database is created by
+    :meth:`ensure_schema` if it does not exist. One client per store, guarded by a lock
+    (clickhouse-driver clients are not thread-safe).
+    """
+
+    def __init__(self, url: str, connect_timeout: float = 3.0,
+                 send_receive_timeout: float = 30.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("clickhouse", "clickhouses"):
+            raise ValueError(f"not a clickhouse:// URL: {url!r}")
+        self.url = url
+        self.database = parts.path.strip("/") or "vigil"
+        if not self.database.replace("_", "").isalnum():
+            raise ValueError(f"database name {self.database!r}: letters, digits and _ only")
+        # Connect to the server's default database: ours may not exist yet.
+        server_url = urlunsplit((parts.scheme, parts.netloc, "/default", parts.query, ""))
+        self.client = Client.from_url(server_url)
+        self.client.connection.connect_timeout = connect_timeout
+        self.client.connection.send_receive_timeout = send_receive_timeout
+        self._lock = threading.Lock()
+        # Latest known incident rows and first-seen times (a bounded cache of what is stored).
+        self._incidents: dict[str, dict] = {}
+        self._first_seen: dict[str, int] = {}
+        self.cache_limit = 100_000
+
+    # ---- low level
+
+    def execute(self, sql: str, params: Any = None, **kwargs) -> Any:
+        with self._lock:
+            return self.client.execute(sql.replace("{db}", self.database), params, **kwargs)
+
+    def insert(self, table: str, rows: Sequence[tuple]) -> int:
+        """Insert row tuples (columns as in :data:`TABLES`); returns how many."""
+        if not rows:
+            return 0
+        columns = ", ".join(TABLES[table])
+        self.execute(f"INSERT INTO {{db}}.{table} ({columns}) VALUES", list(rows))
+        return len(rows)
+
+    def insert_columns(self, table: str, columns: Sequence[list]) -> int:
+        """Insert rows given column by column (columns as in :data:`TABLES`)."""
+        if not columns or not len(columns[0]):
+            return 0
+        names = ", ".join(TABLES[table])
+        self.execute(f"INSERT INTO {{db}}.{table} ({names}) VALUES", list(columns),
+                     columnar=True)
+        return len(columns[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.disconnect()
+
+    # ---- schema
+
+    def schema_version(self) -> int:
+        """The highest migration applied (0 for an empty database)."""
+        exists = self.execute(
+            "SELECT count() FROM system.tables WHERE database = %(db)s AND name = "
+            "'schema_version'", {"db": self.database},
+        )[0][0]
+        if not exists:
+            return 0
+        return int(self.execute("SELECT max(version) FROM {db}.schema_version")[0][0] or 0)
+
+    def ensure_schema(self, target: int = SCHEMA_VERSION) -> list[int]:
+        """Create the database and apply the missing migrations up to ``target``; returns the
+        versions applied. Steps are idempotent (``IF NOT EXISTS``), so a run interrupted half
+        way is completed by the next one."""
+        self.execute(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        self.execute(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_version (version UInt32, "
+            "applied DateTime) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        current = self.schema_version()
+        applied = []
+        for version in sorted(v for v in MIGRATIONS if current < v <= target):
+            for step in MIGRATIONS[version]:
+                if callable(step):
+                    step(self)
+                else:
+                    self.execute(step)
+            self.execute("INSERT INTO {db}.schema_version (version, applied) VALUES",
+                         [(version, int(time.time()))])
+            log.info("ClickHouse %s: schema migrated to version %d", self.database, version)
+            applied.append(version)
+        return applied
+
+    def add_column(self, table: str, column: str, definition: str) -> None:
+        """``ALTER TABLE … ADD COLUMN`` unless it is there (18.16 has no ``IF NOT EXISTS``
+        for columns)."""
+        exists = self.execute(
+            "SELECT count() FROM system.columns WHERE database = %(db)s AND table = %(t)s "
+            "AND name = %(c)s", {"db": self.database, "t": table, "c": column})[0][0]
+        if not exists:
+            self.execute(f"ALTER TABLE {{db}}.{table} ADD COLUMN {column} {definition}")
+
+    def _fill_series_from_steps(self) -> None:
+        from vigil.streams.records import parse_series  # the one parser of series ids
+
+        rows = self.execute(
+            "SELECT series, toInt64(min(ts)) * 1000, toInt64(max(ts)) * 1000 "
+            "FROM {db}.steps GROUP BY series"
+        )
+        out = []
+        for series, first, last in rows:
+            name, labels = parse_series(series)
+            out.append((series, name, *_labels(labels), first, last))
+        self.insert("series", out)
+
+    def tables(self) -> list[str]:
+        return [r[0] for r in self.execute(
+            "SELECT name FROM system.tables WHERE database = %(db)s ORDER BY name",
+            {"db": self.database})]
+
+    # ---- writes that merge with what is stored
+
+    def upsert_series(self, seen: Mapping[str, tuple[int, int]]) -> int:
+        """Update the catalogue from ``series → (first_ms, last_ms)`` seen in a batch."""
+        from vigil.streams.records import parse_series
+
+        unknown = [s for s in seen if s not in self._first_seen]
+        if unknown:
+            stored = []
+            for part in _parts(unknown):  # queries stay under max_query_size (256 KiB)
+                stored += self.execute(
+                    "SELECT series, min(first_seen_ms) FROM {db}.series WHERE series IN %(s)s "
+                    "GROUP BY series", {"s": part},
+                )
+            if len(self._first_seen) + len(unknown) > self.cache_limit:
+                self._first_seen.clear()
+            self._first_seen.update(dict(stored))
+        rows = []
+        for series, (first, last) in seen.items():
+            first = min(first, self._first_seen.get(series, first))
+            self._first_seen[series] = first
+            name, labels = parse_series(series)
+            rows.append((series, name, *_labels(labels), int(first), int(last)))
+        return self.insert("series", rows)
+
+    def upsert_incidents(self, events: Sequence[tuple]) -> int:
+        """Fold ``events`` rows (in time order) into the incidents' latest state and write
+        one row per incident touched."""
+        cols = TABLES["events"]
+        index = {c: i for i, c in enumerate(cols)}
+        ids = list(dict.fromkeys(e[index["incident_id"]] for e in events))
+        unknown = [i for i in ids if i not in self._incidents]
+        if unknown:
+            for part in _parts(unknown):
+                for found in self._incident_rows(part):
+                    self._incidents[found["incident_id"]] = found
+        touched = {}
+        for e in sorted(events, key=lambda e: e[index["ts_ms"]]):
+            iid = e[index["incident_id"]]
+            ts_ms, kind = e[index["ts_ms"]], e[index["kind"]]
+            row = touched.get(iid)
+            if row is None and iid in self._incidents:
+                # Work on a copy: the cache changes only once the insert succeeded.
+                row = dict(self._incidents[iid])
+                row["event_ids"] = set(row.get("event_ids", ()))
+            if row is None:
+                row = {
+                    "incident_id": iid, "series": e[index["series"]], "name": e[index["name"]],
+                    "label_keys": e[index["label_keys"]],
+                    "label_values": e[index["label_values"]], "opened_ms": ts_ms,
+                    "resolved_ms": None, "severity": "none", "anomaly_type": "",
+                    "peak_score": 0.0, "events": 0, "event_ids": set(),
+                }
+            row.setdefault("event_ids", set())
+            if e[index["event_id"]] in row["event_ids"]:
+                continue  # a replayed event
+            row["event_ids"].add(e[index["event_id"]])
+            row["events"] += 1
+            row["opened_ms"] = min(row["opened_ms"], ts_ms)
+            if kind == "resolve":
+                row["resolved_ms"] = ts_ms
+            else:
+                if _SEVERITY_RANK.get(e[index["severity"]], 0) >= _SEVERITY_RANK.get(
+                        row["severity"], 0):
+                    row["severity"] = e[index["severity"]]
+                if not row["anomaly_type"] or kind == "open":
+                    row["anomaly_type"] = e[index["anomaly_type"]]
+            row["peak_score"] = max(row["peak_score"], _finite(e[index["score"]]))
+            row["updated_ms"] = max(row.get("updated_ms", 0), ts_ms)
+            touched[iid] = row
+        rows = [
+            (r["incident_id"], r["series"], r["name"], r["label_keys"], r["label_values"],
+             r["opened_ms"] // 1000, r["opened_ms"], r["resolved_ms"], r["severity"],
+             r["anomaly_type"], r["peak_score"], r["events"],
+             # the version column: later state wins, also for two writes of one event time
+             r["updated_ms"] * 1000 + min(r["events"], 999))
+            for r in touched.values()
+        ]
+        written = self.insert("incidents", rows)
+        if len(self._incidents) + len(touched) > self.cache_limit:
+            self._incidents.clear()
+        self._incidents.update(touched)
+        return written
+
+    def _incident_rows(self, ids: Sequence[str]) -> list[dict]:
+        cols = TABLES["incidents"]
+        rows = self.execute(
+            f"SELECT {', '.join(cols)} FROM {{db}}.incidents FINAL "
+            "WHERE incident_id IN %(ids)s", {"ids": tuple(ids)},
+        )
+        if not rows:
+            return []
+        known = dict(self.execute(
+            "SELECT incident_id, groupUniqArray(event_id) FROM {db}.events "
+            "WHERE incident_id IN %(ids)s GROUP BY incident_id", {"ids": tuple(ids)}))
+        found = []
+        for r in rows:
+            row = dict(zip(cols, r, strict=True))
+            row["updated_ms"] //= 1000
+            row["event_ids"] = set(known.get(row["incident_id"], ()))
+            found.append(row)
+        return found
+
+    # ---- retention
+
+    def drop_expired(self, retention_days: int, now_ms: int | None = None) -> list[str]:
+        """Drop whole monthly partitions whose every day is older than ``retention_days``
+        (18.16 has no TTL). Returns ``table/partition`` of what was dropped."""
+        if retention_days <= 0:
+            return []
+        now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        cutoff = datetime.fromtimestamp((now_ms - retention_days * 86_400_000) / 1000,
+                                        timezone.utc)
+        cutoff_month = cutoff.year * 100 + cutoff.month  # partitions before it are all older
+        parts = self.execute(
+            "SELECT DISTINCT table, partition FROM system.parts WHERE database = %(db)s "
+            "AND active AND table IN %(t)s", {"db": self.database, "t": PARTITIONED},
+        )
+        dropped = []
+        for table, partition in sorted(parts):
+            month = int(str(partition).strip("'"))
+            if month < cutoff_month:
+                self.execute(f"ALTER TABLE {{db}}.{table} DROP PARTITION {month}")
+                dropped.append(f"{table}/{month}")
+        if dropped:
+            log.info("ClickHouse retention (%d days): dropped %s", retention_days,
+                     ", ".join(dropped))
+        return dropped
+
+    # ---- reads (the dashboard's contract)
+
+    def series_summary(self, since_ms: int) -> list[dict]:
+        """Per series: name, labels, incidents opened since ``since_ms``, last incident and
+        last step seen; most anomalous first."""
+        rows = self.execute(
+            """SELECT s.series, s.nm, s.lk, s.lv, s.seen, i.n, i.last_ms
+               FROM (SELECT series, argMax(name, last_seen_ms) AS nm,
+                            argMax(label_keys, last_seen_ms) AS lk,
+                            argMax(label_values, last_seen_ms) AS lv,
+                            max(last_seen_ms) AS seen
+                     FROM {db}.series GROUP BY series) AS s
+               ANY LEFT JOIN
+                    (SELECT series, count() AS n, max(opened_ms) AS last_ms
+                     FROM {db}.incidents FINAL WHERE opened_ms >= %(since)s
+                     GROUP BY series) AS i USING series
+               ORDER BY i.n DESC, i.last_ms DESC, s.series""",
+            {"since": int(since_ms)},
+        )
+        return [
+            {"series": series, "name": name, "labels": dict(zip(keys, values, strict=True)),
+             "anomaly_count": int(n or 0), "last_anomaly_ms": int(last) if n else None,
+             "last_seen_ms": int(seen)}
+            for series, name, keys, values, seen, n, last in rows
+        ]
+
+    def series_steps(self, series: str, since_ms: int, until_ms: int) -> dict:
+        """The series' stored steps in ``[since_ms, until_ms]`` as equal-length lists
+        ``ts_ms, value, expected, lower, upper, z, anomalous`` (the chart's shape)."""
+        rows = self.execute(
+            "SELECT toInt64(toUnixTimestamp(ts)) * 1000, value, expected, lower, upper, "
+            "score, anomalous FROM {db}.steps FINAL WHERE series = %(s)s "
+            "AND ts >= toDateTime(%(lo)s) AND ts <= toDateTime(%(hi)s) ORDER BY ts",
+            {"s": series, "lo": int(since_ms) // 1000 + (since_ms % 1000 > 0),
+             "hi": _seconds(until_ms)},
+        )
+        names = ("ts_ms", "value", "expected", "lower", "upper", "z", "anomalous")
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        out = {n: list(c) for n, c in zip(names, columns, strict=True)}
+        for n in ("value", "expected", "lower", "upper", "z"):
+            out[n] = [None if v != v else v for v in out[n]]  # NaN → null (JSON)
+        return out
+
+    def incident(self, incident_id: str) -> dict | None:
+        """One incident's latest state with its events (time order) and feedback."""
+        cols = TABLES["incidents"]
+        rows = self.execute(
+            f"SELECT {', '.join(cols)} FROM {{db}}.incidents FINAL "
+            "WHERE incident_id = %(i)s", {"i": incident_id},
+        )
+        if not rows:
+            return None
+        r = dict(zip(cols, rows[0], strict=True))
+        events = self._events("incident_id = %(i)s ORDER BY ts_ms, event_id", {"i": incident_id})
+        fcols = TABLES["feedback"]
+        feedback = [
+            {**{c: v for c, v in zip(fcols, f, strict=True)}, "ts": _iso(f[fcols.index("ts_ms")])}
+            for f in self.execute(
+                f"SELECT {', '.join(fcols)} FROM {{db}}.feedback FINAL "
+                "WHERE incident_id = %(i)s ORDER BY ts_ms", {"i": incident_id})
+        ]
+        return {
+            "incident_id": r["incident_id"], "series": r["series"], "name": r["name"],
+            "labels": dict(zip(r["label_keys"], r["label_values"], strict=True)),
+            "opened_ms": r["opened_ms"], "resolved_ms": r["resolved_ms"],
+            "severity": r["severity"], "anomaly_type": r["anomaly_type"],
+            "peak_score": r["peak_score"], "events": events, "feedback": feedback,
+        }
+
+    def recent_events(self, limit: int) -> list[dict]:
+        """The newest ``limit`` events, newest first (AnomalyEvent fields, no context)."""
+        return self._events("1 ORDER BY ts_ms DESC, event_id LIMIT %(n)s", {"n": int(limit)})
+
+    def _events(self, where: str, params: dict) -> list[dict]:
+        cols = TABLES["events"]
+        rows = self.execute(f"SELECT {', '.join(cols)} FROM {{db}}.events FINAL WHERE {where}",
+                            params)
+        out = []
+        for r in rows:
+            row = dict(zip(cols, r, strict=True))
+            keys, values = row.pop("label_keys"), row.pop("label_values")
+            row["labels"] = dict(zip(keys, values, strict=True))
+            row["schema_version"] = row.pop("event_schema")
+            row["ts"] = _iso(row["ts_ms"])
+            out.append(row)
+        return out
+
+    # ---- history out (export, the lab's loader)
+
+    def series_matching(self, selectors: Sequence[str]) -> list[str]:
+        """Stored series ids equal to a selector or matching it as a glob (``*``, ``?``)."""
+        known = [s for (s,) in self.execute("SELECT DISTINCT series FROM {db}.steps")]
+        if not selectors:
+            return sorted(known)
+        return sorted(s for s in known
+                      if any(s == sel or fnmatch.fnmatchcase(s, sel) for sel in selectors))
+
+    def read_points(
+        self, series: Sequence[str], since_ms: int, until_ms: int | None = None
+    ) -> Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per series: ``(series, ts_ms, value, anomalous)`` arrays of its stored steps,
+        time order; one query per series (a month at one step is ~43k rows)."""
+        for s in series:
+            params = {"s": s, "lo": int(since_ms) // 1000 + (since_ms % 1000 > 0)}
+            upper = ""
+            if until_ms is not None:
+                upper = " AND ts <= toDateTime(%(hi)s)"
+                params["hi"] = _seconds(until_ms)
+            rows = self.execute(
+                "SELECT toInt64(toUnixTimestamp(ts)) * 1000, value, anomalous "
+                "FROM {db}.steps FINAL WHERE series = %(s)s AND ts >= toDateTime(%(lo)s)"
+                + upper + " ORDER BY ts", params, columnar=True,
+            )
+            if not rows or not len(rows[0]):
+                continue
+            yield (s, np.asarray(rows[0], np.int64), np.asarray(rows[1], np.float64),
+                   np.asarray(rows[2], np.int8))
+
+    def labelled_windows(self, series: Sequence[str], since_ms: int,
+                         until_ms: int | None) -> list[tuple[str, int, int, str, str]]:
+        """``(series, start_ms, end_ms, kind, type)`` of the stored labelled windows that
+        overlap ``[since_ms, until_ms]`` (labels come only from backfilled data sets: the
+        detector's own incidents are not ground truth)."""
+        if not series:
+            return []
+        rows = self.execute(
+            "SELECT series, start_ms, end_ms, kind, type FROM {db}.labels FINAL "
+            "WHERE series IN %(s)s AND end_ms >= %(lo)s AND start_ms <= %(hi)s "
+            "ORDER BY start_ms, series",
+            {"s": tuple(series), "lo": int(since_ms),
+             "hi": int(until_ms) if until_ms is not None else 2**62},
+        )
+        return [(s, int(a), int(b), k, t) for s, a, b, k, t in rows]
+
+
+# --------------------------------------------------------------------------- writer
+
+
+@dataclass
+class _Chunk:
+    """Rows of one table, column by column (inserted as they are: ``columnar=True``)."""
+
+    table: str
+    columns: list[list]
+
+    def __len__(self) -> int:
+        return len(self.columns[0]) if self.columns else 0
+
+    def rows(self) -> list[tuple]:
+        return list(zip(*self.columns, strict=True))
+
+
+class ClickHouseWriter:
+    """The worker's bounded, batched, non-blocking path into a :class:`ClickHouseStore`.
+
+    ``add_*`` only append to an in-memory buffer (no I/O, never waits). :meth:`run` — a
+    background task — flushes when ``batch_rows`` rows are waiting or ``flush_s`` seconds
+    have passed, in an executor thread; a failed flush puts its rows back and is retried with
+    exponential backoff (tenacity) while new rows keep arriving. Beyond ``max_rows`` buffered
+    rows the oldest are dropped, counted in ``dropped`` (and the ``on_drop`` callback) and
+    logged once per burst.
+    """
+
+    def __init__(
+        self,
+        store: ClickHouseStore,
+        batch_rows: int = 20_000,
+        flush_s: float = 2.0,
+        max_rows: int = 1_000_000,
+        on_written: Callable[[str, int], None] | None = None,
+        on_drop: Callable[[int], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+        on_buffer: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.batch_rows = max(1, batch_rows)
+        self.flush_s = flush_s
+        self.max_rows = max(1, max_rows)
+        self.on_written = on_written or (lambda table, n: None)
+        self.on_drop = on_drop or (lambda n: None)
+        self.on_error = on_error or (lambda: None)
+        self.on_buffer = on_buffer or (lambda n: None)
+        self._chunks: deque[_Chunk] = deque()
+        self.buffered = 0
+        self.dropped = 0
+        self.written: dict[str, int] = dict.fromkeys(TABLES, 0)
+        self.errors = 0
+        self._wake = asyncio.Event()
+        self._last_flush = time.monotonic()
+        self._dropping_logged = False
+        self._closing = False
+        self.schema_ready = False
+        self._lost: list[tuple[str, int, BaseException]] = []
+        self._in_flight = 0
+
+    @property
+    def pending(self) -> int:
+        """Rows not stored yet: buffered plus those of the insert under way (the gauge)."""
+        return self.buffered + self._in_flight
+
+    # ---- adding rows (event loop, no I/O)
+
+    def add(self, table: str, rows: list[tuple]) -> None:
+        """Buffer row tuples (columns as in :data:`TABLES`)."""
+        if rows:
+            self.add_columns(table, [list(c) for c in zip(*rows, strict=True)])
+
+    def add_columns(self, table: str, columns: list[list]) -> None:
+        """Buffer rows given column by column (equal-length lists)."""
+        chunk = _Chunk(table, columns)
+        if not len(chunk):
+            return
+        self._chunks.append(chunk)
+        self.buffered += len(chunk)
+        over = self.pending - self.max_rows
+        if over > 0:
+            self._drop_oldest(over)
+        self.on_buffer(self.pending)
+        if self.buffered >= self.batch_rows:
+            self._wake.set()
+
+    def _drop_oldest(self, count: int) -> None:
+        dropped = 0
+        while dropped < count and self._chunks:
+            chunk = self._chunks[0]
+            take = min(count - dropped, len(chunk))
+            if take == len(chunk):
+                self._chunks.popleft()
+            else:
+                for column in chunk.columns:
+                    del column[:take]
+            dropped += take
+        self.buffered -= dropped
+        self.dropped += dropped
+        self.on_drop(dropped)
+        if not self._dropping_logged:
+            log.warning("ClickHouse buffer full (%d rows): dropping the oldest rows "
+                        "(%d dropped so far)", self.max_rows, self.dropped)
+            self._dropping_logged = True
+
+    def add_steps(self, touched: Sequence[str], results: Any) -> None:
+        """A batch's scored steps (a :class:`~vigil.detectors.online.StepResults` whose
+        ``steps.index`` points into ``touched``) and the series catalogue's update."""
+        steps = results.steps
+        n = len(steps.ts_ms)
+        if n == 0:
+            return
+        index = np.asarray(steps.index)
+        names = np.asarray(touched, dtype=object)
+        ts_s = (np.asarray(steps.ts_ms, np.int64) // 1000).tolist()
+        anomalous = (np.asarray(results.anomaly_type) > 0).astype(np.uint8).tolist()
+        self.add_columns("steps", [
+            names[index].tolist(), ts_s, np.asarray(steps.value, float).tolist(),
+            np.asarray(results.expected, float).tolist(),
+            np.asarray(results.lower, float).tolist(), np.asarray(results.upper, float).tolist(),
+            np.asarray(results.z, float).tolist(), anomalous])
+        # Steps come by series then time: first and last step of each series.
+        starts = np.r_[0, np.flatnonzero(np.diff(index)) + 1]
+        ends = np.r_[starts[1:], n] - 1
+        ts = np.asarray(steps.ts_ms, np.int64)
+        self.add("series", [
+            (touched[i], int(ts[a]), int(ts[b]))
+            for i, a, b in zip(index[starts].tolist(), starts.tolist(), ends.tolist(),
+                               strict=True)
+        ])
+
+    def add_events(self, events: Iterable[Any]) -> None:
+        self.add("events", [event_row(e) for e in events])
+
+    def add_feedback(self, records: Iterable[Any]) -> None:
+        self.add("feedback", [feedback_row(f) for f in records])
+
+    # ---- flushing (executor thread)
+
+    def _take(self) -> list[_Chunk]:
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self.buffered = 0
+        return chunks
+
+    def _put_back(self, chunks: list[_Chunk]) -> None:
+        self._chunks.extendleft(reversed(chunks))
+        self.buffered += sum(len(c) for c in chunks)
+        over = self.pending - self.max_rows
+        if over > 0:
+            self._drop_oldest(over)
+        self.on_buffer(self.pending)
+
+    def _write(self, chunks: list[_Chunk]) -> list[_Chunk]:
+        """Insert the chunks table by table (steps, series, events, incidents, feedback);
+        returns the chunks of tables that failed (and re-raises the first error after)."""
+        if not self.schema_ready:
+            # At the first write, not at start: ClickHouse may be down when the worker starts.
+            self.store.ensure_schema()
+            self.schema_ready = True
+        self._lost: list[tuple[str, int, BaseException]] = []
+        by_table: dict[str, _Chunk] = {}
+        for c in chunks:
+            merged = by_table.get(c.table)
+            if merged is None:
+                by_table[c.table] = _Chunk(c.table, [list(col) for col in c.columns])
+            else:
+                for into, col in zip(merged.columns, c.columns, strict=True):
+                    into.extend(col)
+        failed: list[_Chunk] = []
+        error: Exception | None = None
+        for table in ("steps", "series", "events", "feedback", "labels"):
+            chunk = by_table.get(table)
+            if chunk is None or not len(chunk):
+                continue
+            if error is not None:
+                failed.append(chunk)
+                continue
+            try:
+                if table == "series":
+                    seen: dict[str, tuple[int, int]] = {}
+                    for s, first, last in chunk.rows():
+                        old = seen.get(s)
+                        seen[s] = (first, last) if old is None else (
+                            min(old[0], first), max(old[1], last))
+                    self.store.upsert_series(seen)
+                elif table == "events":
+                    # Incidents first: their merge reads which events are already stored.
+                    incidents = self.store.upsert_incidents(chunk.rows())
+                    self.written["incidents"] += incidents
+                    self.on_written("incidents", incidents)
+                    self.store.insert_columns("events", chunk.columns)
+                else:
+                    self.store.insert_columns(table, chunk.columns)
+                self.written[table] += len(chunk)
+                self.on_written(table, len(chunk))
+            except Exception as exc:  # noqa: BLE001 - kept and re-raised for the retry
+                if not transient(exc):
+                    # Retrying cannot help (a bad row, a query the server refuses): give the
+                    # rows up — counted — rather than block every later write.
+                    self._lost.append((table, len(chunk), exc))
+                    continue
+                if isinstance(exc, ServerException) and exc.code in _SCHEMA_GONE:
+                    self.schema_ready = False
+                error = exc
+                failed.append(chunk)
+        if error is not None:
+            raise _PartialFlush(failed) from error
+        return failed
+
+    def _count_lost(self) -> None:
+        for table, n, exc in self._lost:
+            self.dropped += n
+            self.on_drop(n)
+            self.errors += 1
+            self.on_error()
+            log.error("ClickHouse refused %d %s rows, dropped (not retried): %s", n, table,
+                      str(exc).splitlines()[0][:300])
+        self._lost = []
+
+    async def flush(self) -> None:
+        """Write everything buffered now (one attempt); on failure the rows go back."""
+        chunks = self._take()
+        if not chunks:
+            return
+        self._in_flight = sum(len(c) for c in chunks)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self._write, chunks)
+        except _PartialFlush as partial:
+            self._in_flight = 0
+            self._count_lost()
+            self.errors += 1
+            self.on_error()
+            self._put_back(partial.failed)
+            raise partial.__cause__ from None
+        except BaseException as exc:
+            self._in_flight = 0
+            if isinstance(exc, Exception):
+                self.errors += 1
+                self.on_error()
+            self._put_back(chunks)
+            if isinstance(exc, Exception) and not transient(exc):
+                log.error("ClickHouse schema could not be applied: %s", exc)
+            raise
+        self._in_flight = 0
+        self.on_buffer(self.pending)
+        self._count_lost()
+        self._last_flush = time.monotonic()
+        if self._dropping_logged and self.buffered < self.max_rows:
+            self._dropping_logged = False
+
+    async def flush_with_retry(self, stop_after: float | None = None) -> None:
+        """Flush, retrying with exponential backoff (0.2 s up to 30 s) on errors."""
+        deadline = None if stop_after is None else time.monotonic() + stop_after
+
+        def give_up(state) -> bool:
+            return deadline is not None and time.monotonic() >= deadline
+
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential_jitter(max=30.0, jitter=0.2, multiplier=0.2),
+            retry=retry_if_exception(transient),
+            stop=give_up, reraise=True,
+            before_sleep=lambda state: log.warning(
+                "ClickHouse write failed (%s); %d rows buffered, retrying in %.1f s",
+                state.outcome.exception(), self.buffered, state.next_action.sleep),
+        ):
+            with attempt:
+                await self.flush()
+
+    async def run(self) -> None:
+        """The background task: flush by size or time, forever (until cancelled)."""
+        while not self._closing:
+            timeout = max(0.0, self._last_flush + self.flush_s - time.monotonic())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            if self.buffered:
+                try:
+                    await self.flush_with_retry()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - storage must never stop the worker
+                    log.exception("ClickHouse flush failed; rows stay buffered")
+            else:
+                self._last_flush = time.monotonic()
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Flush what is left (trying for up to ``timeout`` seconds), then stop."""
+        self._closing = True
+        self._wake.set()
+        if self.buffered:
+            try:
+                await self.flush_with_retry(stop_after=timeout)
+            except Exception as exc:  # noqa: BLE001
+                log.error("ClickHouse unreachable at shutdown: %d rows not written (%s)",
+                          self.buffered, exc)
+
+
+class _PartialFlush(Exception):
+    def __init__(self, failed: list[_Chunk]) -> None:
+        super().__init__(f"{len(failed)} tables not written")
+        self.failed = failed
