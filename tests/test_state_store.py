@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from vigil.detectors.bank import STATE_DTYPE, new_state_bank
+from vigil.detectors.bank import ADDED_IN_V3, STATE_DTYPE, new_state_bank
 from vigil.detectors.online import OnlineDetector
 from vigil.streams.state import (
     FORMAT_VERSION,
@@ -18,6 +18,7 @@ from vigil.streams.state import (
     RedisStateStore,
     StateFormatError,
     pack,
+    readable,
     unpack,
 )
 
@@ -67,6 +68,34 @@ def test_missing_states_come_back_fresh():
     assert found.tolist() == [False, True, False]
     assert restored["n_steps"].tolist() == [0, bank["n_steps"][1], 0]
     assert restored["watermark_ms"][0] == -1
+
+
+def _as_version_2(value: bytes) -> bytes:
+    """The same state as the format-2 worker wrote it (no fields added in format 3)."""
+    record = np.frombuffer(value[4:], STATE_DTYPE)
+    old = np.dtype([(n, STATE_DTYPE.fields[n][0]) for n in STATE_DTYPE.names
+                    if n not in ADDED_IN_V3])
+    out = np.empty(1, old)
+    for name in old.names:
+        out[name] = record[name]
+    return b"VGS" + bytes([2]) + out.tobytes()
+
+
+def test_format_2_states_are_read_with_the_new_fields_fresh():
+    bank = _learned_bank(2)
+    bank["burst_mean"][:] = 0.5  # a format-2 record has no such field: it must come back fresh
+    old = [_as_version_2(v) for v in pack(bank)]
+    assert FORMAT_VERSION == 3 and len(old[0]) < VALUE_BYTES and readable(old[0])
+    restored, found = unpack([old[0], None, old[1]])
+    assert found.tolist() == [True, False, True]
+    fresh = new_state_bank(2)
+    for name in STATE_DTYPE.names:
+        want = bank[name] if name not in ADDED_IN_V3 else fresh[name]
+        np.testing.assert_array_equal(restored[name][[0, 2]], want, err_msg=name)
+    # ... and the detector goes on from them.
+    OnlineDetector().process(restored, np.zeros(1, int), [T0 + 600 * 60_000], [10.0])
+    assert restored["watermark_ms"][0] == T0 + 600 * 60_000
+    assert not readable(old[0][:-1]) and not readable(b"VGS")
 
 
 def test_foreign_or_future_records_are_refused():

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 __all__ = [
+    "ADDED_IN_V3",
     "DAILY_SLOTS",
     "RARITY_LEVELS",
     "STATE_DTYPE",
@@ -65,6 +66,8 @@ STATE_DTYPE = np.dtype(
         ("exceed", "f4", (RARITY_LEVELS,)),
         ("z_hour_max", "f4", (24,)),
         ("z_hour_count", "f4", (24,)),
+        ("burst_short", "f4"),
+        ("burst_mean", "f4"),
         # incident
         ("incident_open", "u1"),
         ("incident_severity", "u1"),
@@ -78,6 +81,9 @@ STATE_DTYPE = np.dtype(
         ("mad_hourly", "f4", (24,)),
     ]
 )
+
+#: Fields added in state format 3 (a format-2 record is the layout without them).
+ADDED_IN_V3 = ("burst_short", "burst_mean")
 
 # -1 = none yet
 _UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms")

@@ -27,11 +27,16 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
 * **What is news.** A score past ``z_open`` opens an incident only if it is news for the
   series: *rare* — fewer than ``rarity_max`` excursions of the score (runs above
   ``z_close``) reached the level just under it (levels ``z_open·√2^k``) in the recent past
-  (decayed count, half-life ``rarity_halflife_s``), so a series that spikes this high every
-  few hours has learned that such spikes are its normal, while a much larger one is still
-  news — and not *recurring*: as high as the scores at this hour of the day on about two
-  previous days (a nightly job). Flatlines are exempt (their score already says how rare an
-  unchanged step is for the series). The scores themselves are unchanged.
+  (decayed count, half-life ``rarity_halflife_s`` at ``z_open``, × ``rarity_growth`` per level
+  up; recurring excursions not counted), so a series that spikes this high every few hours
+  has learned that such spikes are its normal, while a much larger one is still news — and
+  not *recurring*: as high as the scores at this hour of the day on about two previous days
+  (a nightly job). Flatlines are exempt (their score already says how rare an
+  unchanged step is for the series). A *burst* is news even where single extreme steps are
+  not: the count of extreme steps in the last ``burst_window_s`` (EW) is improbable under
+  the series' long-run rate of them (Poisson tail ``≤ burst_p``, at least
+  ``burst_min_hits``) — spikes that come much denser than usual. The scores themselves are
+  unchanged.
 * **Incidents** open when a score that is news passes ``z_open``, stay open while it is above
   ``z_close``, and resolve after ``resolve_steps`` calm steps (hysteresis): a long anomaly is
   one ``open``, an ``update`` when it becomes critical, and one ``resolve``.
@@ -56,7 +61,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import gammainc, ndtr
 
 from vigil.detectors.bank import (
     DAILY_SLOTS,
@@ -129,13 +134,18 @@ class DetectorParams:
     z_open: float = 6.0
     z_close: float = 3.0
     z_critical: float = 12.0
-    resolve_steps: int = 15
+    resolve_steps: int = 30
     scale_floor: float = 0.25
     rarity_halflife_s: float = 86_400.0
     rarity_max: float = 2.0
+    rarity_growth: float = 1.3
     recur_halflife_s: float = 3 * 86_400.0
     recur_margin: float = 1.5
     recur_min_count: float = 1.2
+    burst_window_s: float = 3_600.0
+    burst_halflife_s: float = 3 * 86_400.0
+    burst_p: float = 1e-4
+    burst_min_hits: float = 3.0
 
     @property
     def step_ms(self) -> int:
@@ -264,8 +274,12 @@ class OnlineDetector:
         self._var_floor = float(0.60 * np.sqrt(self._a_var / (2.0 - self._a_var)))
         # ... and of the log of a short EW mean of |Δy| for Gaussian noise (CV of |Δy| 0.76).
         self._tv_floor = float(0.76 * np.sqrt(self._a_var / (2.0 - self._a_var)))
-        self._rarity_decay = 0.5 ** (s / p.rarity_halflife_s)
         self._recur_decay = 0.5 ** (s / p.recur_halflife_s)
+        self._rarity_decays = [
+            0.5 ** (s / (p.rarity_halflife_s * p.rarity_growth**k)) for k in range(RARITY_LEVELS)
+        ]
+        self._a_burst = _alpha(s, p.burst_window_s)
+        self._a_burst_long = _alpha(s, p.burst_halflife_s)
         self._levels = p.z_open * np.sqrt(2.0) ** np.arange(RARITY_LEVELS)
 
     def process(
@@ -461,7 +475,21 @@ class OnlineDetector:
             )
         # A flatline is scored by how rare an unchanged step is for the series already.
         novel |= best == ANOMALY_TYPES.index("flatline") - 1
-        anomalous = extreme & (novel | st["incident_open"].astype(bool))
+        # Burst: many extreme steps lately for a series where they are rare. The recent count
+        # (EW, ~burst_window_s) against the Poisson tail of the long-run rate's count.
+        hit = extreme.astype(np.float64)
+        b_short = (1 - self._a_burst) * st["burst_short"] + self._a_burst * hit
+        b_mean = st["burst_mean"].astype(np.float64)
+        burst = np.zeros(k, bool)
+        cand = np.flatnonzero(scoring & extreme & (b_short >= p.burst_min_hits * self._a_burst))
+        if len(cand):
+            count = b_short[cand] / self._a_burst
+            mean = np.maximum(b_mean[cand] / self._a_burst, 1e-6)
+            burst[cand] = gammainc(count, mean) <= p.burst_p  # P(X ≥ count), X ~ Poisson(mean)
+        a_bl = weight(self._a_burst_long)
+        st["burst_mean"] = np.where(observed, b_mean + a_bl * (hit - b_mean), b_mean)
+        st["burst_short"] = np.where(observed, b_short, st["burst_short"])
+        anomalous = extreme & (novel | burst | st["incident_open"].astype(bool))
 
         # Contextual: a point anomaly whose value is ordinary for the series at another time.
         contextual = anomalous & (stat_point >= p.z_open) & new_d
@@ -595,7 +623,9 @@ class OnlineDetector:
 
         * **Rarity**: a decayed count of the times the score recently rose past the level
           just under ``z`` (levels ``z_open·√2^k``). A series that spikes this high every few
-          hours has learned that such spikes are its normal.
+          hours has learned that such spikes are its normal. Level k forgets with half-life
+          ``rarity_halflife_s · rarity_growth^k`` (large excursions are remembered longer);
+          recurring excursions are not counted (they are explained by the hour of the day).
         * **Recurrence**: on about two previous days (decayed count of extreme events in this
           hour of the day), a score as high (decayed maximum) at this hour: a nightly job.
 
@@ -606,9 +636,12 @@ class OnlineDetector:
         rows = e
         steps = (t - st["rare_ts_ms"][e]) // p.step_ms
         steps = np.where(st["rare_ts_ms"][e] < 0, 0, np.maximum(steps, 0))
-        f_rare = _int_power(self._rarity_decay, steps)
         f_recur = _int_power(self._recur_decay, steps)
-        exceed = st["exceed"][rows] * f_rare[:, None]
+        # Each level forgets at its own pace: rarity_halflife_s at z_open, × rarity_growth per
+        # level up (a 50σ burst is remembered for days, a 7σ blip for about one).
+        exceed = st["exceed"][rows] * np.stack(
+            [_int_power(d, steps) for d in self._rarity_decays], axis=1
+        )
         hour_max = st["z_hour_max"][rows] * f_recur[:, None]
         hour_count = st["z_hour_count"][rows] * f_recur[:, None]
         i = np.arange(len(e))
@@ -623,7 +656,10 @@ class OnlineDetector:
         )
         # Learn: the levels this excursion passes for the first time, and this hour's events.
         peak = st["z_peak"][rows].astype(np.float64)
-        exceed += (z[:, None] >= self._levels) & (peak[:, None] < self._levels)
+        # A recurring excursion (the nightly job) is explained already: it does not make other
+        # excursions of its size look normal.
+        crossed = (z[:, None] >= self._levels) & (peak[:, None] < self._levels)
+        exceed += crossed & ~recurring[:, None]
         known = hours_known.astype(np.float64)
         zk = z * known
         hour_max[i, h0] = np.maximum(hour_max[i, h0], zk)

@@ -1,8 +1,10 @@
 """Series state in Redis: one compact binary key per series, read and written in batches.
 
 Key ``{prefix}state:{series id}`` holds ``b"VGS" + version byte + one STATE_DTYPE record``
-(about 1.3 KB). The record carries the series' watermark, so the state and the watermark
-are written together, in one pipeline per batch, before the batch's offsets are committed.
+(about 1.8 KB). A record of the previous format (version 2) is read too: the fields it has
+are kept and the ones added since start fresh. The record carries the series' watermark, so
+the state and the watermark are written together, in one pipeline per batch, before the
+batch's offsets are committed.
 Redis is the source of truth across restarts and rebalances; the worker keeps a copy of
 the states it owns in memory and only reads Redis on first touch.
 
@@ -26,7 +28,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from vigil.detectors.bank import STATE_DTYPE, StateBank, new_state_bank
+from vigil.detectors.bank import ADDED_IN_V3, STATE_DTYPE, StateBank, new_state_bank
 from vigil.streams.metrics import STATE_LATENCY
 
 __all__ = [
@@ -41,10 +43,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAGIC = b"VGS"
-FORMAT_VERSION = 2  # 2: rarity and recurrence state (online detector)
+FORMAT_VERSION = 3  # 3: burst state; 2: rarity and recurrence state
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 RECORD_BYTES = STATE_DTYPE.itemsize
 VALUE_BYTES = len(HEADER) + RECORD_BYTES
+# Older layouts still read: version → record dtype (the current one without later fields).
+_LEGACY = {
+    2: np.dtype([(name, STATE_DTYPE.fields[name][0]) for name in STATE_DTYPE.names
+                 if name not in ADDED_IN_V3]),
+}
 
 
 class StateFormatError(ValueError):
@@ -63,14 +70,32 @@ def pack(bank: StateBank) -> list[bytes]:
     return [raw[i : i + VALUE_BYTES] for i in range(0, len(raw), VALUE_BYTES)]
 
 
+def _size(version: int) -> int | None:
+    if version == FORMAT_VERSION:
+        return VALUE_BYTES
+    legacy = _LEGACY.get(version)
+    return None if legacy is None else len(HEADER) + legacy.itemsize
+
+
 def readable(value: bytes | None) -> bool:
-    """Whether ``value`` is a state record this version can read."""
+    """Whether ``value`` is a state record this version can read (current or legacy)."""
     return (
         value is not None
-        and len(value) == VALUE_BYTES
+        and len(value) >= 4
         and value[:3] == MAGIC
-        and value[3] == FORMAT_VERSION
+        and len(value) == _size(value[3])
     )
+
+
+def _upgrade(value: bytes) -> bytes:
+    """A legacy record as a current one: its fields kept, the ones added since fresh."""
+    old = np.frombuffer(value, np.dtype([("header", "V4"), ("state", _LEGACY[value[3]])]))
+    new = np.empty(1, _STORED)
+    new["header"] = np.frombuffer(HEADER, "V4")[0]
+    new["state"] = new_state_bank(1).to_records()
+    for name in old.dtype["state"].names:
+        new["state"][name] = old["state"][name]
+    return new.tobytes()
 
 
 def unpack(values: Sequence[bytes | None]) -> tuple[StateBank, np.ndarray]:
@@ -83,11 +108,16 @@ def unpack(values: Sequence[bytes | None]) -> tuple[StateBank, np.ndarray]:
     """
     found = np.fromiter((v is not None for v in values), bool, len(values))
     present = [v for v in values if v is not None]
-    for value in present:
-        if len(value) != VALUE_BYTES or value[:3] != MAGIC:
+    for k, value in enumerate(present):
+        if len(value) < 4 or value[:3] != MAGIC:
+            raise StateFormatError(f"not a vigil state record ({len(value)} bytes)")
+        size = _size(value[3])
+        if size is None:
+            raise StateFormatError(f"state format version {value[3]}, expected {FORMAT_VERSION}")
+        if len(value) != size:
             raise StateFormatError(f"not a vigil state record ({len(value)} bytes)")
         if value[3] != FORMAT_VERSION:
-            raise StateFormatError(f"state format version {value[3]}, expected {FORMAT_VERSION}")
+            present[k] = _upgrade(value)
     if found.all():
         return StateBank.from_records(np.frombuffer(b"".join(present), _STORED)["state"]), found
     records = new_state_bank(len(values)).to_records()
