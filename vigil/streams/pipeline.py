@@ -383,13 +383,34 @@ class DetectionPipeline:
         await self.store.save(batch.series, batch.states, points=batch.points - batch.dropped)
         self._cache.update(zip(batch.series, batch.states, strict=True))
 
+    def _event(
+        self, results: StepResults, i: int, series: str, kind: str, *, score: float, **fields
+    ) -> AnomalyEvent:
+        """The event of step ``i``: the step's value and band, plus ``fields`` (ids, verdict)."""
+        name, labels = parse_series(series)
+        ts = int(results.steps.ts_ms[i])
+        return AnomalyEvent(
+            kind=kind,
+            series=series,
+            name=name,
+            labels=labels,
+            ts=_iso(ts),
+            ts_ms=ts,
+            value=float(results.steps.value[i]),
+            expected=float(results.expected[i]),
+            lower=float(results.lower[i]),
+            upper=float(results.upper[i]),
+            score=round(score, 6),
+            context=self.history.context(series, results, i) if kind != "resolve" else None,
+            **fields,
+        )
+
     def _events(
         self, results: StepResults, touched: list[str], lstm_z: np.ndarray | None = None
     ) -> list[AnomalyEvent]:
         events = []
         for i in results.events():
             series = touched[results.steps.index[i]]
-            name, labels = parse_series(series)
             kind = EVENT_KINDS[results.event[i]]
             ts = int(results.steps.ts_ms[i])
             start = int(results.incident_start_ms[i])
@@ -410,25 +431,15 @@ class DetectionPipeline:
             else:
                 anomaly_type = f"collective:{anomaly}"
             events.append(
-                AnomalyEvent(
+                self._event(
+                    results, i, series, kind,
                     event_id=stable_id(series, start, kind, ts),
                     incident_id=incident_id,
-                    kind=kind,
-                    series=series,
-                    name=name,
-                    labels=labels,
-                    ts=_iso(ts),
-                    ts_ms=ts,
-                    value=float(results.steps.value[i]),
-                    expected=float(results.expected[i]),
-                    lower=float(results.lower[i]),
-                    upper=float(results.upper[i]),
-                    score=round(score, 6),
+                    score=score,
                     severity=SEVERITIES[results.severity[i]],
                     anomaly_type=anomaly_type,
                     detectors=detectors,
                     reason=describe(results, i),
-                    context=self.history.context(series, results, i) if kind != "resolve" else None,
                 )
             )
         if lstm_z is not None:
@@ -445,7 +456,6 @@ class DetectionPipeline:
         events = []
         for i, code, start in found:
             series = touched[results.steps.index[i]]
-            name, labels = parse_series(series)
             kind = EVENT_KINDS[code]
             ts = int(results.steps.ts_ms[i])
             z = float(np.nan_to_num(lstm_z[i], nan=0.0))
@@ -456,25 +466,15 @@ class DetectionPipeline:
                 reason = (f"the LSTM scores the last {self.lstm.model.window} steps' shape at "
                           f"z={z:.1f} (the seasonal detector alone sees no incident)")
             events.append(
-                AnomalyEvent(
+                self._event(
+                    results, i, series, kind,
                     event_id=stable_id(series, start, "lstm", kind, ts),
                     incident_id=stable_id(series, start, "lstm"),
-                    kind=kind,
-                    series=series,
-                    name=name,
-                    labels=labels,
-                    ts=_iso(ts),
-                    ts_ms=ts,
-                    value=float(results.steps.value[i]),
-                    expected=float(results.expected[i]),
-                    lower=float(results.lower[i]),
-                    upper=float(results.upper[i]),
-                    score=round(_likelihood(z), 6),
+                    score=_likelihood(z),
                     severity=severity,
                     anomaly_type="collective:lstm",
                     detectors=["lstm"],
                     reason=reason,
-                    context=self.history.context(series, results, i) if kind != "resolve" else None,
                 )
             )
         return events
