@@ -127,8 +127,8 @@ class DetectorParams:
     weekly_off: float = 0.10
     weekly_min_days: float = 9.0
     huber: float = 3.0
-    short_window_steps: float = 10.0
-    variance_window_steps: float = 30.0
+    short_window_steps: float = 15.0
+    variance_window_steps: float = 45.0
     spread_halflife_s: float = 86_400.0
     flat_min_steps: int = 10
     z_open: float = 6.0
