@@ -547,7 +547,10 @@ class OnlineDetector:
         a_slow = weight(self._a_slow)
         st["slow_level"] = np.where(calm, st["slow_level"] + a_slow * e_w, st["slow_level"])
         c = calm.astype(np.float64)
-        self._learn_profile(st["daily"], rows, d0, d1, dw, c * self._a_daily * e_w)
+        # Early on a slot's value is the mean of its visits so far (bias-corrected weight).
+        visits = n / DAILY_SLOTS
+        a_d = np.maximum(self._a_daily, 1.0 / (visits + 1.0))
+        self._learn_profile(st["daily"], rows, d0, d1, dw, c * a_d * e_w)
         self._learn_weekly(st, rows, w0, w1, ww, c * self._a_weekly * e_w)
 
         a_sp = weight(self._a_spread)
