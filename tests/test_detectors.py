@@ -788,7 +788,8 @@ def test_nab_scores_are_causal_over_a_batch_of_real_series():
         cut = cuts[k] = int(at * len(y))
         future = y[cut:].copy()
         spread = float(np.std(y[:cut])) + 1.0
-        future[::37] += 50 * spread  # spikes
+        # Spikes further apart than resolve_steps (closer ones are one incident).
+        future[:: PARAMS.resolve_steps + 17] += 50 * spread
         future[len(future) // 2 :] += 10 * spread  # a level shift
         future[len(future) // 4 : len(future) // 4 + 30] = future[len(future) // 4]  # flatline
         future[10:40:3] += rng.normal(0, 80 * spread, 10)  # a burst

@@ -134,7 +134,7 @@ class DetectorParams:
     z_open: float = 6.0
     z_close: float = 3.0
     z_critical: float = 12.0
-    resolve_steps: int = 30
+    resolve_steps: int = 40
     scale_floor: float = 0.25
     rarity_halflife_s: float = 86_400.0
     rarity_max: float = 2.0
