@@ -127,14 +127,14 @@ class DetectorParams:
     weekly_off: float = 0.10
     weekly_min_days: float = 9.0
     huber: float = 3.0
-    short_window_steps: float = 10.0
-    variance_window_steps: float = 30.0
+    short_window_steps: float = 15.0
+    variance_window_steps: float = 45.0
     spread_halflife_s: float = 86_400.0
     flat_min_steps: int = 10
     z_open: float = 6.0
     z_close: float = 3.0
     z_critical: float = 12.0
-    resolve_steps: int = 30
+    resolve_steps: int = 40
     scale_floor: float = 0.25
     rarity_halflife_s: float = 86_400.0
     rarity_max: float = 2.0
@@ -547,7 +547,10 @@ class OnlineDetector:
         a_slow = weight(self._a_slow)
         st["slow_level"] = np.where(calm, st["slow_level"] + a_slow * e_w, st["slow_level"])
         c = calm.astype(np.float64)
-        self._learn_profile(st["daily"], rows, d0, d1, dw, c * self._a_daily * e_w)
+        # Early on a slot's value is the mean of its visits so far (bias-corrected weight).
+        visits = n / DAILY_SLOTS
+        a_d = np.maximum(self._a_daily, 1.0 / (visits + 1.0))
+        self._learn_profile(st["daily"], rows, d0, d1, dw, c * a_d * e_w)
         self._learn_weekly(st, rows, w0, w1, ww, c * self._a_weekly * e_w)
 
         a_sp = weight(self._a_spread)
