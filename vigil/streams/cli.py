@@ -239,19 +239,40 @@ def export(
     typer.echo(f"wrote {rows:,} rows to {out}")
 
 
+# Where `vigil evaluate` and `vigil train` read history from: files or ClickHouse.
+_DATA = typer.Option(None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a "
+                     "folder of them (or --clickhouse).")
+_CLICKHOUSE = typer.Option(None, help="Read the history stored at this clickhouse:// URL "
+                           "instead of --data.")
+_SERIES = typer.Option([], "--series", help="With --clickhouse: series id or glob (repeatable; "
+                       "default all).")
+_SINCE = typer.Option("0", help="With --clickhouse: ISO time or age (30d); default: all history.")
+_UNTIL = typer.Option(None, help="With --clickhouse: ISO time or age.")
+
+
+def _history_source(data, clickhouse, series, since, until):
+    """``data`` as given, or the Dataset of the history stored in ClickHouse."""
+    if (data is None) == (clickhouse is None):
+        raise typer.BadParameter("give either --data or --clickhouse")
+    if clickhouse is None:
+        return data
+    from vigil.streams.storage import load_history
+
+    dataset = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
+    if not dataset.series:
+        raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
+                                 f"in that time range at {clickhouse}")
+    return dataset
+
+
+
 @app.command()
 def evaluate(
-    data: Path = typer.Option(
-        None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of "
-        "them (or --clickhouse)."
-    ),
-    clickhouse: str = typer.Option(None, help="Read the history from this clickhouse:// URL "
-                                   "instead of --data."),
-    series: list[str] = typer.Option([], "--series", help="With --clickhouse: series id or "
-                                     "glob (repeatable; default all)."),
-    since: str = typer.Option("0", help="With --clickhouse: ISO time or age (30d); "
-                              "default: all history."),
-    until: str = typer.Option(None, help="With --clickhouse: ISO time or age."),
+    data: Path = _DATA,
+    clickhouse: str = _CLICKHOUSE,
+    series: list[str] = _SERIES,
+    since: str = _SINCE,
+    until: str = _UNTIL,
     out: Path = typer.Option(Path("lab-report"), help="Folder for metrics.json and report.html."),
     detectors: str = typer.Option(
         "online,iforest,ocsvm,hst,prophet",
@@ -280,16 +301,7 @@ def evaluate(
     from vigil.detectors.prepare import Preparation
 
     names = [d.strip() for d in detectors.split(",") if d.strip()]
-    if (data is None) == (clickhouse is None):
-        raise typer.BadParameter("give either --data or --clickhouse")
-    source = data
-    if clickhouse is not None:
-        from vigil.streams.storage import load_history
-
-        source = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
-        if not source.series:
-            raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
-                                     f"in that time range at {clickhouse}")
+    source = _history_source(data, clickhouse, series, since, until)
     try:
         clip = None if clip_outliers.strip().lower() == "none" else float(clip_outliers)
         preparation = Preparation(clip_quantile=clip, normalise=normalise)
@@ -332,17 +344,11 @@ def score(
 
 @app.command()
 def train(
-    data: Path = typer.Option(
-        None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of "
-        "them (or --clickhouse)."
-    ),
-    clickhouse: str = typer.Option(None, help="Train on the history stored at this "
-                                   "clickhouse:// URL instead of --data."),
-    series: list[str] = typer.Option([], "--series", help="With --clickhouse: series id or "
-                                     "glob (repeatable; default all)."),
-    since: str = typer.Option("0", help="With --clickhouse: ISO time or age (30d); "
-                              "default: all history."),
-    until: str = typer.Option(None, help="With --clickhouse: ISO time or age."),
+    data: Path = _DATA,
+    clickhouse: str = _CLICKHOUSE,
+    series: list[str] = _SERIES,
+    since: str = _SINCE,
+    until: str = _UNTIL,
     out: Path = typer.Option(Path("lstm.pt"), help="Model file to write (VIGIL_LSTM_MODEL)."),
     kind: str = typer.Option(
         "autoencoder", help="autoencoder (the lab's choice on nab-dev) or forecaster."
@@ -367,17 +373,8 @@ def train(
 
     if kind not in KINDS:
         raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
-    if (data is None) == (clickhouse is None):
-        raise typer.BadParameter("give either --data or --clickhouse")
-    if clickhouse is not None:
-        from vigil.streams.storage import load_history
-
-        dataset = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
-        if not dataset.series:
-            raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
-                                     f"in that time range at {clickhouse}")
-    else:
-        dataset = load_dataset(data)
+    source = _history_source(data, clickhouse, series, since, until)
+    dataset = source if clickhouse is not None else load_dataset(data)
     step_s = step or infer_step_s(dataset)
     model = WindowLSTM(window=window, kind=kind, hidden=hidden, layers=layers, epochs=epochs,
                        seed=seed, device=device)
