@@ -432,31 +432,25 @@ def _load_nab(root: Path) -> Dataset:
 
 
 def _load_csv_files(files: list[Path]) -> Dataset:
+    return _dataset_of(((f, _read_series_csv(f, {})) for f in files), "csv")
+
+
+def _load_parquet_files(files: list[Path]) -> Dataset:
+    return _dataset_of(((f, read) for f in files for read in _read_parquet(f)), "parquet")
+
+
+def _dataset_of(reads, source: str) -> Dataset:
+    """One Dataset of ``(file, (series, label flags, duplicates dropped))`` pairs."""
     series: dict[str, SeriesData] = {}
     labels: list[AnomalyLabel] = []
     duplicates: dict[str, int] = {}
-    for file in files:
-        s, flags, dropped = _read_series_csv(file, {})
+    for file, (s, flags, dropped) in reads:
         _add_series(series, s, file)
         if dropped:
             duplicates[s.id] = dropped
         labels.extend(_windows_from_flags(s.id, s.ts_ms, flags))
     labels.sort(key=lambda lab: (lab.start_ms, lab.series))
-    return Dataset(series, labels, source="csv", meta={"duplicates_dropped": duplicates})
-
-
-def _load_parquet_files(files: list[Path]) -> Dataset:
-    series: dict[str, SeriesData] = {}
-    labels: list[AnomalyLabel] = []
-    duplicates: dict[str, int] = {}
-    for file in files:
-        for s, flags, dropped in _read_parquet(file):
-            _add_series(series, s, file)
-            if dropped:
-                duplicates[s.id] = dropped
-            labels.extend(_windows_from_flags(s.id, s.ts_ms, flags))
-    labels.sort(key=lambda lab: (lab.start_ms, lab.series))
-    return Dataset(series, labels, source="parquet", meta={"duplicates_dropped": duplicates})
+    return Dataset(series, labels, source=source, meta={"duplicates_dropped": duplicates})
 
 
 def _read_parquet(file: Path) -> list[tuple[SeriesData, np.ndarray | None, int]]:

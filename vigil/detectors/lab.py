@@ -460,13 +460,34 @@ def lstm_scores(
     (the LSTM score past :data:`LSTM_Z_OPEN` where no seasonal incident is open), as a 0/1
     score.
     """
-    from vigil.detectors.lstm import (
-        LstmIncidents,
-        WindowLSTM,
-        series_residuals,
-        training_windows,
-    )
-    from vigil.detectors.online import DetectorParams
+    ids = list(ids)
+    seen, z = lstm_fold_scores(dataset, ids, kind, step_s, folds=folds,
+                               max_windows=max_windows, epochs=epochs, window=window,
+                               seed=seed, progress=progress)
+    step_ms = step_s * 1000
+    alone, combined = [], []
+    for sid in ids:
+        s, ts = seen[sid], dataset.series[sid].ts_ms
+        alone.append(_to_rows(ts, s.ts_ms, np.nan_to_num(z[sid], nan=-1e9), step_ms))
+        combined.append(_to_rows(ts, s.ts_ms, combined_openings(sid, s, z[sid]), step_ms))
+    return alone, combined
+
+
+def lstm_fold_scores(
+    dataset: Dataset,
+    ids: Sequence[str],
+    kind: str,
+    step_s: int,
+    folds: int | None = None,
+    max_windows: int | None = None,
+    epochs: int | None = None,
+    window: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """The online detector's residuals of every series and the LSTM's per-step ``z`` on them,
+    each series scored by the model of its fold (trained on the other series only)."""
+    from vigil.detectors.lstm import WindowLSTM, series_residuals, training_windows
 
     folds = SUPERVISED_FOLDS if folds is None else folds
     max_windows = LSTM_MAX_WINDOWS if max_windows is None else max_windows
@@ -482,9 +503,7 @@ def lstm_scores(
                for sid in ids}
     train_x = {sid: training_windows(seen[sid], window, windows[sid]) for sid in ids}
     rng = np.random.default_rng(seed)
-    alone: dict[str, np.ndarray] = {}
-    combined: dict[str, np.ndarray] = {}
-    step_ms = step_s * 1000
+    z: dict[str, np.ndarray] = {}
     for k, held_out in enumerate(tqdm(series_folds(ids, folds, seed), desc=f"{kind} folds",
                                       disable=not progress)):
         X = np.vstack([train_x[sid] for sid in ids if sid not in held_out])
@@ -493,18 +512,24 @@ def lstm_scores(
         model = WindowLSTM(window=window, kind=kind, epochs=epochs, seed=seed + k,
                            device="cpu").fit_windows(X)
         for sid in held_out:
-            s, ts = seen[sid], dataset.series[sid].ts_ms
-            z_lstm = model.score_series(s.residual)
-            p = DetectorParams()
-            incidents = LstmIncidents(LSTM_Z_OPEN, p.z_close, max(p.z_critical, LSTM_Z_OPEN),
-                                      p.resolve_steps)
-            found = incidents.step([sid], np.zeros(len(z_lstm), np.int64), s.ts_ms, z_lstm,
-                                   s.incident_start_ms)
-            both = s.opened.astype(float)
-            both[[i for i, code, _ in found if code == 1]] = 1.0
-            alone[sid] = _to_rows(ts, s.ts_ms, np.nan_to_num(z_lstm, nan=-1e9), step_ms)
-            combined[sid] = _to_rows(ts, s.ts_ms, both, step_ms)
-    return [alone[sid] for sid in ids], [combined[sid] for sid in ids]
+            z[sid] = model.score_series(seen[sid].residual)
+    return seen, z
+
+
+def combined_openings(sid: str, seen, z_lstm: np.ndarray, z_open: float = LSTM_Z_OPEN
+                      ) -> np.ndarray:
+    """Per step, 1.0 where the worker would open an incident with the LSTM at ``z_open``: the
+    online detector's openings plus :class:`~vigil.detectors.lstm.LstmIncidents`' own."""
+    from vigil.detectors.lstm import LstmIncidents
+    from vigil.detectors.online import DetectorParams
+
+    p = DetectorParams()
+    incidents = LstmIncidents(z_open, p.z_close, max(p.z_critical, z_open), p.resolve_steps)
+    found = incidents.step([sid], np.zeros(len(z_lstm), np.int64), seen.ts_ms, z_lstm,
+                           seen.incident_start_ms)
+    both = seen.opened.astype(float)
+    both[[i for i, code, _ in found if code == 1]] = 1.0
+    return both
 
 
 def decompose_series(ts_ms, values, step_s: int) -> tuple[np.ndarray, Decomposition]:
