@@ -114,3 +114,27 @@ def test_the_mapping_is_monotone_in_z_and_keeps_openings_on_top():
     s = anomaly_score(z, np.zeros(500, bool))
     assert (np.diff(s) >= 0).all() and s.max() < Z_CAP and s.min() == 0.0
     assert anomaly_score(np.array([0.0]), np.array([True]))[0] == 1.0
+
+
+def test_each_file_is_scored_at_its_own_step(nab_subset, tmp_path):
+    # An hourly file beside 5-minute ones (NAB's realAdExchange beside realAWSCloudwatch):
+    # scored as if alone, at 3600 s, not at the folder's typical 300 s.
+    src = tmp_path / "in"
+    shutil.copytree(nab_subset / "data", src)
+    rows = _read(nab_subset / "data" / SUBSET[2])[1:]
+    hourly = src / "hourly" / "cpu_hourly.csv"
+    hourly.parent.mkdir()
+    values = np.array([float(r[1]) for r in rows])[: len(rows) // 12 * 12].reshape(-1, 12)
+    stamps = [r[0] for r in rows][::12][: len(values)]
+    hourly.write_text("timestamp,value\n" + "".join(
+        f"{t},{v!r}\n" for t, v in zip(stamps, values.mean(axis=1).tolist(), strict=True)))
+    run = score_csv_files(src, tmp_path / "together", progress=False)
+    assert sorted(set(run.step_s)) == [300, 3600]
+    assert run.step_s[run.inputs.index(hourly)] == 3600
+    alone = score_csv_files(hourly, tmp_path / "alone.csv", progress=False)
+    assert alone.step_s == [3600]
+    together = (tmp_path / "together" / "hourly" / "cpu_hourly.csv").read_text()
+    assert together == (tmp_path / "alone.csv").read_text()
+    # At the folder's 300 s the same file would be mostly filled gaps: different scores.
+    score_csv_files(hourly, tmp_path / "at300.csv", step_s=300, progress=False)
+    assert (tmp_path / "at300.csv").read_text() != together

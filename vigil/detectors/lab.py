@@ -66,7 +66,7 @@ from vigil.detectors.score_files import anomaly_score
 
 __all__ = [
     "CV_GRID", "ENTRY_NAMES", "LabRun", "decompose_series", "evaluate", "infer_step_s",
-    "run_cv", "run_detectors", "summarise",
+    "run_cv", "run_detectors", "summarise", "typical_step_s",
 ]
 
 #: What each table row is (the online detector gives two: its incidents and its z-score).
@@ -139,10 +139,41 @@ class LabRun:
     cv: dict | None = None
 
 
+#: Steps telemetry is usually collected at (seconds). A measured spacing within 10 % of one
+#: of them is taken to be it: jittered or gappy timestamps give a median such as 305 s.
+COMMON_STEPS_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200,
+                  10800, 21600, 43200, 86400)
+
+
+def typical_step_s(ts_ms: np.ndarray) -> int:
+    """A series' typical spacing of rows in whole seconds, snapped to a common step.
+
+    >>> t = np.cumsum(np.r_[0, np.full(50, 300_000) + np.tile([-40_000, 50_000], 25)])
+    >>> typical_step_s(t), typical_step_s(np.arange(10) * 3_600_000)
+    (300, 3600)
+    >>> typical_step_s(np.arange(10) * 420_000)  # 7 minutes: no common step near
+    420
+    """
+    diffs = np.diff(np.asarray(ts_ms, np.int64))
+    diffs = diffs[diffs > 0]
+    if len(diffs) == 0:
+        return 60
+    median = float(np.median(diffs)) / 1000.0
+    nearest = min(COMMON_STEPS_S, key=lambda c: abs(c - median) / c)
+    if abs(nearest - median) <= 0.1 * nearest:
+        return nearest
+    return max(1, int(round(median)))
+
+
 def infer_step_s(dataset: Dataset) -> int:
-    """The dataset's typical spacing of rows, in whole seconds (the median over series)."""
+    """The dataset's typical spacing of rows, in whole seconds (the median over series).
+
+    ``vigil score`` infers each file's own step instead (:func:`typical_step_s`).
+    """
     medians = [np.median(np.diff(s.ts_ms)) for s in dataset.series.values() if len(s) > 1]
-    return max(1, int(round(float(np.median(medians)) / 1000.0)))
+    if not medians:
+        return 60
+    return typical_step_s(np.array([0, float(np.median(medians))]))
 
 
 def _scored_file(dataset: Dataset, sid: str) -> ScoredFile:

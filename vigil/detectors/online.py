@@ -153,7 +153,9 @@ class DetectorParams:
 
     @property
     def max_fill_steps(self) -> int:
-        return int(self.max_fill_s // self.step_s)
+        """Missing steps filled over a gap: ``max_fill_s`` worth, but at least one step (a
+        single missing point of hourly data is not a gap that resets the short windows)."""
+        return max(1, int(self.max_fill_s // self.step_s))
 
 
 @dataclass(slots=True)
@@ -588,7 +590,12 @@ class OnlineDetector:
         is_open = st["incident_open"].astype(bool)
         opening = ~is_open & anomalous
         hot = is_open & (z_eff >= p.z_close)
-        calm_count = np.where(is_open & ~hot & observed, st["incident_calm"] + 1, 0)
+        # A filled step (a missing point) neither counts as calm nor breaks the calm run.
+        calm_count = np.where(
+            is_open & ~hot,
+            st["incident_calm"] + observed,
+            0,
+        )
         resolving = is_open & (calm_count >= p.resolve_steps)
         escalating = is_open & (severity > st["incident_severity"])
         previous_severity = st["incident_severity"].copy()

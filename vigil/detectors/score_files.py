@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vigil.detectors.datasets import Dataset, read_series_csv
+from vigil.detectors.datasets import read_series_csv
 
 __all__ = ["OPENING_SCORE", "Z_CAP", "Z_HALF", "ScoreRun", "anomaly_score", "score_csv_files"]
 
@@ -54,12 +54,12 @@ def anomaly_score(z: np.ndarray, opened: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ScoreRun:
-    """What :func:`score_csv_files` wrote: input and output files, rows, step and time."""
+    """What :func:`score_csv_files` wrote: input and output files, rows, steps and time."""
 
     inputs: list[Path]
     outputs: list[Path]
     rows: int
-    step_s: int
+    step_s: list[int]  # the step each input file was resampled to
     seconds: float
 
 
@@ -82,12 +82,12 @@ def score_csv_files(
 
     ``dst`` is a folder (outputs at the inputs' relative paths, each file name preceded by
     ``prefix``: NAB's results layout wants ``<detector>_<file>.csv``) — or, when ``src`` is
-    one file, the output file itself if it ends in ``.csv``. ``step_s`` defaults to the
-    data's typical spacing (the lab's :func:`~vigil.detectors.lab.infer_step_s`).
+    one file, the output file itself if it ends in ``.csv``. ``step_s`` defaults to each
+    file's own typical spacing (:func:`~vigil.detectors.lab.typical_step_s`).
     """
     from tqdm import tqdm
 
-    from vigil.detectors.lab import infer_step_s
+    from vigil.detectors.lab import typical_step_s
     from vigil.detectors.models import OnlineModel
 
     start = time.perf_counter()
@@ -105,18 +105,24 @@ def score_csv_files(
     for f in tqdm(files, desc="read", unit="file", disable=not progress):
         s, _, rows, _ = read_series_csv(f)
         read.append((s, rows))
-    step = step_s or infer_step_s(
-        Dataset({str(k): s for k, (s, _) in enumerate(read)}, [], source="csv")
-    )
-    model = OnlineModel(step_s=step).fit(None, None)
-    results = model.score_and_openings_many([(s.values, s.ts_ms) for s, _ in read])
+    # Each file at its own step (hourly, 5-minute and 1-minute files may share a folder);
+    # files with the same step run in one batch.
+    steps = [step_s or typical_step_s(s.ts_ms) for s, _ in read]
+    results: list = [None] * len(read)
+    for step in sorted(set(steps)):
+        group = [k for k, g in enumerate(steps) if g == step]
+        model = OnlineModel(step_s=step).fit(None, None)
+        batch = model.score_and_openings_many([(read[k][0].values, read[k][0].ts_ms)
+                                               for k in group])
+        for k, out in zip(group, batch, strict=True):
+            results[k] = out
     total = 0
     for f, out, (_, rows), (z, opened) in tqdm(
         list(zip(files, outputs, read, results, strict=True)), desc="write", unit="file",
         disable=not progress,
     ):
         total += _write_scores(f, out, rows, anomaly_score(z, opened))
-    return ScoreRun(files, outputs, total, step, time.perf_counter() - start)
+    return ScoreRun(files, outputs, total, steps, time.perf_counter() - start)
 
 
 def _write_scores(src: Path, out: Path, rows: np.ndarray, scores: np.ndarray) -> int:

@@ -326,7 +326,9 @@ def evaluate(
 def score(
     data: Path = typer.Argument(..., help="A folder of NAB-style CSVs (timestamp,value), or one."),
     out: Path = typer.Option(..., help="Output folder (same relative paths), or a .csv file."),
-    step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+    step: int = typer.Option(
+        0, min=0, help="Resampling step in seconds (0: each file's own typical spacing)."
+    ),
     prefix: str = typer.Option(
         "", help="Put before each output file name (NAB's results layout: 'vigil_')."
     ),
@@ -338,7 +340,8 @@ def score(
         run = score_csv_files(data, out, step_s=step or None, prefix=prefix)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    typer.echo(f"scored {run.rows:,} rows of {len(run.inputs)} files (step {run.step_s} s) "
+    steps = ", ".join(f"{s} s × {run.step_s.count(s)}" for s in sorted(set(run.step_s)))
+    typer.echo(f"scored {run.rows:,} rows of {len(run.inputs)} files (steps: {steps}) "
                f"into {out} in {run.seconds:.1f} s")
 
 
