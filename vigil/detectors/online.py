@@ -123,6 +123,7 @@ class DetectorParams:
     daily_on: float = 0.30
     daily_off: float = 0.15
     daily_min_days: float = 1.5
+    learn_all_days: float = 2.0
     weekly_on: float = 0.20
     weekly_off: float = 0.10
     weekly_min_days: float = 9.0
@@ -267,6 +268,7 @@ class OnlineDetector:
         self._a_var = 2.0 / (p.variance_window_steps + 1.0)
         self._a_spread = _alpha(s, p.spread_halflife_s)
         self._daily_min_steps = p.daily_min_days * 86_400 / s
+        self._learn_all_steps = p.learn_all_days * 86_400 / s
         self._day_steps = 86_400 / s
         self._a_hour = _alpha(s, p.hourly_scale_halflife_days * 3600.0)
         self._weekly_min_steps = p.weekly_min_days * 86_400 / s
@@ -548,7 +550,10 @@ class OnlineDetector:
         )
         a_slow = weight(self._a_slow)
         st["slow_level"] = np.where(calm, st["slow_level"] + a_slow * e_w, st["slow_level"])
-        c = calm.astype(np.float64)
+        # ... except during the series' first days: nothing is known yet to call anomalous,
+        # and a sharp daily shape (a batch job's plateau) that scores as extreme before the
+        # profile knows it would otherwise never be learned.
+        c = (calm | (observed & (n < self._learn_all_steps))).astype(np.float64)
         # Early on a slot's value is the mean of its visits so far (bias-corrected weight).
         visits = n / DAILY_SLOTS
         a_d = np.maximum(self._a_daily, 1.0 / (visits + 1.0))
