@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import Stack, wait_until
 from vigil.detectors.datasets import load_dataset, write_telemetry
+from vigil.detectors.resample import step_of
 from vigil.detectors.synthetic import generate_telemetry
 from vigil.sinks.clickhouse import (
     SCHEMA_VERSION,
@@ -523,12 +524,12 @@ def test_history_loads_as_the_same_dataset_as_the_files(clickhouse_url: str, tmp
         for sid, s in small.series.items():
             got = loaded.series[sid]
             assert (got.name, got.labels) == (s.name, s.labels)
-            # History holds resampled steps, stamped with their start (one point a step).
-            np.testing.assert_array_equal(got.ts_ms, s.ts_ms - s.ts_ms % 300_000)
+            # History holds resampled steps, stamped with their grid time (one point a step).
+            np.testing.assert_array_equal(got.ts_ms, step_of(s.ts_ms, 300_000))
             np.testing.assert_allclose(got.values, s.values)
         def key(lab, snap=0):
-            return (lab.series, lab.start_ms - lab.start_ms % snap if snap else lab.start_ms,
-                    lab.end_ms - lab.end_ms % snap if snap else lab.end_ms, lab.kind, lab.type)
+            return (lab.series, step_of(lab.start_ms, snap) if snap else lab.start_ms,
+                    step_of(lab.end_ms, snap) if snap else lab.end_ms, lab.kind, lab.type)
 
         assert sorted(map(key, loaded.labels)) == sorted(key(lab, 300_000)
                                                          for lab in small.labels)

@@ -653,10 +653,10 @@ def test_learn_one_scores_like_the_batch_detector():
 def test_score_one_predicts_without_learning():
     rng = np.random.default_rng(9)
     det = SeriesDetector()
-    for i in range(DAY):
-        det.learn_one(T0 + i * MINUTE + 30_000, float(DAILY[i] + rng.normal(0.0, SIGMA)))
+    for i in range(DAY):  # 20 s late: step i is centred on T0 + i minutes
+        det.learn_one(T0 + i * MINUTE + 20_000, float(DAILY[i] + rng.normal(0.0, SIGMA)))
     before = det.state.tobytes()
-    probe_ts = T0 + DAY * MINUTE
+    probe_ts = T0 + DAY * MINUTE + 20_000
     normal = det.score_one(probe_ts, float(DAILY[DAY]))
     extreme = det.score_one(probe_ts, float(DAILY[DAY] + 20 * SIGMA))
     assert det.state.tobytes() == before

@@ -1,7 +1,8 @@
 """Tests for vigil.detectors.resample: raw points to one value per step, for many series.
 
 The state bank is the detector's (``new_state_bank``); only its resampling fields are used.
-Times are whole minutes after a fixed Monday so that step boundaries are easy to read.
+Times are whole minutes after a fixed Monday so that step boundaries are easy to read: step
+``at(m)`` is centred on minute ``m`` and holds the points in ``[m − 0.5, m + 0.5)``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from vigil.detectors.online import new_state_bank
-from vigil.detectors.resample import Steps, resample_batch
+from vigil.detectors.resample import Steps, last_row_of_step, resample_batch, step_of
 
 T0 = 1_699_833_600_000  # Monday 2023-11-13 00:00 UTC
 STEP = 60_000
@@ -43,24 +44,52 @@ def as_rows(steps: Steps) -> list[tuple[int, int, float, bool, bool]]:
 
 def test_points_within_a_step_are_averaged():
     bank = new_state_bank(1)
-    ts = [at(0), at(0.25), at(0.5), at(0.99), at(1)]
+    ts = [at(-0.5), at(-0.25), at(0), at(0.49), at(0.5)]
     steps = feed(bank, [0] * 5, ts, [1.0, 2.0, 3.0, 10.0, 100.0])
     assert steps.ts_ms.tolist() == [at(0)]
     assert steps.value.tolist() == pytest.approx([4.0])  # (1 + 2 + 3 + 10) / 4
     assert not steps.filled.any() and not steps.after_gap.any()
 
 
-def test_step_start_is_the_floor_of_the_point_time():
+def test_step_is_the_nearest_grid_time_half_a_step_either_side():
     bank = new_state_bank(1)
-    steps = feed(bank, [0, 0], [at(2) + 59_999, at(3) + 1], [7.0, 8.0])
-    assert steps.ts_ms.tolist() == [at(2)]
+    half = STEP // 2
+    # t − step/2 belongs to t, t + step/2 to the next step; just before it still to t.
+    ts = [at(2) - half, at(2) + half - 1, at(2) + half]
+    steps = feed(bank, [0] * 3, ts, [7.0, 9.0, 8.0])
+    assert as_rows(steps) == [(0, at(2), 8.0, False, False)]
     assert int(bank["bucket_ms"][0]) == at(3)
+    assert step_of(np.array(ts), STEP).tolist() == [at(2), at(2), at(3)]
+    assert step_of(at(2) - half - 1, STEP) == at(1)  # plain ints too
+    assert last_row_of_step(np.array(ts), np.array([at(1), at(2), at(3)]), STEP).tolist() == [
+        -1, 1, 2,
+    ]
+
+
+def test_jittered_nominal_timestamps_give_one_point_per_step():
+    rng = np.random.default_rng(5)
+    n, series = 500, 3
+    grid = T0 + STEP * np.arange(n, dtype=np.int64)
+    # Nominal times (collectors stamping each sample on the grid) up to 40 % of a step off.
+    jitter = rng.integers(-int(0.4 * STEP), int(0.4 * STEP) + 1, (series, n))
+    ts = (grid + jitter).ravel()
+    index = np.repeat(np.arange(series), n)
+    values = rng.normal(10.0, 2.0, series * n)
+    bank = new_state_bank(series)
+    steps = feed(bank, index, ts, values)
+    assert steps.dropped == 0 and len(steps) == series * (n - 1)  # last step of each open
+    assert not steps.filled.any() and not steps.after_gap.any()
+    keep = np.tile(np.r_[np.ones(n - 1, bool), False], series)
+    assert steps.ts_ms.tolist() == np.tile(grid, series)[keep].tolist()
+    assert steps.value.tolist() == values[keep].tolist()  # one raw point each, not a mean
+    assert bank["bucket_count"].tolist() == [1] * series
+    assert last_row_of_step(ts[:n], steps.ts_ms[: n - 1], STEP).tolist() == list(range(n - 1))
 
 
 def test_open_step_closes_only_when_a_later_steps_point_arrives():
     bank = new_state_bank(1)
     assert len(feed(bank, [0], [at(0)], [1.0])) == 0
-    assert len(feed(bank, [0], [at(0.5)], [3.0])) == 0  # same step: still open
+    assert len(feed(bank, [0], [at(0.4)], [3.0])) == 0  # same step: still open
     assert int(bank["bucket_count"][0]) == 2
     steps = feed(bank, [0], [at(1.2)], [50.0])
     assert as_rows(steps) == [(0, at(0), 2.0, False, False)]
@@ -145,15 +174,15 @@ def test_steps_come_ordered_by_series_then_time():
 
 def test_points_at_or_before_the_watermark_are_dropped_and_counted():
     bank = new_state_bank(1)
-    feed(bank, [0] * 3, [at(0), at(1), at(1.5)], [1.0, 2.0, 3.0])
-    assert int(bank["watermark_ms"][0]) == at(1.5)
+    feed(bank, [0] * 3, [at(0), at(1), at(1.3)], [1.0, 2.0, 3.0])
+    assert int(bank["watermark_ms"][0]) == at(1.3)
     before = bank.tobytes()
     # Equal to the watermark, inside the open step but older, and in a closed step.
-    steps = feed(bank, [0] * 3, [at(1.5), at(1.2), at(0.5)], [100.0, 100.0, 100.0])
+    steps = feed(bank, [0] * 3, [at(1.3), at(1.2), at(0.2)], [100.0, 100.0, 100.0])
     assert steps.dropped == 3 and len(steps) == 0
     assert bank.tobytes() == before
     # A later point is still applied; only the stale ones of its batch are counted.
-    steps = feed(bank, [0, 0], [at(0.7), at(2)], [100.0, 6.0])
+    steps = feed(bank, [0, 0], [at(0.4), at(2)], [100.0, 6.0])
     assert steps.dropped == 1
     assert as_rows(steps) == [(0, at(1), 2.5, False, False)]
 
@@ -169,7 +198,7 @@ def test_watermarks_are_kept_per_series():
 
 def test_repeated_timestamp_within_a_batch_keeps_the_first_arrival():
     bank = new_state_bank(1)
-    steps = feed(bank, [0] * 4, [at(0), at(0), at(0.5), at(1)], [1.0, 99.0, 3.0, 0.0])
+    steps = feed(bank, [0] * 4, [at(0), at(0), at(0.4), at(1)], [1.0, 99.0, 3.0, 0.0])
     assert steps.dropped == 1
     assert steps.value.tolist() == [2.0]
 
@@ -177,7 +206,7 @@ def test_repeated_timestamp_within_a_batch_keeps_the_first_arrival():
 def test_non_finite_values_are_dropped_and_counted():
     bank = new_state_bank(1)
     values = [1.0, np.nan, 3.0, np.inf, -np.inf, 5.0, 0.0]
-    ts = [at(0), at(0.5), at(0.7), at(1), at(1.5), at(2), at(3)]
+    ts = [at(0), at(0.2), at(0.4), at(1), at(1.3), at(2), at(3)]
     steps = feed(bank, [0] * 7, ts, values)
     assert steps.dropped == 3
     # Step 1 had only non-finite points: it is missing, so it is filled.

@@ -127,7 +127,7 @@ class LabRun:
     scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
     openings: list[np.ndarray] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
-    #: Per series: the start of each grid step (ms) and the decomposition on that grid.
+    #: Per series: the grid time of each step (ms) and the decomposition on that grid.
     decompositions: list[tuple[np.ndarray, Decomposition]] = field(default_factory=list)
     #: ``nab`` or ``cv``; under ``cv``, the scored rows of each series (its test period)
     #: and, per detector, the thresholds chosen on the validation folds.

@@ -62,7 +62,7 @@ def resample_series(
 
     >>> steps = resample_series([0, 30_000, 60_000], [1.0, 3.0, 5.0], 60_000, 5)
     >>> steps.ts_ms.tolist(), steps.value.tolist()
-    ([0, 60000], [2.0, 5.0])
+    ([0, 60000], [1.0, 4.0])
     """
     ts_ms = np.asarray(ts_ms, np.int64)
     index = np.zeros(len(ts_ms), np.int64) if index is None else np.asarray(index, np.int64)

@@ -71,7 +71,7 @@ from vigil.detectors.bank import (
     StateBank,
     new_state_bank,
 )
-from vigil.detectors.resample import Steps, resample_batch
+from vigil.detectors.resample import Steps, resample_batch, step_of
 
 __all__ = [
     "ANOMALY_TYPES",
@@ -764,7 +764,7 @@ class SeriesDetector:
             )
         steps = Steps(
             index=np.zeros(1, np.int64),
-            ts_ms=np.array([ts_ms - ts_ms % step]),
+            ts_ms=np.array([step_of(ts_ms, step)]),
             value=np.array([float(value)]),
             filled=np.zeros(1, bool),
             after_gap=np.zeros(1, bool),

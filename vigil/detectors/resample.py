@@ -1,9 +1,12 @@
 """Resampling raw points to a fixed step, for many series at once.
 
 Raw telemetry arrives at irregular times. The detectors work on a regular grid: every
-``step_ms`` milliseconds one value per series, the mean of the raw points that fell inside
-that step. A step is *closed* (and handed to the detector) when the first point of a later
-step arrives; until then its running sum and count live in the series' state.
+``step_ms`` milliseconds one value per series, the mean of the raw points in that step. A
+step is *centred* on its grid time: step ``t`` (a multiple of ``step_ms``) holds the points
+in ``[t − step_ms/2, t + step_ms/2)`` (:func:`step_of`), so nominal timestamps with a little
+jitter either way (12:04:58 for the 12:05 sample) land one per step. A step is *closed*
+(and handed to the detector) when the first point of a later step arrives; until then its
+running sum and count live in the series' state.
 
 Gaps of at most ``max_fill_steps`` missing steps are filled with the last value (marked
 ``filled`` — the detector does not learn from them); a longer gap is not filled and the first
@@ -23,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     from vigil.detectors.bank import StateBank
 
-__all__ = ["Steps", "last_row_of_step", "resample_batch"]
+__all__ = ["Steps", "last_row_of_step", "resample_batch", "step_of"]
 
 
 @dataclass(slots=True)
@@ -31,7 +34,7 @@ class Steps:
     """Closed, regular steps produced from one batch, ordered by series then time."""
 
     index: np.ndarray  # int64, row of the series in the state bank
-    ts_ms: np.ndarray  # int64, start of the step
+    ts_ms: np.ndarray  # int64, grid time of the step (its centre)
     value: np.ndarray  # float64, mean of the raw points in the step (or the filled value)
     filled: np.ndarray  # bool, value copied from the previous step over a short gap
     after_gap: np.ndarray  # bool, first step after a gap too long to fill
@@ -39,6 +42,17 @@ class Steps:
 
     def __len__(self) -> int:
         return len(self.index)
+
+
+def step_of(ts_ms, step_ms: int):
+    """The step (grid time) of raw timestamp(s) ``ts_ms``: the nearest multiple of ``step_ms``.
+
+    Step ``t`` covers ``[t − step_ms/2, t + step_ms/2)``; works on ints and int64 arrays.
+
+    >>> step_of(np.array([-30_000, 0, 29_999, 30_000, 89_999]), 60_000).tolist()
+    [0, 0, 0, 60000, 60000]
+    """
+    return (ts_ms + step_ms // 2) // step_ms * step_ms
 
 
 def _empty_steps(dropped: int) -> Steps:
@@ -73,11 +87,11 @@ def resample_batch(
     >>> ts = t0 + np.array([0, 30_000, 60_000, 250_000])
     >>> steps = resample_batch(bank, np.zeros(4, np.int64), ts, np.array([1., 3., 5., 7.]),
     ...                        step_ms=60_000, max_fill_steps=5)
-    >>> steps.value.tolist()  # steps 0 and 1 closed; step 4 (t0 + 240 s) is still open
-    [2.0, 5.0]
+    >>> steps.value.tolist()  # step 0 (0 s), step 1 (30 s, 60 s); step 4 (250 s) stays open
+    [1.0, 4.0]
     >>> steps = resample_batch(bank, [0], [t0 + 300_000], [9.0], step_ms=60_000, max_fill_steps=5)
     >>> steps.value.tolist(), steps.filled.tolist()  # steps 2 and 3 were missing
-    ([5.0, 5.0, 7.0], [True, True, False])
+    ([4.0, 4.0, 7.0], [True, True, False])
     """
     index = np.asarray(index, np.int64)
     ts_ms = np.asarray(ts_ms, np.int64)
@@ -100,7 +114,7 @@ def resample_batch(
         return _empty_steps(dropped)
 
     # Aggregate within steps: runs of equal (series, bucket).
-    bucket = ts_ms - ts_ms % step_ms
+    bucket = step_of(ts_ms, step_ms)
     starts = np.flatnonzero(
         np.r_[True, (index[1:] != index[:-1]) | (bucket[1:] != bucket[:-1])]
     )
@@ -185,10 +199,9 @@ def last_row_of_step(row_ts_ms: np.ndarray, step_ts_ms: np.ndarray, step_ms: int
 
     >>> rows = np.array([0, 30_000, 60_000, 250_000])
     >>> last_row_of_step(rows, np.array([0, 60_000, 120_000, 240_000]), 60_000).tolist()
-    [1, 2, -1, 3]
+    [0, 2, -1, 3]
     """
-    bucket = np.asarray(row_ts_ms, np.int64)
-    bucket = bucket - bucket % step_ms
+    bucket = step_of(np.asarray(row_ts_ms, np.int64), step_ms)
     step_ts_ms = np.asarray(step_ts_ms, np.int64)
     last = np.searchsorted(bucket, step_ts_ms, side="right") - 1
     inside = (last >= 0) & (bucket[np.maximum(last, 0)] == step_ts_ms)

@@ -142,6 +142,7 @@ def backfill(
     from dataclasses import replace
 
     from vigil.detectors.datasets import iter_points_in_time_order
+    from vigil.detectors.resample import step_of
     from vigil.streams.pipeline import DetectionPipeline
 
     settings = settings or Settings()
@@ -161,8 +162,8 @@ def backfill(
             await writer.flush_with_retry(stop_after=10)
             if progress is not None:
                 progress(len(series))
-        # The resampler closes a step when a later one begins: one point per series in the
-        # step after its last closes its final step (that point's own step is never scored).
+        # The resampler closes a step when a later one begins: one point per series at the
+        # grid time after its last step closes that step (the probe's own step is never scored).
         step_ms = params.step_ms
         ends = [(sid, s.ts_ms[-1], s.values[-1]) for sid, s in dataset.series.items() if len(s)]
         if ends:
@@ -170,7 +171,7 @@ def backfill(
 
             last = np.array([int(t) for _, t, _ in ends], np.int64)
             batch = await pipeline.process(
-                [sid for sid, _, _ in ends], last - last % step_ms + step_ms,
+                [sid for sid, _, _ in ends], step_of(last, step_ms) + step_ms,
                 np.array([float(v) for _, _, v in ends]))
             writer.add_steps(batch.series, batch.results)
             writer.add_events(batch.events)
@@ -244,6 +245,7 @@ def load_history(url: str, selectors: Sequence[str] = (), since_ms: int = 0,
     :class:`~vigil.detectors.datasets.Dataset` the file loaders return (``source``
     ``clickhouse``); labels are the stored labelled windows (from backfilled data sets)."""
     from vigil.detectors.datasets import AnomalyLabel, Dataset, SeriesData
+    from vigil.detectors.resample import step_of
     from vigil.streams.records import parse_series
 
     store = ClickHouseStore(url)
@@ -258,11 +260,15 @@ def load_history(url: str, selectors: Sequence[str] = (), since_ms: int = 0,
             series[s] = SeriesData(name, labels, ts[keep], value[keep])
         labels = []
         for s, a, b, k, t in store.labelled_windows(list(series), since_ms, until_ms):
-            # Rows are steps stamped with their start: a window starts and ends on the
-            # steps that hold its first and last labelled point (NAB's scorer needs rows).
+            # Rows are steps stamped with their grid time (the centre of the step): a window
+            # starts and ends on the steps that hold its first and last labelled point (NAB's
+            # scorer needs rows), or the last stored step before them. The step is the
+            # smallest spacing of the stored steps (short gaps were filled when stored).
             ts = series[s].ts_ms
             if not len(ts):
                 continue
+            if len(ts) > 1:
+                a, b = step_of(np.array([a, b], np.int64), int(np.diff(ts).min()))
             lo, hi = np.searchsorted(ts, [a, b], side="right") - 1
             labels.append(AnomalyLabel(s, int(ts[max(lo, 0)]), int(ts[max(hi, 0)]), k, t))
     finally:
