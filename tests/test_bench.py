@@ -74,3 +74,35 @@ def test_alert_latency_bench_measures_every_incident(broker, redis_url):
     result = measure_alert_latency(Services(broker, redis_url), incidents=5, rate=5.0)
     assert result.received == 5
     assert 0 < result.p50_ms <= result.p95_ms <= result.max_ms
+
+
+def test_nab_variants_move_windows_onto_the_rows_and_score_like_the_lab(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from bench.nab_variants import score_variant, write_variant
+    from vigil.detectors.datasets import load_dataset
+    from vigil.detectors.lab import run_detectors, summarise
+
+    nab_dev = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev"
+    rel = ["artificialWithAnomaly/art_daily_jumpsup.csv",
+           "realAWSCloudwatch/ec2_cpu_utilization_24ae8d.csv"]
+    src = tmp_path / "src"
+    windows = json.loads((nab_dev / "combined_windows.json").read_text())
+    for r in rel:
+        (src / "data" / r).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(nab_dev / "data" / r, src / "data" / r)
+    (src / "combined_windows.json").write_text(json.dumps({r: windows[r] for r in rel}))
+    # The original: the same figure as the lab's own sweep over the same scores.
+    got = score_variant(src, tmp_path / "out")
+    summary, _ = summarise(run_detectors(load_dataset(src), ["online"], 300, progress=False))
+    lab = summary["detectors"]["online_score"]["nab"]
+    for profile in ("standard", "reward_low_FP_rate", "reward_low_FN_rate"):
+        assert got[profile] == lab[profile]["score"]
+    # Hourly means: a twelfth of the rows, every window still on rows of the file.
+    write_variant(src, tmp_path / "hourly", "hourly means")
+    hourly = load_dataset(tmp_path / "hourly")
+    assert all(np.all(np.diff(s.ts_ms) == 3_600_000) for s in hourly.series.values())
+    assert len(hourly.labels) == 3
+    assert score_variant(tmp_path / "hourly", tmp_path / "out_h")["steps"] == [3600]

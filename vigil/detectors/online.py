@@ -395,8 +395,9 @@ class OnlineDetector:
         # Seasonality detection (out of sample: profiles before this step's update).
         dev = y - st["slow_level"]
         var_none, var_daily, var_weekly = st["var_none"], st["var_daily"], st["var_weekly"]
-        daily_gain = 1.0 - var_daily / np.maximum(var_none, 1e-300)
-        weekly_gain = 1.0 - var_weekly / np.maximum(var_daily, 1e-300)
+        with np.errstate(over="ignore"):  # a zero variance: gain −inf, the component stays off
+            daily_gain = 1.0 - var_daily / np.maximum(var_none, 1e-300)
+            weekly_gain = 1.0 - var_weekly / np.maximum(var_daily, 1e-300)
         old_d, old_w = st["daily_on"].astype(bool), st["weekly_on"].astype(bool)
         new_d = np.where(old_d, daily_gain > p.daily_off, daily_gain > p.daily_on)
         new_d &= n >= self._daily_min_steps
@@ -456,7 +457,9 @@ class OnlineDetector:
             1.25 * st["var_spread"], self._var_floor
         )
         # Total variation on a log scale: the ratio of two EW means is right-skewed.
-        log_ratio = _log(np.maximum(tv_short, 1e-300) / np.maximum(tv_long, 1e-300))
+        with np.errstate(over="ignore"):
+            ratio = np.maximum(tv_short, 1e-300) / np.maximum(tv_long, 1e-300)
+        log_ratio = _log(np.minimum(ratio, 1e300))
         log_ratio = np.where(tv_long > 0, np.clip(log_ratio, -20.0, 20.0), 0.0)
         stat_osc = log_ratio / np.maximum(1.25 * st["tv_spread"], self._tv_floor)
         rare = -_log(np.clip(st["zero_rate"], 1e-3, 0.999))
