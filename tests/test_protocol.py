@@ -137,9 +137,22 @@ def test_a_dataset_whose_validation_blocks_hold_no_window_says_so(folder, tmp_pa
     assert "no labelled window" in summary["cv"]["warning"]
 
 
-def test_the_supervised_model_is_refused_under_cv(folder):
-    with pytest.raises(ValueError, match="--protocol nab"):
-        run_cv(load_dataset(folder), ["mlp"], 300, progress=False)
+def test_models_trained_on_other_series_never_see_a_test_row(folder):
+    # The perceptron and the LSTM train on the *other* series (series folds); under cv only
+    # on their development parts. Changing every test value changes their test scores but
+    # none of their training, hence no validation score and no threshold.
+    dataset = load_dataset(folder)
+    names = ["mlp", "lstm", "online+lstm"]
+    run = run_cv(dataset, names, 300, progress=False, n_folds=2)
+    assert list(run.thresholds) == names
+    test_start = {sid: r.start for sid, r in zip(run.ids, run.rows, strict=True)}
+    for sid, s in dataset.series.items():
+        s.values[test_start[sid]:] = s.values[test_start[sid]:] * -7.0 + 1e4
+    changed = run_cv(dataset, names, 300, progress=False, n_folds=2)
+    assert changed.cv == run.cv and changed.thresholds == run.thresholds
+    for name in ("mlp", "lstm"):
+        assert not np.array_equal(changed.scores[name][0], run.scores[name][0])
+    assert run.cv["detectors"]["mlp"]["validation_nab"]["standard"] is not None
 
 
 def test_normalisation_is_learned_on_training_and_clipping_spares_scored_values():

@@ -303,11 +303,6 @@ def run_cv(
     reaches a fit, a threshold or a choice.
     """
     _check_names(dataset, names)
-    supervised = [n for n in names
-                  if n in SUPERVISED_MODELS or n.removeprefix("online+") in LSTM_ENTRIES]
-    if supervised:
-        raise ValueError(f"{supervised} train on other series' labels; evaluate them with "
-                         "--protocol nab")
     preparation = preparation or Preparation()
     ids = list(dataset.series)
     splits: dict[str, Splits] = {}
@@ -359,6 +354,36 @@ def run_cv(
         run.openings = [o[r.start:r.stop] for (_, o), r in zip(full, run.rows, strict=True)]
         run.seconds["online"] = run.seconds["online_score"] = time.perf_counter() - start
 
+    # The models trained on other series (the perceptron, the LSTM): series folds as under
+    # the NAB protocol, each fold's model trained only on the other series' development
+    # parts. No series' own rows reach the model that scores it and no test row reaches any
+    # model, so one model per fold scores both the validation blocks (threshold) and the
+    # test period of its series.
+    until = {sid: int(dataset.series[sid].ts_ms[splits[sid].development.stop]) for sid in ids}
+
+    def cross_series(entry: str, full: list[np.ndarray], seconds: float) -> None:
+        by_sid = dict(zip(ids, full, strict=True))
+        choices[entry], _ = choose([by_sid[sid][fold.validation.start:fold.validation.stop]
+                                    for sid, fold in pairs])
+        choices[entry]["params"] = {}
+        run.scores[entry] = [by_sid[sid][r.start:r.stop]
+                             for sid, r in zip(ids, run.rows, strict=True)]
+        run.seconds[entry] = seconds
+
+    for name in (n for n in names if n in SUPERVISED_MODELS):
+        start = time.perf_counter()
+        full = supervised_scores(dataset, ids, name, step_s, progress=progress,
+                                 train_until_ms=until)
+        cross_series(name, full, time.perf_counter() - start)
+    lstm_names = [n for n in names if n.removeprefix("online+") in LSTM_ENTRIES]
+    for kind_name in dict.fromkeys(n.removeprefix("online+") for n in lstm_names):
+        start = time.perf_counter()
+        alone, combined = lstm_scores(dataset, ids, LSTM_ENTRIES[kind_name], step_s,
+                                      progress=progress, train_until_ms=until)
+        for name, full in ((kind_name, alone), (f"online+{kind_name}", combined)):
+            if name in names:
+                cross_series(name, full, time.perf_counter() - start)
+
     offline = [n for n in names if n in MODELS and n != "online"]
     total = sum(len(_candidates(n)) * len(pairs) + len(ids) for n in offline)
     with tqdm(total=total, desc="cross-validate", unit="fit",
@@ -392,7 +417,7 @@ def run_cv(
                 run.scores[name].append(model.score_samples(s.values, s.ts_ms)[rows.start:])
                 bar.update()
             run.seconds[name] = time.perf_counter() - start
-    ordered = [n for n in ("online", "online_score", *offline) if n in choices]
+    ordered = [n for n in dict.fromkeys(("online", "online_score", *names)) if n in choices]
     run.thresholds = {n: choices[n]["thresholds"] for n in ordered}
     run.scores = {n: run.scores[n] for n in ordered}
     run.cv = {
@@ -425,6 +450,7 @@ def supervised_scores(
     seed: int = 0,
     progress: bool = False,
     trained_on: dict[str, list[str]] | None = None,
+    train_until_ms: dict[str, int] | None = None,
 ) -> list[np.ndarray]:
     """Scores of a supervised detector for every series (in ``ids`` order), by series folds.
 
@@ -433,6 +459,8 @@ def supervised_scores(
     most ``max_windows``, positives kept first, :func:`.perceptron.subsample`) and scores
     the group's series. A series' own labels never reach the model that scores it.
     ``trained_on``, when given, receives for each series the ids its model trained on.
+    ``train_until_ms``, when given, keeps each series' training windows to those ending
+    before its time there (the cross-validation protocol's development part).
     ``folds``, ``max_windows`` and ``epochs`` default to the module's ``SUPERVISED_*``.
     """
     folds = SUPERVISED_FOLDS if folds is None else folds
@@ -447,7 +475,9 @@ def supervised_scores(
     data = {}
     for sid in ids:
         s = dataset.series[sid]
-        data[sid] = labelled_windows(proto, s.values, s.ts_ms, windows[sid])
+        n = len(s) if train_until_ms is None else int(
+            np.searchsorted(s.ts_ms, train_until_ms[sid]))
+        data[sid] = labelled_windows(proto, s.values[:n], s.ts_ms[:n], windows[sid])
     scores: dict[str, np.ndarray] = {}
     groups = series_folds(ids, folds, seed)
     for k, held_out in enumerate(tqdm(groups, desc=f"{name} folds", disable=not progress)):
@@ -476,6 +506,7 @@ def lstm_scores(
     window: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    train_until_ms: dict[str, int] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per-row scores of the global LSTM (``kind``) and of its combination with the online
     detector, for every series in ``ids`` order, by series folds.
@@ -485,6 +516,7 @@ def lstm_scores(
     model is trained on the *other* series' windows that the detector considered normal and
     that touch no labelled window (at most ``max_windows``, drawn at random), then scores
     the fold's series. No series' own data or labels reach the model that scores it.
+    ``train_until_ms`` keeps each series' training windows before its time there.
 
     The combination is what the worker alerts on with the model loaded: the seasonal
     detector's incident openings plus those of :class:`~vigil.detectors.lstm.LstmIncidents`
@@ -494,7 +526,7 @@ def lstm_scores(
     ids = list(ids)
     seen, z = lstm_fold_scores(dataset, ids, kind, step_s, folds=folds,
                                max_windows=max_windows, epochs=epochs, window=window,
-                               seed=seed, progress=progress)
+                               seed=seed, progress=progress, train_until_ms=train_until_ms)
     step_ms = step_s * 1000
     alone, combined = [], []
     for sid in ids:
@@ -515,9 +547,11 @@ def lstm_fold_scores(
     window: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    train_until_ms: dict[str, int] | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """The online detector's residuals of every series and the LSTM's per-step ``z`` on them,
-    each series scored by the model of its fold (trained on the other series only)."""
+    each series scored by the model of its fold (trained on the other series only; with
+    ``train_until_ms``, on their windows that end before the time given for them)."""
     from vigil.detectors.lstm import WindowLSTM, series_residuals, training_windows
 
     folds = SUPERVISED_FOLDS if folds is None else folds
@@ -532,7 +566,10 @@ def lstm_fold_scores(
     ), strict=True))
     windows = {sid: [(lab.start_ms, lab.end_ms) for lab in dataset.labels if lab.series == sid]
                for sid in ids}
-    train_x = {sid: training_windows(seen[sid], window, windows[sid]) for sid in ids}
+    # Steps from a series' training cut-off on are excluded like labelled windows.
+    cut = {sid: [] if train_until_ms is None else [(train_until_ms[sid], np.iinfo(np.int64).max)]
+           for sid in ids}
+    train_x = {sid: training_windows(seen[sid], window, windows[sid] + cut[sid]) for sid in ids}
     rng = np.random.default_rng(seed)
     z: dict[str, np.ndarray] = {}
     for k, held_out in enumerate(tqdm(series_folds(ids, folds, seed), desc=f"{kind} folds",
@@ -917,8 +954,10 @@ best NAB score over all {cv['validation_blocks']} validation blocks
 the whole development part of each series and scores the series; only its last rows, after
 the same gap, are measured (the test period: {cv['test_windows']} labelled windows). No value
 of the test period reaches a fit, a threshold or a choice. The online detector learns as it
-goes from the first row, as the worker does; only its threshold is chosen. The supervised
-perceptron is evaluated under the NAB protocol only.</p>"""
+goes from the first row, as the worker does; only its threshold is chosen. The models trained
+on other series (the perceptron, the LSTM) keep their series folds: each fold's model is
+trained only on the development parts of the other series, and scores both the validation
+blocks and the test period of its own series.</p>"""
     return f"""<p><b>Protocol: NAB.</b> Each series is scored as one file of the Numenta
 Anomaly Benchmark (NAB v1.1). Its first min(15&nbsp;%, 750) rows are <em>probation</em>: never
 scored, and the only rows a model may be fitted on. The online detector learns as it goes,

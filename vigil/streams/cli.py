@@ -277,8 +277,8 @@ def evaluate(
     detectors: str = typer.Option(
         "online,iforest,ocsvm,hst,prophet",
         help="Comma-separated: online, iforest, ocsvm, hst, prophet, mlp (supervised, by series "
-        "folds; NAB protocol only), lstm, lstm_forecast, online+lstm, online+lstm_forecast "
-        "(global LSTM trained by series folds; NAB protocol only).",
+        "folds), lstm, lstm_forecast, online+lstm, online+lstm_forecast (global LSTM trained "
+        "by series folds).",
     ),
     step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
     protocol: str = typer.Option(
