@@ -629,6 +629,40 @@ def test_missing_points_do_not_keep_an_incident_open():
     assert len(resolves) == 2 and resolves[0] - spikes[0] <= 2 * PARAMS.resolve_steps, kinds
 
 
+@pytest.mark.parametrize("shift_sigmas", [1.0, 2.0])
+def test_a_sustained_small_rise_is_found_as_drift_and_only_once(shift_sigmas):
+    # A rise of 1–2σ that lasts five hours: no single step stands out, and the fast level
+    # follows it within the hour, so the level statistic stays under z_open. Against the slow
+    # baseline it is plain: one drift incident, well inside the rise, and one only.
+    rng = np.random.default_rng(5)
+    minutes = np.arange(8 * DAY)
+    y = BASE + SIGMA * rng.normal(size=minutes.size)
+    at = 6 * DAY + 600
+    y[at:at + 300] += shift_sigmas * SIGMA
+    events = []
+    for params in (PARAMS, replace(PARAMS, drift_z=np.inf)):
+        r, _ = run(np.zeros(minutes.size, np.int64), minutes, y, params)
+        opens = r.event == 1
+        events.append([(int((t - T0) // MINUTE) - at, ANOMALY_TYPES[k])
+                       for t, k in zip(r.steps.ts_ms[opens], r.anomaly_type[opens], strict=True)])
+    with_drift, without = events
+    assert without == []
+    assert len(with_drift) == 1 and with_drift[0][1] == "drift", with_drift
+    assert 0 < with_drift[0][0] < 90
+
+
+def test_no_drift_before_the_series_is_old_enough_nor_on_a_steady_trend():
+    # The same rise on day 3 (the slow baseline and the drift's spread are not known yet),
+    # and a series growing steadily all along (the fast forecast follows a trend).
+    rng = np.random.default_rng(6)
+    minutes = np.arange(8 * DAY)
+    early = BASE + SIGMA * rng.normal(size=minutes.size)
+    early[3 * DAY + 600:3 * DAY + 900] += 2 * SIGMA
+    growing = BASE + 4 * SIGMA * minutes / DAY + SIGMA * rng.normal(size=minutes.size)
+    r, _ = run(np.repeat([0, 1], minutes.size), np.r_[minutes, minutes], np.r_[early, growing])
+    assert not (r.anomaly_type[r.event == 1] == ANOMALY_TYPES.index("drift")).any()
+
+
 def test_state_record_is_small():
     assert STATE_DTYPE.itemsize <= 4096
 

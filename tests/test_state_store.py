@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from vigil.detectors.bank import ADDED_IN_V3, STATE_DTYPE, new_state_bank
+from vigil.detectors.bank import ADDED_IN_V3, ADDED_IN_V4, STATE_DTYPE, new_state_bank
 from vigil.detectors.online import OnlineDetector
 from vigil.streams.state import (
     FORMAT_VERSION,
@@ -70,27 +70,34 @@ def test_missing_states_come_back_fresh():
     assert restored["watermark_ms"][0] == -1
 
 
-def _as_version_2(value: bytes) -> bytes:
-    """The same state as the format-2 worker wrote it (no fields added in format 3)."""
+def _as_version(value: bytes, version: int, added: tuple[str, ...]) -> bytes:
+    """The same state as an older worker wrote it (without the fields added since)."""
     record = np.frombuffer(value[4:], STATE_DTYPE)
     old = np.dtype([(n, STATE_DTYPE.fields[n][0]) for n in STATE_DTYPE.names
-                    if n not in ADDED_IN_V3])
+                    if n not in added])
     out = np.empty(1, old)
     for name in old.names:
         out[name] = record[name]
-    return b"VGS" + bytes([2]) + out.tobytes()
+    return b"VGS" + bytes([version]) + out.tobytes()
 
 
-def test_format_2_states_are_read_with_the_new_fields_fresh():
+@pytest.mark.parametrize(("version", "added"), [
+    (2, ADDED_IN_V3 + ADDED_IN_V4), (3, ADDED_IN_V4),
+])
+def test_older_formats_are_read_with_the_new_fields_fresh(version, added):
     bank = _learned_bank(2)
-    bank["burst_mean"][:] = 0.5  # a format-2 record has no such field: it must come back fresh
-    old = [_as_version_2(v) for v in pack(bank)]
-    assert FORMAT_VERSION == 3 and len(old[0]) < VALUE_BYTES and readable(old[0])
+    # An older record has no such fields: they must come back fresh.
+    bank["burst_mean"][:] = 0.5
+    bank["drift_spread"][:] = 0.7
+    old = [_as_version(v, version, added) for v in pack(bank)]
+    assert FORMAT_VERSION == 4 and len(old[0]) < VALUE_BYTES and readable(old[0])
     restored, found = unpack([old[0], None, old[1]])
     assert found.tolist() == [True, False, True]
     fresh = new_state_bank(2)
+    fresh["drift_spread"][:] = 1.0  # no drift statistic yet: starts insensitive
+    fresh["drift_armed"][:] = 1
     for name in STATE_DTYPE.names:
-        want = bank[name] if name not in ADDED_IN_V3 else fresh[name]
+        want = bank[name] if name not in added else fresh[name]
         np.testing.assert_array_equal(restored[name][[0, 2]], want, err_msg=name)
     # ... and the detector goes on from them.
     OnlineDetector().process(restored, np.zeros(1, int), [T0 + 600 * 60_000], [10.0])

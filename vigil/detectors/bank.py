@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "ADDED_IN_V3",
+    "ADDED_IN_V4",
     "DAILY_SLOTS",
     "RARITY_LEVELS",
     "STATE_DTYPE",
@@ -68,6 +69,9 @@ STATE_DTYPE = np.dtype(
         ("z_hour_count", "f4", (24,)),
         ("burst_short", "f4"),
         ("burst_mean", "f4"),
+        ("drift_short", "f8"),
+        ("drift_spread", "f8"),
+        ("drift_armed", "u1"),
         # incident
         ("incident_open", "u1"),
         ("incident_severity", "u1"),
@@ -84,6 +88,8 @@ STATE_DTYPE = np.dtype(
 
 #: Fields added in state format 3 (a format-2 record is the layout without them).
 ADDED_IN_V3 = ("burst_short", "burst_mean")
+#: Fields added in state format 4.
+ADDED_IN_V4 = ("drift_short", "drift_spread", "drift_armed")
 
 # -1 = none yet
 _UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms")

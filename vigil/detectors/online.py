@@ -24,6 +24,12 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
   long-run value (bursts of oscillation at a normal mean level); flatline (a run of
   unchanged values, scored by how rare an unchanged step is for this series). Each window
   statistic is normalised by its own long-run spread, so one parameter set serves all series.
+* **Drift** (opens incidents, never holds them): the mean over ``drift_window_steps`` of the
+  clipped deviation from the *slow* baseline ``B`` (plus the profiles), against its own
+  long-run spread — a rise of 1–2σ lasting hours, which ``L`` follows within the hour so the
+  level statistic misses it. Only while the level statistic is past ``drift_level_z`` (a
+  trend the forecast follows is no drift), on series ``drift_min_days`` old, once per
+  excursion.
 * **What is news.** A score past ``z_open`` opens an incident only if it is news for the
   series: *rare* — fewer than ``rarity_max`` excursions of the score (runs above
   ``z_close``) reached the level just under it (levels ``z_open·√2^k``) in the recent past
@@ -92,7 +98,7 @@ DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 MONDAY_OFFSET_MS = 4 * DAY_MS  # 1970-01-01 was a Thursday; 1970-01-05 a Monday
 
-ANOMALY_TYPES = ("none", "point", "level_shift", "variance", "oscillation", "flatline")
+ANOMALY_TYPES = ("none", "point", "level_shift", "variance", "oscillation", "flatline", "drift")
 SEVERITIES = ("none", "warning", "critical")
 EVENT_KINDS = ("", "open", "update", "resolve")
 
@@ -124,6 +130,10 @@ class DetectorParams:
     daily_off: float = 0.15
     daily_min_days: float = 1.5
     learn_all_days: float = 2.0
+    drift_window_steps: float = 60.0
+    drift_min_days: float = 5.0
+    drift_z: float = 6.0
+    drift_level_z: float = 3.0
     weekly_on: float = 0.20
     weekly_off: float = 0.10
     weekly_min_days: float = 9.0
@@ -266,6 +276,10 @@ class OnlineDetector:
         self._a_season = _alpha(s, p.seasonality_halflife_s)
         self._a_short = 2.0 / (p.short_window_steps + 1.0)
         self._a_var = 2.0 / (p.variance_window_steps + 1.0)
+        self._a_drift = 2.0 / (p.drift_window_steps + 1.0)
+        # Spread of an EW mean of iid N(0,1) over the drift window (the floor of its spread).
+        self._drift_floor = float(np.sqrt(self._a_drift / (2.0 - self._a_drift)))
+        self._drift_min_steps = p.drift_min_days * 86_400 / s
         self._a_spread = _alpha(s, p.spread_halflife_s)
         self._daily_min_steps = p.daily_min_days * 86_400 / s
         self._learn_all_steps = p.learn_all_days * 86_400 / s
@@ -378,6 +392,8 @@ class OnlineDetector:
             st["var_center"][f] = _MEAN_ABS_Z
             st["var_spread"][f] = self._var_floor
             st["tv_spread"][f] = self._tv_floor
+            st["drift_spread"][f] = self._drift_floor
+            st["drift_armed"][f] = 1
 
         # Bias-corrected weights: early on, averages weigh every observation equally.
         n = st["n_steps"].astype(np.float64)
@@ -496,7 +512,42 @@ class OnlineDetector:
         a_bl = weight(self._a_burst_long)
         st["burst_mean"] = np.where(observed, b_mean + a_bl * (hit - b_mean), b_mean)
         st["burst_short"] = np.where(observed, b_short, st["burst_short"])
-        anomalous = extreme & (novel | burst | st["incident_open"].astype(bool))
+        was_open = st["incident_open"].astype(bool)
+        anomalous = extreme & (novel | burst | was_open)
+        kind = best + 1  # index into ANOMALY_TYPES
+
+        # Drift: the values have stayed off the slow baseline (half-life a day) for hours —
+        # a rise the fast level has followed, so the level statistic alone, which compares
+        # with the fast level, no longer sees it. The drift window's mean of the clipped
+        # deviation against its own long-run spread; it opens an incident when it first
+        # passes drift_z while the fast level statistic is past drift_level_z too (a trend
+        # the forecast follows is no drift), on a series old enough for the baseline and the
+        # spread to be known. It only opens: what holds an incident open is the other scores;
+        # and once per excursion (re-armed when the statistic is back under z_close, and
+        # only outside incidents).
+        zs = np.clip((y - st["slow_level"] - season) / sigma, -4.0, 4.0)
+        if sign is not None:
+            zs = np.where((sign != 0) & (zs * sign < 0), 0.0, zs)
+        drift_short = (1 - self._a_drift) * st["drift_short"] + self._a_drift * zs
+        drift_short = np.where(after_gap, 0.0, drift_short)
+        d_spread = np.maximum(1.25 * st["drift_spread"], self._drift_floor)
+        stat_drift = np.abs(drift_short) / d_spread
+        armed = st["drift_armed"].astype(bool)
+        new_drift = (
+            scoring & ~anomalous & ~was_open & armed
+            & (n >= self._drift_min_steps)
+            & (stat_drift >= p.drift_z)
+            & (stat_level >= p.drift_level_z)
+        )
+        # Disarmed by any incident: a shift already told (a permanent level shift, whose
+        # incident resolves once the fast level has learned it) must not come back as drift
+        # while the slow baseline catches up.
+        armed = np.where(anomalous | was_open, False, armed | (stat_drift < p.z_close))
+        st["drift_armed"] = np.where(observed, armed, st["drift_armed"].astype(bool))
+        if new_drift.any():
+            anomalous = anomalous | new_drift
+            kind = np.where(new_drift, ANOMALY_TYPES.index("drift"), kind)
+            z_eff = np.where(new_drift, np.maximum(z_eff, stat_drift), z_eff)
 
         # Contextual: a point anomaly whose value is ordinary for the series at another time.
         contextual = anomalous & (stat_point >= p.z_open) & new_d
@@ -586,6 +637,10 @@ class OnlineDetector:
             calm, (1 - a_sp) * st["zero_rate"] + a_sp * zero, st["zero_rate"]
         )
         st["level_short"] = np.where(observed, level_short, st["level_short"])
+        st["drift_spread"] = np.where(
+            calm, (1 - a_sp) * st["drift_spread"] + a_sp * np.abs(drift_short), st["drift_spread"]
+        )
+        st["drift_short"] = np.where(observed, drift_short, st["drift_short"])
         st["var_short"] = np.where(observed, var_short, st["var_short"])
         st["tv_short"] = np.where(observed, tv_short, st["tv_short"])
         st["flat_run"] = np.where(observed, flat_run, st["flat_run"])
@@ -628,7 +683,7 @@ class OnlineDetector:
         out.upper[pos] = expected + band
         out.z[pos] = z_eff
         out.score[pos] = 1.0 - 2.0 * ndtr(-z_eff)
-        out.anomaly_type[pos] = np.where(anomalous, best + 1, 0)
+        out.anomaly_type[pos] = np.where(anomalous, kind, 0)
         out.contextual[pos] = contextual
         out.event[pos] = event
         # A resolve reports the severity the incident had; other steps their own.
@@ -821,4 +876,7 @@ def describe(result: StepResults, i: int) -> str:
         return f"oscillation: total variation Σ|Δx| far above its usual value ({z:.1f}σ)"
     if kind == "flatline":
         return f"flatline: value stuck at {value:.4g} ({z:.1f}σ rare for this series)"
+    if kind == "drift":
+        return (f"drift: values have stayed {direction} their usual level for hours "
+                f"({value:.4g}, expected {expected:.4g}; {z:.1f}σ)")
     return f"score {z:.1f}σ"

@@ -1,10 +1,10 @@
 """Series state in Redis: one compact binary key per series, read and written in batches.
 
 Key ``{prefix}state:{series id}`` holds ``b"VGS" + version byte + one STATE_DTYPE record``
-(about 1.8 KB). A record of the previous format (version 2) is read too: the fields it has
-are kept and the ones added since start fresh. The record carries the series' watermark, so
-the state and the watermark are written together, in one pipeline per batch, before the
-batch's offsets are committed.
+(about 1.8 KB). Records of the previous formats (versions 2 and 3) are read too: the fields
+they have are kept and the ones added since start fresh. The record carries the series'
+watermark, so the state and the watermark are written together, in one pipeline per batch,
+before the batch's offsets are committed.
 Redis is the source of truth across restarts and rebalances; the worker keeps a copy of
 the states it owns in memory and only reads Redis on first touch.
 
@@ -28,7 +28,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from vigil.detectors.bank import ADDED_IN_V3, STATE_DTYPE, StateBank, new_state_bank
+from vigil.detectors.bank import (
+    ADDED_IN_V3,
+    ADDED_IN_V4,
+    STATE_DTYPE,
+    StateBank,
+    new_state_bank,
+)
 from vigil.streams.metrics import STATE_LATENCY
 
 __all__ = [
@@ -43,15 +49,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAGIC = b"VGS"
-FORMAT_VERSION = 3  # 3: burst state; 2: rarity and recurrence state
+UPGRADED_DRIFT_SPREAD = 1.0  # see _upgrade
+FORMAT_VERSION = 4  # 4: drift state; 3: burst state; 2: rarity and recurrence state
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 RECORD_BYTES = STATE_DTYPE.itemsize
 VALUE_BYTES = len(HEADER) + RECORD_BYTES
 # Older layouts still read: version → record dtype (the current one without later fields).
-_LEGACY = {
-    2: np.dtype([(name, STATE_DTYPE.fields[name][0]) for name in STATE_DTYPE.names
-                 if name not in ADDED_IN_V3]),
-}
+def _without(*added: tuple[str, ...]) -> np.dtype:
+    dropped = {name for fields in added for name in fields}
+    return np.dtype([(name, STATE_DTYPE.fields[name][0]) for name in STATE_DTYPE.names
+                     if name not in dropped])
+
+
+_LEGACY = {2: _without(ADDED_IN_V3, ADDED_IN_V4), 3: _without(ADDED_IN_V4)}
 
 
 class StateFormatError(ValueError):
@@ -95,6 +105,11 @@ def _upgrade(value: bytes) -> bytes:
     new["state"] = new_state_bank(1).to_records()
     for name in old.dtype["state"].names:
         new["state"][name] = old["state"][name]
+    if "drift_spread" not in old.dtype["state"].names:
+        # A series with history but no drift statistic yet: start insensitive (a spread no
+        # drift can pass) and let the spread learn the series' own within a day or two.
+        new["state"]["drift_spread"] = UPGRADED_DRIFT_SPREAD
+        new["state"]["drift_armed"] = 1
     return new.tobytes()
 
 
