@@ -158,11 +158,15 @@ def typical_step_s(ts_ms: np.ndarray) -> int:
     diffs = diffs[diffs > 0]
     if len(diffs) == 0:
         return 60
-    median = float(np.median(diffs)) / 1000.0
-    nearest = min(COMMON_STEPS_S, key=lambda c: abs(c - median) / c)
-    if abs(nearest - median) <= 0.1 * nearest:
+    return _snapped_step_s(float(np.median(diffs)) / 1000.0)
+
+
+def _snapped_step_s(spacing_s: float) -> int:
+    """``spacing_s`` as whole seconds, or the common step within 10 % of it."""
+    nearest = min(COMMON_STEPS_S, key=lambda c: abs(c - spacing_s) / c)
+    if abs(nearest - spacing_s) <= 0.1 * nearest:
         return nearest
-    return max(1, int(round(median)))
+    return max(1, int(round(spacing_s)))
 
 
 def infer_step_s(dataset: Dataset) -> int:
@@ -173,7 +177,7 @@ def infer_step_s(dataset: Dataset) -> int:
     medians = [np.median(np.diff(s.ts_ms)) for s in dataset.series.values() if len(s) > 1]
     if not medians:
         return 60
-    return typical_step_s(np.array([0, float(np.median(medians))]))
+    return _snapped_step_s(float(np.median(medians)) / 1000.0)
 
 
 def _scored_file(dataset: Dataset, sid: str) -> ScoredFile:
@@ -217,20 +221,8 @@ def run_detectors(
     run.scores = {name: [] for name in names}
     run.seconds = dict.fromkeys(names, 0.0)
     run.openings = [] if "online" in names else None
-    for name in names:
-        if name in SUPERVISED_MODELS:
-            start = time.perf_counter()
-            run.scores[name] = supervised_scores(dataset, ids, name, step_s, progress=progress)
-            run.seconds[name] = time.perf_counter() - start
-    lstm_names = [n for n in names if n.removeprefix("online+") in LSTM_ENTRIES]
-    for kind_name in dict.fromkeys(n.removeprefix("online+") for n in lstm_names):
-        start = time.perf_counter()
-        alone, combined = lstm_scores(dataset, ids, LSTM_ENTRIES[kind_name], step_s,
-                                      progress=progress)
-        seconds = time.perf_counter() - start
-        for name, scores in ((kind_name, alone), (f"online+{kind_name}", combined)):
-            if name in names:
-                run.scores[name], run.seconds[name] = scores, seconds
+    for name, scores, seconds in _cross_series_scores(dataset, ids, names, step_s, progress):
+        run.scores[name], run.seconds[name] = scores, seconds
     if "online" in names:
         # All series in one batch (the detector learns as it goes: nothing to fit), and one
         # pass gives both its z-scores and its incident openings.
@@ -361,28 +353,15 @@ def run_cv(
     # test period of its series.
     until = {sid: int(dataset.series[sid].ts_ms[splits[sid].development.stop]) for sid in ids}
 
-    def cross_series(entry: str, full: list[np.ndarray], seconds: float) -> None:
+    for name, full, seconds in _cross_series_scores(dataset, ids, names, step_s, progress,
+                                                    train_until_ms=until):
         by_sid = dict(zip(ids, full, strict=True))
-        choices[entry], _ = choose([by_sid[sid][fold.validation.start:fold.validation.stop]
-                                    for sid, fold in pairs])
-        choices[entry]["params"] = {}
-        run.scores[entry] = [by_sid[sid][r.start:r.stop]
-                             for sid, r in zip(ids, run.rows, strict=True)]
-        run.seconds[entry] = seconds
-
-    for name in (n for n in names if n in SUPERVISED_MODELS):
-        start = time.perf_counter()
-        full = supervised_scores(dataset, ids, name, step_s, progress=progress,
-                                 train_until_ms=until)
-        cross_series(name, full, time.perf_counter() - start)
-    lstm_names = [n for n in names if n.removeprefix("online+") in LSTM_ENTRIES]
-    for kind_name in dict.fromkeys(n.removeprefix("online+") for n in lstm_names):
-        start = time.perf_counter()
-        alone, combined = lstm_scores(dataset, ids, LSTM_ENTRIES[kind_name], step_s,
-                                      progress=progress, train_until_ms=until)
-        for name, full in ((kind_name, alone), (f"online+{kind_name}", combined)):
-            if name in names:
-                cross_series(name, full, time.perf_counter() - start)
+        choices[name], _ = choose([by_sid[sid][fold.validation.start:fold.validation.stop]
+                                   for sid, fold in pairs])
+        choices[name]["params"] = {}
+        run.scores[name] = [by_sid[sid][r.start:r.stop]
+                            for sid, r in zip(ids, run.rows, strict=True)]
+        run.seconds[name] = seconds
 
     offline = [n for n in names if n in MODELS and n != "online"]
     total = sum(len(_candidates(n)) * len(pairs) + len(ids) for n in offline)
@@ -437,6 +416,33 @@ def run_cv(
                       for n in ordered},
     }
     return run
+
+
+def _cross_series_scores(
+    dataset: Dataset,
+    ids: list[str],
+    names: Sequence[str],
+    step_s: int,
+    progress: bool,
+    train_until_ms: dict[str, int] | None = None,
+):
+    """``(name, per-series scores, seconds)`` of each entry of ``names`` trained on other
+    series (the perceptron, the LSTM alone and combined; an LSTM kind is trained once for
+    both of its entries, which share its time)."""
+    for name in (n for n in names if n in SUPERVISED_MODELS):
+        start = time.perf_counter()
+        scores = supervised_scores(dataset, ids, name, step_s, progress=progress,
+                                   train_until_ms=train_until_ms)
+        yield name, scores, time.perf_counter() - start
+    lstm_names = [n for n in names if n.removeprefix("online+") in LSTM_ENTRIES]
+    for kind_name in dict.fromkeys(n.removeprefix("online+") for n in lstm_names):
+        start = time.perf_counter()
+        alone, combined = lstm_scores(dataset, ids, LSTM_ENTRIES[kind_name], step_s,
+                                      progress=progress, train_until_ms=train_until_ms)
+        seconds = time.perf_counter() - start
+        for name, scores in ((kind_name, alone), (f"online+{kind_name}", combined)):
+            if name in names:
+                yield name, scores, seconds
 
 
 def supervised_scores(

@@ -512,8 +512,8 @@ class OnlineDetector:
         a_bl = weight(self._a_burst_long)
         st["burst_mean"] = np.where(observed, b_mean + a_bl * (hit - b_mean), b_mean)
         st["burst_short"] = np.where(observed, b_short, st["burst_short"])
-        was_open = st["incident_open"].astype(bool)
-        anomalous = extreme & (novel | burst | was_open)
+        is_open = st["incident_open"].astype(bool)
+        anomalous = extreme & (novel | burst | is_open)
         kind = best + 1  # index into ANOMALY_TYPES
 
         # Drift: the values have stayed off the slow baseline (half-life a day) for hours —
@@ -534,7 +534,7 @@ class OnlineDetector:
         stat_drift = np.abs(drift_short) / d_spread
         armed = st["drift_armed"].astype(bool)
         new_drift = (
-            scoring & ~anomalous & ~was_open & armed
+            scoring & ~anomalous & ~is_open & armed
             & (n >= self._drift_min_steps)
             & (stat_drift >= p.drift_z)
             & (stat_level >= p.drift_level_z)
@@ -542,7 +542,7 @@ class OnlineDetector:
         # Disarmed by any incident: a shift already told (a permanent level shift, whose
         # incident resolves once the fast level has learned it) must not come back as drift
         # while the slow baseline catches up.
-        armed = np.where(anomalous | was_open, False, armed | (stat_drift < p.z_close))
+        armed = np.where(anomalous | is_open, False, armed | (stat_drift < p.z_close))
         st["drift_armed"] = np.where(observed, armed, st["drift_armed"].astype(bool))
         if new_drift.any():
             anomalous = anomalous | new_drift
@@ -650,7 +650,6 @@ class OnlineDetector:
         # ---- incidents with hysteresis ----
         p_z = p.z_open
         severity = np.where(z_eff >= p.z_critical, 2, np.where(anomalous, 1, 0))
-        is_open = st["incident_open"].astype(bool)
         opening = ~is_open & anomalous
         hot = is_open & (z_eff >= p.z_close)
         # A filled step (a missing point) neither counts as calm nor breaks the calm run.
