@@ -53,7 +53,7 @@ def main(path: str, kind: str = "autoencoder", seed: int = 0) -> None:
 
     report("online_incidents", [rows(sid, seen[sid].opened.astype(float)) for sid in ids])
     for threshold in THRESHOLDS:
-        detections = [rows(sid, combined_openings(sid, seen[sid], z[sid], threshold))
+        detections = [rows(sid, combined_openings(sid, seen[sid], z[sid], threshold, step_s))
                       for sid in ids]
         report(f"online+{kind} at {threshold}", detections)
     scores = np.concatenate([v[~np.isnan(v)] for v in z.values()])

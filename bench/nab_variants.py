@@ -66,6 +66,7 @@ VARIANTS: dict[str, Callable[[np.random.Generator, np.ndarray, np.ndarray], Rows
     "values ×1000 + 10⁶": lambda rng, ts, y: (ts, 1000.0 * y + 1e6),
     "clock shifted +7 h 35 min": lambda rng, ts, y: (ts + SHIFT_MS, y),
     "15-minute means": _mean_of(3),
+    "30-minute means": _mean_of(6),
     "hourly means": _mean_of(12),
 }
 

@@ -629,6 +629,27 @@ def test_missing_points_do_not_keep_an_incident_open():
     assert len(resolves) == 2 and resolves[0] - spikes[0] <= 2 * PARAMS.resolve_steps, kinds
 
 
+
+def test_at_an_hourly_step_incidents_resolve_within_hours_not_days():
+    # resolve_steps (40) counts steps; at an hourly step that would be 40 hours of calm, and
+    # the evening's anomaly would be swallowed by the morning's incident. The calm needed is
+    # capped at resolve_max_s (3 h 20 → 4 hourly steps), so each is told.
+    hourly = replace(PARAMS, step_s=3600)
+    assert hourly.calm_steps_to_resolve == 4 < hourly.resolve_steps
+    rng = np.random.default_rng(3)
+    hours = np.arange(21 * 24)
+    y = BASE + SIGMA * rng.normal(size=hours.size)
+    spikes = [15 * 24 + 8, 15 * 24 + 20]  # 08:00 and 20:00 of day 15
+    y[spikes] += 30 * SIGMA
+    r, _ = run(np.zeros(hours.size, np.int64), hours * 60, y, hourly)
+    at = (r.steps.ts_ms - T0) // (60 * MINUTE)
+    events = [(int(h), EVENT_KINDS[e]) for h, e in zip(at, r.event, strict=True) if e]
+    assert [h for h, k in events if k == "open"] == spikes, events
+    resolves = [h for h, k in events if k == "resolve"]
+    assert spikes[0] + hourly.calm_steps_to_resolve <= resolves[0] < spikes[1], events
+    # Counting 40 hourly steps instead, the second spike falls inside the first incident.
+    r, _ = run(np.zeros(hours.size, np.int64), hours * 60, y, replace(hourly, resolve_max_s=1e9))
+    assert list(np.flatnonzero(r.event == EVENT_KINDS.index("open"))) == [spikes[0]]
 @pytest.mark.parametrize("shift_sigmas", [1.0, 2.0])
 def test_a_sustained_small_rise_is_found_as_drift_and_only_once(shift_sigmas):
     # A rise of 1–2σ that lasts five hours: no single step stands out, and the fast level

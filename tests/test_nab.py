@@ -131,6 +131,20 @@ def test_untidy_timestamps_cost_little(tmp_path, variant, least):
     assert score_variant(tmp_path / "v", tmp_path / "out")["standard"] >= least
 
 
+@pytest.mark.skipif(not NAB.exists(), reason="needs ../shared/data/nab-dev")
+@pytest.mark.parametrize(("variant", "least"), [
+    ("30-minute means", 53.5),  # 54.6; 46.6 when an incident needed 40 calm steps (20 h)
+    ("hourly means", 60.5),  # 61.7; 54.8 when it needed 40 h
+])
+def test_coarse_steps_do_not_merge_a_days_anomalies_into_one_incident(tmp_path, variant, least):
+    # Averaging costs short anomalies at any detector, but an incident must still resolve
+    # within hours (resolve_max_s), not after 40 steps of an hour each.
+    from bench.nab_variants import score_variant, write_variant
+
+    write_variant(NAB, tmp_path / "v", variant)
+    assert score_variant(tmp_path / "v", tmp_path / "out")["standard"] >= least
+
+
 def test_a_false_positive_just_after_a_window_costs_by_its_distance_from_it():
     # Right after the window (row 500, its right edge is 499): q = 1/(width − 1) = 1/99.
     sigma = lambda y: 2 / (1 + np.exp(5 * y)) - 1  # noqa: E731

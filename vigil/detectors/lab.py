@@ -538,7 +538,8 @@ def lstm_scores(
     for sid in ids:
         s, ts = seen[sid], dataset.series[sid].ts_ms
         alone.append(_to_rows(ts, s.ts_ms, np.nan_to_num(z[sid], nan=-1e9), step_ms))
-        combined.append(_to_rows(ts, s.ts_ms, combined_openings(sid, s, z[sid]), step_ms))
+        opened = combined_openings(sid, s, z[sid], step_s=step_s)
+        combined.append(_to_rows(ts, s.ts_ms, opened, step_ms))
     return alone, combined
 
 
@@ -590,15 +591,15 @@ def lstm_fold_scores(
     return seen, z
 
 
-def combined_openings(sid: str, seen, z_lstm: np.ndarray, z_open: float = LSTM_Z_OPEN
-                      ) -> np.ndarray:
+def combined_openings(sid: str, seen, z_lstm: np.ndarray, z_open: float = LSTM_Z_OPEN,
+                      step_s: int = 300) -> np.ndarray:
     """Per step, 1.0 where the worker would open an incident with the LSTM at ``z_open``: the
     online detector's openings plus :class:`~vigil.detectors.lstm.LstmIncidents`' own."""
     from vigil.detectors.lstm import LstmIncidents
     from vigil.detectors.online import DetectorParams
 
-    p = DetectorParams()
-    incidents = LstmIncidents(z_open, p.z_close, max(p.z_critical, z_open), p.resolve_steps)
+    p = DetectorParams(step_s=step_s)
+    incidents = LstmIncidents(z_open, p.z_close, max(p.z_critical, z_open), p.calm_steps_to_resolve)
     found = incidents.step([sid], np.zeros(len(z_lstm), np.int64), seen.ts_ms, z_lstm,
                            seen.incident_start_ms)
     both = seen.opened.astype(float)

@@ -44,8 +44,9 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
   ``burst_min_hits``) — spikes that come much denser than usual. The scores themselves are
   unchanged.
 * **Incidents** open when a score that is news passes ``z_open``, stay open while it is above
-  ``z_close``, and resolve after ``resolve_steps`` calm steps (hysteresis): a long anomaly is
-  one ``open``, an ``update`` when it becomes critical, and one ``resolve``.
+  ``z_close``, and resolve after ``resolve_steps`` calm steps, at most ``resolve_max_s`` of
+  them (hysteresis): a long anomaly is one ``open``, an ``update`` when it becomes critical,
+  and one ``resolve``.
 
 All state lives in one fixed-size record per series (:data:`STATE_DTYPE`, about 1.8 KB),
 held as a struct of arrays (:class:`~vigil.detectors.bank.StateBank`); a batch updates the
@@ -64,6 +65,7 @@ True
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +148,7 @@ class DetectorParams:
     z_close: float = 3.0
     z_critical: float = 12.0
     resolve_steps: int = 40
+    resolve_max_s: float = 12_000.0
     scale_floor: float = 0.25
     rarity_halflife_s: float = 86_400.0
     rarity_max: float = 2.0
@@ -161,6 +164,17 @@ class DetectorParams:
     @property
     def step_ms(self) -> int:
         return int(self.step_s * 1000)
+
+    @property
+    def calm_steps_to_resolve(self) -> int:
+        """Calm steps that resolve an incident: ``resolve_steps``, but no more than
+        ``resolve_max_s`` worth (40 steps are 40 minutes at a 1-minute step and 3 h 20 at 5
+        minutes, but 40 hours at an hourly step, long enough to merge a day's anomalies).
+
+        >>> [DetectorParams(step_s=s).calm_steps_to_resolve for s in (60, 300, 900, 3600)]
+        [40, 40, 14, 4]
+        """
+        return max(1, min(self.resolve_steps, math.ceil(self.resolve_max_s / self.step_s)))
 
     @property
     def max_fill_steps(self) -> int:
@@ -658,7 +672,7 @@ class OnlineDetector:
             st["incident_calm"] + observed,
             0,
         )
-        resolving = is_open & (calm_count >= p.resolve_steps)
+        resolving = is_open & (calm_count >= p.calm_steps_to_resolve)
         escalating = is_open & (severity > st["incident_severity"])
         previous_severity = st["incident_severity"].copy()
         event = np.zeros(k, np.int8)

@@ -295,7 +295,7 @@ class DetectionPipeline:
         p = self.detector.params
         z_open = p.z_open if lstm is None else lstm.z_alert
         self.lstm_incidents = LstmIncidents(
-            z_open, p.z_close, max(p.z_critical, z_open), p.resolve_steps
+            z_open, p.z_close, max(p.z_critical, z_open), p.calm_steps_to_resolve
         )
         self.max_cached_series = max_cached_series
         self.detector_name = detector_name
