@@ -171,3 +171,39 @@ def test_lstm_entries_score_every_row_and_the_combination_keeps_the_online_openi
         assert step_rows.sum() > 0.9 * len(a)  # one score per step (5-minute rows)
         assert set(np.unique(c[step_rows])) <= {0.0, 1.0}
         assert (c[opened] == 1.0).all()  # every online opening is kept
+
+
+def test_each_series_is_evaluated_at_its_own_step():
+    # An hourly series beside a 5-minute one (NAB's realAdExchange beside realAWSCloudwatch):
+    # resampled at the 5-minute step, the hourly one would be eleven gaps per observed step.
+    from vigil.detectors.datasets import AnomalyLabel, Dataset, SeriesData
+    from vigil.detectors.lab import series_steps
+    from vigil.detectors.models import OnlineModel
+
+    rng = np.random.default_rng(2)
+    series = {}
+    for name, step_s, n in (("five_min", 300, 3000), ("hourly", 3600, 800)):
+        ts = START_MS + step_s * 1000 * np.arange(n)
+        y = 10 + rng.normal(size=n)
+        y[int(0.8 * n)] += 25
+        s = SeriesData(name, {}, ts, y)
+        series[s.id] = s
+    labels = [AnomalyLabel(sid, int(s.ts_ms[int(0.8 * len(s)) - 5]),
+                           int(s.ts_ms[int(0.8 * len(s)) + 5]), "point", "spike")
+              for sid, s in series.items()]
+    ds = Dataset(series, labels, "csv")
+    steps = series_steps(ds)
+    assert list(steps.values()) == [300, 3600]
+    assert series_steps(ds, 300) == dict.fromkeys(series, 300)
+    run = run_detectors(ds, ["online"], 300, progress=False, steps=steps)
+    hourly = series["hourly"]
+    z, opened = OnlineModel(step_s=3600).fit(None, None).score_and_openings(
+        hourly.values, hourly.ts_ms)
+    np.testing.assert_array_equal(run.scores["online"][1], z)
+    np.testing.assert_array_equal(run.openings[1], opened)
+    assert opened[int(0.8 * len(hourly))]  # the spike is found at the hourly step
+    at_300 = run_detectors(ds, ["online"], 300, progress=False)
+    assert not np.array_equal(at_300.scores["online"][1], z)
+    summary, _ = summarise(run)
+    assert summary["dataset"]["series_steps_s"] == {"300": 1, "3600": 1}
+    assert [e["step_s"] for e in summary["series"].values()] == [300, 3600]

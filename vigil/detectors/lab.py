@@ -66,7 +66,7 @@ from vigil.detectors.score_files import anomaly_score
 
 __all__ = [
     "CV_GRID", "ENTRY_NAMES", "LabRun", "decompose_series", "evaluate", "infer_step_s",
-    "run_cv", "run_detectors", "summarise", "typical_step_s",
+    "run_cv", "run_detectors", "series_steps", "summarise", "typical_step_s",
 ]
 
 #: What each table row is (the online detector gives two: its incidents and its z-score).
@@ -121,9 +121,13 @@ class LabRun:
     """Per-series rows, labels and every detector's output, before summarising."""
 
     dataset: Dataset
+    #: The common step: the models trained across series (perceptron, LSTM) use it.
     step_s: int
     ids: list[str]
     files: list[ScoredFile]
+    #: Each series' own step (the online detector and the per-series models use it);
+    #: empty: every series at ``step_s``.
+    series_step_s: dict[str, int] = field(default_factory=dict)
     scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
     openings: list[np.ndarray] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -180,6 +184,32 @@ def infer_step_s(dataset: Dataset) -> int:
     return _snapped_step_s(float(np.median(medians)) / 1000.0)
 
 
+def series_steps(dataset: Dataset, step_s: int | None = None) -> dict[str, int]:
+    """Each series' resampling step: ``step_s`` for all when given, else its own typical
+    spacing (:func:`typical_step_s`) — an hourly file beside 5-minute ones stays hourly."""
+    return {sid: step_s or typical_step_s(s.ts_ms) for sid, s in dataset.series.items()}
+
+
+def _online_many(dataset: Dataset, ids: Sequence[str], steps: dict[str, int],
+                 stop: dict[str, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The online detector's ``(z, openings)`` per series (``ids`` order), each at its own
+    step: one batch per step (series do not interact), rows up to ``stop[sid]`` if given."""
+    out: list = [None] * len(ids)
+    by_step: dict[int, list[int]] = {}
+    for k, sid in enumerate(ids):
+        by_step.setdefault(steps[sid], []).append(k)
+    for step, ks in by_step.items():
+        series = []
+        for k in ks:
+            s = dataset.series[ids[k]]
+            end = len(s) if stop is None else stop[ids[k]]
+            series.append((s.values[:end], s.ts_ms[:end]))
+        model = OnlineModel(step_s=step).fit(None, None)
+        for k, result in zip(ks, model.score_and_openings_many(series), strict=True):
+            out[k] = result
+    return out
+
+
 def _scored_file(dataset: Dataset, sid: str) -> ScoredFile:
     windows = [(lab.start_ms, lab.end_ms) for lab in dataset.labels if lab.series == sid]
     return ScoredFile(dataset.series[sid].ts_ms, sorted(windows))
@@ -212,11 +242,19 @@ def run_detectors(
     step_s: int,
     progress: bool = True,
     preparation: Preparation | None = None,
+    steps: dict[str, int] | None = None,
 ) -> LabRun:
-    """Fit every model on each series' probation rows and score all its rows."""
+    """Fit every model on each series' probation rows and score all its rows.
+
+    ``steps`` gives each series its own step (:func:`series_steps`) for the online detector
+    and the per-series models; by default every series is resampled at ``step_s``, which the
+    models trained across series always use.
+    """
     _check_names(dataset, names)
     ids = list(dataset.series)
-    run = LabRun(dataset, step_s, ids, [_scored_file(dataset, sid) for sid in ids])
+    steps = steps or dict.fromkeys(ids, step_s)
+    run = LabRun(dataset, step_s, ids, [_scored_file(dataset, sid) for sid in ids],
+                 series_step_s=steps)
     run.preparation = preparation or Preparation()
     run.scores = {name: [] for name in names}
     run.seconds = dict.fromkeys(names, 0.0)
@@ -227,11 +265,8 @@ def run_detectors(
         # All series in one batch (the detector learns as it goes: nothing to fit), and one
         # pass gives both its z-scores and its incident openings.
         start = time.perf_counter()
-        model = OnlineModel(step_s=step_s).fit(None, None)
         run.scores["online_score"] = []
-        for z, opened in model.score_and_openings_many(
-            [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in ids]
-        ):
+        for z, opened in _online_many(dataset, ids, steps):
             run.scores["online"].append(z)
             run.scores["online_score"].append(anomaly_score(z, opened))
             run.openings.append(opened)
@@ -245,7 +280,7 @@ def run_detectors(
             for name in names:
                 bar.set_postfix_str(f"{name} {s.name}")
                 start = time.perf_counter()
-                model = make_model(name, step_s, preparation).fit(
+                model = make_model(name, steps[sid], preparation).fit(
                     s.values[:train], s.ts_ms[:train]
                 )
                 run.scores[name].append(model.score_samples(s.values, s.ts_ms))
@@ -281,6 +316,7 @@ def run_cv(
     n_folds: int = 3,
     gap: int = 24,
     test_fraction: float = 0.3,
+    steps: dict[str, int] | None = None,
 ) -> LabRun:
     """Rolling-origin cross-validation on each series' earlier part, then its test period.
 
@@ -292,11 +328,12 @@ def run_cv(
     score wins. Then each detector, with its chosen hyperparameters, is refitted on the
     whole development part of each series and scores the series; only the test rows are
     kept, and the metrics use the thresholds chosen above. No value of the test period
-    reaches a fit, a threshold or a choice.
+    reaches a fit, a threshold or a choice. ``steps`` as in :func:`run_detectors`.
     """
     _check_names(dataset, names)
     preparation = preparation or Preparation()
     ids = list(dataset.series)
+    steps = steps or dict.fromkeys(ids, step_s)
     splits: dict[str, Splits] = {}
     for sid in ids:
         try:
@@ -314,7 +351,8 @@ def run_cv(
     val_files = [block(sid, fold.validation) for sid, fold in pairs]
     test_files = [block(sid, splits[sid].test) for sid in ids]
     run = LabRun(dataset, step_s, ids, test_files, protocol="cv",
-                 rows=[splits[sid].test for sid in ids], preparation=preparation)
+                 rows=[splits[sid].test for sid in ids], preparation=preparation,
+                 series_step_s=steps)
     run.thresholds, choices = {}, {}
     run.seconds = {}
     val_windows = sum(len(f.windows) for f in val_files)
@@ -330,11 +368,9 @@ def run_cv(
     if "online" in names:
         start = time.perf_counter()
         # A fresh detector for each pass: the development run must not see the full one.
-        dev = OnlineModel(step_s=step_s).fit(None, None).score_and_openings_many([
-            (dataset.series[sid].values[: splits[sid].development.stop],
-             dataset.series[sid].ts_ms[: splits[sid].development.stop]) for sid in ids])
-        full = OnlineModel(step_s=step_s).fit(None, None).score_and_openings_many(
-            [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in ids])
+        dev = _online_many(dataset, ids, steps,
+                           {sid: splits[sid].development.stop for sid in ids})
+        full = _online_many(dataset, ids, steps)
         by_sid = dict(zip(ids, dev, strict=True))
         for entry, mapping in (("online", lambda z, o: z), ("online_score", anomaly_score)):
             val = [mapping(*by_sid[sid])[fold.validation.start:fold.validation.stop]
@@ -375,7 +411,7 @@ def run_cv(
                 for sid, fold in pairs:
                     bar.set_postfix_str(f"{name} {dataset.series[sid].name}")
                     s, train, val_rows = dataset.series[sid], fold.train, fold.validation
-                    model = make_model(name, step_s, preparation, **params).fit(
+                    model = make_model(name, steps[sid], preparation, **params).fit(
                         s.values[train.start:train.stop], s.ts_ms[train.start:train.stop])
                     scored = model.score_samples(s.values[: val_rows.stop],
                                                  s.ts_ms[: val_rows.stop])
@@ -391,7 +427,7 @@ def run_cv(
             run.scores[name] = []
             for sid, rows in zip(ids, run.rows, strict=True):
                 s, dev = dataset.series[sid], splits[sid].development
-                model = make_model(name, step_s, preparation, **params).fit(
+                model = make_model(name, steps[sid], preparation, **params).fit(
                     s.values[dev.start:dev.stop], s.ts_ms[dev.start:dev.stop])
                 run.scores[name].append(model.score_samples(s.values, s.ts_ms)[rows.start:])
                 bar.update()
@@ -655,6 +691,19 @@ def _decomposition_entry(run: LabRun, k: int) -> dict:
             "trend_strength": d.trend_strength}
 
 
+def _step_counts(run: LabRun) -> dict[str, int]:
+    """How many series were resampled at each step, e.g. ``{"300": 26, "3600": 2}``."""
+    steps = [run.series_step_s.get(sid, run.step_s) for sid in run.ids]
+    return {str(step): steps.count(step) for step in sorted(set(steps))}
+
+
+def _steps_text(counts: dict[str, int]) -> str:
+    if len(counts) == 1:
+        return f"a {next(iter(counts))} s step"
+    return "each series' own step (" + ", ".join(
+        f"{step} s × {n}" for step, n in counts.items()) + ")"
+
+
 def _normalised(raw: float, n_windows: int, profile: str) -> float | None:
     """NAB's normalised score; undefined (``None``) without any labelled window."""
     return normalised(raw, n_windows, profile) if n_windows else None
@@ -691,9 +740,11 @@ def _protocol(run: LabRun) -> dict:
 def _preparation(run: LabRun) -> dict:
     p = run.preparation
     return {
-        "resampling": f"Every model resamples raw rows to a {run.step_s} s step with the stream "
-        "path's code (vigil.detectors.resample: mean per step, gaps up to 300 s filled "
-        "with the last value, longer gaps left open); each step's score goes on its last row",
+        "resampling": f"Every model resamples raw rows to {_steps_text(_step_counts(run))} "
+        f"(the models trained across series: {run.step_s} s) with the stream path's code "
+        "(vigil.detectors.resample: mean per step, gaps up to 300 s filled with the last "
+        "value — the online detector fills at least one step — longer gaps left open); "
+        "each step's score goes on its last row",
         **p.describe(),
         "applies_to": "the offline models' input (iforest, ocsvm, hst, prophet); the online "
         "detector runs as the worker does, the supervised perceptron scales each window itself",
@@ -765,6 +816,7 @@ def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
             "windows": len(ds.labels),
             "scored_windows": n_windows,
             "step_s": run.step_s,
+            "series_steps_s": _step_counts(run),
         },
         "protocol": _protocol(run),
         "preparation": _preparation(run),
@@ -772,6 +824,7 @@ def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
         "series": {
             sid: {
                 "windows": len(f.windows),
+                "step_s": run.series_step_s.get(sid, run.step_s),
                 "scored_rows": len(f.ts_ms),
                 "detections": {name: int(d[k].sum()) for name, d in detections.items()},
                 "nab_standard": per_series[sid],
@@ -808,13 +861,17 @@ def evaluate(
     protocol = protocol or ("nab" if dataset.source == "nab" else "cv")
     if protocol not in ("nab", "cv"):
         raise ValueError(f"protocol must be 'nab' or 'cv', not {protocol!r}")
+    # Each series at its own step (or all at step_s); the models trained across series
+    # need one common step: step_s, or the median of the series' spacings.
     step = step_s or infer_step_s(dataset)
+    steps = series_steps(dataset, step_s)
     if protocol == "cv":
-        run = run_cv(dataset, names, step, progress, preparation, folds, gap, test_fraction)
+        run = run_cv(dataset, names, step, progress, preparation, folds, gap, test_fraction,
+                     steps=steps)
     else:
-        run = run_detectors(dataset, names, step, progress, preparation)
+        run = run_detectors(dataset, names, step, progress, preparation, steps=steps)
     run.decompositions = [
-        decompose_series(dataset.series[sid].ts_ms, dataset.series[sid].values, step)
+        decompose_series(dataset.series[sid].ts_ms, dataset.series[sid].values, steps[sid])
         for sid in tqdm(run.ids, desc="decompose", disable=not progress)
     ]
     summary, detections = summarise(run)
@@ -921,11 +978,10 @@ def _period_text(steps: int | None, step_s: int) -> str:
 
 def _series_table(summary: dict, plots: list[str], stl_plots: list[str]) -> str:
     """One row per series: windows, detected period, strengths, links to both plots."""
-    step_s = summary["dataset"]["step_s"]
     rows = []
     for (sid, e), plot, stl in zip(summary["series"].items(), plots, stl_plots, strict=True):
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-            html.escape(sid), e["windows"], _period_text(e["period_steps"], step_s),
+            html.escape(sid), e["windows"], _period_text(e["period_steps"], e["step_s"]),
             _fmt(e["seasonal_strength"]), _fmt(e["trend_strength"]),
             f'<a href="{html.escape(plot)}">series</a> · '
             f'<a href="{html.escape(stl)}">decomposition</a>',
@@ -1091,7 +1147,8 @@ img {{ max-width: 100%; }}
 <h1>vigil evaluation lab</h1>
 <p>Data: <code>{html.escape(str(ds['path']))}</code> ({html.escape(ds['source'])}):
 {ds['series']} series, {ds['points']:,} points, {ds['windows']} labelled windows
-({ds['scored_windows']} in the scored rows), resampled to a {ds['step_s']} s step. Protocol
+({ds['scored_windows']} in the scored rows), resampled to {_steps_text(ds['series_steps_s'])}.
+Protocol
 <code>{summary['protocol']['name']}</code>. Run time {summary['run_seconds']:.0f} s.</p>
 <h2>Method</h2>
 {_protocol_html(summary)}

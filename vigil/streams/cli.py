@@ -280,7 +280,9 @@ def evaluate(
         "folds), lstm, lstm_forecast, online+lstm, online+lstm_forecast (global LSTM trained "
         "by series folds).",
     ),
-    step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
+    step: int = typer.Option(
+        0, min=0, help="Resampling step in seconds for every series (0: each series' own "
+        "typical spacing; the models trained across series then use the median)."),
     protocol: str = typer.Option(
         "", help="nab (one threshold per profile over the corpus, fitted on probation rows) or "
         "cv (rolling-origin CV, then a held-out test period); default: nab on a NAB folder, "
