@@ -193,21 +193,13 @@ def series_steps(dataset: Dataset, step_s: int | None = None) -> dict[str, int]:
 def _online_many(dataset: Dataset, ids: Sequence[str], steps: dict[str, int],
                  stop: dict[str, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The online detector's ``(z, openings)`` per series (``ids`` order), each at its own
-    step: one batch per step (series do not interact), rows up to ``stop[sid]`` if given."""
-    out: list = [None] * len(ids)
-    by_step: dict[int, list[int]] = {}
-    for k, sid in enumerate(ids):
-        by_step.setdefault(steps[sid], []).append(k)
-    for step, ks in by_step.items():
-        series = []
-        for k in ks:
-            s = dataset.series[ids[k]]
-            end = len(s) if stop is None else stop[ids[k]]
-            series.append((s.values[:end], s.ts_ms[:end]))
-        model = OnlineModel(step_s=step).fit(None, None)
-        for k, result in zip(ks, model.score_and_openings_many(series), strict=True):
-            out[k] = result
-    return out
+    step, on rows up to ``stop[sid]`` if given."""
+    series = []
+    for sid in ids:
+        s = dataset.series[sid]
+        end = len(s) if stop is None else stop[sid]
+        series.append((s.values[:end], s.ts_ms[:end]))
+    return OnlineModel.score_and_openings_at_steps(series, [steps[sid] for sid in ids])
 
 
 def _scored_file(dataset: Dataset, sid: str) -> ScoredFile:

@@ -173,6 +173,29 @@ class OnlineModel:
             ))
         return out
 
+    @staticmethod
+    def score_and_openings_at_steps(
+        series: Sequence[tuple[np.ndarray, np.ndarray]], steps: Sequence[int]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`score_and_openings_many` with each series at its own step ``steps[k]``
+        (an hourly file beside 5-minute ones): one batch per step, results in input order.
+
+        >>> t = 1_700_006_400_000 + np.arange(400) * 300_000
+        >>> y = 10 + np.sin(np.arange(400) / 5.0)
+        >>> at = OnlineModel.score_and_openings_at_steps([(y, t), (y, t)], [300, 600])
+        >>> alone = OnlineModel(step_s=600).fit(None, None).score_and_openings(y, t)
+        >>> bool(np.array_equal(at[1][0], alone[0], equal_nan=True))
+        True
+        """
+        out: list = [None] * len(series)
+        for step in sorted(set(steps)):
+            group = [k for k, s in enumerate(steps) if s == step]
+            batch = OnlineModel(step_s=step).fit(None, None).score_and_openings_many(
+                [series[k] for k in group])
+            for k, result in zip(group, batch, strict=True):
+                out[k] = result
+        return out
+
 
 class SeasonalNormaliser:
     """Remove a daily profile, then centre and scale: ``z = (y − D(hour) − m) / s``.

@@ -108,14 +108,8 @@ def score_csv_files(
     # Each file at its own step (hourly, 5-minute and 1-minute files may share a folder);
     # files with the same step run in one batch.
     steps = [step_s or typical_step_s(s.ts_ms) for s, _ in read]
-    results: list = [None] * len(read)
-    for step in sorted(set(steps)):
-        group = [k for k, g in enumerate(steps) if g == step]
-        model = OnlineModel(step_s=step).fit(None, None)
-        batch = model.score_and_openings_many([(read[k][0].values, read[k][0].ts_ms)
-                                               for k in group])
-        for k, out in zip(group, batch, strict=True):
-            results[k] = out
+    results = OnlineModel.score_and_openings_at_steps(
+        [(s.values, s.ts_ms) for s, _ in read], steps)
     total = 0
     for f, out, (_, rows), (z, opened) in tqdm(
         list(zip(files, outputs, read, results, strict=True)), desc="write", unit="file",
