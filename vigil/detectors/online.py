@@ -294,6 +294,7 @@ class OnlineDetector:
         # Spread of an EW mean of iid N(0,1) over the drift window (the floor of its spread).
         self._drift_floor = float(np.sqrt(self._a_drift / (2.0 - self._a_drift)))
         self._drift_min_steps = p.drift_min_days * 86_400 / s
+        self._resolve_steps = p.calm_steps_to_resolve
         self._a_spread = _alpha(s, p.spread_halflife_s)
         self._daily_min_steps = p.daily_min_days * 86_400 / s
         self._learn_all_steps = p.learn_all_days * 86_400 / s
@@ -672,7 +673,7 @@ class OnlineDetector:
             st["incident_calm"] + observed,
             0,
         )
-        resolving = is_open & (calm_count >= p.calm_steps_to_resolve)
+        resolving = is_open & (calm_count >= self._resolve_steps)
         escalating = is_open & (severity > st["incident_severity"])
         previous_severity = st["incident_severity"].copy()
         event = np.zeros(k, np.int8)
