@@ -125,9 +125,8 @@ class LabRun:
     step_s: int
     ids: list[str]
     files: list[ScoredFile]
-    #: Each series' own step (the online detector and the per-series models use it);
-    #: empty: every series at ``step_s``.
-    series_step_s: dict[str, int] = field(default_factory=dict)
+    #: Each series' own step (the online detector and the per-series models use it).
+    series_step_s: dict[str, int]
     scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
     openings: list[np.ndarray] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
@@ -245,8 +244,7 @@ def run_detectors(
     _check_names(dataset, names)
     ids = list(dataset.series)
     steps = steps or dict.fromkeys(ids, step_s)
-    run = LabRun(dataset, step_s, ids, [_scored_file(dataset, sid) for sid in ids],
-                 series_step_s=steps)
+    run = LabRun(dataset, step_s, ids, [_scored_file(dataset, sid) for sid in ids], steps)
     run.preparation = preparation or Preparation()
     run.scores = {name: [] for name in names}
     run.seconds = dict.fromkeys(names, 0.0)
@@ -342,9 +340,8 @@ def run_cv(
     pairs = [(sid, fold) for sid in ids for fold in splits[sid].folds]
     val_files = [block(sid, fold.validation) for sid, fold in pairs]
     test_files = [block(sid, splits[sid].test) for sid in ids]
-    run = LabRun(dataset, step_s, ids, test_files, protocol="cv",
-                 rows=[splits[sid].test for sid in ids], preparation=preparation,
-                 series_step_s=steps)
+    run = LabRun(dataset, step_s, ids, test_files, steps, protocol="cv",
+                 rows=[splits[sid].test for sid in ids], preparation=preparation)
     run.thresholds, choices = {}, {}
     run.seconds = {}
     val_windows = sum(len(f.windows) for f in val_files)
@@ -685,7 +682,7 @@ def _decomposition_entry(run: LabRun, k: int) -> dict:
 
 def _step_counts(run: LabRun) -> dict[str, int]:
     """How many series were resampled at each step, e.g. ``{"300": 26, "3600": 2}``."""
-    steps = [run.series_step_s.get(sid, run.step_s) for sid in run.ids]
+    steps = [run.series_step_s[sid] for sid in run.ids]
     return {str(step): steps.count(step) for step in sorted(set(steps))}
 
 
@@ -816,7 +813,7 @@ def summarise(run: LabRun) -> tuple[dict, dict[str, list[np.ndarray]]]:
         "series": {
             sid: {
                 "windows": len(f.windows),
-                "step_s": run.series_step_s.get(sid, run.step_s),
+                "step_s": run.series_step_s[sid],
                 "scored_rows": len(f.ts_ms),
                 "detections": {name: int(d[k].sum()) for name, d in detections.items()},
                 "nab_standard": per_series[sid],
