@@ -173,16 +173,15 @@ def test_lstm_entries_score_every_row_and_the_combination_keeps_the_online_openi
         assert (c[opened] == 1.0).all()  # every online opening is kept
 
 
-def test_each_series_is_evaluated_at_its_own_step():
+def _series_at_steps(specs=(("five_min", 300, 3000), ("hourly", 3600, 800))):
     # An hourly series beside a 5-minute one (NAB's realAdExchange beside realAWSCloudwatch):
     # resampled at the 5-minute step, the hourly one would be eleven gaps per observed step.
+    # ``specs``: (name, step in seconds, rows) of each series, a spike at 80 % of its rows.
     from vigil.detectors.datasets import AnomalyLabel, Dataset, SeriesData
-    from vigil.detectors.lab import series_steps
-    from vigil.detectors.models import OnlineModel
 
     rng = np.random.default_rng(2)
     series = {}
-    for name, step_s, n in (("five_min", 300, 3000), ("hourly", 3600, 800)):
+    for name, step_s, n in specs:
         ts = START_MS + step_s * 1000 * np.arange(n)
         y = 10 + rng.normal(size=n)
         y[int(0.8 * n)] += 25
@@ -191,7 +190,15 @@ def test_each_series_is_evaluated_at_its_own_step():
     labels = [AnomalyLabel(sid, int(s.ts_ms[int(0.8 * len(s)) - 5]),
                            int(s.ts_ms[int(0.8 * len(s)) + 5]), "point", "spike")
               for sid, s in series.items()]
-    ds = Dataset(series, labels, "csv")
+    return Dataset(series, labels, "csv")
+
+
+def test_each_series_is_evaluated_at_its_own_step():
+    from vigil.detectors.lab import series_steps
+    from vigil.detectors.models import OnlineModel
+
+    ds = _series_at_steps()
+    series = ds.series
     steps = series_steps(ds)
     assert list(steps.values()) == [300, 3600]
     assert series_steps(ds, 300) == dict.fromkeys(series, 300)
@@ -207,3 +214,34 @@ def test_each_series_is_evaluated_at_its_own_step():
     summary, _ = summarise(run)
     assert summary["dataset"]["series_steps_s"] == {"300": 1, "3600": 1}
     assert [e["step_s"] for e in summary["series"].values()] == [300, 3600]
+
+
+def test_the_models_trained_across_series_take_each_series_at_its_own_step():
+    # The perceptron and the LSTM count steps, not seconds: one network serves all three
+    # series, each resampled at its own step. At one common step (300 s) the 1-minute series
+    # would be averaged into 5-minute steps, and the hourly one's residuals would come from
+    # the online detector run at 300 s.
+    from vigil.detectors.lab import lstm_fold_scores, lstm_scores, series_steps, supervised_scores
+    from vigil.detectors.lstm import series_residuals
+    from vigil.detectors.models import OnlineModel
+
+    ds = _series_at_steps((("five_min", 300, 3000), ("hourly", 3600, 800),
+                           ("one_min", 60, 3000)))
+    ids, steps = list(ds.series), series_steps(ds)
+    assert list(steps.values()) == [300, 3600, 60]
+    hourly, one_min = ds.series["hourly"], ds.series["one_min"]
+    mlp = supervised_scores(ds, ids, "mlp", 300, max_windows=400, epochs=1, steps=steps)
+    for scores, s in ((mlp[1], hourly), (mlp[2], one_min)):
+        # A window is 100 of the series' own steps: a score on every row from the 100th on.
+        assert len(scores) == len(s) and not np.isnan(scores).any()
+        assert (scores[:99] == 0).all() and (scores[99:] > 0).all()
+    kw = {"max_windows": 300, "epochs": 1, "window": 16, "steps": steps}
+    seen, _ = lstm_fold_scores(ds, ids, "autoencoder", 300, **kw)
+    np.testing.assert_array_equal(seen["one_min"].ts_ms, one_min.ts_ms)  # a step per row
+    alone = series_residuals([(hourly.values, hourly.ts_ms)], 3600)[0]
+    np.testing.assert_array_equal(seen["hourly"].residual, alone.residual)
+    _, combined = lstm_scores(ds, ids, "autoencoder", 300, **kw)
+    for k, (s, step) in enumerate(((hourly, 3600), (one_min, 60)), start=1):
+        _, opened = OnlineModel(step_s=step).fit(None, None).score_and_openings(
+            s.values, s.ts_ms)
+        assert opened.any() and (combined[k][opened] == 1.0).all()  # its openings kept

@@ -121,11 +121,11 @@ class LabRun:
     """Per-series rows, labels and every detector's output, before summarising."""
 
     dataset: Dataset
-    #: The common step: the models trained across series (perceptron, LSTM) use it.
+    #: The step given (``--step``), else the median of the series' own steps.
     step_s: int
     ids: list[str]
     files: list[ScoredFile]
-    #: Each series' own step (the online detector and the per-series models use it).
+    #: Each series' own step (every model resamples the series at it).
     series_step_s: dict[str, int]
     scores: dict[str, list[np.ndarray]] = field(default_factory=dict)
     openings: list[np.ndarray] | None = None
@@ -237,9 +237,8 @@ def run_detectors(
 ) -> LabRun:
     """Fit every model on each series' probation rows and score all its rows.
 
-    ``steps`` gives each series its own step (:func:`series_steps`) for the online detector
-    and the per-series models; by default every series is resampled at ``step_s``, which the
-    models trained across series always use.
+    ``steps`` gives each series its own step (:func:`series_steps`) for every model; by
+    default every series is resampled at ``step_s``.
     """
     _check_names(dataset, names)
     ids = list(dataset.series)
@@ -249,7 +248,8 @@ def run_detectors(
     run.scores = {name: [] for name in names}
     run.seconds = dict.fromkeys(names, 0.0)
     run.openings = [] if "online" in names else None
-    for name, scores, seconds in _cross_series_scores(dataset, ids, names, step_s, progress):
+    for name, scores, seconds in _cross_series_scores(dataset, ids, names, step_s, progress,
+                                                      steps=steps):
         run.scores[name], run.seconds[name] = scores, seconds
     if "online" in names:
         # All series in one batch (the detector learns as it goes: nothing to fit), and one
@@ -379,7 +379,7 @@ def run_cv(
     until = {sid: int(dataset.series[sid].ts_ms[splits[sid].development.stop]) for sid in ids}
 
     for name, full, seconds in _cross_series_scores(dataset, ids, names, step_s, progress,
-                                                    train_until_ms=until):
+                                                    train_until_ms=until, steps=steps):
         by_sid = dict(zip(ids, full, strict=True))
         choices[name], _ = choose([by_sid[sid][fold.validation.start:fold.validation.stop]
                                    for sid, fold in pairs])
@@ -450,20 +450,23 @@ def _cross_series_scores(
     step_s: int,
     progress: bool,
     train_until_ms: dict[str, int] | None = None,
+    steps: dict[str, int] | None = None,
 ):
     """``(name, per-series scores, seconds)`` of each entry of ``names`` trained on other
     series (the perceptron, the LSTM alone and combined; an LSTM kind is trained once for
-    both of its entries, which share its time)."""
+    both of its entries, which share its time), each series at its step in ``steps``
+    (default: all at ``step_s``)."""
     for name in (n for n in names if n in SUPERVISED_MODELS):
         start = time.perf_counter()
         scores = supervised_scores(dataset, ids, name, step_s, progress=progress,
-                                   train_until_ms=train_until_ms)
+                                   train_until_ms=train_until_ms, steps=steps)
         yield name, scores, time.perf_counter() - start
     lstm_names = [n for n in names if n.removeprefix("online+") in LSTM_ENTRIES]
     for kind_name in dict.fromkeys(n.removeprefix("online+") for n in lstm_names):
         start = time.perf_counter()
         alone, combined = lstm_scores(dataset, ids, LSTM_ENTRIES[kind_name], step_s,
-                                      progress=progress, train_until_ms=train_until_ms)
+                                      progress=progress, train_until_ms=train_until_ms,
+                                      steps=steps)
         seconds = time.perf_counter() - start
         for name, scores in ((kind_name, alone), (f"online+{kind_name}", combined)):
             if name in names:
@@ -482,6 +485,7 @@ def supervised_scores(
     progress: bool = False,
     trained_on: dict[str, list[str]] | None = None,
     train_until_ms: dict[str, int] | None = None,
+    steps: dict[str, int] | None = None,
 ) -> list[np.ndarray]:
     """Scores of a supervised detector for every series (in ``ids`` order), by series folds.
 
@@ -492,6 +496,8 @@ def supervised_scores(
     ``trained_on``, when given, receives for each series the ids its model trained on.
     ``train_until_ms``, when given, keeps each series' training windows to those ending
     before its time there (the cross-validation protocol's development part).
+    ``steps``, when given, resamples each series at its own step (the model's inputs count
+    steps, so one network serves every step); otherwise every series is at ``step_s``.
     ``folds``, ``max_windows`` and ``epochs`` default to the module's ``SUPERVISED_*``.
     """
     folds = SUPERVISED_FOLDS if folds is None else folds
@@ -502,13 +508,15 @@ def supervised_scores(
         raise ValueError(f"{name} trains on other series' labels: it needs two series or more")
     windows = {sid: [(lab.start_ms, lab.end_ms) for lab in dataset.labels if lab.series == sid]
                for sid in ids}
+    steps = steps or dict.fromkeys(ids, step_s)
     proto = SUPERVISED_MODELS[name](step_s=step_s)
     data = {}
     for sid in ids:
         s = dataset.series[sid]
         n = len(s) if train_until_ms is None else int(
             np.searchsorted(s.ts_ms, train_until_ms[sid]))
-        data[sid] = labelled_windows(proto, s.values[:n], s.ts_ms[:n], windows[sid])
+        data[sid] = labelled_windows(proto.at_step(steps[sid]), s.values[:n], s.ts_ms[:n],
+                                     windows[sid])
     scores: dict[str, np.ndarray] = {}
     groups = series_folds(ids, folds, seed)
     for k, held_out in enumerate(tqdm(groups, desc=f"{name} folds", disable=not progress)):
@@ -520,7 +528,7 @@ def supervised_scores(
         model.fit_windows(X, y)
         for sid in held_out:
             s = dataset.series[sid]
-            scores[sid] = model.score_samples(s.values, s.ts_ms)
+            scores[sid] = model.at_step(steps[sid]).score_samples(s.values, s.ts_ms)
             if trained_on is not None:
                 trained_on[sid] = train
     return [scores[sid] for sid in ids]
@@ -538,6 +546,7 @@ def lstm_scores(
     seed: int = 0,
     progress: bool = False,
     train_until_ms: dict[str, int] | None = None,
+    steps: dict[str, int] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per-row scores of the global LSTM (``kind``) and of its combination with the online
     detector, for every series in ``ids`` order, by series folds.
@@ -547,7 +556,8 @@ def lstm_scores(
     model is trained on the *other* series' windows that the detector considered normal and
     that touch no labelled window (at most ``max_windows``, drawn at random), then scores
     the fold's series. No series' own data or labels reach the model that scores it.
-    ``train_until_ms`` keeps each series' training windows before its time there.
+    ``train_until_ms`` keeps each series' training windows before its time there; ``steps``
+    resamples each series at its own step (default: all at ``step_s``).
 
     The combination is what the worker alerts on with the model loaded: the seasonal
     detector's incident openings plus those of :class:`~vigil.detectors.lstm.LstmIncidents`
@@ -555,15 +565,16 @@ def lstm_scores(
     score.
     """
     ids = list(ids)
+    steps = steps or dict.fromkeys(ids, step_s)
     seen, z = lstm_fold_scores(dataset, ids, kind, step_s, folds=folds,
                                max_windows=max_windows, epochs=epochs, window=window,
-                               seed=seed, progress=progress, train_until_ms=train_until_ms)
-    step_ms = step_s * 1000
+                               seed=seed, progress=progress, train_until_ms=train_until_ms,
+                               steps=steps)
     alone, combined = [], []
     for sid in ids:
-        s, ts = seen[sid], dataset.series[sid].ts_ms
+        s, ts, step_ms = seen[sid], dataset.series[sid].ts_ms, steps[sid] * 1000
         alone.append(_to_rows(ts, s.ts_ms, np.nan_to_num(z[sid], nan=-1e9), step_ms))
-        opened = combined_openings(sid, s, z[sid], step_s=step_s)
+        opened = combined_openings(sid, s, z[sid], step_s=steps[sid])
         combined.append(_to_rows(ts, s.ts_ms, opened, step_ms))
     return alone, combined
 
@@ -580,10 +591,13 @@ def lstm_fold_scores(
     seed: int = 0,
     progress: bool = False,
     train_until_ms: dict[str, int] | None = None,
+    steps: dict[str, int] | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """The online detector's residuals of every series and the LSTM's per-step ``z`` on them,
     each series scored by the model of its fold (trained on the other series only; with
-    ``train_until_ms``, on their windows that end before the time given for them)."""
+    ``train_until_ms``, on their windows that end before the time given for them). Each
+    series is at its step in ``steps`` (default: all at ``step_s``): the LSTM's windows count
+    steps of normalised residual, so one model serves every step."""
     from vigil.detectors.lstm import WindowLSTM, series_residuals, training_windows
 
     folds = SUPERVISED_FOLDS if folds is None else folds
@@ -593,9 +607,13 @@ def lstm_fold_scores(
     ids = list(ids)
     if len(ids) < 2:
         raise ValueError("the LSTM trains on other series: it needs two series or more")
-    seen = dict(zip(ids, series_residuals(
-        [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in ids], step_s
-    ), strict=True))
+    steps = steps or dict.fromkeys(ids, step_s)
+    seen = {}
+    for step in sorted({steps[sid] for sid in ids}):  # one online batch per step
+        group = [sid for sid in ids if steps[sid] == step]
+        seen.update(zip(group, series_residuals(
+            [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in group], step
+        ), strict=True))
     windows = {sid: [(lab.start_ms, lab.end_ms) for lab in dataset.labels if lab.series == sid]
                for sid in ids}
     # Steps from a series' training cut-off on are excluded like labelled windows.
@@ -730,7 +748,7 @@ def _preparation(run: LabRun) -> dict:
     p = run.preparation
     return {
         "resampling": f"Every model resamples raw rows to {_steps_text(_step_counts(run))} "
-        f"(the models trained across series: {run.step_s} s) with the stream path's code "
+        "with the stream path's code "
         "(vigil.detectors.resample: mean per step, gaps up to 300 s filled with the last "
         "value — the online detector fills at least one step — longer gaps left open); "
         "each step's score goes on its last row",
@@ -850,8 +868,8 @@ def evaluate(
     protocol = protocol or ("nab" if dataset.source == "nab" else "cv")
     if protocol not in ("nab", "cv"):
         raise ValueError(f"protocol must be 'nab' or 'cv', not {protocol!r}")
-    # Each series at its own step (or all at step_s); the models trained across series
-    # need one common step: step_s, or the median of the series' spacings.
+    # Each series at its own step (or all at step_s); the median of the series' spacings
+    # is the run's nominal step.
     step = step_s or infer_step_s(dataset)
     steps = series_steps(dataset, step_s)
     if protocol == "cv":

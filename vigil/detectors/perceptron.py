@@ -27,6 +27,8 @@ ones only.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from vigil.detectors.models import _to_rows, resample_series
@@ -188,6 +190,17 @@ class WindowPerceptron:
         )
 
     # ------------------------------------------------------------------ series
+
+    def at_step(self, step_s: int) -> WindowPerceptron:
+        """The same model (trained or not) resampling series at ``step_s``: its inputs count
+        steps, not seconds, so one network scores hourly and 5-minute series alike.
+
+        >>> WindowPerceptron(step_s=300).at_step(3600).step_s
+        3600
+        """
+        other = copy.copy(self)
+        other.step_s = step_s
+        return other
 
     def _steps(self, values, ts_ms) -> Steps:
         return resample_series(ts_ms, values, self.step_s * 1000, self.max_fill_s // self.step_s)

@@ -282,7 +282,7 @@ def evaluate(
     ),
     step: int = typer.Option(
         0, min=0, help="Resampling step in seconds for every series (0: each series' own "
-        "typical spacing; the models trained across series then use the median)."),
+        "typical spacing)."),
     protocol: str = typer.Option(
         "", help="nab (one threshold per profile over the corpus, fitted on probation rows) or "
         "cv (rolling-origin CV, then a held-out test period); default: nab on a NAB folder, "
