@@ -45,7 +45,13 @@ from vigil.detectors.evaluation import (
     point_adjusted_f1,
     point_f1,
 )
-from vigil.detectors.models import MODELS, OnlineModel, _to_rows, resample_series
+from vigil.detectors.models import (
+    MODELS,
+    OnlineModel,
+    _to_rows,
+    batches_per_step,
+    resample_series,
+)
 from vigil.detectors.nab import (
     PROFILES,
     ScoredFile,
@@ -608,12 +614,9 @@ def lstm_fold_scores(
     if len(ids) < 2:
         raise ValueError("the LSTM trains on other series: it needs two series or more")
     steps = steps or dict.fromkeys(ids, step_s)
-    seen = {}
-    for step in sorted({steps[sid] for sid in ids}):  # one online batch per step
-        group = [sid for sid in ids if steps[sid] == step]
-        seen.update(zip(group, series_residuals(
-            [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in group], step
-        ), strict=True))
+    seen = dict(zip(ids, batches_per_step(  # one batch of the online detector per step
+        [(dataset.series[sid].values, dataset.series[sid].ts_ms) for sid in ids],
+        [steps[sid] for sid in ids], series_residuals), strict=True))
     windows = {sid: [(lab.start_ms, lab.end_ms) for lab in dataset.labels if lab.series == sid]
                for sid in ids}
     # Steps from a series' training cut-off on are excluded like labelled windows.

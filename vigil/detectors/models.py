@@ -43,6 +43,7 @@ __all__ = [
     "OnlineModel",
     "ProphetModel",
     "SeasonalNormaliser",
+    "batches_per_step",
     "resample_series",
     "window_features",
 ]
@@ -187,14 +188,25 @@ class OnlineModel:
         >>> bool(np.array_equal(at[1][0], alone[0], equal_nan=True))
         True
         """
-        out: list = [None] * len(series)
-        for step in sorted(set(steps)):
-            group = [k for k, s in enumerate(steps) if s == step]
-            batch = OnlineModel(step_s=step).fit(None, None).score_and_openings_many(
-                [series[k] for k in group])
-            for k, result in zip(group, batch, strict=True):
-                out[k] = result
-        return out
+        return batches_per_step(
+            series, steps,
+            lambda batch, step: OnlineModel(step_s=step).fit(None, None)
+            .score_and_openings_many(batch))
+
+
+def batches_per_step(items: Sequence, steps: Sequence[int], run) -> list:
+    """``run(batch, step)`` once per distinct step, on the items at that step (it returns one
+    result per item of its batch); the results in ``items`` order.
+
+    >>> batches_per_step("abc", [60, 300, 60], lambda batch, step: [f"{x}@{step}" for x in batch])
+    ['a@60', 'b@300', 'c@60']
+    """
+    out: list = [None] * len(items)
+    for step in sorted(set(steps)):
+        group = [k for k, s in enumerate(steps) if s == step]
+        for k, result in zip(group, run([items[k] for k in group], step), strict=True):
+            out[k] = result
+    return out
 
 
 class SeasonalNormaliser:
