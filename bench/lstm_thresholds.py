@@ -1,7 +1,7 @@
 """How the worker's LSTM combination scores at several LSTM thresholds (the README's table).
 
 ``vigil evaluate`` scores ``online+lstm`` at one threshold
-(:data:`~vigil.detectors.lab.LSTM_Z_OPEN`). This trains the fold models once (the lab's
+(:data:`~vigil.lab.run.LSTM_Z_OPEN`). This trains the fold models once (the lab's
 protocol: 4 series folds, each scored by a model trained on the other series' normal
 windows) and scores the combination — the online detector's incident openings plus the
 LSTM's own — at each threshold, next to the online detector alone::
@@ -20,11 +20,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from vigil.detectors.datasets import load_dataset
-from vigil.detectors.evaluation import event_metrics
-from vigil.detectors.lab import _scored_file, combined_openings, infer_step_s, lstm_fold_scores
-from vigil.detectors.models import _to_rows
-from vigil.detectors.nab import PROFILES, normalised, raw_score
+from vigil.lab.datasets import infer_step_s, load_dataset
+from vigil.lab.evaluation import event_metrics
+from vigil.lab.models import _to_rows
+from vigil.lab.nab import PROFILES, normalised, raw_score
+from vigil.lab.run import _scored_file, combined_openings, lstm_fold_scores
 
 THRESHOLDS = (6, 8, 10, 12, 16, 24)
 

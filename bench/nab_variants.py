@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vigil.detectors.datasets import load_dataset, parse_timestamps_ms
-from vigil.detectors.lab import _scored_file
-from vigil.detectors.nab import PROFILES, detection_counts, normalised, sweep_threshold
-from vigil.detectors.score_files import OPENING_SCORE, score_csv_files
+from vigil.lab.datasets import load_dataset, parse_timestamps_ms
+from vigil.lab.nab import PROFILES, detection_counts, normalised, sweep_threshold
+from vigil.lab.run import _scored_file
+from vigil.lab.score_files import OPENING_SCORE, score_csv_files
 
 Rows = tuple[np.ndarray, np.ndarray]  # (timestamps in ms, values)
 SHIFT_MS = (7 * 60 + 35) * 60_000

@@ -1,7 +1,7 @@
 """Alert latency: an anomaly event produced on the topic → the request at the Telegram server.
 
 A ``vigil notifier`` process reads a fresh anomalies topic and sends to the local Bot API
-server (:mod:`vigil.sinks.botapi`, real HTTP, aiogram as in production). Each incident is on
+server (:mod:`vigil.devtools.botapi`, real HTTP, aiogram as in production). Each incident is on
 its own host, so each is its own message with a chart (two hours of context, as the worker
 attaches), and the group window is 0 — the issue's figure excludes grouping. Incidents are
 produced at a steady rate; the latency of one is the time the server received its
@@ -20,10 +20,10 @@ import numpy as np
 
 from bench.pipeline import Services, delete_keys
 from bench.report import info
-from vigil.sinks.botapi import BotAPIServer
-from vigil.streams.embedded import create_topics, start_notifier
-from vigil.streams.records import AnomalyEvent, stable_id
-from vigil.streams.replay import make_producer
+from vigil.devtools.botapi import BotAPIServer
+from vigil.devtools.embedded import create_topics, start_notifier
+from vigil.devtools.replay import make_producer
+from vigil.events import AnomalyEvent, stable_id
 
 __all__ = ["AlertLatency", "measure_alert_latency"]
 

@@ -42,13 +42,13 @@ import orjson
 import redis
 
 from bench.report import CpuMeter, info
-from vigil.streams.embedded import (
+from vigil.devtools.embedded import (
     WorkerProcess,
     configured_or_embedded,
     create_topics,
     free_port,
 )
-from vigil.streams.replay import make_producer
+from vigil.devtools.replay import make_producer
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer

@@ -161,7 +161,7 @@ def _with_clickhouse(svc, sizes: Sizes):
     import shutil as _shutil
     import uuid
 
-    from vigil.streams.embedded import start_clickhouse
+    from vigil.devtools.embedded import start_clickhouse
 
     url = os.environ.get("VIGIL_CLICKHOUSE_URL")
     server = None

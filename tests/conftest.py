@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from vigil.streams.embedded import (
+from vigil.devtools.embedded import (
     EmbeddedService,
     WorkerProcess,
     create_topics,

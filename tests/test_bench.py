@@ -12,8 +12,8 @@ import orjson
 from bench.pipeline import Workload
 from bench.report import FIGURE_LINE, format_value, machine_line
 from bench.run import run_detector
+from vigil.devtools.replay import encode_messages
 from vigil.streams.parsers import make_parser
-from vigil.streams.replay import encode_messages
 from vigil.streams.state import VALUE_BYTES
 
 
@@ -82,8 +82,8 @@ def test_nab_variants_move_windows_onto_the_rows_and_score_like_the_lab(tmp_path
     from pathlib import Path
 
     from bench.nab_variants import score_variant, write_variant
-    from vigil.detectors.datasets import load_dataset
-    from vigil.detectors.lab import run_detectors, summarise
+    from vigil.lab.datasets import load_dataset
+    from vigil.lab.run import run_detectors, summarise
 
     nab_dev = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev"
     rel = ["artificialWithAnomaly/art_daily_jumpsup.csv",

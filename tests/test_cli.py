@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import Stack, wait_until
-from vigil.detectors.datasets import load_dataset
-from vigil.streams.cli import app
-from vigil.streams.embedded import TopicCollector
+from vigil.cli import app
+from vigil.devtools.embedded import TopicCollector
+from vigil.lab.datasets import load_dataset
 
 NAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev"
 
@@ -76,7 +76,7 @@ def test_replay_reads_a_nab_folder(stack: Stack):
 def test_demo_runs_end_to_end_on_embedded_services(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     done = subprocess.run(
-        [sys.executable, "-m", "vigil.streams.cli", "demo", "--hosts", "1", "--days", "12"],
+        [sys.executable, "-m", "vigil.cli", "demo", "--hosts", "1", "--days", "12"],
         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -24,17 +24,17 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import Stack, wait_until
-from vigil.detectors.datasets import load_dataset, write_telemetry
+from vigil.cli import app as cli
 from vigil.detectors.resample import step_of
-from vigil.detectors.synthetic import generate_telemetry
+from vigil.devtools.embedded import TopicCollector, start_clickhouse
+from vigil.devtools.replay import replay
+from vigil.lab.datasets import load_dataset, write_telemetry
+from vigil.lab.synthetic import generate_telemetry
 from vigil.sinks.clickhouse import (
     SCHEMA_VERSION,
     ClickHouseStore,
     ClickHouseWriter,
 )
-from vigil.streams.cli import app as cli
-from vigil.streams.embedded import TopicCollector, start_clickhouse
-from vigil.streams.replay import replay
 
 pytestmark = pytest.mark.integration
 
@@ -508,7 +508,8 @@ def test_backfill_then_export_round_trips_as_parquet_and_csv(clickhouse_url: str
 
 
 def test_history_loads_as_the_same_dataset_as_the_files(clickhouse_url: str, tmp_path):
-    from vigil.streams.storage import backfill, load_history
+    from vigil.lab.history import load_history
+    from vigil.streams.backfill import backfill
 
     url = _url(clickhouse_url)
     dataset = load_dataset("../shared/data/nab-dev")

@@ -20,9 +20,9 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.conftest import ARTIFACTS, Stack, wait_until
-from vigil.detectors.synthetic import generate_telemetry
-from vigil.streams.records import stable_id
-from vigil.streams.replay import replay
+from vigil.devtools.replay import replay
+from vigil.events import stable_id
+from vigil.lab.synthetic import generate_telemetry
 
 pytestmark = pytest.mark.integration
 

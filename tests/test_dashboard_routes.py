@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from vigil.sinks import metrics
 from vigil.sinks.dashboard import COOKIE, AnomalyFeed, Dashboard
-from vigil.streams import metrics
 
 TOKEN = "s3cret-token"
 NOW = 1_700_000_000_000

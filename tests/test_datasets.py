@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vigil.detectors.datasets import (
+from vigil.detectors.resample import iter_points_in_time_order
+from vigil.lab.datasets import (
     AnomalyLabel,
     Dataset,
     SeriesData,
-    iter_points_in_time_order,
     load_dataset,
     metric_name,
     parse_timestamps_ms,
-    series_id,
     write_telemetry,
 )
-from vigil.detectors.synthetic import Telemetry, generate_telemetry
+from vigil.lab.synthetic import Telemetry, generate_telemetry
+from vigil.series import parse_series, series_id
 
 NAB_DEV = Path("/work/shared/data/nab-dev")
 START_MS = 1_709_251_200_000  # 2024-03-01 00:00 UTC
@@ -45,10 +45,9 @@ def written(telemetry, tmp_path_factory) -> Path:
         ("weird", {"path": 'C:\\temp\\"x"', "note": "two\nlines", "n": 3}),
     ],
 )
-def test_series_id_is_the_canonical_series_of_the_streams_layer(name, labels):
-    from vigil.streams.records import canonical_series
-
-    assert series_id(name, labels) == canonical_series(name, labels)
+def test_the_lab_reads_series_ids_back_as_the_streams_layer_writes_them(name, labels):
+    assert parse_series(series_id(name, labels)) == (
+        name, {k: str(v) for k, v in (labels or {}).items()})
 
 
 # --------------------------------------------------------------------------- synthetic files

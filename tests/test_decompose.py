@@ -1,11 +1,11 @@
-"""Period detection and STL decomposition (``vigil.detectors.decompose``)."""
+"""Period detection and STL decomposition (``vigil.lab.decompose``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from vigil.detectors.decompose import decompose, detect_period, fill_gaps
+from vigil.lab.decompose import decompose, detect_period, fill_gaps
 
 STEP_S = 1800  # half-hour steps: a day is 48 steps, a week 336
 DAY, WEEK = 48, 336

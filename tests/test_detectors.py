@@ -755,8 +755,8 @@ def test_results_do_not_depend_on_which_series_share_a_batch():
 
 
 def test_random_batch_splits_of_generated_telemetry_give_identical_state():
-    from vigil.detectors.datasets import iter_points_in_time_order
-    from vigil.detectors.synthetic import generate_telemetry
+    from vigil.detectors.resample import iter_points_in_time_order
+    from vigil.lab.synthetic import generate_telemetry
 
     telemetry = generate_telemetry(
         hosts=1, metrics=["cpu_usage_percent", "network_rx_bytes", "memory_used_percent"],
@@ -848,8 +848,8 @@ def test_nab_scores_are_causal_over_a_batch_of_real_series():
     # All 28 nab-dev series in one batch, as the lab and the NAB score run them; the future
     # of three of them is rewritten (spikes, a level shift, a burst of spikes, a flatline).
     # Every score and incident opening before the change is identical, in all series.
-    from vigil.detectors.datasets import load_dataset
-    from vigil.detectors.models import OnlineModel
+    from vigil.lab.datasets import load_dataset
+    from vigil.lab.models import OnlineModel
 
     data = load_dataset(NAB_DEV)  # ../shared/data/nab-dev must be there: fail, never skip
     ids = sorted(data.series)

@@ -9,18 +9,17 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vigil.detectors.datasets import load_dataset, write_telemetry
-from vigil.detectors.lab import (
+from vigil.cli import app
+from vigil.lab.datasets import infer_step_s, load_dataset, write_telemetry
+from vigil.lab.nab import PROFILES, normalised, raw_score
+from vigil.lab.run import (
     ENTRY_NAMES,
     LSTM_ENTRIES,
     decompose_series,
-    infer_step_s,
     run_detectors,
     summarise,
 )
-from vigil.detectors.nab import PROFILES, normalised, raw_score
-from vigil.detectors.synthetic import generate_telemetry
-from vigil.streams.cli import app
+from vigil.lab.synthetic import generate_telemetry
 
 START_MS = 1_700_006_400_000
 
@@ -155,9 +154,9 @@ def test_reported_nab_scores_are_those_of_the_reported_detections(telemetry):
 
 
 def test_lstm_entries_score_every_row_and_the_combination_keeps_the_online_openings(telemetry):
-    from vigil.detectors.datasets import load_dataset
-    from vigil.detectors.lab import lstm_scores
-    from vigil.detectors.models import OnlineModel
+    from vigil.lab.datasets import load_dataset
+    from vigil.lab.models import OnlineModel
+    from vigil.lab.run import lstm_scores
 
     ds = load_dataset(telemetry)
     ids = list(ds.series)
@@ -177,7 +176,7 @@ def _series_at_steps(specs=(("five_min", 300, 3000), ("hourly", 3600, 800))):
     # An hourly series beside a 5-minute one (NAB's realAdExchange beside realAWSCloudwatch):
     # resampled at the 5-minute step, the hourly one would be eleven gaps per observed step.
     # ``specs``: (name, step in seconds, rows) of each series, a spike at 80 % of its rows.
-    from vigil.detectors.datasets import AnomalyLabel, Dataset, SeriesData
+    from vigil.lab.datasets import AnomalyLabel, Dataset, SeriesData
 
     rng = np.random.default_rng(2)
     series = {}
@@ -194,8 +193,8 @@ def _series_at_steps(specs=(("five_min", 300, 3000), ("hourly", 3600, 800))):
 
 
 def test_each_series_is_evaluated_at_its_own_step():
-    from vigil.detectors.lab import series_steps
-    from vigil.detectors.models import OnlineModel
+    from vigil.lab.datasets import series_steps
+    from vigil.lab.models import OnlineModel
 
     ds = _series_at_steps()
     series = ds.series
@@ -221,9 +220,10 @@ def test_the_models_trained_across_series_take_each_series_at_its_own_step():
     # series, each resampled at its own step. At one common step (300 s) the 1-minute series
     # would be averaged into 5-minute steps, and the hourly one's residuals would come from
     # the online detector run at 300 s.
-    from vigil.detectors.lab import lstm_fold_scores, lstm_scores, series_steps, supervised_scores
-    from vigil.detectors.lstm import series_residuals
-    from vigil.detectors.models import OnlineModel
+    from vigil.lab.datasets import series_steps
+    from vigil.lab.lstm_training import series_residuals
+    from vigil.lab.models import OnlineModel
+    from vigil.lab.run import lstm_fold_scores, lstm_scores, supervised_scores
 
     ds = _series_at_steps((("five_min", 300, 3000), ("hourly", 3600, 800),
                            ("one_min", 60, 3000)))

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from vigil.detectors.evaluation import (
+from vigil.lab.evaluation import (
     event_metrics,
     mean_detection_delay_ms,
     point_adjusted_f1,
     point_f1,
 )
-from vigil.detectors.nab import ScoredFile
+from vigil.lab.nab import ScoredFile
 
 STEP = 60_000
 N = 200  # probation: rows 0-29

@@ -9,18 +9,17 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from vigil.detectors.datasets import AnomalyLabel, Dataset, SeriesData
 from vigil.detectors.lstm import (
     LstmIncidents,
     ModelFileError,
     ResidualRing,
     WindowLSTM,
-    series_residuals,
     sliding_windows,
-    train_on_dataset,
 )
-from vigil.detectors.synthetic import generate_telemetry
-from vigil.streams import metrics
+from vigil.lab.datasets import AnomalyLabel, Dataset, SeriesData
+from vigil.lab.lstm_training import series_residuals, train_on_dataset
+from vigil.lab.synthetic import generate_telemetry
+from vigil.sinks import metrics
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.pipeline import DetectionPipeline
 from vigil.streams.state import RedisStateStore

@@ -6,10 +6,10 @@ import uuid
 
 from typer.testing import CliRunner
 
-from vigil.detectors.datasets import load_dataset, write_telemetry
+from vigil.cli import app as cli
 from vigil.detectors.lstm import WindowLSTM
-from vigil.detectors.synthetic import generate_telemetry
-from vigil.streams.cli import app as cli
+from vigil.lab.datasets import load_dataset, write_telemetry
+from vigil.lab.synthetic import generate_telemetry
 
 SMALL = ["--window", "16", "--hidden", "8", "--epochs", "2", "--max-windows", "800",
          "--device", "cpu"]
@@ -49,7 +49,7 @@ def test_train_refuses_too_little_data_and_asks_for_one_source(tmp_path):
 
 def test_train_from_clickhouse_history(clickhouse_url: str, tmp_path):
     from vigil.sinks.clickhouse import ClickHouseStore
-    from vigil.streams.storage import backfill
+    from vigil.streams.backfill import backfill
 
     url = clickhouse_url.rsplit("/", 1)[0] + f"/t_{uuid.uuid4().hex[:10]}"
     dataset = load_dataset("../shared/data/nab-dev")

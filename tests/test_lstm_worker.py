@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import Stack, wait_until
 from vigil.detectors.lstm import WindowLSTM
-from vigil.detectors.synthetic import generate_telemetry
-from vigil.streams.replay import replay
+from vigil.devtools.replay import replay
+from vigil.lab.synthetic import generate_telemetry
 
 pytestmark = pytest.mark.integration
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vigil.detectors.models import (
+from vigil.detectors.online import DetectorParams, SeriesDetector
+from vigil.lab.models import (
     MODELS,
     OnlineModel,
     SeasonalNormaliser,
     window_features,
 )
-from vigil.detectors.online import DetectorParams, SeriesDetector
 
 STEP_S = 300
 T0 = 1_700_006_400_000  # a Wednesday, 00:00 UTC
@@ -117,7 +117,7 @@ def test_window_features_see_only_the_past():
 
 
 def test_prophet_can_follow_a_forecast_that_drifts_away():
-    from vigil.detectors.models import ProphetModel
+    from vigil.lab.models import ProphetModel
 
     ts, y = _series()
     drifted = y.copy()

@@ -14,12 +14,12 @@ import pytest
 import redis.asyncio as aioredis
 from aiosmtpd.controller import Controller
 
+from vigil.devtools.botapi import BotAPIServer
+from vigil.devtools.embedded import free_port
+from vigil.events import AnomalyEvent, stable_id
 from vigil.sinks.alerts import AlertingConfig
-from vigil.sinks.botapi import BotAPIServer
+from vigil.sinks.delivery import Notifier, NotifierStore, build_channels
 from vigil.sinks.telegram import TelegramBot
-from vigil.streams.embedded import free_port
-from vigil.streams.notifier import Notifier, NotifierStore, build_channels
-from vigil.streams.records import AnomalyEvent, stable_id
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def make_event(
     context: bool = True,
 ) -> AnomalyEvent:
     """An anomaly event as the worker writes it (with a chart context of 2 hours)."""
-    from vigil.streams.records import parse_series
+    from vigil.series import parse_series
 
     name, labels = parse_series(series)
     ts_ms = ts_ms or (time.time_ns() // 1_000_000 // STEP_MS * STEP_MS)

@@ -13,10 +13,10 @@ from confluent_kafka import Producer
 
 from tests.conftest import Stack, wait_until
 from tests.test_notifier import make_event
-from vigil.detectors.synthetic import generate_telemetry
-from vigil.sinks.botapi import BotAPIServer
-from vigil.streams.embedded import TopicCollector, free_port
-from vigil.streams.replay import replay
+from vigil.devtools.botapi import BotAPIServer
+from vigil.devtools.embedded import TopicCollector, free_port
+from vigil.devtools.replay import replay
+from vigil.lab.synthetic import generate_telemetry
 
 pytestmark = pytest.mark.integration
 

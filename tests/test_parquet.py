@@ -7,7 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vigil.detectors.datasets import load_dataset, parse_series_id, series_id
+from vigil.lab.datasets import load_dataset
+from vigil.series import parse_series as parse_series_id
+from vigil.series import series_id
 
 T0 = 1_709_251_200_000  # 2024-03-01 00:00 UTC
 

@@ -11,6 +11,7 @@ import random
 import orjson
 import pytest
 
+from vigil.series import series_id as canonical_series
 from vigil.streams.parsers import (
     AutoParser,
     InfluxLineParser,
@@ -18,10 +19,10 @@ from vigil.streams.parsers import (
     JsonParser,
     PrometheusAdapterParser,
     TimestampPolicy,
-    _normalise_iso,
     make_parser,
 )
-from vigil.streams.records import ParseResult, Reject, canonical_series
+from vigil.streams.records import ParseResult, Reject
+from vigil.times import _normalise_iso
 
 NOW = 1_714_564_800_000  # 2024-05-01T12:00:00Z, fixed so tests do not depend on the clock
 NOW_S = NOW // 1000
@@ -573,8 +574,10 @@ def test_influx_quoted_string_field_with_escapes_spaces_and_separators() -> None
     assert points(result) == [('log_level{app="web"}', NOW, 3.0)]
 
 
-def test_influx_separator_is_configurable() -> None:
-    assert InfluxLineParser(separator=".").parse(b"cpu idle=1", NOW).series == ["cpu.idle"]
+def test_influx_separator_is_configurable_within_the_naming_rule() -> None:
+    assert InfluxLineParser(separator=":").parse(b"cpu idle=1", NOW).series == ["cpu:idle"]
+    # A dot is not valid in a metric name: sanitised like any other character.
+    assert InfluxLineParser(separator=".").parse(b"cpu idle=1", NOW).series == ["cpu_idle"]
 
 
 def test_influx_prometheus_measurement_is_left_out_of_the_name() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vigil.detectors import lab
-from vigil.detectors.datasets import AnomalyLabel, Dataset, SeriesData
-from vigil.detectors.perceptron import (
+from vigil.lab import run as lab
+from vigil.lab.datasets import AnomalyLabel, Dataset, SeriesData
+from vigil.lab.perceptron import (
     WindowPerceptron,
     labelled_windows,
     series_folds,

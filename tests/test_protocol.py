@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vigil.detectors.datasets import load_dataset
-from vigil.detectors.lab import run_cv, summarise
-from vigil.detectors.models import IsolationForestModel
-from vigil.detectors.prepare import Preparation, PreparedModel
-from vigil.detectors.protocol import clip_windows, rolling_origin_splits
-from vigil.streams.cli import app
+from vigil.cli import app
+from vigil.lab.datasets import load_dataset
+from vigil.lab.models import IsolationForestModel
+from vigil.lab.prepare import Preparation, PreparedModel
+from vigil.lab.protocol import clip_windows, rolling_origin_splits
+from vigil.lab.run import run_cv, summarise
 
 T0 = 1_700_006_400  # s, a Wednesday 00:00 UTC
 N = 2000  # 5-minute rows, ~7 days

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from vigil.detectors.datasets import load_dataset, parse_timestamps_ms
-from vigil.detectors.lab import run_detectors, summarise
-from vigil.detectors.nab import normalised, sweep_threshold
-from vigil.detectors.score_files import Z_CAP, anomaly_score, score_csv_files
-from vigil.streams.cli import app
+from vigil.cli import app
+from vigil.lab.datasets import load_dataset, parse_timestamps_ms
+from vigil.lab.nab import normalised, sweep_threshold
+from vigil.lab.run import run_detectors, summarise
+from vigil.lab.score_files import Z_CAP, anomaly_score, score_csv_files
 
 NAB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev"
 SUBSET = [  # one with duplicate timestamps, one without anomalies, one short one

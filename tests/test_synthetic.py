@@ -9,8 +9,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from vigil.detectors.datasets import AnomalyLabel, SeriesData
-from vigil.detectors.synthetic import (
+from vigil.lab.datasets import AnomalyLabel, SeriesData
+from vigil.lab.synthetic import (
     ALL_METRICS,
     LABEL_KINDS,
     LABEL_TYPES,

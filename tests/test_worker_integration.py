@@ -18,11 +18,11 @@ import redis.asyncio as aioredis
 from confluent_kafka import Producer
 
 from tests.conftest import Stack, wait_until
-from vigil.detectors.evaluation import match_incidents
-from vigil.detectors.synthetic import generate_telemetry
-from vigil.streams.embedded import TopicCollector, create_topics
+from vigil.devtools.embedded import TopicCollector, create_topics
+from vigil.devtools.replay import replay
+from vigil.lab.evaluation import match_incidents
+from vigil.lab.synthetic import generate_telemetry
 from vigil.streams.pipeline import DetectionPipeline
-from vigil.streams.replay import replay
 from vigil.streams.state import RedisStateStore, unpack
 
 pytestmark = pytest.mark.integration
@@ -264,7 +264,7 @@ def test_topic_pattern_subscribes_to_every_matching_topic(stack: Stack):
 
 
 def test_worker_rides_out_a_redis_restart_without_losing_points(stack: Stack):
-    from vigil.streams.embedded import start_redis
+    from vigil.devtools.embedded import start_redis
 
     server = start_redis()
     port = server.port

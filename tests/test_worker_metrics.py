@@ -12,8 +12,8 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Stack, wait_until
-from vigil.detectors.synthetic import generate_telemetry
-from vigil.streams.replay import replay
+from vigil.devtools.replay import replay
+from vigil.lab.synthetic import generate_telemetry
 
 pytestmark = pytest.mark.integration
 

@@ -18,15 +18,23 @@ timestamp already applied) is dropped and counted, never applied twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     from vigil.detectors.bank import StateBank
 
-__all__ = ["Steps", "last_row_of_step", "resample_batch", "step_of"]
+__all__ = [
+    "Steps",
+    "iter_points_in_time_order",
+    "last_row_of_step",
+    "merged_chunks",
+    "resample_batch",
+    "step_of",
+]
 
 
 @dataclass(slots=True)
@@ -206,3 +214,49 @@ def last_row_of_step(row_ts_ms: np.ndarray, step_ts_ms: np.ndarray, step_ms: int
     last = np.searchsorted(bucket, step_ts_ms, side="right") - 1
     inside = (last >= 0) & (bucket[np.maximum(last, 0)] == step_ts_ms)
     return np.where(inside, last, -1)
+
+
+def iter_points_in_time_order(
+    dataset: Any, chunk: int = 10_000, *, shift_to_ms: int | None = None
+) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """All points of all series merged by timestamp (ties by series id), in columnar chunks.
+
+    ``dataset`` is anything with a ``series`` mapping of id → an object with ``ts_ms`` and
+    ``values`` arrays (the lab's datasets, the generator's telemetry).
+
+    Yields ``(series_ids, ts_ms, values)`` with at most ``chunk`` points each. With
+    ``shift_to_ms`` timestamps move by one constant so that the newest point lands there.
+
+    >>> from types import SimpleNamespace as NS
+    >>> a = NS(ts_ms=np.array([0, 120]), values=np.array([1.0, 3.0]))
+    >>> b = NS(ts_ms=np.array([60, 120]), values=np.array([2.0, 4.0]))
+    >>> for ids, ts, vs in iter_points_in_time_order(NS(series={"a": a, "b": b}), 3):
+    ...     print(ids, ts.tolist(), vs.tolist())
+    ['a', 'b', 'a'] [0, 60, 120] [1.0, 2.0, 3.0]
+    ['b'] [120] [4.0]
+    """
+    ids = sorted(dataset.series)
+    offset = 0
+    if shift_to_ms is not None:
+        newest = max((int(s.ts_ms[-1]) for s in dataset.series.values() if len(s)), default=0)
+        offset = shift_to_ms - newest
+    for series_index, ts, values in merged_chunks(dataset.series, ids, chunk):
+        yield [ids[i] for i in series_index.tolist()], ts + offset, values
+
+
+def merged_chunks(
+    series: Mapping[str, Any], ids: list[str], chunk: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(index into ids, ts_ms, values)`` chunks of all points, by time then series id."""
+    if chunk < 1:
+        raise ValueError("chunk must be at least 1")
+    parts = [series[sid] for sid in ids]
+    if not parts:
+        return
+    ts = np.concatenate([np.asarray(s.ts_ms, np.int64) for s in parts])
+    values = np.concatenate([np.asarray(s.values, np.float64) for s in parts])
+    index = np.repeat(np.arange(len(parts)), [len(s.ts_ms) for s in parts])
+    order = np.lexsort((index, ts))
+    for lo in range(0, len(order), chunk):
+        rows = order[lo : lo + chunk]
+        yield index[rows], ts[rows], values[rows]

@@ -1,2 +1,2 @@
-"""Everything that leaves the process besides Kafka topics: ClickHouse, email, Telegram,
-the live dashboard (see the issues that build them)."""
+"""Everything that leaves the process: the alert pipeline and its delivery engine, the
+channels (email, Telegram), ClickHouse, the live dashboard, charts and Prometheus metrics."""

@@ -10,11 +10,10 @@ This module holds the pure parts — the configuration models, :class:`Matcher`,
 :class:`Router`, :class:`Silence`, :class:`Grouper`, :class:`RateLimiter` and the rendering of
 a :class:`Notification` into text — so they can be tested without servers. The Faust agent
 that drives them, the Redis records that make them survive restarts, and the retries live in
-:mod:`vigil.streams.notifier`; the channels in :mod:`vigil.sinks.email` and
+:mod:`vigil.sinks.delivery`; the channels in :mod:`vigil.sinks.email` and
 :mod:`vigil.sinks.telegram`.
 
-Events are read through :class:`EventLike` (the fields of the anomalies-topic record), so
-this room does not depend on the streaming one.
+Events are the one :class:`~vigil.events.AnomalyEvent` schema shared by every room.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -38,10 +37,12 @@ from pydantic import (
     model_validator,
 )
 
+from vigil.events import AnomalyEvent, severity_rank
+from vigil.times import iso_to_ms
+
 __all__ = [
     "AlertingConfig",
     "EmailReceiver",
-    "EventLike",
     "Grouper",
     "Matcher",
     "Notification",
@@ -58,41 +59,7 @@ __all__ = [
     "severity_rank",
 ]
 
-_SEVERITY_RANK = {"none": 0, "warning": 1, "critical": 2}
-
-
-def severity_rank(severity: str) -> int:
-    """0 none, 1 warning, 2 critical (unknown severities rank as warning)."""
-    return _SEVERITY_RANK.get(severity, 1)
-
-
-class EventLike(Protocol):
-    """The fields of an anomaly event the notifier reads (see the README's schema).
-
-    It mirrors ``vigil.streams.records.AnomalyEvent`` on purpose: this room does not import
-    the streaming one, and any record with these attributes can be alerted on.
-    """
-
-    event_id: str
-    incident_id: str
-    kind: str
-    series: str
-    name: str
-    labels: dict
-    ts: str
-    ts_ms: int
-    value: float
-    expected: float
-    lower: float
-    upper: float
-    score: float
-    severity: str
-    anomaly_type: str
-    detectors: list
-    reason: str
-
-
-def alert_labels(event: EventLike) -> dict[str, str]:
+def alert_labels(event: AnomalyEvent) -> dict[str, str]:
     """The labels routes and silences match on: the series' own labels plus
     ``__name__`` (metric), ``__series__`` (the series id), ``severity`` and ``anomaly_type``.
 
@@ -241,10 +208,7 @@ class Silence(_Matched):
         if isinstance(value, datetime):
             return int(value.timestamp() * 1000)
         if isinstance(value, str) and not value.lstrip("-").isdigit():
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
-            return int(parsed.timestamp() * 1000)
+            return iso_to_ms(value)
         return value
 
     def active(self, now_ms: int) -> bool:
@@ -402,7 +366,7 @@ class Router:
 class IncidentAlert:
     """What one message says about one incident: its most severe event so far."""
 
-    event: Any  # EventLike
+    event: AnomalyEvent
     events: int = 1
     escalation: bool = False  # an earlier message already reported this incident
     resolved_ms: int | None = None  # resolved before its first message went out

@@ -44,6 +44,10 @@ from clickhouse_driver import Client
 from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
+from vigil.events import severity_rank
+from vigil.series import parse_series
+from vigil.times import iso as _iso
+
 __all__ = [
     "MIGRATIONS",
     "transient",
@@ -53,7 +57,6 @@ __all__ = [
     "ClickHouseWriter",
     "event_row",
     "feedback_row",
-    "parse_since",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,6 @@ TABLES: dict[str, tuple[str, ...]] = {
     "labels": ("series", "start_ms", "end_ms", "kind", "type", "start"),
 }
 PARTITIONED = ("steps", "events", "incidents", "feedback", "labels")
-_SEVERITY_RANK = {"none": 0, "warning": 1, "critical": 2}
 
 
 def _parts(items: Sequence[str], max_chars: int = 100_000) -> Iterable[tuple[str, ...]]:
@@ -162,10 +164,6 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, ServerException):
         return exc.code in _TRANSIENT_CODES
     return False
-
-
-def _iso(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _seconds(ts_ms: int) -> int:
@@ -207,33 +205,6 @@ def feedback_row(feedback: Any) -> tuple:
         get("user_name") or "", int(get("chat_id") or 0), ts_ms // 1000, ts_ms,
         get("source") or "",
     )
-
-
-def parse_since(text: str, now_ms: int | None = None) -> int:
-    """Epoch milliseconds from ``30d`` / ``12h`` / ``15m`` / ``90s`` ago, or ISO 8601 (UTC
-    when no zone is given), or epoch milliseconds.
-
-    >>> parse_since("2d", now_ms=3 * 86_400_000)
-    86400000
-    >>> parse_since("2024-01-01T00:00:00Z")
-    1704067200000
-    >>> parse_since("2024-01-01")
-    1704067200000
-    """
-    text = text.strip()
-    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    units = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
-        return now_ms - int(float(text[:-1]) * units[text[-1]])
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not a time: {text!r} (use ISO 8601 or an age like 30d)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
 
 
 # --------------------------------------------------------------------------- store
@@ -339,7 +310,6 @@ class ClickHouseStore:
             self.execute(f"ALTER TABLE {{db}}.{table} ADD COLUMN {column} {definition}")
 
     def _fill_series_from_steps(self) -> None:
-        from vigil.streams.records import parse_series  # the one parser of series ids
 
         rows = self.execute(
             "SELECT series, toInt64(min(ts)) * 1000, toInt64(max(ts)) * 1000 "
@@ -360,7 +330,6 @@ class ClickHouseStore:
 
     def upsert_series(self, seen: Mapping[str, tuple[int, int]]) -> int:
         """Update the catalogue from ``series → (first_ms, last_ms)`` seen in a batch."""
-        from vigil.streams.records import parse_series
 
         unknown = [s for s in seen if s not in self._first_seen]
         if unknown:
@@ -418,8 +387,7 @@ class ClickHouseStore:
             if kind == "resolve":
                 row["resolved_ms"] = ts_ms
             else:
-                if _SEVERITY_RANK.get(e[index["severity"]], 0) >= _SEVERITY_RANK.get(
-                        row["severity"], 0):
+                if severity_rank(e[index["severity"]]) >= severity_rank(row["severity"]):
                     row["severity"] = e[index["severity"]]
                 if not row["anomaly_type"] or kind == "open":
                     row["anomaly_type"] = e[index["anomaly_type"]]

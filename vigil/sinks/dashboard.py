@@ -38,8 +38,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from vigil.sinks import metrics
 from vigil.sinks.charts import exit_with_parent, render_chart, warm_up
-from vigil.streams import metrics
 
 __all__ = ["AnomalyFeed", "Dashboard", "Subscriber", "check_token"]
 

@@ -5,7 +5,7 @@ Every firing message carries three inline buttons — **Acknowledge**, **Mute 1 
 anomaly** — whose callback data is ``<action>:<notification id>``. :meth:`TelegramBot.presses`
 yields them (from allowed chats only; others get a refusal) for the notifier to turn into
 feedback records and silences. ``api_url`` points aiogram at another Bot API server, such as
-:mod:`vigil.sinks.botapi` in tests — the client code is the same as in production.
+:mod:`vigil.devtools.botapi` in tests — the client code is the same as in production.
 """
 
 from __future__ import annotations

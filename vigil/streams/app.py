@@ -29,7 +29,7 @@ import redis.asyncio as aioredis
 from faust.types import EventT
 from mode import CrashingSupervisor
 
-from vigil.streams import metrics
+from vigil.sinks import metrics
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
 from vigil.streams.pipeline import DetectionPipeline, decode_points, route

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vigil.streams import metrics
+from vigil.sinks import metrics
 
 __all__ = ["LstmScorer"]
 

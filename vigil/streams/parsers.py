@@ -22,12 +22,13 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
 import orjson
 
-from vigil.streams.records import ParseResult, Reject, canonical_series
+from vigil.series import InvalidName, series_id
+from vigil.streams.records import ParseResult, Reject
+from vigil.times import iso_to_ms
 
 __all__ = [
     "AutoParser",
@@ -81,8 +82,6 @@ def _span(ms: float) -> str:
 
 # --------------------------------------------------------------------------- timestamps
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_MS = timedelta(milliseconds=1)
 _Y2K_MS = 946_684_800_000  # 2000-01-01T00:00:00Z; anything earlier is a unit mix-up or garbage
 _UNIT_MS = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
 _UNIT_WORD = {"s": "seconds", "ms": "ms", "us": "µs", "ns": "ns"}
@@ -101,43 +100,6 @@ def _guess_unit(magnitude: float) -> str:
     if magnitude < 1e17:
         return "us"
     return "ns"
-
-
-def _iso_to_ms(text: str) -> int:
-    """ISO-8601 / RFC 3339 → epoch ms; naive times are UTC. Raises ValueError.
-
-    >>> _iso_to_ms("2024-05-01T12:00:00Z"), _iso_to_ms("2024-05-01 14:00:00.5+02:00")
-    (1714564800000, 1714564800500)
-    """
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        # Python 3.10's fromisoformat knows neither "Z" nor 9-digit fractions; 3.11+ never
-        # gets here for valid input, so the rewrite costs nothing on the common path.
-        parsed = datetime.fromisoformat(_normalise_iso(text))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    # Integer arithmetic on timedeltas: exact, unlike float(timestamp()) * 1000.
-    return (parsed - _EPOCH) // _ONE_MS
-
-
-def _normalise_iso(text: str) -> str:
-    """Rewrite the ISO forms older Pythons reject: a ``Z`` suffix, ``+HHMM``, >6 fraction digits.
-
-    >>> _normalise_iso("2024-05-01T12:00:00.123456789Z")
-    '2024-05-01T12:00:00.123456+00:00'
-    """
-    if text[-1:] in ("Z", "z"):
-        text = text[:-1] + "+00:00"
-    elif len(text) > 5 and text[-5] in "+-" and text[-4:].isdigit():
-        text = f"{text[:-2]}:{text[-2:]}"
-    dot = text.find(".", 19)
-    if dot >= 0:
-        end = dot + 1
-        while end < len(text) and text[end].isdigit():
-            end += 1
-        text = text[: dot + 1] + text[dot + 1 : end][:6].ljust(6, "0") + text[end:]
-    return text
 
 
 @dataclass(frozen=True)
@@ -244,7 +206,7 @@ class TimestampPolicy:
         # An ISO date has '-' at index 4 ("2024-..."); no epoch in a sane range does.
         if len(stripped) >= 10 and stripped[4] == "-":
             try:
-                ms = _iso_to_ms(stripped)
+                ms = iso_to_ms(stripped)
             except ValueError:
                 raise InvalidInput(f"invalid ISO-8601 timestamp: {_show(text)}") from None
             return self.check(ms, now_ms, stripped)
@@ -453,16 +415,22 @@ class JsonParser(_GuardedParser):
             raise InvalidInput(f"missing field '{self.timestamp_field}'")
         number = _to_value(value)
         ts_ms = self.timestamps.to_ms(stamp, now_ms)
-        if not labels:
-            return name, ts_ms, number
         # The same few series arrive over and over: remember their canonical ids.
-        key = (name, *labels.items())
+        key = (name, *labels.items()) if labels else name
         series = self._series_ids.get(key)
         if series is None:
             if len(self._series_ids) >= _SERIES_CACHE:
                 self._series_ids.clear()
-            series = self._series_ids[key] = canonical_series(name, labels)
+            series = self._series_ids[key] = _series_id(name, labels)
         return series, ts_ms, number
+
+
+def _series_id(name: str, labels: dict | None) -> str:
+    """The canonical id (:func:`vigil.series.series_id`: names and keys sanitised)."""
+    try:
+        return series_id(name, labels)
+    except InvalidName as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 _SERIES_CACHE = 100_000  # canonical ids a parser remembers before starting afresh
@@ -739,13 +707,11 @@ class InfluxLineParser(_GuardedParser):
             ts_ms = now_ms
 
         prefix = "" if measurement == "prometheus" else measurement + self.separator
-        first = prefix + points[0][0]
-        series = canonical_series(first, labels) if labels else first
         # Every field shares the tags: render the label part once, not once per field.
-        suffix = series[len(first) :]
+        suffix = _series_id("_", labels)[1:]
         add = result.add
         for key, value in points:
-            add(prefix + key + suffix, ts_ms, value)
+            add(_series_id(prefix + key, None) + suffix, ts_ms, value)
 
 
 # --------------------------------------------------------------------------- dispatch

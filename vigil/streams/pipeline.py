@@ -5,7 +5,7 @@
   partition — never one Kafka message per point.
 * :class:`DetectionPipeline` takes a batch of routed points, loads the states of series it
   has not seen from Redis (one MGET), runs the numpy detector over all of them at once,
-  turns incident transitions into :class:`~vigil.streams.records.AnomalyEvent` records, and
+  turns incident transitions into :class:`~vigil.events.AnomalyEvent` records, and
   saves the touched states (one pipeline) once the caller has delivered the events.
 """
 
@@ -16,12 +16,10 @@ import logging
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
-from scipy.special import ndtr
 
 from vigil.detectors.lstm import LstmIncidents
 from vigil.detectors.online import (
@@ -32,9 +30,13 @@ from vigil.detectors.online import (
     OnlineDetector,
     StepResults,
     describe,
+    likelihood,
 )
-from vigil.streams.records import AnomalyEvent, ParseResult, parse_series, stable_id
+from vigil.events import AnomalyEvent, stable_id
+from vigil.series import parse_series
+from vigil.streams.records import ParseResult
 from vigil.streams.state import RedisStateStore, pack, readable, unpack
+from vigil.times import iso
 
 if TYPE_CHECKING:
     from vigil.streams.lstm_scorer import LstmScorer
@@ -140,12 +142,7 @@ def decode_points(
 
 
 def _likelihood(z: float) -> float:
-    """``1 − 2·Φ(−z)``, the anomaly likelihood of a Gaussian-like score (as the detector's)."""
-    return float(1.0 - 2.0 * ndtr(-max(float(z), 0.0)))
-
-
-def _iso(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return float(likelihood(max(float(z), 0.0)))
 
 
 class RecentSteps:
@@ -394,7 +391,7 @@ class DetectionPipeline:
             series=series,
             name=name,
             labels=labels,
-            ts=_iso(ts),
+            ts=iso(ts),
             ts_ms=ts,
             value=float(results.steps.value[i]),
             expected=float(results.expected[i]),

@@ -20,13 +20,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
-from tenacity import (
-    AsyncRetrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    wait_exponential_jitter,
-)
 
 from vigil.detectors.bank import (
     ADDED_IN_V3,
@@ -35,7 +28,8 @@ from vigil.detectors.bank import (
     StateBank,
     new_state_bank,
 )
-from vigil.streams.metrics import STATE_LATENCY
+from vigil.retrying import redis_retrying
+from vigil.sinks.metrics import STATE_LATENCY
 
 __all__ = [
     "FORMAT_VERSION",
@@ -139,16 +133,6 @@ def unpack(values: Sequence[bytes | None]) -> tuple[StateBank, np.ndarray]:
     if present:
         records[found] = np.frombuffer(b"".join(present), _STORED)["state"]
     return StateBank.from_records(records), found
-
-
-def redis_retrying() -> AsyncRetrying:
-    # Retry for as long as Redis is away: losing state would be worse than waiting.
-    return AsyncRetrying(
-        retry=retry_if_exception_type((ConnectionError, TimeoutError, BusyLoadingError, OSError)),
-        wait=wait_exponential_jitter(multiplier=0.1, max=5.0),
-        before_sleep=before_sleep_log(log, logging.WARNING),
-        reraise=True,
-    )
 
 
 class RedisStateStore:

@@ -1,7 +1,7 @@
 """Seasonal-trend decomposition of one regular series, with its seasonal period detected.
 
 **Gaps.** The input is a series on a regular grid of ``step_s`` seconds (the lab builds it
-with the stream path's resampling, :func:`~vigil.detectors.models.resample_series`, and puts
+with the stream path's resampling, :func:`~vigil.lab.models.resample_series`, and puts
 the steps a long gap left out back as ``nan``). ``nan`` values are filled by linear
 interpolation between their neighbours (the ends by the nearest value) before anything is
 computed; the components describe that filled series.

@@ -1,7 +1,7 @@
 """Optional preparation of an offline model's input: outlier clipping and normalisation.
 
 Resampling and gap filling are not here: every model already resamples raw rows with the
-stream path's own code (:func:`~vigil.detectors.models.resample_series`, i.e.
+stream path's own code (:func:`~vigil.lab.models.resample_series`, i.e.
 :mod:`vigil.detectors.resample`). This module adds what the lab may switch on:
 
 * **clipping** (``clip_quantile = q``): the *training* values are clipped to their own
@@ -95,7 +95,7 @@ class Preparation:
 class PreparedModel:
     """A lab model whose input goes through a :class:`Preparation` first.
 
-    >>> from vigil.detectors.models import IsolationForestModel
+    >>> from vigil.lab.models import IsolationForestModel
     >>> t = 1_700_006_400_000 + 300_000 * np.arange(800)
     >>> y = 10 + np.random.default_rng(1).normal(size=800)
     >>> y[700] = 30.0

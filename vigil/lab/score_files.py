@@ -5,7 +5,7 @@ relative path with the columns ``timestamp,value,anomaly_score``: one row per in
 the same order, with the input's own text for ``timestamp`` and ``value``, so that NAB's own
 scorer (which expects exactly this) can be run on the output.
 
-Scores come from :class:`~vigil.detectors.models.OnlineModel` with its shipped defaults
+Scores come from :class:`~vigil.lab.models.OnlineModel` with its shipped defaults
 (all files in one batch, as the lab runs it) and are mapped into [0, 1] by
 :func:`anomaly_score`: an incident opening is 1.0; any other row is its equivalent z-score
 squashed below :data:`Z_CAP` (< 1). A threshold sweep over them (NAB's optimiser) can then
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vigil.detectors.datasets import read_series_csv
+from vigil.lab.datasets import read_series_csv, typical_step_s
 
 __all__ = ["OPENING_SCORE", "Z_CAP", "Z_HALF", "ScoreRun", "anomaly_score", "score_csv_files"]
 
@@ -83,12 +83,11 @@ def score_csv_files(
     ``dst`` is a folder (outputs at the inputs' relative paths, each file name preceded by
     ``prefix``: NAB's results layout wants ``<detector>_<file>.csv``) — or, when ``src`` is
     one file, the output file itself if it ends in ``.csv``. ``step_s`` defaults to each
-    file's own typical spacing (:func:`~vigil.detectors.lab.typical_step_s`).
+    file's own typical spacing (:func:`~vigil.lab.datasets.typical_step_s`).
     """
     from tqdm import tqdm
 
-    from vigil.detectors.lab import typical_step_s
-    from vigil.detectors.models import OnlineModel
+    from vigil.lab.models import OnlineModel
 
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)

@@ -1,7 +1,7 @@
 """Matching detections against labelled anomaly windows, and the lab's detection metrics.
 
 :func:`match_incidents` matches incident openings (series, time) to labels with a tolerance.
-The corpus metrics below take per-row detections of :class:`~vigil.detectors.nab.ScoredFile`
+The corpus metrics below take per-row detections of :class:`~vigil.lab.nab.ScoredFile`
 files instead, so they see exactly the rows and windows the NAB score sees; every one of them
 ignores NAB's probation rows and adds counts over all files before dividing (micro average):
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vigil.detectors.datasets import AnomalyLabel
-from vigil.detectors.nab import PROBATION, ScoredFile
+from vigil.lab.datasets import AnomalyLabel
+from vigil.lab.nab import PROBATION, ScoredFile
 
 __all__ = [
     "EventMetrics",

@@ -297,7 +297,7 @@ class WorkerProcess:
         full_env = dict(os.environ)
         full_env.update(env)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vigil.streams.cli", command],
+            [sys.executable, "-m", "vigil.cli", command],
             env=full_env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

@@ -35,7 +35,7 @@ def worker() -> None:
     finally:
         if getattr(faust_app, "vigil_restart", False):
             # The input pattern matches other topics now: start afresh with the new set.
-            os.execv(sys.executable, [sys.executable, "-m", "vigil.streams.cli", "worker"])
+            os.execv(sys.executable, [sys.executable, "-m", "vigil.cli", "worker"])
 
 
 @app.command()
@@ -60,7 +60,7 @@ app.add_typer(silence_app, name="silence")
 def _silence_store():
     import redis.asyncio as aioredis
 
-    from vigil.streams.notifier import NotifierStore
+    from vigil.sinks.delivery import NotifierStore
 
     settings = Settings()
     return NotifierStore(aioredis.from_url(settings.redis_url), settings.redis_prefix)
@@ -79,7 +79,7 @@ def silence_add(
     import asyncio
 
     from vigil.sinks.alerts import Silence
-    from vigil.streams.notifier import parse_duration
+    from vigil.times import parse_duration
 
     try:
         seconds = parse_duration(duration)
@@ -133,8 +133,8 @@ def generate(
     anomalies: float = typer.Option(3.0, help="Labelled anomalies per series."),
 ) -> None:
     """Write realistic labelled telemetry: points.csv, labels.csv, manifest.json."""
-    from vigil.detectors.datasets import write_telemetry
-    from vigil.detectors.synthetic import ALL_METRICS, generate_telemetry
+    from vigil.lab.datasets import write_telemetry
+    from vigil.lab.synthetic import ALL_METRICS, generate_telemetry
 
     chosen = ALL_METRICS if metrics == "all" else [m.strip() for m in metrics.split(",")]
     t = generate_telemetry(
@@ -161,8 +161,8 @@ def replay(
     """Send recorded telemetry into a topic, in time order."""
     from tqdm import tqdm
 
-    from vigil.detectors.datasets import load_dataset
-    from vigil.streams.replay import replay as run_replay
+    from vigil.devtools.replay import replay as run_replay
+    from vigil.lab.datasets import load_dataset
 
     dataset = load_dataset(path)
     target = bootstrap or Settings().kafka_bootstrap
@@ -183,12 +183,12 @@ def _clickhouse_url(url: str | None) -> str:
 
 
 def _since_ms(text: str | None) -> int | None:
-    from vigil.sinks.clickhouse import parse_since
+    from vigil.times import parse_time
 
     if text is None:
         return None
     try:
-        return parse_since(text)
+        return parse_time(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -203,9 +203,8 @@ def backfill(
     """Run the online detector over recorded telemetry and store it in ClickHouse."""
     from tqdm import tqdm
 
-    from vigil.detectors.datasets import load_dataset
-    from vigil.detectors.lab import infer_step_s
-    from vigil.streams.storage import backfill as run_backfill
+    from vigil.lab.datasets import infer_step_s, load_dataset
+    from vigil.streams.backfill import backfill as run_backfill
 
     url = _clickhouse_url(clickhouse)
     try:
@@ -230,7 +229,7 @@ def export(
                                    "VIGIL_CLICKHOUSE_URL)."),
 ) -> None:
     """Write a snapshot of stored steps: timestamp, value, series, label."""
-    from vigil.streams.storage import export as run_export
+    from vigil.lab.history import export as run_export
 
     if fmt not in ("parquet", "csv"):
         raise typer.BadParameter("--format must be parquet or csv")
@@ -256,7 +255,7 @@ def _history_source(data, clickhouse, series, since, until):
         raise typer.BadParameter("give either --data or --clickhouse")
     if clickhouse is None:
         return data
-    from vigil.streams.storage import load_history
+    from vigil.lab.history import load_history
 
     dataset = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
     if not dataset.series:
@@ -299,8 +298,8 @@ def evaluate(
     ),
 ) -> None:
     """Run every detector on every labelled series and write a NAB-scored comparison."""
-    from vigil.detectors.lab import evaluate as run_lab
-    from vigil.detectors.prepare import Preparation
+    from vigil.lab.prepare import Preparation
+    from vigil.lab.report import evaluate as run_lab
 
     names = [d.strip() for d in detectors.split(",") if d.strip()]
     source = _history_source(data, clickhouse, series, since, until)
@@ -336,7 +335,7 @@ def score(
     ),
 ) -> None:
     """Write the online detector's causal scores in [0, 1] beside each row, for NAB's scorer."""
-    from vigil.detectors.score_files import score_csv_files
+    from vigil.lab.score_files import score_csv_files
 
     try:
         run = score_csv_files(data, out, step_s=step or None, prefix=prefix)
@@ -371,10 +370,10 @@ def train(
     from tqdm import tqdm
 
     import vigil
-    from vigil.detectors.datasets import load_dataset
-    from vigil.detectors.lab import infer_step_s
-    from vigil.detectors.lstm import FORMAT_VERSION, KINDS, WindowLSTM, train_on_dataset
+    from vigil.detectors.lstm import FORMAT_VERSION, KINDS, WindowLSTM
     from vigil.detectors.online import DetectorParams
+    from vigil.lab.datasets import infer_step_s, load_dataset
+    from vigil.lab.lstm_training import train_on_dataset
 
     if kind not in KINDS:
         raise typer.BadParameter(f"--kind must be one of {', '.join(KINDS)}")
@@ -416,7 +415,7 @@ def demo(
     seed: int = typer.Option(7, help="Random seed of the generated telemetry."),
 ) -> None:
     """Run the whole pipeline on generated telemetry and compare incidents with the labels."""
-    from vigil.streams.demo import run_demo
+    from vigil.devtools.demo import run_demo
 
     raise typer.Exit(run_demo(hosts=hosts, days=days, seed=seed))
 

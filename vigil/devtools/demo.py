@@ -24,10 +24,8 @@ import orjson
 import redis
 from tqdm import tqdm
 
-from vigil.detectors.evaluation import match_incidents
-from vigil.detectors.synthetic import generate_telemetry
-from vigil.sinks.botapi import BotAPIServer
-from vigil.streams.embedded import (
+from vigil.devtools.botapi import BotAPIServer
+from vigil.devtools.embedded import (
     TopicCollector,
     WorkerProcess,
     configured_or_embedded,
@@ -35,7 +33,9 @@ from vigil.streams.embedded import (
     free_port,
     start_notifier,
 )
-from vigil.streams.replay import replay
+from vigil.devtools.replay import replay
+from vigil.lab.evaluation import match_incidents
+from vigil.lab.synthetic import generate_telemetry
 from vigil.streams.settings import Settings
 
 __all__ = ["run_demo"]

@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 from numpy.random import Generator
 
-from vigil.detectors.datasets import AnomalyLabel, SeriesData, series_id
+from vigil.lab.datasets import AnomalyLabel, SeriesData
+from vigil.series import series_id
 
 __all__ = [
     "ALL_METRICS",
@@ -198,7 +199,7 @@ def generate_telemetry(
         )
     labels.sort(key=lambda lab: (lab.start_ms, lab.series))
     params = {
-        "generator": "vigil.detectors.synthetic",
+        "generator": "vigil.lab.synthetic",
         "hosts": hosts,
         "metrics": list(metrics),
         "days": days,

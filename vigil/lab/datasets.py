@@ -31,29 +31,33 @@ import csv
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from vigil.detectors.resample import merged_chunks
+from vigil.series import parse_series, series_id
+from vigil.times import iso, iso_to_ms
+
 if TYPE_CHECKING:
-    from vigil.detectors.synthetic import Telemetry
+    from vigil.lab.synthetic import Telemetry
 
 __all__ = [
     "FORMAT_VERSION",
     "AnomalyLabel",
     "Dataset",
     "SeriesData",
-    "iter_points_in_time_order",
+    "COMMON_STEPS_S",
+    "infer_step_s",
+    "series_steps",
+    "typical_step_s",
     "load_dataset",
     "metric_name",
-    "parse_series_id",
     "parse_timestamps_ms",
     "read_series_csv",
-    "series_id",
     "shift_dataset",
     "write_telemetry",
 ]
@@ -71,55 +75,51 @@ _TZ_SUFFIX = re.compile(r"(Z|[+-]\d\d:?\d\d)$")
 _EPOCH_UNITS = ((1e11, 1e-3), (1e14, 1.0), (1e17, 1e3), (math.inf, 1e6))
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+#: Steps telemetry is usually collected at (seconds). A measured spacing within 10 % of one
+#: of them is taken to be it: jittered or gappy timestamps give a median such as 305 s.
+COMMON_STEPS_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200,
+                  10800, 21600, 43200, 86400)
 
 
-def series_id(name: str, labels: Mapping[str, str] | None = None) -> str:
-    """The canonical series id ``name{k1="v1",k2="v2"}``, labels sorted by key.
+def typical_step_s(ts_ms: np.ndarray) -> int:
+    """A series' typical spacing of rows in whole seconds, snapped to a common step.
 
-    Same format as ``vigil.streams.records.canonical_series``.
-
-    >>> series_id("cpu_usage_percent", {"host": "web-01"})
-    'cpu_usage_percent{host="web-01"}'
-    >>> series_id("up")
-    'up'
+    >>> t = np.cumsum(np.r_[0, np.full(50, 300_000) + np.tile([-40_000, 50_000], 25)])
+    >>> typical_step_s(t), typical_step_s(np.arange(10) * 3_600_000)
+    (300, 3600)
+    >>> typical_step_s(np.arange(10) * 420_000)  # 7 minutes: no common step near
+    420
     """
-    if not labels:
-        return name
-    inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
-    return f"{name}{{{inner}}}"
+    diffs = np.diff(np.asarray(ts_ms, np.int64))
+    diffs = diffs[diffs > 0]
+    if len(diffs) == 0:
+        return 60
+    return _snapped_step_s(float(np.median(diffs)) / 1000.0)
 
 
-_SERIES_ID = re.compile(r"^(?P<name>[^{}]+?)(\{(?P<labels>.*)\})?$", re.S)
-_LABEL_PAIR = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|$)', re.S)
+def _snapped_step_s(spacing_s: float) -> int:
+    """``spacing_s`` as whole seconds, or the common step within 10 % of it."""
+    nearest = min(COMMON_STEPS_S, key=lambda c: abs(c - spacing_s) / c)
+    if abs(nearest - spacing_s) <= 0.1 * nearest:
+        return nearest
+    return max(1, int(round(spacing_s)))
 
 
-def parse_series_id(text: str) -> tuple[str, dict[str, str]]:
-    """The metric name and labels of a canonical series id (the inverse of :func:`series_id`).
+def infer_step_s(dataset: Dataset) -> int:
+    """The dataset's typical spacing of rows, in whole seconds (the median over series).
 
-    >>> parse_series_id('cpu{dc="eu",host="web-01"}')
-    ('cpu', {'dc': 'eu', 'host': 'web-01'})
-    >>> series_id(*parse_series_id('up{job="x"}'))
-    'up{job="x"}'
+    ``vigil score`` infers each file's own step instead (:func:`typical_step_s`).
     """
-    m = _SERIES_ID.match(text.strip())
-    if not m:
-        raise ValueError(f"not a series id: {text!r}")
-    labels: dict[str, str] = {}
-    rest = m.group("labels") or ""
-    pos = 0
-    while pos < len(rest):
-        pair = _LABEL_PAIR.match(rest, pos)
-        if not pair:
-            raise ValueError(f"not a series id: {text!r}")
-        labels[pair.group(1)] = _unescape(pair.group(2))
-        pos = pair.end()
-    return m.group("name").strip(), labels
+    medians = [np.median(np.diff(s.ts_ms)) for s in dataset.series.values() if len(s) > 1]
+    if not medians:
+        return 60
+    return _snapped_step_s(float(np.median(medians)) / 1000.0)
 
 
-def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), value)
+def series_steps(dataset: Dataset, step_s: int | None = None) -> dict[str, int]:
+    """Each series' resampling step: ``step_s`` for all when given, else its own typical
+    spacing (:func:`typical_step_s`) — an hourly file beside 5-minute ones stays hourly."""
+    return {sid: step_s or typical_step_s(s.ts_ms) for sid, s in dataset.series.items()}
 
 
 def metric_name(text: str) -> str:
@@ -211,24 +211,8 @@ def parse_timestamps_ms(texts: list[str]) -> np.ndarray:
         return np.round(epoch / units_per_ms).astype(np.int64)
     if any(_TZ_SUFFIX.search(t) for t in texts):
         # Explicit zones need per-row parsing (numpy drops them with a warning).
-        return np.array([_iso_with_zone_ms(t) for t in texts], dtype=np.int64)
+        return np.array([iso_to_ms(t) for t in texts], dtype=np.int64)
     return np.array(texts, dtype="datetime64[ms]").astype(np.int64)
-
-
-def _iso_with_zone_ms(text: str) -> int:
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"  # fromisoformat on Python 3.10 does not read "Z"
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return round(moment.timestamp() * 1000)
-
-
-def _iso(ts_ms: int) -> str:
-    """``2024-03-04T12:00:00Z`` (milliseconds shown only when not zero)."""
-    moment = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
-    spec = "seconds" if ts_ms % 1000 == 0 else "milliseconds"
-    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------- writing
@@ -261,8 +245,8 @@ def write_telemetry(t: Telemetry | Dataset, out_dir: str | Path) -> Path:
                     s.labels["host"],
                     lab.start_ms,
                     lab.end_ms,
-                    _iso(lab.start_ms),
-                    _iso(lab.end_ms),
+                    iso(lab.start_ms, keep_ms=True),
+                    iso(lab.end_ms, keep_ms=True),
                     lab.kind,
                     lab.type,
                 ]
@@ -290,7 +274,7 @@ def _write_points(f: TextIO, t: Telemetry | Dataset, ids: list[str]) -> None:
     # faster than np.savetxt (900k rows in ~0.45 s).
     prefixes = [f"{t.series[sid].name},{t.series[sid].labels['host']}," for sid in ids]
     f.write(POINTS_HEADER + "\n")
-    for series_index, ts, values in _merged_chunks(t.series, ids, chunk=200_000):
+    for series_index, ts, values in merged_chunks(t.series, ids, chunk=200_000):
         keys = [prefixes[i] for i in series_index.tolist()]
         rows = zip(ts.tolist(), keys, values.tolist(), strict=True)
         f.write("".join(f"{ms},{key}{v!r}\n" for ms, key, v in rows))
@@ -506,7 +490,7 @@ def _read_parquet(file: Path) -> list[tuple[SeriesData, np.ndarray | None, int]]
             name, labels = metric_name(file.stem), {}
         else:
             try:
-                name, labels = parse_series_id(sid)
+                name, labels = parse_series(sid)
             except ValueError as exc:
                 raise ValueError(f"{file}: {exc}") from None
         s, f, rows = _sorted_series(
@@ -631,45 +615,3 @@ def shift_dataset(ds: Dataset, to_ms: int) -> Dataset:
     ]
     meta = {**ds.meta, "shift_ms": ds.meta.get("shift_ms", 0) + offset}
     return Dataset(series=series, labels=labels, source=ds.source, meta=meta)
-
-
-def iter_points_in_time_order(
-    dataset: Dataset | Telemetry, chunk: int = 10_000, *, shift_to_ms: int | None = None
-) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
-    """All points of all series merged by timestamp (ties by series id), in columnar chunks.
-
-    Yields ``(series_ids, ts_ms, values)`` with at most ``chunk`` points each. With
-    ``shift_to_ms`` timestamps move by one constant so that the newest point lands there.
-
-    >>> a = SeriesData("a", {}, np.array([0, 120]), np.array([1.0, 3.0]))
-    >>> b = SeriesData("b", {}, np.array([60, 120]), np.array([2.0, 4.0]))
-    >>> for ids, ts, vs in iter_points_in_time_order(Dataset({"a": a, "b": b}, [], "csv"), 3):
-    ...     print(ids, ts.tolist(), vs.tolist())
-    ['a', 'b', 'a'] [0, 60, 120] [1.0, 2.0, 3.0]
-    ['b'] [120] [4.0]
-    """
-    ids = sorted(dataset.series)
-    offset = 0
-    if shift_to_ms is not None:
-        newest = max((int(s.ts_ms[-1]) for s in dataset.series.values() if len(s)), default=0)
-        offset = shift_to_ms - newest
-    for series_index, ts, values in _merged_chunks(dataset.series, ids, chunk):
-        yield [ids[i] for i in series_index.tolist()], ts + offset, values
-
-
-def _merged_chunks(
-    series: Mapping[str, SeriesData], ids: list[str], chunk: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(index into ids, ts_ms, values)`` chunks of all points, by time then series id."""
-    if chunk < 1:
-        raise ValueError("chunk must be at least 1")
-    parts = [series[sid] for sid in ids]
-    if not parts:
-        return
-    ts = np.concatenate([np.asarray(s.ts_ms, np.int64) for s in parts])
-    values = np.concatenate([np.asarray(s.values, np.float64) for s in parts])
-    index = np.repeat(np.arange(len(parts)), [len(s) for s in parts])
-    order = np.lexsort((index, ts))
-    for lo in range(0, len(order), chunk):
-        rows = order[lo : lo + chunk]
-        yield index[rows], ts[rows], values[rows]

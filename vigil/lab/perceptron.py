@@ -31,8 +31,8 @@ import copy
 
 import numpy as np
 
-from vigil.detectors.models import _to_rows, resample_series
 from vigil.detectors.resample import Steps
+from vigil.lab.models import _to_rows, resample_series
 
 __all__ = [
     "SUPERVISED_MODELS", "WindowPerceptron", "labelled_windows", "series_folds", "subsample",

@@ -18,7 +18,7 @@ steps (:class:`SeasonalNormaliser`, :func:`window_features`), learned on the tra
 
 :data:`MODELS` maps the lab's detector names to the classes. The supervised detector, the
 article's perceptron, trains on other series' labels instead of a probation prefix; it lives
-in :mod:`vigil.detectors.perceptron` (``SUPERVISED_MODELS``) and the lab trains it by series
+in :mod:`vigil.lab.perceptron` (``SUPERVISED_MODELS``) and the lab trains it by series
 folds.
 """
 

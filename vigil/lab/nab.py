@@ -11,7 +11,7 @@
 * A detector with a continuous score is thresholded once for the whole corpus, at the value
   that maximises the raw score (per profile).
 
-Run ``python -m vigil.detectors.nab PATH`` to score the online detector's incident openings
+Run ``python -m vigil.lab.nab PATH`` to score the online detector's incident openings
 on a NAB folder (``data/`` and ``combined_windows.json``).
 """
 
@@ -195,26 +195,6 @@ def sweep_threshold(
     return best_threshold, best_total
 
 
-def _main(path: str) -> None:
-    """Score the online detector's incident openings on a NAB folder (all three profiles)."""
-    from vigil.detectors.datasets import load_dataset
-    from vigil.detectors.lab import run_detectors
-
-    step_s = 300
-    run = run_detectors(load_dataset(path), ["online"], step_s, progress=False)
-    files, detections = run.files, run.openings
-    n_windows = sum(len(f.windows) for f in files)
-    hit, outside = detection_counts(files, detections)
-    print(
-        f"{len(files)} files, {n_windows} windows; detections = incident openings of one "
-        f"parameter set (DetectorParams(step_s={step_s})), no threshold sweep"
-    )
-    print(f"windows detected: {hit}/{n_windows}, detections outside windows: {outside}")
-    for profile in PROFILES:
-        raw = raw_score(files, detections, profile)
-        print(f"{profile}: {normalised(raw, n_windows, profile):.1f}")
-
-
 def detection_counts(
     files: Sequence[ScoredFile], detections: Sequence[np.ndarray]
 ) -> tuple[int, int]:
@@ -231,9 +211,3 @@ def detection_counts(
         hit += len(np.unique(k[k >= 0]))
         outside += int((k == OUTSIDE).sum())
     return hit, outside
-
-
-if __name__ == "__main__":
-    import sys
-
-    _main(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/nab-dev")

@@ -16,8 +16,9 @@ import numpy as np
 import orjson
 from confluent_kafka import Producer
 
-from vigil.detectors.datasets import Dataset, iter_points_in_time_order
-from vigil.streams.records import parse_series
+from vigil.detectors.resample import iter_points_in_time_order
+from vigil.lab.datasets import Dataset
+from vigil.series import parse_series
 
 __all__ = ["encode_messages", "make_producer", "replay"]
 

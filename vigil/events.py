@@ -1,0 +1,119 @@
+"""The records vigil publishes, shared by every room: one definition of each.
+
+- :class:`AnomalyEvent` — the anomalies topic (key = series id); the README documents it.
+- :class:`Feedback` — an operator's verdict on an incident (feedback topic).
+- :class:`AlertDeadLetter` — a notification that could not be delivered.
+
+The worker builds events, the notifier routes and sends them, the stores and the dashboard
+read them: all of them use these classes (and :data:`EVENT_FIELDS`), never a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import faust
+
+__all__ = [
+    "EVENT_FIELDS",
+    "SEVERITIES",
+    "AlertDeadLetter",
+    "AnomalyEvent",
+    "Feedback",
+    "severity_rank",
+    "stable_id",
+]
+
+#: Severities from least to most severe; an unknown severity ranks as ``warning``.
+SEVERITIES = ("none", "warning", "critical")
+
+
+def severity_rank(severity: str) -> int:
+    """0 none, 1 warning, 2 critical (unknown severities rank as warning).
+
+    >>> severity_rank("critical"), severity_rank("bogus")
+    (2, 1)
+    """
+    return SEVERITIES.index(severity) if severity in SEVERITIES else 1
+
+
+def stable_id(*parts: object) -> str:
+    """A deterministic 16-hex-digit id of its parts (same parts → same id, across processes).
+
+    >>> stable_id("cpu", 1700000000000, "open")
+    'a19d13567bf8c6fb'
+    """
+    joined = "\x1f".join(str(p) for p in parts).encode()
+    return hashlib.blake2b(joined, digest_size=8).hexdigest()
+
+
+class AnomalyEvent(faust.Record, serializer="json", include_metadata=False):
+    """One message on the anomalies topic (key = series id). Documented in the README.
+
+    ``kind`` is ``open`` when an incident starts, ``update`` when its severity rises, and
+    ``resolve`` when the series has been normal again for a while. ``event_id`` is derived from
+    the series, the incident and the point, so a replay produces the same ids.
+    """
+
+    event_id: str
+    incident_id: str
+    kind: str
+    series: str
+    name: str
+    labels: dict
+    ts: str
+    ts_ms: int
+    value: float
+    expected: float
+    lower: float
+    upper: float
+    score: float
+    severity: str
+    anomaly_type: str
+    detectors: list
+    reason: str
+    schema_version: int = 1
+    # The series' recent steps up to this one, for the alert chart: lists ``ts_ms``,
+    # ``value``, ``expected``, ``lower``, ``upper``, ``z`` (open and update events only).
+    context: dict | None = None
+
+
+class Feedback(faust.Record, serializer="json", include_metadata=False):
+    """An operator's verdict on an incident (a Telegram button), on the feedback topic.
+
+    ``action`` is ``acknowledge``, ``mute`` or ``not_anomaly``; these are the labels a
+    supervised model can later learn from. Key = incident id.
+    """
+
+    feedback_id: str
+    action: str
+    incident_id: str
+    series: str
+    notification_id: str
+    receiver: str
+    user_id: int
+    user_name: str
+    chat_id: int
+    ts_ms: int
+    ts: str
+    source: str = "telegram"
+
+
+class AlertDeadLetter(faust.Record, serializer="json", include_metadata=False):
+    """A notification that could not be delivered after every retry (or was refused)."""
+
+    notification_id: str
+    receiver: str
+    channel: str
+    kind: str
+    error: str
+    attempts: int
+    subject: str
+    text: str
+    incident_ids: list
+    event_ids: list
+    ts_ms: int
+
+
+#: The fields of :class:`AnomalyEvent`, in order.
+EVENT_FIELDS: tuple[str, ...] = tuple(AnomalyEvent._options.fields)
