@@ -5,7 +5,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+# Everything: the worker and notifier (`pip install vigil`) plus the lab, lstm, demo and test
+# extras. torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
 .PHONY: demo test bench lint setup clean
@@ -14,7 +15,7 @@ $(BIN)/vigil: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[lab,lstm,demo,test]"
 	@touch $@
 
 setup: $(BIN)/vigil
@@ -30,6 +31,7 @@ bench: $(BIN)/vigil
 
 lint: $(BIN)/vigil
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache artifacts

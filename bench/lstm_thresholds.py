@@ -1,7 +1,7 @@
 """How the worker's LSTM combination scores at several LSTM thresholds (the README's table).
 
 ``vigil evaluate`` scores ``online+lstm`` at one threshold
-(:data:`~vigil.lab.run.LSTM_Z_OPEN`). This trains the fold models once (the lab's
+(:data:`~vigil.detectors.lstm.LSTM_Z_OPEN`). This trains the fold models once (the lab's
 protocol: 4 series folds, each scored by a model trained on the other series' normal
 windows) and scores the combination — the online detector's incident openings plus the
 LSTM's own — at each threshold, next to the online detector alone::

@@ -223,8 +223,11 @@ def _delete_topics(bootstrap: str, topics: list[str]) -> None:
     # The embedded broker keeps everything in memory: free what a run produced.
     from confluent_kafka.admin import AdminClient
 
+    from vigil.streams.settings import Settings
+
     with contextlib.suppress(Exception):
-        for future in AdminClient({"bootstrap.servers": bootstrap}).delete_topics(topics).values():
+        admin = AdminClient(Settings().kafka_client_config(bootstrap))
+        for future in admin.delete_topics(topics).values():
             future.result(10)
 
 
@@ -465,11 +468,13 @@ class _EventReader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+        from vigil.streams.settings import Settings
+
         self.arrivals: list[tuple[float, bytes]] = []
         self._stop = threading.Event()
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **Settings().kafka_client_config(bootstrap),
                 "group.id": f"bench-reader-{time.monotonic_ns()}",
                 "enable.auto.commit": False,
                 # Ask again soon when nothing is there: the reader must not add latency.

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _readme_alerts_yaml() -> dict:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "alerts.md").read_text()  # the alerts page (was in the README)
     blocks = re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
     (block,) = [b for b in blocks if b.startswith("alerts:")]
     return yaml.safe_load(block)

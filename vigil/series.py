@@ -10,11 +10,12 @@ routing, anomaly events, storage.
 
 Names and label keys follow Prometheus' rules — names ``[a-zA-Z_:][a-zA-Z0-9_:]*``, label
 keys ``[a-zA-Z_][a-zA-Z0-9_]*`` — and anything else is sanitised the way Telegraf's
-Prometheus serializer does it (``plugins/serializers/prometheus/convert.go``): an invalid
-first character is dropped, every later invalid character becomes ``_``, and leading or
-trailing ``_`` are trimmed. So ``cpu.stats idle`` becomes ``cpu_stats_idle``, and a name can
-never contain the ``{``, ``"``, ``=`` or ``,`` that delimit the labels: two different
-(sanitised) inputs never share an id, and :func:`parse_series` inverts :func:`series_id`.
+Prometheus serializer does it (``plugins/serializers/prometheus/convert.go``): invalid
+characters before the first one that may start a name are dropped, every later invalid
+character becomes ``_``, and leading or trailing ``_`` are trimmed. So ``cpu.stats idle``
+becomes ``cpu_stats_idle``, and a name can never contain the ``{``, ``"``, ``=`` or ``,``
+that delimit the labels: two different (sanitised) inputs never share an id, and
+:func:`parse_series` inverts :func:`series_id`.
 Label values are any text; ``\\``, ``"`` and newlines are escaped.
 """
 
@@ -46,8 +47,11 @@ def _sanitise(text: str, valid: re.Pattern, first: re.Pattern, rest: re.Pattern,
               what: str) -> str:
     if valid.fullmatch(text):
         return text
-    head = text[:1] if first.fullmatch(text[:1]) else ""
-    clean = (head + rest.sub("_", text[1:])).strip("_")
+    # Telegraf drops one invalid first character; dropping every character that cannot
+    # start a name also keeps "00" from becoming the invalid "0".
+    clean = rest.sub("_", text).strip("_")
+    while clean and not first.match(clean):
+        clean = clean[1:].lstrip("_")
     if not clean:
         raise InvalidName(f"{what} {text!r} has no valid character")
     return clean

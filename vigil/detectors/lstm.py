@@ -61,6 +61,7 @@ import numpy as np
 __all__ = [
     "FORMAT_VERSION",
     "KINDS",
+    "LSTM_Z_OPEN",
     "ModelFileError",
     "ResidualRing",
     "WindowLSTM",
@@ -72,6 +73,10 @@ __all__ = [
 #: Saved-file format; a file of another version is refused with a clear error.
 FORMAT_VERSION = 1
 KINDS = ("forecaster", "autoencoder")
+#: The LSTM score from which it joins a seasonal event or opens an incident of its own: the
+#: worker's default (``VIGIL_LSTM_Z_OPEN``) and the lab's. High, because its scores are
+#: heavy-tailed on real data (docs/lstm.md).
+LSTM_Z_OPEN = 24.0
 _MEDIAN_ABS_NORMAL = 0.6744897501960817  # median of |N(0, 1)|
 
 

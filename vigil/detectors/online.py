@@ -66,7 +66,7 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import gammainc, ndtr
@@ -84,6 +84,7 @@ from vigil.detectors.resample import Steps, resample_batch, step_of
 __all__ = [
     "ANOMALY_TYPES",
     "EVENT_KINDS",
+    "MAX_FILL_S",
     "SEVERITIES",
     "DetectorParams",
     "OnlineDetector",
@@ -110,56 +111,153 @@ def _alpha(step_s: float, halflife_s: float) -> float:
     return float(1.0 - 0.5 ** (step_s / halflife_s))
 
 
+#: Gaps of up to this many seconds are filled with the last value (the default of
+#: :attr:`DetectorParams.max_fill_s`, and of the lab models that resample a series alike).
+MAX_FILL_S = 300
+
+
+def _knob(default, description: str):
+    """A dataclass field with its description in ``metadata["description"]``: what
+    ``dataclasses.fields`` gives a docs generator, and what pydantic reads as the field's
+    description where :class:`DetectorParams` is nested in the settings."""
+    return field(default=default, metadata={"description": description})
+
+
 @dataclass(frozen=True)
 class DetectorParams:
     """Every knob of the online detector; times are in seconds so one set fits any step.
 
-    The defaults are one parameter set for all series (no per-series tuning).
+    The defaults are one parameter set for all series (no per-series tuning). Each field's
+    description (its meaning and unit) is in its metadata, ``metadata["description"]``:
+
+    >>> from dataclasses import fields
+    >>> first = fields(DetectorParams)[0]
+    >>> first.name, first.metadata["description"].split(":")[0]
+    ('step_s', 'Step length in seconds')
+
+    A name carries its unit (``_s``, ``_steps``, ``_days``, ``_weeks``; ``z`` for a score in
+    σ); the others are ratios, counts or a probability, as their description says. Scores are
+    equivalent Gaussian z-scores: multiples of σ, the series' robust scale (or of a window
+    statistic's own long-run spread).
     """
 
-    step_s: int = 60
-    max_fill_s: int = 300
-    warmup_steps: int = 60
-    level_halflife_s: float = 3_600.0
-    trend_halflife_s: float = 86_400.0
-    slow_level_halflife_s: float = 86_400.0
-    scale_halflife_s: float = 6 * 3_600.0
-    hourly_scale_halflife_days: float = 3.0
-    daily_halflife_days: float = 3.0
-    weekly_halflife_weeks: float = 2.0
-    seasonality_halflife_s: float = 3 * 86_400.0
-    daily_on: float = 0.30
-    daily_off: float = 0.15
-    daily_min_days: float = 1.5
-    learn_all_days: float = 2.0
-    drift_window_steps: float = 60.0
-    drift_min_days: float = 5.0
-    drift_z: float = 6.0
-    drift_level_z: float = 3.0
-    weekly_on: float = 0.20
-    weekly_off: float = 0.10
-    weekly_min_days: float = 9.0
-    huber: float = 3.0
-    short_window_steps: float = 15.0
-    variance_window_steps: float = 45.0
-    spread_halflife_s: float = 86_400.0
-    flat_min_steps: int = 10
-    z_open: float = 6.0
-    z_close: float = 3.0
-    z_critical: float = 12.0
-    resolve_steps: int = 40
-    resolve_max_s: float = 12_000.0
-    scale_floor: float = 0.25
-    rarity_halflife_s: float = 86_400.0
-    rarity_max: float = 2.0
-    rarity_growth: float = 1.3
-    recur_halflife_s: float = 3 * 86_400.0
-    recur_margin: float = 1.5
-    recur_min_count: float = 1.2
-    burst_window_s: float = 3_600.0
-    burst_halflife_s: float = 3 * 86_400.0
-    burst_p: float = 1e-4
-    burst_min_hits: float = 3.0
+    step_s: int = _knob(
+        60, "Step length in seconds: each series is resampled to one value (the mean of its "
+        "points) per step.")
+    max_fill_s: int = _knob(
+        MAX_FILL_S, "Longest gap in seconds filled with the last value (filled steps are not "
+        "learned from); a longer gap resets the short windows. At least one step is filled.")
+    warmup_steps: int = _knob(
+        60, "Observed steps a series needs before it is scored (its scores are 0 until then).")
+    level_halflife_s: float = _knob(
+        3_600.0, "Half-life in seconds of the fast level L (learned from the Huber-clipped "
+        "residual).")
+    trend_halflife_s: float = _knob(86_400.0, "Half-life in seconds of the trend T.")
+    slow_level_halflife_s: float = _knob(
+        86_400.0, "Half-life in seconds of the slow baseline B (learned from calm steps only); "
+        "seasonality and drift are measured around it.")
+    scale_halflife_s: float = _knob(
+        6 * 3_600.0, "Half-life in seconds of the scale σ (an EW mean absolute residual).")
+    hourly_scale_halflife_days: float = _knob(
+        3.0, "Half-life in days of the scale's hour-of-day profile (each hour's slot learns "
+        "once a day; after a day σ is the hour's own).")
+    daily_halflife_days: float = _knob(
+        3.0, "Half-life in days of the daily profile's 15-minute slots (each learns once a "
+        "day).")
+    weekly_halflife_weeks: float = _knob(
+        2.0, "Half-life in weeks of the weekly profile's hourly slots (each learns once a "
+        "week).")
+    seasonality_halflife_s: float = _knob(
+        3 * 86_400.0, "Half-life in seconds of the out-of-sample variances (around B, B + "
+        "daily, B + daily + weekly) that switch the profiles on and off.")
+    daily_on: float = _knob(
+        0.30, "Share of the variance around B (ratio, 0–1) the daily profile must explain to "
+        "be switched on.")
+    daily_off: float = _knob(
+        0.15, "Share of the variance (ratio, 0–1) under which an applied daily profile is "
+        "switched off again (hysteresis with daily_on).")
+    daily_min_days: float = _knob(
+        1.5, "Age in days a series needs before its daily profile may be applied.")
+    learn_all_days: float = _knob(
+        2.0, "During a series' first days (this many), the profiles learn from every observed "
+        "step, extreme ones too (a sharp daily shape must be learned before it is normal).")
+    drift_window_steps: float = _knob(
+        60.0, "Span in steps of the drift statistic's EW mean (of the clipped deviation from "
+        "the slow baseline).")
+    drift_min_days: float = _knob(
+        5.0, "Age in days a series needs before drift may open an incident.")
+    drift_z: float = _knob(
+        6.0, "Drift statistic (in its own long-run spreads) from which drift opens an "
+        "incident.")
+    drift_level_z: float = _knob(
+        3.0, "Level statistic (σ) that must be reached too for drift to open (a trend the "
+        "forecast follows is no drift).")
+    weekly_on: float = _knob(
+        0.20, "Share of the variance around B + daily (ratio, 0–1) the weekly profile must "
+        "explain to be switched on.")
+    weekly_off: float = _knob(
+        0.10, "Share of the variance (ratio, 0–1) under which an applied weekly profile is "
+        "switched off again.")
+    weekly_min_days: float = _knob(
+        9.0, "Age in days a series needs before its weekly profile may be applied.")
+    huber_z: float = _knob(
+        3.0, "Residuals are clipped to ± this many σ when the level learns (Huber), so a spike "
+        "does not drag the baseline.")
+    short_window_steps: float = _knob(
+        15.0, "Span in steps of the level statistic's EW mean (of the clipped z).")
+    variance_window_steps: float = _knob(
+        45.0, "Span in steps of the variance and total-variation (oscillation) statistics' EW "
+        "means.")
+    spread_halflife_s: float = _knob(
+        86_400.0, "Half-life in seconds of the window statistics' long-run spreads (their "
+        "normalisers), of the total variation's long-run value, of the unchanged-step rate "
+        "and of the typical step |Δy|.")
+    flat_min_steps: int = _knob(
+        10, "Unchanged steps in a row from which the flatline statistic counts.")
+    z_open: float = _knob(
+        6.0, "Score (σ) from which an incident opens, when the score is news for the series; "
+        "also the half-width of the published band (expected ± z_open·σ).")
+    z_close: float = _knob(
+        3.0, "Score (σ) an open incident's steps must stay under to count as calm (and that "
+        "ends an excursion of the score).")
+    z_critical: float = _knob(12.0, "Score (σ) from which an incident is critical.")
+    resolve_steps: int = _knob(
+        40, "Calm steps in a row that resolve an incident (see calm_steps_to_resolve).")
+    resolve_max_s: float = _knob(
+        12_000.0, "The most calm time in seconds an incident waits to resolve: caps "
+        "resolve_steps at long steps.")
+    scale_floor: float = _knob(
+        0.25, "σ is at least this fraction (ratio) of the series' typical step |Δy| over all "
+        "steps, so a mostly-constant series does not score every blip at 1e9 σ.")
+    rarity_halflife_s: float = _knob(
+        86_400.0, "Half-life in seconds of the count of recent excursions that reached "
+        "z_open (each level up, z_open·√2^k, is remembered rarity_growth times longer).")
+    rarity_max: float = _knob(
+        2.0, "A score is rare (news) while fewer than this many excursions (a decayed count) "
+        "reached its level recently.")
+    rarity_growth: float = _knob(
+        1.3, "Factor (ratio) by which the rarity half-life grows per level up (levels "
+        "z_open·√2^k).")
+    recur_halflife_s: float = _knob(
+        3 * 86_400.0, "Half-life in seconds of the hour-of-day memory of extreme scores (their "
+        "count and maximum).")
+    recur_margin: float = _knob(
+        1.5, "A score at most this multiple (ratio) of the highest one at this hour on "
+        "previous days is recurring (a nightly job), not news.")
+    recur_min_count: float = _knob(
+        1.2, "Extreme events at this hour (a decayed count, about days) needed before a score "
+        "can be recurring.")
+    burst_window_s: float = _knob(
+        3_600.0, "Half-life in seconds of the recent count of extreme steps (the burst "
+        "window).")
+    burst_halflife_s: float = _knob(
+        3 * 86_400.0, "Half-life in seconds of the long-run rate of extreme steps that a "
+        "burst is measured against.")
+    burst_p: float = _knob(
+        1e-4, "Poisson tail probability of the recent count, under the long-run rate, at or "
+        "below which extreme steps are a burst (news even where single ones are not).")
+    burst_min_hits: float = _knob(
+        3.0, "Fewest extreme steps (EW count) in the burst window that can be a burst.")
 
     @property
     def step_ms(self) -> int:
@@ -585,7 +683,7 @@ class OnlineDetector:
         # an excursion counts once per level however often it wavers around one.
         peak = np.where(z_eff >= p.z_close, np.maximum(st["z_peak"], z_eff), 0.0)
         st["z_peak"] = np.where(observed, peak, st["z_peak"]).astype(np.float32)
-        r_clip = np.clip(r, -p.huber * sigma, p.huber * sigma)
+        r_clip = np.clip(r, -p.huber_z * sigma, p.huber_z * sigma)
         # Until the scale is known (first steps) learn the level from the raw residual.
         r_clip = np.where(n < 3, r, r_clip)
         level = np.where(learn, forecast + weight(self._a_level) * r_clip, forecast)

@@ -1,9 +1,10 @@
 """A local Telegram Bot API server for tests, benchmarks and trying alerts offline.
 
 It speaks the methods vigil uses — ``sendMessage``, ``sendPhoto``, ``answerCallbackQuery``,
-``getUpdates`` (long polling) — over real HTTP, so aiogram talks to it exactly as it talks to
-``api.telegram.org`` (point ``alerts.telegram.api_url`` at :attr:`BotAPIServer.url`). It
-records every request, can fail the next requests on demand, and can simulate a button press.
+``getMe`` and ``getUpdates`` (long polling, as aiogram's dispatcher does) — over real HTTP, so
+aiogram talks to it exactly as it talks to ``api.telegram.org`` (point
+``alerts.telegram.api_url`` at :attr:`BotAPIServer.url`). It records every request, can fail
+the next requests on demand, and can simulate a button press.
 
 >>> server = BotAPIServer().start()
 >>> server.url.startswith("http://127.0.0.1:")
@@ -149,6 +150,11 @@ class BotAPIServer:
             self.requests += 1
         if method == "getUpdates":
             return await self._get_updates(form)
+        if method == "getMe":  # aiogram's dispatcher asks who it is before polling
+            bot_id = int(request.match_info["token"].split(":", 1)[0] or 0)
+            return web.json_response({"ok": True, "result": {
+                "id": bot_id, "is_bot": True, "first_name": "vigil", "username": "vigil_bot",
+            }})
         if method == "answerCallbackQuery":
             with self._lock:
                 self.answers.append(dict(form))

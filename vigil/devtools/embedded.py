@@ -276,7 +276,9 @@ def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     """Create topics (name → partitions) that do not exist yet."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    from vigil.streams.settings import Settings
+
+    admin = AdminClient(Settings().kafka_client_config(bootstrap))
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [NewTopic(n, p, 1) for n, p in topics.items() if n not in existing]
     if wanted:
@@ -345,12 +347,14 @@ class TopicCollector:
 
         from confluent_kafka import Consumer
 
+        from vigil.streams.settings import Settings
+
         self.messages: list[tuple[str, bytes | None, bytes]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **Settings().kafka_client_config(bootstrap),
                 "group.id": f"vigil-collector-{free_port()}-{time.monotonic_ns()}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,

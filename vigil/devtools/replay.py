@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -19,6 +20,9 @@ from confluent_kafka import Producer
 from vigil.detectors.resample import iter_points_in_time_order
 from vigil.lab.datasets import Dataset
 from vigil.series import parse_series
+
+if TYPE_CHECKING:
+    from vigil.streams.settings import Settings
 
 __all__ = ["encode_messages", "make_producer", "replay"]
 
@@ -67,10 +71,16 @@ def _influx_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
-def make_producer(bootstrap: str) -> Producer:
+def make_producer(bootstrap: str, settings: Settings | None = None) -> Producer:
+    """A fast producer for ``bootstrap``, with the Kafka security settings of ``settings``
+    (default: the environment's, ``VIGIL_KAFKA_*``)."""
+    if settings is None:
+        from vigil.streams.settings import Settings
+
+        settings = Settings()
     return Producer(
         {
-            "bootstrap.servers": bootstrap,
+            **settings.kafka_client_config(bootstrap),
             "linger.ms": 5,
             "batch.num.messages": 10_000,
             "queue.buffering.max.messages": 200_000,

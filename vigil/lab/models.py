@@ -32,7 +32,7 @@ from dataclasses import replace
 import numpy as np
 
 from vigil.detectors.bank import new_state_bank
-from vigil.detectors.online import DetectorParams, OnlineDetector
+from vigil.detectors.online import MAX_FILL_S, DetectorParams, OnlineDetector
 from vigil.detectors.resample import Steps, last_row_of_step, resample_batch
 
 __all__ = [
@@ -282,7 +282,7 @@ def window_features(z: np.ndarray, window: int) -> np.ndarray:
 class _WindowModel:
     """Shared part of the models that score window features of normalised steps."""
 
-    def __init__(self, step_s: int = 60, window: int = 12, max_fill_s: int = 300) -> None:
+    def __init__(self, step_s: int = 60, window: int = 12, max_fill_s: int = MAX_FILL_S) -> None:
         self.step_s = step_s
         self.window = window
         self.max_fill_s = max_fill_s
@@ -336,7 +336,7 @@ class IsolationForestModel(_WindowModel):
         self,
         step_s: int = 60,
         window: int = 12,
-        max_fill_s: int = 300,
+        max_fill_s: int = MAX_FILL_S,
         n_estimators: int = 100,
         seed: int = 0,
     ) -> None:
@@ -384,7 +384,7 @@ class OneClassSVMModel(_WindowModel):
     """
 
     def __init__(
-        self, step_s: int = 60, window: int = 12, max_fill_s: int = 300, nu: float = 0.01
+        self, step_s: int = 60, window: int = 12, max_fill_s: int = MAX_FILL_S, nu: float = 0.01
     ) -> None:
         super().__init__(step_s, window, max_fill_s)
         self.nu = nu
@@ -437,7 +437,7 @@ class HalfSpaceTreesModel(_WindowModel):
         self,
         step_s: int = 60,
         window: int = 12,
-        max_fill_s: int = 300,
+        max_fill_s: int = MAX_FILL_S,
         n_trees: int = 10,
         height: int = 8,
         window_size: int = 250,
@@ -521,7 +521,7 @@ class ProphetModel:
     def __init__(
         self,
         step_s: int = 60,
-        max_fill_s: int = 300,
+        max_fill_s: int = MAX_FILL_S,
         changepoint_prior_scale: float = 0.05,
         growth: str = "linear",
         residual_halflife_steps: int = 0,

@@ -11,8 +11,8 @@
 * A detector with a continuous score is thresholded once for the whole corpus, at the value
   that maximises the raw score (per profile).
 
-Run ``python -m vigil.lab.nab PATH`` to score the online detector's incident openings
-on a NAB folder (``data/`` and ``combined_windows.json``).
+``vigil evaluate --data PATH --protocol nab --detectors online`` scores the online detector's
+incident openings on a NAB folder (``data/`` and ``combined_windows.json``).
 """
 
 from __future__ import annotations

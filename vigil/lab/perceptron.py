@@ -31,6 +31,7 @@ import copy
 
 import numpy as np
 
+from vigil.detectors.online import MAX_FILL_S
 from vigil.detectors.resample import Steps
 from vigil.lab.models import _to_rows, resample_series
 
@@ -130,7 +131,7 @@ class WindowPerceptron:
         batch_size: int = 64,
         class_weight: bool = True,
         seed: int = 0,
-        max_fill_s: int = 300,
+        max_fill_s: int = MAX_FILL_S,
     ) -> None:
         self.step_s = step_s
         self.window = window

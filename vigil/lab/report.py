@@ -1,19 +1,21 @@
 """The lab's report: ``vigil evaluate`` runs the lab and writes what a person reads.
 
-``metrics.json`` (every figure), ``report.html`` (tables, the protocol, each series' plots)
-and ``plots/`` (two PNGs per series: the series with every entry's detections, and its STL
-decomposition). The experiment itself is :mod:`vigil.lab.run`.
+``metrics.json`` (every figure), ``report.html`` (tables, the protocol, each series' plots;
+rendered from the Jinja2 template ``templates/report.html.j2``) and ``plots/`` (two PNGs per
+series: the series with every entry's detections, and its STL decomposition). The experiment
+itself is :mod:`vigil.lab.run`.
 """
 
 from __future__ import annotations
 
-import html
+import functools
 import json
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import jinja2
 import numpy as np
 from tqdm import tqdm
 
@@ -30,7 +32,6 @@ from vigil.lab.prepare import Preparation
 
 __all__ = ["evaluate"]
 
-#: What each table row is (the online detector gives two: its incidents and its z-score).
 from vigil.lab.run import (
     LSTM_EPOCHS,
     LSTM_MAX_WINDOWS,
@@ -186,217 +187,45 @@ def _period_text(steps: int | None, step_s: int) -> str:
     return f"{steps} ({steps * step_s / 86_400:g} d)"
 
 
-def _series_table(summary: dict, plots: list[str], stl_plots: list[str]) -> str:
-    """One row per series: windows, detected period, strengths, links to both plots."""
-    rows = []
-    for (sid, e), plot, stl in zip(summary["series"].items(), plots, stl_plots, strict=True):
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in (
-            html.escape(sid), e["windows"], _period_text(e["period_steps"], e["step_s"]),
-            _fmt(e["seasonal_strength"]), _fmt(e["trend_strength"]),
-            f'<a href="{html.escape(plot)}">series</a> · '
-            f'<a href="{html.escape(stl)}">decomposition</a>',
-        )) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in (
-        "series", "windows", "period (steps)", "seasonal strength", "trend strength", "plots"))
-    return f"<table><tr>{head}</tr>\n" + "\n".join(rows) + "\n</table>"
-
-
-def _table(head: Sequence[str], rows: list[Sequence]) -> str:
-    th = "".join(f"<th>{h}</th>" for h in head)
-    body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>\n{body}\n</table>"
-
-
 def _params_text(params: dict) -> str:
-    return html.escape(", ".join(f"{k}={v}" for k, v in params.items()) or "defaults")
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
 
 
-def _protocol_html(summary: dict) -> str:
-    """The method paragraph on training, scoring and thresholds, per protocol."""
-    if summary["protocol"]["name"] == "cv":
-        cv = summary["cv"]
-        return f"""<p><b>Protocol: rolling-origin cross-validation, then an untouched test
-period.</b> Each series is split by time. Its first {1 - cv['test_fraction']:.0%} of rows
-(the development part) holds {cv['folds']} rolling-origin folds: fold <i>k</i> fits each
-model on the rows from the start up to an origin, skips a gap of {cv['gap_rows']} rows, and
-scores the next block (validation); the origin moves one block on per fold, so training
-grows and no validation row precedes a training row. Per detector, the thresholds (one per
-NAB profile for the whole corpus) and the hyperparameters listed below are those with the
-best NAB score over all {cv['validation_blocks']} validation blocks
-({cv['validation_windows']} labelled windows fall in them). Each detector is then refitted on
-the whole development part of each series and scores the series; only its last rows, after
-the same gap, are measured (the test period: {cv['test_windows']} labelled windows). No value
-of the test period reaches a fit, a threshold or a choice. The online detector learns as it
-goes from the first row, as the worker does; only its threshold is chosen. The models trained
-on other series (the perceptron, the LSTM) keep their series folds: each fold's model is
-trained only on the development parts of the other series, and scores both the validation
-blocks and the test period of its own series.</p>"""
-    return f"""<p><b>Protocol: NAB.</b> Each series is scored as one file of the Numenta
-Anomaly Benchmark (NAB v1.1). Its first min(15&nbsp;%, 750) rows are <em>probation</em>: never
-scored, and the only rows a model may be fitted on. The online detector learns as it goes,
-from the first row, exactly as the worker does; IsolationForest, One-Class SVM and Prophet
-are fitted on the probation rows; river's HalfSpaceTrees learns its feature ranges there and
-then learns each step after scoring it. One parameter set serves the whole corpus, and a
-detector with a continuous score is turned into detections by one threshold for the whole
-corpus per NAB profile, the one that maximises that profile's score (NAB's own sweep), so its
-NAB figures are the best it can reach with a single threshold.</p>
-<p>The article's perceptron (<code>mlp</code>, when run) is supervised: 101 inputs (the last
-100 steps min-max scaled within their window, and their total variation S), hidden layers
-of 55 and 1024 sigmoid units, cross-entropy, Adam. It needs labels, so it never learns from
-the series it scores: the series are split into {SUPERVISED_FOLDS} folds, and each fold is
-scored by a network trained on the labelled windows of the other folds' series (a window is
-positive when its last step lies in a labelled window; at most {SUPERVISED_MAX_WINDOWS:,}
-windows per fold, positives first, the rest weighted by class in the loss;
-{SUPERVISED_EPOCHS} epochs). Its first 99 steps, with no full window, score 0.</p>
-<p>The global LSTM (<code>lstm</code>, the autoencoder, and <code>lstm_forecast</code>, when
-run) scores {LSTM_WINDOW}-step windows of the online detector's normalised residual. It is
-trained, like the perceptron, only on series it does not score ({SUPERVISED_FOLDS} series
-folds), on the windows the online detector considered normal and that touch no labelled
-window (at most {LSTM_MAX_WINDOWS:,}, {LSTM_EPOCHS} epochs). <code>online+lstm</code> is what
-the worker alerts on with a model loaded: the online detector's incident openings plus the
-LSTM's own where its score reaches {LSTM_Z_OPEN:g} and no online incident is open (a 0/1
-score, no threshold of its own).</p>"""
-
-
-def _preparation_html(summary: dict) -> str:
-    p = summary["preparation"]
-    clip = p["clip_outliers"]
-    clip_text = ("none" if clip is None else
-                 f"training values clipped to their {clip['quantiles'][0]:g} and "
-                 f"{clip['quantiles'][1]:g} quantiles before fitting (scored values are never "
-                 "clipped: that would hide the anomalies)")
-    return f"""<p><b>Preparation.</b> {html.escape(p['resampling'])}. Outlier clipping:
-{html.escape(clip_text)}. Normalisation: <code>{html.escape(p['normalise'])}</code>
-(learned on the training values, applied to all). These apply to
-{html.escape(p['applies_to'])}. IsolationForest, One-Class SVM and HalfSpaceTrees then score
-window features (value, jump, level, spread and total variation over the last steps) of the
-series after removing a daily profile and scaling, both learned on the training rows; Prophet
-scores the residual from its forecast. Every score is causal: it depends on no later
-point.</p>"""
-
-
-def _thresholds_html(summary: dict) -> str:
-    rows = [(html.escape(name), *(_fmt(e["nab"][p]["threshold"], 4) for p in PROFILES))
-            for name, e in summary["detectors"].items()]
-    return _table(("detector", *(f"threshold ({p})" for p in PROFILES)), rows)
-
-
-def _cv_html(summary: dict) -> str:
-    if "cv" not in summary:
-        return ""
-    rows = []
-    for name, c in summary["cv"]["detectors"].items():
-        tried = "<br>".join(f"{_params_text(t['params'])}: {_fmt(t['validation_nab_standard'], 1)}"
-                            for t in c.get("candidates", []) if t["params"]) or "—"
-        rows.append((html.escape(name), _params_text(c["params"]), tried,
-                     *(_fmt(c["validation_nab"][p], 1) for p in PROFILES),
-                     *(_fmt(c["thresholds"][p], 4) for p in PROFILES)))
-    head = ("detector", "chosen", "candidates (validation NAB standard)",
-            *(f"validation NAB {p}" for p in PROFILES), *(f"threshold {p}" for p in PROFILES))
-    warning = summary["cv"].get("warning")
-    warning = f"<p><b>Warning: {html.escape(warning)}.</b></p>\n" if warning else ""
-    return ("<h2>Cross-validation</h2>\n" + warning + "<p>Scores over the validation blocks "
-            "of every series (the development part only), at the threshold chosen there.</p>\n"
-            + _table(head, rows))
-
-
-def _best_worst_html(summary: dict, plots: list[str]) -> str:
-    plot_of = dict(zip(summary["series"], plots, strict=True))
-    parts = ["<h2>Best and worst cases</h2>",
-             "<p>Per detector, the series with the highest and the lowest standard NAB score "
-             "(series with at least one scored labelled window), with its plot.</p>"]
-    for name, bw in summary["best_worst"].items():
-        parts.append(f"<h3>{html.escape(name)}</h3>")
-        for which in ("best", "worst"):
-            sid, score = bw[which]["series"], bw[which]["nab_standard"]
-            plot = html.escape(plot_of[sid])
-            parts.append(f"<p>{which}: <code>{html.escape(sid)}</code>, NAB standard "
-                         f"{_fmt(score, 1)}<br><img src=\"{plot}\" alt=\"{plot}\"></p>")
-    return "\n".join(parts)
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The report's templates (package data under ``vigil/lab/templates``), autoescaped."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("vigil.lab", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(
+        fmt=_fmt, f=format, period=_period_text, params=_params_text, steps=_steps_text
+    )
+    return env
 
 
 def _report_html(summary: dict, plots: list[str], stl_plots: list[str]) -> str:
-    ds = summary["dataset"]
-    rows = []
-    for name, e in summary["detectors"].items():
-        nab, ev = e["nab"], e["event"]
-        rows.append(
-            "<tr>" + "".join(
-                f"<td>{c}</td>" for c in (
-                    f"<b>{html.escape(name)}</b><br><small>{html.escape(e['description'])}</small>",
-                    *(_fmt(nab[p]["score"], 1) for p in PROFILES),
-                    _fmt(ev["precision"]), _fmt(ev["recall"]), _fmt(ev["f1"]),
-                    f"{ev['windows_found']}/{ev['windows']}",
-                    _fmt(e["point_f1"]), _fmt(e["point_adjusted_f1_inflated"]),
-                    _fmt(e["mean_delay_min"], 0), _fmt(e["seconds"], 1),
-                )
-            ) + "</tr>"
-        )
-    head = "".join(
-        f"<th>{h}</th>" for h in (
-            "detector", *(f"NAB {p}" for p in PROFILES), "event precision", "event recall",
-            "event F1", "windows found", "point F1", "point-adjusted F1 (inflated)",
-            "mean delay (min)", "time (s)",
-        )
+    """``report.html``: the summary's tables, the method, and each series' plots."""
+    return _templates().get_template("report.html.j2").render(
+        summary=summary,
+        profiles=PROFILES,
+        plot_of=dict(zip(summary["series"], plots, strict=True)),
+        series_rows=[
+            (sid, entry, plot, stl)
+            for (sid, entry), plot, stl in zip(
+                summary["series"].items(), plots, stl_plots, strict=True
+            )
+        ],
+        acf_threshold=ACF_THRESHOLD,
+        lab={
+            "supervised_folds": SUPERVISED_FOLDS,
+            "supervised_max_windows": SUPERVISED_MAX_WINDOWS,
+            "supervised_epochs": SUPERVISED_EPOCHS,
+            "lstm_window": LSTM_WINDOW,
+            "lstm_max_windows": LSTM_MAX_WINDOWS,
+            "lstm_epochs": LSTM_EPOCHS,
+            "lstm_z_open": LSTM_Z_OPEN,
+        },
     )
-    images = "\n".join(
-        f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}">'
-        f'<br><a href="{html.escape(d)}">decomposition</a><br>'
-        f'<img src="{html.escape(d)}" alt="{html.escape(d)}"></p>'
-        for p, d in zip(plots, stl_plots, strict=True)
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>vigil evaluation</title>
-<style>
-body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-td:first-child {{ text-align: left; }}
-img {{ max-width: 100%; }}
-</style></head><body>
-<h1>vigil evaluation lab</h1>
-<p>Data: <code>{html.escape(str(ds['path']))}</code> ({html.escape(ds['source'])}):
-{ds['series']} series, {ds['points']:,} points, {ds['windows']} labelled windows
-({ds['scored_windows']} in the scored rows), resampled to {_steps_text(ds['series_steps_s'])}.
-Protocol
-<code>{summary['protocol']['name']}</code>. Run time {summary['run_seconds']:.0f} s.</p>
-<h2>Method</h2>
-{_protocol_html(summary)}
-{_preparation_html(summary)}
-<p>The online detector is also scored on its incident openings, with no threshold: that row
-is what on-call would get; <code>online_score</code> is what <code>vigil score</code> writes
-for NAB's own scorer (incident openings 1, other rows their z-score squashed below 0.99).
-NAB rewards an early detection inside a labelled window (weight falling from 1 at the left
-edge to 0 at the right), charges each missed window and each detection outside windows; the
-normalised score is 0 for a detector that never fires and 100 for a perfect one. The three
-profiles weigh false positives and false negatives differently.</p>
-<p>The other columns use the standard profile's threshold. Event-wise: a window is found if
-any detection falls in it (recall); an alarm is a run of consecutive detections, true when it
-touches a window (precision). Point-wise F1 treats every row as a sample. Point-adjusted F1
-counts a whole window as detected once one row of it is; it is widely reported and
-<b>inflated</b> (one lucky detection in a long window earns full marks), so read it with
-care. The delay runs from a window's first row to its first detection; NAB windows are wide
-and start well before the anomaly, so it is not a reaction time.</p>
-<h2>Results</h2>
-<table><tr>{head}</tr>
-{chr(10).join(rows)}
-</table>
-<p>Thresholds (a detection is a score at or above it; — : none beats detecting nothing):</p>
-{_thresholds_html(summary)}
-{_cv_html(summary)}
-{_best_worst_html(summary, plots)}
-<h2>Series</h2>
-<p>Each series resampled to the lab's step is decomposed once: a seasonal period (1 day or
-1 week) is kept when the autocorrelation at that lag, after removing a moving average of one
-period, is at least {ACF_THRESHOLD}; STL (robust) then splits it into trend, seasonal and
-residual; with no period the trend is a rolling median and the seasonal part zero.
-Strengths (Wang, Smith &amp; Hyndman): seasonal 1&nbsp;&minus;&nbsp;Var(R)/Var(S+R), trend
-1&nbsp;&minus;&nbsp;Var(R)/Var(T+R).</p>
-{_series_table(summary, plots, stl_plots)}
-<p>Grey: probation (NAB) or the development part (CV); orange: labelled windows; below
-each series, the detections of every detector at its standard-profile threshold (the online
-incidents as opened); then its
-decomposition (observed, trend, seasonal, residual).</p>
-{images}
-</body></html>
-"""

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
+from vigil.detectors.lstm import LSTM_Z_OPEN  # the combination's threshold, as the worker's
 from vigil.lab.datasets import Dataset
 from vigil.lab.decompose import Decomposition, decompose
 from vigil.lab.evaluation import (
@@ -97,10 +98,6 @@ LSTM_ENTRIES = {"lstm": "autoencoder", "lstm_forecast": "forecaster"}
 LSTM_MAX_WINDOWS = 8_000
 LSTM_EPOCHS = 3
 LSTM_WINDOW = 64
-#: The LSTM score from which the combination opens an incident (the worker's default,
-#: ``VIGIL_LSTM_Z_OPEN``).
-LSTM_Z_OPEN = 24.0
-
 #: Series folds of the supervised detectors, the most training windows per fold, and the
 #: training epochs (kept small so that nab-dev's 4 trainings stay within about a minute).
 SUPERVISED_FOLDS = 4

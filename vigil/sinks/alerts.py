@@ -270,7 +270,7 @@ class TelegramSettings(_Model):
 
 
 class AlertingConfig(_Model):
-    """The ``alerts:`` section of the settings file (see the README for a full example)."""
+    """The ``alerts:`` section of the settings file (a full example: docs/alerts.md)."""
 
     receivers: list[Receiver] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)

@@ -12,11 +12,13 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
+from multiprocessing import get_context
 
 import numpy as np
 
-__all__ = ["exit_with_parent", "render_chart", "warm_up"]
+__all__ = ["chart_process_pool", "exit_with_parent", "render_chart", "warm_up"]
 
 
 def render_chart(
@@ -103,3 +105,19 @@ def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def chart_process_pool(workers: int = 1) -> ProcessPoolExecutor:
+    """Processes to draw charts in (the dashboard's and the notifier's), each importing
+    matplotlib at once (:func:`warm_up`) and exiting with this process
+    (:func:`exit_with_parent`).
+
+    Spawned, not forked: a fork would copy the parent's event loop and threads mid-flight.
+    Drawing is CPU-bound Python, so in a thread it would hold the GIL against the event loop.
+    """
+    pool = ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    )
+    pool.submit(warm_up)
+    return pool

@@ -25,21 +25,19 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from importlib import resources
-from multiprocessing import get_context
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from vigil.sinks import metrics
-from vigil.sinks.charts import exit_with_parent, render_chart, warm_up
+from vigil.sinks.charts import chart_process_pool, render_chart
 
 __all__ = ["AnomalyFeed", "Dashboard", "Subscriber", "check_token"]
 
@@ -85,7 +83,8 @@ class AnomalyFeed:
     """Reads every partition of the anomalies topic (no consumer group) and fans out.
 
     It also keeps the last ``backlog`` events (seeded from ClickHouse when the feed starts),
-    which a browser gets first when it connects.
+    which a browser gets first when it connects. ``security`` holds aiokafka's security
+    arguments (``Settings.kafka_aiokafka_security()``; none: plaintext).
     """
 
     def __init__(
@@ -95,8 +94,10 @@ class AnomalyFeed:
         backlog: int = 100,
         client_queue: int = 500,
         seed: Callable[[int], list[dict]] | None = None,
+        security: dict[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.security = dict(security or {})
         self.topic = topic
         self.client_queue = client_queue
         self.recent: deque[bytes] = deque(maxlen=max(backlog, 1))
@@ -167,7 +168,8 @@ class AnomalyFeed:
         positions: dict[int, int] = {}  # partition → next offset, to resume after an error
         while True:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False
+                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                **self.security,
             )
             try:
                 await consumer.start()
@@ -407,10 +409,7 @@ class Dashboard:
         args = (render_chart, context, title, event_ts_ms, self.z_marked, (10.0, 3.6))
         loop = asyncio.get_running_loop()
         if self._chart_pool is None:
-            self._chart_pool = ProcessPoolExecutor(
-                1, mp_context=get_context("spawn"), initializer=exit_with_parent,
-                initargs=(os.getpid(),),
-            )
+            self._chart_pool = chart_process_pool(1)
         try:
             return await loop.run_in_executor(self._chart_pool, *args)
         except BrokenProcessPool:
@@ -421,11 +420,7 @@ class Dashboard:
     def warm_up(self) -> None:
         """Start the chart process and import matplotlib in it before the first request."""
         if self._chart_pool is None:
-            self._chart_pool = ProcessPoolExecutor(
-                1, mp_context=get_context("spawn"), initializer=exit_with_parent,
-                initargs=(os.getpid(),),
-            )
-            self._chart_pool.submit(warm_up)
+            self._chart_pool = chart_process_pool(1)
 
     def close(self) -> None:
         if self._chart_pool is not None:

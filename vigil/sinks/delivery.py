@@ -33,7 +33,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from typing import Any, Protocol
 
 import orjson
@@ -61,7 +60,7 @@ from vigil.sinks.alerts import (
     merge,
     severity_rank,
 )
-from vigil.sinks.charts import exit_with_parent, render_chart, warm_up
+from vigil.sinks.charts import chart_process_pool, render_chart
 from vigil.sinks.email import EmailChannel, is_permanent_smtp_error
 from vigil.sinks.telegram import (
     ButtonPress,
@@ -447,11 +446,7 @@ class Notifier:
         if self._chart_pool is None and not self._chart_pool_failed:
             try:
                 workers = max(1, min(4, (os.cpu_count() or 2) // 2))
-                self._chart_pool = ProcessPoolExecutor(
-                    workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
-                    initargs=(os.getpid(),),
-                )
-                self._chart_pool.submit(warm_up)  # import matplotlib before the first alert
+                self._chart_pool = chart_process_pool(workers)
             except (OSError, RuntimeError) as exc:
                 log.warning("cannot start a chart process (%s); drawing in threads", exc)
                 self._chart_pool, self._chart_pool_failed = None, True

@@ -1,5 +1,5 @@
 """The Telegram channel (aiogram): alerts as photos with buttons, resolves as replies, and the
-button presses read back with ``getUpdates``.
+button presses read back by aiogram's dispatcher (long polling ``getUpdates``).
 
 Every firing message carries three inline buttons — **Acknowledge**, **Mute 1 h**, **Not an
 anomaly** — whose callback data is ``<action>:<notification id>``. :meth:`TelegramBot.presses`
@@ -11,11 +11,12 @@ feedback records and silences. ``api_url`` points aiogram at another Bot API ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 
-from aiogram import Bot
+from aiogram import Bot, Dispatcher, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
@@ -26,10 +27,12 @@ from aiogram.exceptions import (
 )
 from aiogram.types import (
     BufferedInputFile,
+    CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     ReplyParameters,
 )
+from aiogram.utils.backoff import Backoff, BackoffConfig
 
 from vigil.sinks.alerts import Notification, TelegramReceiver, TelegramSettings
 
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 
 CAPTION_LIMIT = 1024  # Telegram's limit for photo captions
 TEXT_LIMIT = 4096
+#: Waits between failed ``getMe``/``getUpdates`` calls: 1 s growing to 5 s (aiogram's default).
+BACKOFF = BackoffConfig(min_delay=1.0, max_delay=5.0, factor=1.3, jitter=0.1)
 
 #: callback action → (button text, feedback action name)
 ACTIONS = {
@@ -88,7 +93,6 @@ class TelegramBot:
         self.bot = Bot(settings.token.get_secret_value(), session=session)
         self.settings = settings
         self.allowed_chats = set(allowed_chats)
-        self._offset: int | None = None
 
     async def close(self) -> None:
         await self.bot.session.close()
@@ -103,26 +107,80 @@ class TelegramBot:
         )
 
     async def presses(self) -> AsyncIterator[ButtonPress]:
-        """Button presses, forever (long polling). Presses from other chats are refused."""
+        """Button presses, forever: aiogram's dispatcher long-polls ``getUpdates`` (with its
+        own backoff through outages) and hands each callback query over here. Presses from
+        chats not on the allow-list are refused and not yielded.
+
+        One press at a time: the dispatcher confirms an update (the next ``getUpdates``
+        offset) and reads the next one only after the consumer has handled this one.
+        """
+        loop = asyncio.get_running_loop()
+        handoff: asyncio.Queue[tuple[ButtonPress, asyncio.Future[None]]] = asyncio.Queue(1)
+        router = Router(name="vigil-buttons")
+
+        @router.callback_query()
+        async def on_press(query: CallbackQuery) -> None:
+            press = await self._press(query)
+            if press is not None:
+                handled: asyncio.Future[None] = loop.create_future()
+                await handoff.put((press, handled))
+                await handled
+
+        dispatcher = Dispatcher()
+        dispatcher.include_router(router)
+        await self._wait_for_api()
+        polling = asyncio.create_task(dispatcher.start_polling(
+            self.bot,
+            polling_timeout=self.settings.poll_timeout_s,
+            handle_as_tasks=False,
+            backoff_config=BACKOFF,
+            allowed_updates=["callback_query"],
+            handle_signals=False,
+            close_bot_session=False,  # the bot also sends alerts; close() closes it
+        ), name="telegram-polling")
+        taking: asyncio.Future | None = None
+        try:
+            while True:
+                taking = asyncio.ensure_future(handoff.get())
+                await asyncio.wait({taking, polling}, return_when=asyncio.FIRST_COMPLETED)
+                if not taking.done():
+                    taking.cancel()
+                    polling.result()  # polling never ends by itself: raise what stopped it
+                    return
+                press, handled = taking.result()
+                try:
+                    yield press
+                finally:
+                    if not handled.done():
+                        handled.set_result(None)
+        finally:
+            if taking is not None:
+                taking.cancel()
+            await self._stop(dispatcher, polling)
+
+    async def _wait_for_api(self) -> None:
+        """``getMe`` until it answers (the dispatcher asks once and gives up otherwise)."""
+        backoff = Backoff(BACKOFF)
         while True:
             try:
-                updates = await self.bot.get_updates(
-                    offset=self._offset,
-                    timeout=self.settings.poll_timeout_s,
-                    allowed_updates=["callback_query"],
-                    request_timeout=self.settings.poll_timeout_s + 10,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep polling through outages
-                log.warning("getUpdates failed (%s); retrying in 5 s", exc)
-                await asyncio.sleep(5)
-                continue
-            for update in updates:
-                self._offset = update.update_id + 1
-                press = await self._press(update.callback_query)
-                if press is not None:
-                    yield press
+                await self.bot.me()
+                return
+            except Exception as exc:  # noqa: BLE001 - wait through outages, as polling does
+                log.warning("Telegram getMe failed (%s); retrying in %.1f s",
+                            exc, backoff.next_delay)
+                await backoff.asleep()
+
+    @staticmethod
+    async def _stop(dispatcher: Dispatcher, polling: asyncio.Task) -> None:
+        if polling.done():
+            return
+        try:
+            # Cancels the dispatcher's polling task; cancelling start_polling would not.
+            await dispatcher.stop_polling()
+        except RuntimeError:  # the task has not started yet
+            polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
 
     async def _press(self, query) -> ButtonPress | None:
         if query is None:

@@ -61,7 +61,7 @@ def resolve_topics(settings: Settings) -> list[str]:
         return list(settings.input_topics)
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_client_config())
     names = admin.list_topics(timeout=10).topics
     pattern = re.compile(settings.input_pattern)
     internal = {settings.points_topic, settings.anomalies_topic, settings.deadletter_topic}
@@ -83,6 +83,7 @@ def new_app(settings: Settings, app_id: str, web_port: int) -> VigilApp:
     app = VigilApp(
         app_id,
         broker=settings.broker_url,
+        broker_credentials=settings.kafka_broker_credentials(),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
@@ -210,6 +211,7 @@ def add_dashboard(app: faust.App, settings: Settings) -> None:
         backlog=settings.dashboard_backlog,
         client_queue=settings.dashboard_client_queue,
         seed=store.recent_events if store is not None else None,
+        security=settings.kafka_aiokafka_security(),
     )
     dashboard = Dashboard(token, feed, store, z_marked=settings.detector.z_open)
     dashboard.install(app.web.web_app)

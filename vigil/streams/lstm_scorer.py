@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vigil.detectors.lstm import LSTM_Z_OPEN
 from vigil.sinks import metrics
 
 __all__ = ["LstmScorer"]
@@ -46,12 +47,13 @@ class LstmScorer:
     threads
         torch's intra-op threads (0: torch's default).
     z_alert
-        The LSTM score from which it contributes to an event or opens an incident.
+        The LSTM score from which it contributes to an event or opens an incident
+        (:data:`~vigil.detectors.lstm.LSTM_Z_OPEN`).
     """
 
     def __init__(
         self, path: str | Path, device: str = "auto", batch: int = 256, z_open: float = 6.0,
-        threads: int = 1, z_alert: float = 24.0,
+        threads: int = 1, z_alert: float = LSTM_Z_OPEN,
     ) -> None:
         self.path = Path(path)
         self.z_alert = z_alert

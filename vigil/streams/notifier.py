@@ -50,7 +50,7 @@ def create_notifier_app(settings: Settings | None = None) -> faust.App:
     config = settings.alerts
     if not config.receivers:
         raise SystemExit("no receivers configured: write an alerts: section in the settings "
-                         "file (VIGIL_CONFIG_FILE), see the README")
+                         "file (VIGIL_CONFIG_FILE), see docs/alerts.md")
     app = new_app(settings, settings.notifier_app_id, settings.notifier_web_port)
     anomalies = app.topic(settings.anomalies_topic, value_serializer="raw", key_serializer="raw")
     feedback_topic = app.topic(settings.feedback_topic, internal=True, key_serializer="raw")

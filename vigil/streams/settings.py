@@ -4,17 +4,19 @@ Nested knobs use a double underscore: ``VIGIL_DETECTOR__Z_OPEN=7``,
 ``VIGIL_ALERTS__SMTP__PASSWORD=…``. Sources, strongest first: environment variables, a ``.env``
 file in the working directory, then the YAML settings file named by ``VIGIL_CONFIG_FILE``
 (default ``vigil.yaml`` if present) — where receivers and routes are easiest to write, while
-secrets stay in the environment. Every field is documented in the README.
+secrets stay in the environment. Every field is listed in docs/configuration.md (generated
+by :func:`settings_reference`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,6 +25,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from vigil.detectors.lstm import LSTM_Z_OPEN
 from vigil.detectors.online import DetectorParams
 from vigil.sinks.alerts import AlertingConfig
 
@@ -38,6 +41,29 @@ class Settings(BaseSettings):
 
     app_id: str = Field("vigil", description="Faust app id = Kafka consumer group.")
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
+    # One Kafka client configuration: every client (Faust's, the dashboard's consumer, the
+    # producers and admin clients) takes its security from these, through the kafka_* methods.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client reaches the brokers: PLAINTEXT, SSL "
+        "(TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS)."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism, with a SASL_* protocol."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password; set with VIGIL_KAFKA_SASL_PASSWORD."
+    )
+    kafka_ssl_cafile: str | None = Field(
+        None, description="PEM file of the CA(s) that sign the brokers' certificates, with SSL "
+        "or SASL_SSL (unset: the system's CAs)."
+    )
+    kafka_ssl_certfile: str | None = Field(
+        None, description="Client certificate (PEM), for brokers that require one (mutual TLS)."
+    )
+    kafka_ssl_keyfile: str | None = Field(
+        None, description="The client certificate's private key (PEM)."
+    )
     input_topics: Annotated[list[str], NoDecode] = Field(
         ["metrics"], description="Metric topics to consume."
     )
@@ -47,11 +73,19 @@ class Settings(BaseSettings):
     pattern_refresh_s: float = Field(
         60.0, description="How often the input pattern is resolved again."
     )
-    input_format: Literal["auto", "json", "influx", "prometheus"] = "auto"
-    json_name_field: str = "name"
-    json_value_field: str = "value"
-    json_timestamp_field: str = "timestamp"
-    json_labels_field: str = "labels"
+    input_format: Literal["auto", "json", "influx", "prometheus"] = Field(
+        "auto", description="Input format of the metric topics; auto reads JSON when a record "
+        "starts with { or [, Influx line protocol otherwise."
+    )
+    json_name_field: str = Field("name", description="JSON field holding the metric name.")
+    json_value_field: str = Field("value", description="JSON field holding the value.")
+    json_timestamp_field: str = Field(
+        "timestamp", description="JSON field holding the timestamp (epoch s/ms/µs/ns or "
+        "ISO-8601)."
+    )
+    json_labels_field: str = Field(
+        "labels", description="JSON field holding the labels (an object)."
+    )
     json_label_fields: Annotated[list[str], NoDecode] = Field(
         [], description="Top-level JSON fields that become labels (e.g. host)."
     )
@@ -61,10 +95,17 @@ class Settings(BaseSettings):
     max_points_per_message: int = Field(
         5_000, description="Largest routed message on the internal topic, in points."
     )
-    points_topic: str = "vigil-points"
+    points_topic: str = Field(
+        "vigil-points", description="Internal topic of parsed points, keyed by series id."
+    )
     points_partitions: int = Field(8, ge=1, description="Partitions of the internal topic.")
-    anomalies_topic: str = "vigil-anomalies"
-    deadletter_topic: str = "vigil-deadletter"
+    anomalies_topic: str = Field(
+        "vigil-anomalies", description="Output topic of anomaly events (key = series id)."
+    )
+    deadletter_topic: str = Field(
+        "vigil-deadletter", description="Records that could not be parsed, with the reason "
+        "and the original bytes."
+    )
     feedback_topic: str = Field(
         "vigil-feedback", description="Operators' button presses (acknowledge, mute, …)."
     )
@@ -72,7 +113,9 @@ class Settings(BaseSettings):
         "vigil-alerts-deadletter", description="Alerts that could not be delivered."
     )
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis holding every series' state."
+    )
     redis_prefix: str = Field("vigil:", description="Prefix of every Redis key vigil writes.")
     max_cached_series: int = Field(
         500_000, description="Series states kept in worker memory before the cache is reset."
@@ -106,9 +149,12 @@ class Settings(BaseSettings):
         6.0, description="Kafka consumer session timeout; a new member joins after half of it."
     )
 
-    web_enabled: bool = True
-    web_host: str = "127.0.0.1"
-    web_port: int = 6066
+    web_enabled: bool = Field(True, description="Serve /metrics, /health and /dashboard.")
+    web_host: str = Field(
+        "127.0.0.1", description="Address the web server listens on (bind to a trusted "
+        "network: /metrics and /health need no token)."
+    )
+    web_port: int = Field(6066, description="Port of the worker's web server.")
     dashboard_token: SecretStr | None = Field(
         None, description="Token that opens the live dashboard at /dashboard (unset: no "
         "dashboard). /metrics and /health stay open."
@@ -123,7 +169,7 @@ class Settings(BaseSettings):
     lag_refresh_s: float = Field(
         5.0, gt=0, description="How often the consumer lag gauge is refreshed."
     )
-    log_level: str = "info"
+    log_level: str = Field("info", description="Log level (debug, info, warning, error).")
 
     chart_history_steps: int = Field(
         120, ge=0, description="Recent steps per series kept in worker memory for alert charts "
@@ -143,17 +189,21 @@ class Settings(BaseSettings):
         "spinning torch threads were 3–10× slower than one."
     )
     lstm_z_open: float = Field(
-        24.0, gt=0, description="LSTM score from which it joins an event or opens an incident "
-        "of its own (its scores are heavy-tailed on real data: see the README)."
+        LSTM_Z_OPEN, gt=0, description="LSTM score from which it joins an event or opens an "
+        "incident of its own (its scores are heavy-tailed on real data: see docs/lstm.md)."
     )
 
     notifier_app_id: str = Field("vigil-notifier", description="Consumer group of the notifier.")
-    notifier_web_port: int = 6067
+    notifier_web_port: int = Field(
+        6067, description="Port of the notifier's /metrics and /health."
+    )
     alerts: AlertingConfig = Field(
         default_factory=AlertingConfig, description="Receivers, routes and noise control."
     )
 
-    detector: DetectorParams = DetectorParams()
+    detector: DetectorParams = Field(
+        DetectorParams(), description="The online detector's parameters (VIGIL_DETECTOR__*)."
+    )
     directions: Annotated[dict[str, Literal["up", "down", "both"]], NoDecode] = Field(
         {},
         description="Metric-name globs whose anomalies count in one direction only, "
@@ -205,3 +255,226 @@ class Settings(BaseSettings):
         """The Faust broker URL (aiokafka transport; see docs/infrastructure)."""
         hosts = ";".join(f"kafka://{h.strip()}" for h in self.kafka_bootstrap.split(","))
         return hosts
+
+    # --- the Kafka client configuration, in each client library's spelling ----------------
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(f"kafka_security_protocol {self.kafka_security_protocol} needs "
+                             "kafka_sasl_username and kafka_sasl_password")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("kafka_ssl_keyfile needs kafka_ssl_certfile")
+        return self
+
+    def kafka_client_config(self, bootstrap: str | None = None) -> dict[str, str]:
+        """confluent-kafka (librdkafka) configuration: the brokers (``bootstrap``, default
+        ``kafka_bootstrap``) and the security settings; a client adds its own options."""
+        protocol = self.kafka_security_protocol
+        config = {
+            "bootstrap.servers": bootstrap or self.kafka_bootstrap,
+            "security.protocol": protocol,
+        }
+        if protocol.startswith("SASL_"):
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username or ""
+            config["sasl.password"] = self._kafka_password()
+        if protocol.endswith("SSL"):
+            tls = {
+                "ssl.ca.location": self.kafka_ssl_cafile,
+                "ssl.certificate.location": self.kafka_ssl_certfile,
+                "ssl.key.location": self.kafka_ssl_keyfile,
+            }
+            config.update({k: v for k, v in tls.items() if v})
+        return config
+
+    def kafka_aiokafka_security(self) -> dict:
+        """The same settings as aiokafka client arguments (the dashboard's consumer)."""
+        protocol = self.kafka_security_protocol
+        config: dict = {"security_protocol": protocol}
+        if protocol.startswith("SASL_"):
+            config["sasl_mechanism"] = self.kafka_sasl_mechanism
+            config["sasl_plain_username"] = self.kafka_sasl_username
+            config["sasl_plain_password"] = self._kafka_password()
+        if protocol.endswith("SSL"):
+            config["ssl_context"] = self.kafka_ssl_context()
+        return config
+
+    def kafka_broker_credentials(self):
+        """The same settings as Faust's ``broker_credentials`` (None for PLAINTEXT)."""
+        import faust
+
+        protocol = self.kafka_security_protocol
+        context = self.kafka_ssl_context() if protocol.endswith("SSL") else None
+        if protocol.startswith("SASL_"):
+            return faust.SASLCredentials(
+                username=self.kafka_sasl_username, password=self._kafka_password(),
+                mechanism=self.kafka_sasl_mechanism, ssl_context=context,
+            )
+        return None if context is None else faust.SSLCredentials(context)
+
+    def kafka_ssl_context(self) -> ssl.SSLContext:
+        """A TLS context that checks the brokers against ``kafka_ssl_cafile`` (or the
+        system's CAs) and presents the client certificate when one is set."""
+        context = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        if self.kafka_ssl_certfile:
+            context.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        return context
+
+    def _kafka_password(self) -> str:
+        password = self.kafka_sasl_password
+        return password.get_secret_value() if password is not None else ""
+
+
+# --- the configuration reference (docs/configuration.md is this function's output) --------
+
+_REFERENCE_INTRO = """\
+# Configuration
+
+<!-- Generated from vigil/streams/settings.py by `python -m vigil.streams.settings >
+docs/configuration.md`; tests/test_docs.py checks that this page matches. Edit the field
+descriptions in the code, not this page. -->
+
+Every setting is an environment variable prefixed `VIGIL_`; nested ones use a double
+underscore (`VIGIL_DETECTOR__Z_OPEN=7`, `VIGIL_ALERTS__SMTP__PASSWORD=…`). Sources, strongest
+first: environment variables, a `.env` file in the working directory, then the YAML file named
+by `VIGIL_CONFIG_FILE` (default `vigil.yaml` when present) with the lowercase field names —
+the easiest place for receivers and routes, while secrets stay in the environment (secret
+fields are never logged). Lists read from the environment are comma-separated (or JSON).
+"""
+
+
+def _md_cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _type_name(annotation) -> str:
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        name = " \\| ".join(_type_name(a) for a in inner)
+        return f"{name} (optional)" if len(inner) < len(args) else name
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return f"map of {_type_name(args[0])} → {_type_name(args[1])}" if args else "map"
+    if annotation is SecretStr:
+        return "secret"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default_text(value) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if value is None or value is PydanticUndefined:
+        return "—"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float):
+        return f"`{int(value)}`" if value.is_integer() and abs(value) < 1e15 else f"`{value!r}`"
+    if isinstance(value, str):
+        return f"`{value}`" if value else "(empty)"
+    if isinstance(value, (list, tuple)):
+        return f"`{','.join(map(str, value))}`" if value else "(none)"
+    if isinstance(value, dict):
+        return "(none)" if not value else f"`{json.dumps(value)}`"
+    return f"`{value}`"
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    out = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+    out += [f"| `{var}` | {typ} | {default} | {_md_cell(meaning)} |"
+            for var, typ, default, meaning in rows]
+    return out
+
+
+# Meanings of the alerting models' fields that carry no description of their own
+# (vigil/sinks/alerts.py); a field's own description, once it has one, wins.
+_ALERT_FIELD_NOTES = {
+    "AlertingConfig.retry_initial_s": "First retry delay in seconds; later ones grow "
+    "exponentially, with jitter.",
+    "AlertingConfig.retry_max_s": "Longest delay in seconds between two delivery attempts.",
+    "AlertingConfig.send_resolved": "Tell receivers when an incident resolves.",
+    "SmtpSettings.host": "SMTP server.",
+    "SmtpSettings.port": "SMTP port.",
+    "SmtpSettings.security": "none, starttls or ssl (implicit TLS).",
+    "SmtpSettings.username": "SMTP login (unset: no login).",
+    "SmtpSettings.sender": "From address of alert emails.",
+    "SmtpSettings.timeout_s": "SMTP connection and command timeout in seconds.",
+    "SmtpSettings.validate_certs": "Check the SMTP server's TLS certificate.",
+    "TelegramSettings.poll_timeout_s": "Long-polling timeout of getUpdates in seconds.",
+}
+
+
+def _model_rows(model: type, prefix: str, skip: tuple[str, ...] = ()) -> list[tuple]:
+    rows = []
+    for name, info in model.model_fields.items():
+        if name in skip:
+            continue
+        default = info.get_default(call_default_factory=True)
+        meaning = info.description or _ALERT_FIELD_NOTES.get(f"{model.__name__}.{name}", "")
+        rows.append((f"{prefix}{(info.alias or name).upper()}", _type_name(info.annotation),
+                     _default_text(default), meaning))
+    return rows
+
+
+def settings_reference() -> str:
+    """The configuration reference in Markdown, from the fields of :class:`Settings` (and of
+    :class:`DetectorParams` and the alerting models): name, variable, type, default and
+    description. ``docs/configuration.md`` is its output; a test keeps the two equal.
+
+    >>> text = settings_reference()
+    >>> "| `VIGIL_KAFKA_BOOTSTRAP` | str | `127.0.0.1:9092` |" in text
+    True
+    >>> "`VIGIL_DETECTOR__Z_OPEN`" in text and "`VIGIL_ALERTS__SMTP__PASSWORD`" in text
+    True
+    """
+    import dataclasses
+
+    from vigil.sinks.alerts import SmtpSettings, TelegramSettings
+
+    lines = [_REFERENCE_INTRO, "## Worker, notifier and CLI", ""]
+    lines += _table(_model_rows(Settings, "VIGIL_", skip=("alerts", "detector")))
+    lines += [
+        "",
+        "## The detector (`VIGIL_DETECTOR__*`)",
+        "",
+        "The online detector's parameters (`DetectorParams` in `vigil/detectors/online.py`): "
+        "one set for every series. A name carries its unit (`_s`, `_steps`, `_days`, "
+        "`_weeks`; `z` for a score in σ). How they are used: [detection.md](detection.md).",
+        "",
+    ]
+    rows = []
+    for f in dataclasses.fields(DetectorParams):
+        rows.append((f"VIGIL_DETECTOR__{f.name.upper()}", _type_name(f.type),
+                     _default_text(f.default), f.metadata.get("description", "")))
+    lines += _table(rows)
+    lines += [
+        "",
+        "## Alerts (`VIGIL_ALERTS__*`)",
+        "",
+        "The notifier's `alerts:` section, easiest written in the YAML file: receivers, "
+        "routes and silences are lists, described with a full example in "
+        "[alerts.md](alerts.md). Its other fields:",
+        "",
+    ]
+    lines += _table(_model_rows(AlertingConfig, "VIGIL_ALERTS__",
+                                skip=("receivers", "routes", "silences", "smtp", "telegram")))
+    for title, model, prefix in (
+        ("Email (`VIGIL_ALERTS__SMTP__*`)", SmtpSettings, "VIGIL_ALERTS__SMTP__"),
+        ("Telegram (`VIGIL_ALERTS__TELEGRAM__*`)", TelegramSettings, "VIGIL_ALERTS__TELEGRAM__"),
+    ):
+        lines += ["", f"### {title}", ""] + _table(_model_rows(model, prefix))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_reference(), end="")
