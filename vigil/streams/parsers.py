@@ -755,8 +755,8 @@ def make_parser(fmt: str, **options: Any) -> Parser:
     ``influx_timestamps`` go to the Influx parser, the rest to the JSON one; unless told
     otherwise Influx uses the JSON policy's limits with nanosecond epochs.
 
-    >>> make_parser("influx", separator=".").parse(b"cpu idle=1", now_ms=1).series
-    ['cpu.idle']
+    >>> make_parser("influx", separator=":").parse(b"cpu idle=1", now_ms=1).series
+    ['cpu:idle']
     >>> make_parser("json", timestamps={"unit": "ms"}).timestamps
     TimestampPolicy(max_future_s=86400, max_past_s=315360000, unit='ms')
     """
