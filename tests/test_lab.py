@@ -245,3 +245,54 @@ def test_the_models_trained_across_series_take_each_series_at_its_own_step():
         _, opened = OnlineModel(step_s=step).fit(None, None).score_and_openings(
             s.values, s.ts_ms)
         assert opened.any() and (combined[k][opened] == 1.0).all()  # its openings kept
+
+
+def test_several_corpora_are_judged_in_one_run_with_each_one_and_their_mean(telemetry, tmp_path):
+    other = write_telemetry(generate_telemetry(
+        hosts=1, metrics=["memory_used_percent"], days=9, step_s=300, start_ms=START_MS,
+        seed=6), tmp_path / "other")
+    out = tmp_path / "both"
+    result = CliRunner().invoke(app, [
+        "evaluate", "--data", str(telemetry), "--data", str(other), "--out", str(out),
+        "--protocol", "nab", "--detectors", "online",
+    ])
+    assert result.exit_code == 0, result.output
+    combined = json.loads((out / "metrics.json").read_text())
+    names = list(combined["corpora"])
+    assert len(names) == 2 and names[0] != names[1]
+    # Each corpus is exactly its own single run, written beside the others.
+    for name in names:
+        alone = json.loads((out / name / "metrics.json").read_text())
+        figures = combined["corpora"][name]["detectors"]["online_incidents"]
+        entry = alone["detectors"]["online_incidents"]
+        assert figures["nab"] == {p: v["score"] for p, v in entry["nab"].items()}
+        assert figures["outside"] == entry["event"]["alarms"] - entry["event"]["true_alarms"]
+    mean = combined["mean"]["online_incidents"]
+    for profile in PROFILES:
+        scores = [combined["corpora"][n]["detectors"]["online_incidents"]["nab"][profile]
+                  for n in names]
+        assert mean["nab"][profile] == pytest.approx(sum(scores) / 2)
+    report = (out / "report.html").read_text()
+    assert all(f'href="{n}/report.html"' in report for n in names) and "mean of 2" in report
+    assert "online_incidents" in result.output and " mean " in result.output
+
+
+def test_a_nab_window_on_rows_without_a_value_narrows_to_the_rows_that_have_one(tmp_path):
+    # cmd-dev's source has rows with empty values; NAB's scorer keeps them, the loader drops
+    # them (they are not points), so a window's ends move to its nearest rows with a value.
+    (tmp_path / "data" / "x").mkdir(parents=True)
+    rows = ["timestamp,value"] + [
+        f"2024-01-01 {h:02d}:00:00,{'' if h in (10, 14) else h % 3}" for h in range(24)]
+    (tmp_path / "data" / "x" / "a.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "combined_windows.json").write_text(json.dumps({"x/a.csv": [
+        ["2024-01-01 10:00:00.000000", "2024-01-01 14:00:00.000000"],
+        ["2024-01-01 14:00:00.000000", "2024-01-01 14:00:00.000000"],
+    ]}))
+    ds = load_dataset(tmp_path)
+    (label,) = ds.labels  # the second window holds no row with a value
+    hour = 3_600_000
+    day = 1_704_067_200_000
+    assert (label.start_ms, label.end_ms) == (day + 11 * hour, day + 13 * hour)
+    assert ds.meta["windows_snapped"] == 1
+    summary, _ = summarise(run_detectors(ds, ["online"], 3600, progress=False))
+    assert summary["dataset"]["scored_windows"] == 1

@@ -267,7 +267,11 @@ def _history_source(data, clickhouse, series, since, until):
 
 @app.command()
 def evaluate(
-    data: Path = _DATA,
+    data: list[Path] = typer.Option(
+        None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of "
+        "them (or --clickhouse). Repeat it to judge on several corpora at once: each gets "
+        "its own report under --out, and --out/report.html shows them side by side with "
+        "their mean."),
     clickhouse: str = _CLICKHOUSE,
     series: list[str] = _SERIES,
     since: str = _SINCE,
@@ -300,15 +304,23 @@ def evaluate(
     """Run every detector on every labelled series and write a NAB-scored comparison."""
     from vigil.lab.prepare import Preparation
     from vigil.lab.report import evaluate as run_lab
+    from vigil.lab.report import evaluate_corpora
 
     names = [d.strip() for d in detectors.split(",") if d.strip()]
-    source = _history_source(data, clickhouse, series, since, until)
+    data = data or []
+    if len(data) > 1 and clickhouse is not None:
+        raise typer.BadParameter("give several --data or --clickhouse, not both")
     try:
         clip = None if clip_outliers.strip().lower() == "none" else float(clip_outliers)
         preparation = Preparation(clip_quantile=clip, normalise=normalise)
-        summary = run_lab(source, out, names, step_s=step or None, protocol=protocol or None,
-                          preparation=preparation, folds=folds, gap=gap,
-                          test_fraction=test_fraction)
+        options = dict(names=names, step_s=step or None, protocol=protocol or None,
+                       preparation=preparation, folds=folds, gap=gap,
+                       test_fraction=test_fraction)
+        if len(data) > 1:
+            _echo_corpora(evaluate_corpora(data, out, **options), out)
+            return
+        source = _history_source(data[0] if data else None, clickhouse, series, since, until)
+        summary = run_lab(source, out, **options)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if summary.get("cv", {}).get("warning"):
@@ -321,6 +333,23 @@ def evaluate(
         typer.echo(f"{name:17} {nab}  event F1 {e['event']['f1']:.2f}")
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
                f"in {summary['run_seconds']:.0f} s")
+
+
+def _echo_corpora(combined: dict, out: Path) -> None:
+    """One line per detector and corpus, then the mean over corpora."""
+    rows = [(name, c["detectors"]) for name, c in combined["corpora"].items()]
+    rows.append(("mean", combined["mean"]))
+    for detector in combined["mean"]:
+        for name, figures in rows:
+            r = figures.get(detector)
+            if r is None:
+                continue
+            nab = "  ".join(f"{p} {'—' if v is None else format(v, '6.1f')}"
+                            for p, v in r["nab"].items())
+            f1 = "—" if r["f1"] is None else format(r["f1"], ".2f")
+            typer.echo(f"{detector:17} {name:12} {nab}  event F1 {f1}  outside {r['outside']}")
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
+               f"in {combined['run_seconds']:.0f} s")
 
 
 @app.command()

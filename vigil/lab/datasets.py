@@ -402,6 +402,7 @@ def _load_nab(root: Path) -> Dataset:
     series: dict[str, SeriesData] = {}
     labels: list[AnomalyLabel] = []
     duplicates: dict[str, int] = {}
+    snapped = 0
     for file in sorted((root / "data").glob("*/*.csv")):
         category = file.parent.name
         s, _, dropped = _read_series_csv(file, {"source": "nab", "category": category})
@@ -410,9 +411,33 @@ def _load_nab(root: Path) -> Dataset:
             duplicates[s.id] = dropped
         for start, end in windows.get(f"{category}/{file.name}", []):
             start_ms, end_ms = parse_timestamps_ms([start, end]).tolist()
-            labels.append(AnomalyLabel(s.id, start_ms, end_ms, "unknown", "nab_window"))
+            window = _on_rows(s.ts_ms, start_ms, end_ms)
+            if window is None:
+                continue
+            snapped += window != (start_ms, end_ms)
+            labels.append(AnomalyLabel(s.id, *window, "unknown", "nab_window"))
     labels.sort(key=lambda lab: (lab.start_ms, lab.series))
-    return Dataset(series, labels, source="nab", meta={"duplicates_dropped": duplicates})
+    return Dataset(series, labels, source="nab",
+                   meta={"duplicates_dropped": duplicates, "windows_snapped": snapped})
+
+
+def _on_rows(ts_ms: np.ndarray, start_ms: int, end_ms: int) -> tuple[int, int] | None:
+    """A labelled window narrowed to the rows that have a value.
+
+    Rows with an empty value are not points (the stream path never sees them), so a window
+    that starts or ends on one starts or ends on the nearest row with a value inside it;
+    a window with no such row is left out.
+
+    >>> _on_rows(np.array([0, 60, 180, 240]), 60, 240), _on_rows(np.array([0, 60, 240]), 100, 200)
+    ((60, 240), None)
+    >>> _on_rows(np.array([0, 60, 180, 240]), 100, 300)
+    (180, 240)
+    """
+    lo = int(np.searchsorted(ts_ms, start_ms, side="left"))
+    hi = int(np.searchsorted(ts_ms, end_ms, side="right")) - 1
+    if lo > hi:
+        return None
+    return int(ts_ms[lo]), int(ts_ms[hi])
 
 
 def _load_csv_files(files: list[Path]) -> Dataset:

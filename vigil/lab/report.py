@@ -30,7 +30,7 @@ from vigil.lab.nab import (
 )
 from vigil.lab.prepare import Preparation
 
-__all__ = ["evaluate"]
+__all__ = ["corpus_figures", "evaluate", "evaluate_corpora"]
 
 from vigil.lab.run import (
     LSTM_EPOCHS,
@@ -94,6 +94,94 @@ def evaluate(
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "report.html").write_text(_report_html(summary, plots, stl_plots), encoding="utf-8")
     return summary
+
+
+def evaluate_corpora(
+    paths: Sequence[str | Path], out_dir: str | Path, **options
+) -> dict:
+    """Run the lab on several corpora at once: each into ``out_dir/<corpus>/`` (as
+    :func:`evaluate`), then ``out_dir/metrics.json`` and ``out_dir/report.html`` with every
+    detector's figures per corpus and their mean, so one command judges a change on all.
+
+    ``options`` are :func:`evaluate`'s. The mean is the plain mean over corpora (each corpus
+    counts once, whatever its number of series).
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    names = _corpus_names(paths)
+    corpora = {}
+    for name, path in zip(names, paths, strict=True):
+        summary = evaluate(path, out / name, **options)
+        corpora[name] = {
+            "path": str(path),
+            "series": summary["dataset"]["series"],
+            "windows": summary["dataset"]["scored_windows"],
+            "detectors": {d: corpus_figures(e) for d, e in summary["detectors"].items()},
+        }
+    combined = {
+        "corpora": corpora,
+        "mean": _mean_figures(corpora),
+        "run_seconds": time.perf_counter() - start,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(combined, indent=2) + "\n", encoding="utf-8")
+    (out / "report.html").write_text(
+        _templates().get_template("corpora.html.j2").render(
+            combined=combined, profiles=PROFILES), encoding="utf-8")
+    return combined
+
+
+def corpus_figures(entry: dict) -> dict:
+    """The figures a change is judged by, from one detector's entry of ``metrics.json``:
+    the three NAB profiles, event precision/recall/F1, mean delay and the detections outside
+    every window.
+
+    >>> e = {"nab": {"standard": {"score": 70.0}}, "mean_delay_min": 3.0, "event": {
+    ...     "precision": 0.5, "recall": 1.0, "f1": 0.67, "alarms": 4, "true_alarms": 2}}
+    >>> corpus_figures(e)["outside"]
+    2
+    """
+    event = entry["event"]
+    return {
+        "nab": {p: v["score"] for p, v in entry["nab"].items()},
+        "precision": event["precision"],
+        "recall": event["recall"],
+        "f1": event["f1"],
+        "delay_min": entry.get("mean_delay_min"),
+        "outside": int(event["alarms"]) - int(event["true_alarms"]),
+    }
+
+
+def _corpus_names(paths: Sequence[str | Path]) -> list[str]:
+    """Folder names of the corpora, made unique (``nab-dev``, ``cmd-dev``, ``x-2``)."""
+    names: list[str] = []
+    for p in paths:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(p).resolve().name) or "corpus"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _mean_figures(corpora: dict) -> dict:
+    """Each detector's figures averaged over the corpora that ran it (None where any is)."""
+    detectors = dict.fromkeys(d for c in corpora.values() for d in c["detectors"])
+    mean = {}
+    for d in detectors:
+        runs = [c["detectors"][d] for c in corpora.values() if d in c["detectors"]]
+
+        def avg(values):
+            values = list(values)
+            return None if any(v is None for v in values) else float(np.mean(values))
+
+        mean[d] = {
+            "nab": {p: avg(r["nab"][p] for r in runs) for p in runs[0]["nab"]},
+            **{k: avg(r[k] for r in runs) for k in ("precision", "recall", "f1", "delay_min")},
+            "outside": int(sum(r["outside"] for r in runs)),
+            "corpora": len(runs),
+        }
+    return mean
 
 
 # ----------------------------------------------------------------------------- report
