@@ -106,3 +106,24 @@ def test_nab_variants_move_windows_onto_the_rows_and_score_like_the_lab(tmp_path
     assert all(np.all(np.diff(s.ts_ms) == 3_600_000) for s in hourly.series.values())
     assert len(hourly.labels) == 3
     assert score_variant(tmp_path / "hourly", tmp_path / "out_h")["steps"] == [3600]
+
+
+def test_nab_variants_read_a_corpus_with_empty_values_as_the_loader_does(tmp_path):
+    import json
+
+    from bench.nab_variants import write_variant
+    from vigil.lab.datasets import load_dataset
+
+    src = tmp_path / "src"
+    (src / "data" / "x").mkdir(parents=True)
+    rows = ["timestamp,value"] + [
+        f"2024-01-{1 + h // 24:02d} {h % 24:02d}:00:00,{'' if h in (30, 31) else h % 5}"
+        for h in range(96)]
+    (src / "data" / "x" / "a.csv").write_text("\n".join(rows) + "\n")
+    (src / "combined_windows.json").write_text(json.dumps(
+        {"x/a.csv": [["2024-01-03 00:00:00.000000", "2024-01-03 05:00:00.000000"]]}))
+    write_variant(src, tmp_path / "missing", "10% of rows missing")
+    original, varied = load_dataset(src), load_dataset(tmp_path / "missing")
+    (s,) = varied.series.values()
+    assert len(s) < len(next(iter(original.series.values()))) == 94  # two empty rows left out
+    assert np.isfinite(s.values).all() and len(varied.labels) == 1
