@@ -275,6 +275,10 @@ def test_several_corpora_are_judged_in_one_run_with_each_one_and_their_mean(tele
     report = (out / "report.html").read_text()
     assert all(f'href="{n}/report.html"' in report for n in names) and "mean of 2" in report
     assert "online_incidents" in result.output and " mean " in result.output
+    # The presentation of the same run: ten slides, the alert slide drawn from a real opening.
+    pdf = (out / "slides.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") - pdf.count(b"/Type /Pages") == 10
+    assert (out / "alert-example.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_nab_window_on_rows_without_a_value_narrows_to_the_rows_that_have_one(tmp_path):

@@ -48,6 +48,7 @@ from vigil.lab.run import (
     run_detectors,
     summarise,
 )
+from vigil.lab.slides import write_slides
 
 
 def evaluate(
@@ -101,7 +102,8 @@ def evaluate_corpora(
 ) -> dict:
     """Run the lab on several corpora at once: each into ``out_dir/<corpus>/`` (as
     :func:`evaluate`), then ``out_dir/metrics.json`` and ``out_dir/report.html`` with every
-    detector's figures per corpus and their mean, so one command judges a change on all.
+    detector's figures per corpus and their mean, so one command judges a change on all, and
+    the presentation ``out_dir/slides.pdf`` (:mod:`vigil.lab.slides`).
 
     ``options`` are :func:`evaluate`'s. The mean is the plain mean over corpora (each corpus
     counts once, whatever its number of series).
@@ -128,6 +130,7 @@ def evaluate_corpora(
     (out / "report.html").write_text(
         _templates().get_template("corpora.html.j2").render(
             combined=combined, profiles=PROFILES), encoding="utf-8")
+    write_slides(out, combined)
     return combined
 
 
