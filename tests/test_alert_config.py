@@ -64,7 +64,7 @@ def test_a_named_settings_file_that_is_missing_is_an_error(monkeypatch, tmp_path
     [
         ({"receivers": [{"name": "a", "email": {"to": ["x@y"]}}], "default_receivers": ["b"]},
          "unknown receivers: b"),
-        ({"receivers": [{"name": "a"}]}, "neither email nor telegram"),
+        ({"receivers": [{"name": "a"}]}, "has no destination"),
         ({"receivers": [{"name": "a", "email": {"to": ["x@y"]}}],
           "routes": [{"matchers": ["host~db"], "receivers": ["a"]}]}, "not a matcher"),
         ({"receivers": [{"name": "a", "email": {"to": ["x@y"]}}],

@@ -1,0 +1,257 @@
+"""The Alertmanager receiver against a real Alertmanager (Debian's prometheus-alertmanager):
+an incident's open shows up as an active alert with vigil's labels, its resolve ends it, and
+Alertmanager's own notification (to a webhook it is configured with) carries both."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_notifier import STEP_MS, Harness, make_event
+from vigil.devtools.embedded import free_port
+from vigil.sinks.alertmanager import alertmanager_alert
+from vigil.sinks.alerts import AlertmanagerReceiver
+from vigil.times import iso_to_ms
+
+pytestmark = pytest.mark.integration
+
+BINARY = "prometheus-alertmanager"  # Debian's name; upstream's is "alertmanager"
+
+
+class NotificationSink(http.server.ThreadingHTTPServer):
+    """Where Alertmanager sends its notifications (its webhook_configs): keeps every body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(handler) -> None:  # noqa: N802, N805 - http.server's names
+                length = int(handler.headers.get("Content-Length", 0))
+                self.bodies.append(json.loads(handler.rfile.read(length)))
+                handler.send_response(200)
+                handler.end_headers()
+
+            def log_message(handler, *args) -> None:  # noqa: N805
+                pass
+
+        super().__init__(("127.0.0.1", free_port()), Handler)
+
+    def alerts(self, status: str) -> list[dict]:
+        return [a for body in self.bodies for a in body["alerts"] if a["status"] == status]
+
+
+class Alertmanager:
+    """A real Alertmanager on its own port, with its own storage and no clustering."""
+
+    def __init__(self, tmp_path: Path, sink_url: str) -> None:
+        binary = shutil.which(BINARY) or shutil.which("alertmanager")
+        if binary is None:
+            pytest.fail("prometheus-alertmanager is not installed (apt-get install -y "
+                        "prometheus-alertmanager; .ci/run does)")
+        config = {
+            "route": {"receiver": "sink", "group_by": ["..."], "group_wait": "0s",
+                      "group_interval": "1s", "repeat_interval": "1h"},
+            "receivers": [{"name": "sink", "webhook_configs": [
+                {"url": sink_url, "send_resolved": True}]}],
+        }
+        (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (tmp_path / "alertmanager.log").open("wb")
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'alertmanager.yml'}",
+             f"--storage.path={tmp_path / 'am-data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while not self._ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"Alertmanager did not start: {self.log_tail(tmp_path)}")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    @staticmethod
+    def log_tail(tmp_path: Path) -> str:
+        return (tmp_path / "alertmanager.log").read_text(errors="replace")[-2000:]
+
+    def alerts(self, **labels: str) -> list[dict]:
+        """``GET /api/v2/alerts`` (active ones: Alertmanager's API hides ended alerts),
+        filtered by label equality."""
+        query = urllib.parse.urlencode(
+            [("filter", f'{k}="{v}"') for k, v in labels.items()], doseq=True
+        )
+        with urllib.request.urlopen(f"{self.url}/api/v2/alerts?{query}", timeout=5) as answer:
+            return json.loads(answer.read())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def sink() -> Iterator[NotificationSink]:
+    server = NotificationSink()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path, sink: NotificationSink) -> Iterator[Alertmanager]:
+    am = Alertmanager(tmp_path, f"http://127.0.0.1:{sink.server_address[1]}/")
+    try:
+        yield am
+    finally:
+        am.stop()
+
+
+def am_config(am: Alertmanager, **extra) -> dict:
+    settings = {"urls": [am.url], "repeat_s": 60}
+    settings.update(extra)
+    return {
+        "receivers": [{"name": "am", "alertmanager": settings}],
+        "default_receivers": ["am"],
+        "group_wait_s": 0.1,
+        "retry_initial_s": 0.1,
+        "retry_max_s": 0.3,
+        "dashboard_url": "https://grafana.example.com/d/vigil",
+    }
+
+
+async def poll(predicate, what: str, timeout_s: float = 20.0):
+    """Await until ``predicate()`` is truthy (blocking calls run in a thread)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await asyncio.to_thread(predicate)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_open_is_an_active_alert_and_resolve_ends_it(redis_url, alertmanager, sink):
+    opened_ms = (time.time_ns() // 1_000_000 // STEP_MS - 30) * STEP_MS  # 30 min ago
+    opened = make_event(series='cpu_usage{host="db-1",dc="fra"}', ts_ms=opened_ms)
+    async with Harness(redis_url, am_config(alertmanager)) as h:
+        await h.send(opened)
+        await h.settle()
+        (alert,) = await poll(lambda: alertmanager.alerts(host="db-1"), "the alert in AM")
+        assert alert["labels"] == {
+            "alertname": "VigilAnomaly", "host": "db-1", "dc": "fra", "metric": "cpu_usage",
+            "severity": "warning", "anomaly_type": "point",
+        }
+        assert alert["status"]["state"] == "active"
+        assert iso_to_ms(alert["startsAt"]) == opened_ms
+        assert iso_to_ms(alert["endsAt"]) > time.time() * 1000 + 200_000  # held 4 × 60 s
+        notes = alert["annotations"]
+        assert notes["description"] == opened.reason
+        assert notes["dashboard"] == "https://grafana.example.com/d/vigil"
+        assert notes["series"] == opened.series and notes["incident_id"] == opened.incident_id
+        assert alert["generatorURL"] == "https://grafana.example.com/d/vigil"
+        assert await h.store.open_alerts("am") != {}
+
+        resolved_ms = opened_ms + 25 * STEP_MS
+        resolve = make_event(series=opened.series, kind="resolve", severity="none",
+                             incident=opened.incident_id, ts_ms=resolved_ms, context=False)
+        await h.send(resolve, resolve)  # a repeated resolve is one post
+        await h.settle()
+        await poll(lambda: not alertmanager.alerts(host="db-1"), "the alert to end")
+        # Alertmanager's own notifications: the firing one, then the resolved one (endsAt at
+        # the resolve, startsAt at the open, the labels of the firing alert).
+        (ended,) = await poll(lambda: sink.alerts("resolved"), "AM's resolved notification")
+        (firing,) = sink.alerts("firing")
+        assert firing["labels"] == ended["labels"] == alert["labels"]
+        assert iso_to_ms(ended["startsAt"]) == opened_ms
+        assert iso_to_ms(ended["endsAt"]) == resolved_ms
+        left = await h.store.open_alerts("am")
+        assert left[opened.incident_id]["ended_ms"] == resolved_ms  # a tombstone, re-posted ended
+    assert h.dead_letters == [] and len(h.acked) == 3
+
+
+async def test_escalation_replaces_the_warning_alert_with_a_critical_one(
+    redis_url, alertmanager
+):
+    opened = make_event(series='disk_used{host="web-2"}')
+    async with Harness(redis_url, am_config(alertmanager, labels={"team": "web"})) as h:
+        await h.send(opened)
+        await h.settle()
+        await poll(lambda: alertmanager.alerts(host="web-2"), "the warning alert")
+        await h.send(make_event(series=opened.series, kind="update", severity="critical",
+                                incident=opened.incident_id, ts_ms=opened.ts_ms))
+        await h.settle()
+        alerts = await poll(
+            lambda: [a for a in alertmanager.alerts(host="web-2")
+                     if a["labels"]["severity"] == "critical"]
+            and alertmanager.alerts(host="web-2"),
+            "the critical alert",
+        )
+    # The warning alert was ended by the same post: one active alert, the critical one.
+    assert [a["labels"]["severity"] for a in alerts] == ["critical"]
+    assert alerts[0]["labels"]["team"] == "web"
+    assert iso_to_ms(alerts[0]["startsAt"]) == opened.ts_ms  # still the incident's opening
+
+
+async def test_open_alerts_are_reposted_from_redis_after_a_restart(redis_url, alertmanager):
+    opened = make_event(series='http_latency_ms{host="api-1"}')
+    config = am_config(alertmanager)
+    async with Harness(redis_url, config, cleanup=False) as first:
+        await first.send(opened)
+        await first.settle()
+        (posted,) = await poll(lambda: alertmanager.alerts(host="api-1"), "the alert")
+    # A new notifier process (same Redis records): it re-posts the open alert at start and
+    # every repeat_s, pushing its endsAt ahead; nothing new was sent to it.
+    async with Harness(redis_url, config, prefix=first.prefix) as second:
+        (reposted,) = await poll(
+            lambda: [a for a in alertmanager.alerts(host="api-1")
+                     if iso_to_ms(a["endsAt"]) > iso_to_ms(posted["endsAt"])],
+            "the re-posted alert",
+        )
+        assert second.acked == []
+    assert reposted["labels"] == posted["labels"]
+    assert reposted["startsAt"] == posted["startsAt"]
+
+
+def test_alert_payload_is_what_alertmanager_validates():
+    """Unit: labels override the series' own ``severity``; empty label values are left out
+    (Alertmanager treats them as absent anyway)."""
+    event = make_event(series='cpu_usage{host="db-1",severity="low",rack=""}', context=False)
+    settings = AlertmanagerReceiver(urls="http://am:9093/", alertname="Anomaly",
+                                    labels={"team": "dba"})
+    alert = alertmanager_alert(event, settings, opened_ms=event.ts_ms)
+    assert settings.urls == ["http://am:9093"]
+    assert alert["labels"] == {"host": "db-1", "severity": "warning", "team": "dba",
+                               "alertname": "Anomaly", "metric": "cpu_usage",
+                               "anomaly_type": "point"}
+    assert set(alert) == {"labels", "annotations", "startsAt"}  # no link without a dashboard
+    assert alert["annotations"]["value"] == "95" and "45 … 61" in alert["annotations"]["expected"]
