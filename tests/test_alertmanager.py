@@ -4,6 +4,7 @@ Alertmanager's own notification (to a webhook it is configured with) carries bot
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import shutil
@@ -27,6 +28,8 @@ from vigil.times import iso_to_ms
 pytestmark = pytest.mark.integration
 
 BINARY = "prometheus-alertmanager"  # Debian's name; upstream's is "alertmanager"
+# bcrypt (cost 4) of "vigil-pw", for Alertmanager's --web.config.file basic auth.
+PASSWORD_HASH = "$2b$04$PP8O2ftxa.tiEtXTNpEUfujWvZdG1NHtSefWR1s3GsW.O9I0vVkO2"
 
 
 class NotificationSink(http.server.ThreadingHTTPServer):
@@ -54,7 +57,7 @@ class NotificationSink(http.server.ThreadingHTTPServer):
 class Alertmanager:
     """A real Alertmanager on its own port, with its own storage and no clustering."""
 
-    def __init__(self, tmp_path: Path, sink_url: str) -> None:
+    def __init__(self, tmp_path: Path, sink_url: str, basic_auth: bool = False) -> None:
         binary = shutil.which(BINARY) or shutil.which("alertmanager")
         if binary is None:
             pytest.fail("prometheus-alertmanager is not installed (apt-get install -y "
@@ -69,12 +72,16 @@ class Alertmanager:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (tmp_path / "alertmanager.log").open("wb")
-        self.process = subprocess.Popen(
-            [binary, f"--config.file={tmp_path / 'alertmanager.yml'}",
-             f"--storage.path={tmp_path / 'am-data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
+        argv = [binary, f"--config.file={tmp_path / 'alertmanager.yml'}",
+                f"--storage.path={tmp_path / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="]
+        self.headers: dict[str, str] = {}
+        if basic_auth:
+            web = tmp_path / "web.yml"
+            web.write_text(yaml.safe_dump({"basic_auth_users": {"vigil": PASSWORD_HASH}}))
+            argv.append(f"--web.config.file={web}")
+            self.headers["Authorization"] = "Basic " + base64.b64encode(b"vigil:vigil-pw").decode()
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while not self._ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -83,8 +90,9 @@ class Alertmanager:
             time.sleep(0.1)
 
     def _ready(self) -> bool:
+        request = urllib.request.Request(f"{self.url}/-/ready", headers=self.headers)
         try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
+            with urllib.request.urlopen(request, timeout=1) as answer:
                 return answer.status == 200
         except OSError:
             return False
@@ -99,7 +107,9 @@ class Alertmanager:
         query = urllib.parse.urlencode(
             [("filter", f'{k}="{v}"') for k, v in labels.items()], doseq=True
         )
-        with urllib.request.urlopen(f"{self.url}/api/v2/alerts?{query}", timeout=5) as answer:
+        request = urllib.request.Request(f"{self.url}/api/v2/alerts?{query}",
+                                         headers=self.headers)
+        with urllib.request.urlopen(request, timeout=5) as answer:
             return json.loads(answer.read())
 
     def stop(self) -> None:
@@ -255,3 +265,30 @@ def test_alert_payload_is_what_alertmanager_validates():
                                "anomaly_type": "point"}
     assert set(alert) == {"labels", "annotations", "startsAt"}  # no link without a dashboard
     assert alert["annotations"]["value"] == "95" and "45 … 61" in alert["annotations"]["expected"]
+
+
+async def test_basic_auth_is_sent_and_a_refusal_is_dead_lettered(redis_url, tmp_path, sink):
+    am = Alertmanager(tmp_path, f"http://127.0.0.1:{sink.server_address[1]}/", basic_auth=True)
+    try:
+        config = am_config(am, username="vigil", password="vigil-pw")
+        config["receivers"].append({"name": "wrong", "alertmanager": {
+            "urls": [am.url], "username": "vigil", "password": "guess"}})
+        config["default_receivers"] = ["am", "wrong"]
+        async with Harness(redis_url, config) as h:
+            await h.send(make_event(series='cpu_usage{host="db-9"}'))
+            await h.settle()
+            (alert,) = await poll(lambda: am.alerts(host="db-9"), "the alert in AM")
+    finally:
+        am.stop()
+    assert alert["labels"]["host"] == "db-9"
+    (dead,) = h.dead_letters  # 401: not retried
+    assert (dead.receiver, dead.channel, dead.attempts) == ("wrong", "alertmanager", 1)
+    assert "401" in dead.error
+
+
+def test_bearer_token_header():
+    from vigil.sinks.alertmanager import AlertmanagerChannel
+
+    settings = AlertmanagerReceiver(urls="http://am:9093", bearer_token="t0k")
+    assert AlertmanagerChannel("am", settings, store=None)._headers() == {
+        "Authorization": "Bearer t0k"}

@@ -17,6 +17,7 @@ by another notifier process that raced with the resolve is corrected within ``re
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from typing import Any, Protocol
 
@@ -113,13 +114,14 @@ class AlertmanagerChannel:
 
     # --- HTTP -------------------------------------------------------------------------------
 
-    def _auth(self) -> tuple[dict[str, str], aiohttp.BasicAuth | None]:
+    def _headers(self) -> dict[str, str]:
         s = self.settings
         if s.bearer_token is not None:
-            return {"Authorization": f"Bearer {s.bearer_token.get_secret_value()}"}, None
+            return {"Authorization": f"Bearer {s.bearer_token.get_secret_value()}"}
         if s.username is not None and s.password is not None:
-            return {}, aiohttp.BasicAuth(s.username, s.password.get_secret_value())
-        return {}, None
+            pair = f"{s.username}:{s.password.get_secret_value()}".encode()
+            return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        return {}
 
     async def post(self, alerts: list[dict]) -> None:
         """POST ``alerts`` to every Alertmanager; done when at least one accepted them (as
@@ -127,11 +129,11 @@ class AlertmanagerChannel:
         if not alerts:
             return
         body = orjson.dumps(alerts)
-        headers, auth = self._auth()
+        headers = self._headers()
         failures: list[BaseException] = []
         for url in self.settings.urls:
             try:
-                await self.http.post(f"{url}/api/v2/alerts", body, headers, auth)
+                await self.http.post(f"{url}/api/v2/alerts", body, headers)
             except (HttpDeliveryError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 failures.append(exc)
         if len(failures) == len(self.settings.urls):

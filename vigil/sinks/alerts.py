@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -233,6 +235,33 @@ class TelegramReceiver(_Model):
     chat_ids: list[int] = Field(min_length=1)
 
 
+def _secret_from(value: Any) -> Any:
+    """A receiver's secret as written in the settings file: the text itself, or
+    ``{env: NAME}`` (read from that environment variable) or ``{file: /path}`` (its contents,
+    stripped) — receivers are a list, so ``VIGIL_*`` variables cannot reach into them.
+
+    >>> import os; os.environ["DOCTEST_SECRET"] = "x1"
+    >>> _secret_from({"env": "DOCTEST_SECRET"}), _secret_from("plain")
+    ('x1', 'plain')
+    """
+    if not isinstance(value, Mapping):
+        return value
+    if set(value) == {"env"}:
+        found = os.environ.get(str(value["env"]))
+        if found is None:
+            raise ValueError(f"environment variable {value['env']} (a receiver's secret) is "
+                             "not set")
+        return found
+    if set(value) == {"file"}:
+        try:
+            return Path(str(value["file"])).read_text().strip()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read a receiver's secret from {value['file']}: {exc}"
+            ) from None
+    raise ValueError("a secret is text, {env: NAME} or {file: /path}")
+
+
 def _http_url(value: str) -> str:
     if not re.match(r"^https?://[^/\s]+", value):
         raise ValueError(f"not an http(s) URL: {value!r}")
@@ -260,15 +289,23 @@ class AlertmanagerReceiver(_Model):
     )
     timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one post in seconds.")
     username: str | None = Field(None, description="Basic auth user (with `password`).")
-    password: SecretStr | None = Field(None, description="Basic auth password.")
+    password: SecretStr | None = Field(
+        None, description="Basic auth password: text, `{env: NAME}` or `{file: /path}`."
+    )
     bearer_token: SecretStr | None = Field(
-        None, description="Sent as `Authorization: Bearer …` (instead of basic auth)."
+        None, description="Sent as `Authorization: Bearer …` (instead of basic auth); text, "
+        "`{env: NAME}` or `{file: /path}`."
     )
 
     @field_validator("urls", mode="before")
     @classmethod
     def _one_url(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("password", "bearer_token", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        return _secret_from(value)
 
     @field_validator("urls")
     @classmethod
@@ -290,7 +327,8 @@ class WebhookReceiver(_Model):
 
     url: str = Field(description="Where the JSON body is POSTed.")
     secret: SecretStr | None = Field(
-        None, description="Signs the body: header `X-Vigil-Signature: sha256=<hex HMAC>`."
+        None, description="Signs the body: header `X-Vigil-Signature: sha256=<hex HMAC>`. "
+        "Text, `{env: NAME}` or `{file: /path}`."
     )
     headers: dict[str, str] = Field(
         default_factory=dict, description="Extra HTTP headers (e.g. an API key)."
@@ -301,6 +339,11 @@ class WebhookReceiver(_Model):
     @classmethod
     def _valid_url(cls, value: str) -> str:
         return _http_url(value)
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        return _secret_from(value)
 
 
 class Receiver(_Model):

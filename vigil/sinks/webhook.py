@@ -77,14 +77,13 @@ class HttpPoster:
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str],
-                   auth: aiohttp.BasicAuth | None = None) -> None:
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> None:
         """POST ``body``; raises :class:`HttpDeliveryError` on a non-2xx answer (aiohttp's
         errors and timeouts on a failed connection — both retried by the delivery engine)."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
         all_headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
-        async with self._session.post(url, data=body, headers=all_headers, auth=auth) as answer:
+        async with self._session.post(url, data=body, headers=all_headers) as answer:
             if answer.status >= 300:
                 text = await answer.text(errors="replace")
                 raise HttpDeliveryError(url, answer.status, text,
