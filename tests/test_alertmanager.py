@@ -4,6 +4,7 @@ Alertmanager's own notification (to a webhook it is configured with) carries bot
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.server
 import json
@@ -22,8 +23,8 @@ import yaml
 from tests.test_notifier import STEP_MS, Harness, make_event
 from vigil.devtools.embedded import free_port
 from vigil.sinks.alertmanager import alertmanager_alert
-from vigil.sinks.alerts import AlertmanagerReceiver
-from vigil.times import iso_to_ms
+from vigil.sinks.alerts import AlertmanagerReceiver, Matcher, Silence
+from vigil.times import iso_to_ms, now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -158,8 +159,6 @@ def am_config(am: Alertmanager, **extra) -> dict:
 
 async def poll(predicate, what: str, timeout_s: float = 20.0):
     """Await until ``predicate()`` is truthy (blocking calls run in a thread)."""
-    import asyncio
-
     deadline = time.monotonic() + timeout_s
     while True:
         value = await asyncio.to_thread(predicate)
@@ -252,6 +251,31 @@ async def test_open_alerts_are_reposted_from_redis_after_a_restart(redis_url, al
     assert reposted["startsAt"] == posted["startsAt"]
 
 
+async def test_a_silenced_resolve_still_ends_the_alert(redis_url, alertmanager):
+    opened = make_event(series='cpu_usage{host="db-5"}',
+                        ts_ms=(time.time_ns() // 1_000_000 // STEP_MS - 10) * STEP_MS)
+    config = am_config(alertmanager, repeat_s=1)
+    async with Harness(redis_url, config) as h:
+        await h.send(opened)
+        await h.settle()
+        await poll(lambda: alertmanager.alerts(host="db-5"), "the alert")
+        # Muted in vigil after it was posted (a Mute press, `vigil silence add`): the
+        # resolve still reaches Alertmanager, or the re-posts would keep it firing forever.
+        await h.store.add_silence(Silence(matchers=[Matcher.parse('host="db-5"')],
+                                          ends_ms=now_ms() + 3_600_000))
+        h.notifier._silences_read = -1.0
+        await h.send(make_event(series=opened.series, kind="resolve", severity="none",
+                                incident=opened.incident_id, ts_ms=opened.ts_ms + STEP_MS,
+                                context=False))
+        await h.settle()
+        await poll(lambda: not alertmanager.alerts(host="db-5"), "the alert to end")
+        # The next muted event of the series is not posted.
+        await h.send(make_event(series=opened.series, ts_ms=opened.ts_ms + 5 * STEP_MS))
+        await h.settle()
+        stored = await h.store.open_alerts("am")
+    assert [a.get("ended_ms") for a in stored.values()] == [opened.ts_ms + STEP_MS]
+
+
 def test_alert_payload_is_what_alertmanager_validates():
     """Unit: labels override the series' own ``severity``; empty label values are left out
     (Alertmanager treats them as absent anyway)."""
@@ -292,3 +316,16 @@ def test_bearer_token_header():
     settings = AlertmanagerReceiver(urls="http://am:9093", bearer_token="t0k")
     assert AlertmanagerChannel("am", settings, store=None)._headers() == {
         "Authorization": "Bearer t0k"}
+
+
+def test_vigil_notifier_process_posts_to_alertmanager(stack, alertmanager, sink):
+    """The whole app: an event on the anomalies topic becomes an Alertmanager alert."""
+    from tests.test_notifier_integration import produce
+
+    notifier = stack.start_notifier(am_config(alertmanager))
+    produce(stack, [make_event(series='cpu_usage{host="kafka-1"}', severity="critical")])
+    (alert,) = asyncio.run(poll(lambda: alertmanager.alerts(host="kafka-1"), "the alert", 60))
+    assert alert["labels"]["severity"] == "critical", notifier.log_tail()
+    assert notifier.alive(), notifier.log_tail()
+    # Alertmanager routed it on to its own receiver, as it would to email or PagerDuty.
+    asyncio.run(poll(lambda: sink.alerts("firing"), "Alertmanager's notification", 30))

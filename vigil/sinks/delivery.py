@@ -384,16 +384,21 @@ class Notifier:
         if event.kind not in ("open", "update", "resolve"):
             metrics.EVENTS_SUPPRESSED.labels(reason="malformed").inc()
             return
-        if now_ms - event.ts_ms > self.config.max_event_age_s * 1000:
-            metrics.EVENTS_SUPPRESSED.labels(reason="stale").inc()
-            return
         receivers = self.router.receivers(alert_labels(event))
         if not receivers:
             metrics.EVENTS_SUPPRESSED.labels(reason="unrouted").inc()
             return
-        if await self._silenced(event, now_ms):
-            metrics.EVENTS_SUPPRESSED.labels(reason="silenced").inc()
-            return
+        muted = None
+        if now_ms - event.ts_ms > self.config.max_event_age_s * 1000:
+            muted = "stale"
+        elif await self._silenced(event, now_ms):
+            muted = "silenced"
+        if muted is not None:
+            # An alert posted to Alertmanager must still end, whatever mutes the message.
+            receivers = [r for r in receivers if event.kind == "resolve" and self._ends_alerts(r)]
+            if not receivers:
+                metrics.EVENTS_SUPPRESSED.labels(reason=muted).inc()
+                return
         for receiver in receivers:
             if event.kind == "resolve":
                 placed = await self._place_resolve(receiver, event, tracker)
@@ -414,14 +419,13 @@ class Notifier:
         )
         return True
 
-    def _needs_resolves(self, receiver: str) -> bool:
-        """Alertmanager channels must end their alerts even when resolve messages are off."""
-        return self.config.send_resolved or any(
-            isinstance(c, AlertmanagerChannel) for c in self.channels.get(receiver, [])
-        )
+    def _ends_alerts(self, receiver: str) -> bool:
+        """The receiver posts to Alertmanager: its alerts must end at the resolve even when
+        resolve messages are off, the resolve is silenced or old."""
+        return any(isinstance(c, AlertmanagerChannel) for c in self.channels.get(receiver, []))
 
     async def _place_resolve(self, receiver: str, event: AnomalyEvent, tracker: _Ack) -> bool:
-        if not self._needs_resolves(receiver):
+        if not (self.config.send_resolved or self._ends_alerts(receiver)):
             return False
         pending = self.grouper.find(receiver, "firing", event.incident_id)
         if pending is not None and not pending.escalation:
@@ -447,8 +451,10 @@ class Notifier:
         for notification in due:
             # A silence set while the group waited (e.g. a Mute press) still applies.
             kept = []
+            must_end = notification.kind == "resolved" and self._ends_alerts(
+                notification.receiver)
             for alert in notification.incidents:
-                if await self._silenced(alert.event, now_ms):
+                if not must_end and await self._silenced(alert.event, now_ms):
                     metrics.EVENTS_SUPPRESSED.labels(reason="silenced").inc()
                     self.inflight.pop((notification.receiver, alert.event.incident_id), None)
                 else:
