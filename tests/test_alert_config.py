@@ -26,12 +26,15 @@ def _readme_alerts_yaml() -> dict:
 def test_readme_and_example_file_configure_the_same_alerts(monkeypatch):
     monkeypatch.setenv("VIGIL_CONFIG_FILE", str(ROOT / "examples" / "vigil.yaml"))
     monkeypatch.setenv("VIGIL_ALERTS__TELEGRAM__TOKEN", "123:from-env")
+    monkeypatch.setenv("VIGIL_WEBHOOK_SECRET", "hook-secret")
     from_file = Settings().alerts
     from_readme = AlertingConfig.model_validate(_readme_alerts_yaml()["alerts"])
     assert from_file.telegram.token.get_secret_value() == "123:from-env"
     from_file.telegram.token = None
     assert from_readme.model_dump() == from_file.model_dump()
-    assert [r.name for r in from_file.receivers] == ["oncall", "dba", "ops-chat"]
+    assert [r.name for r in from_file.receivers] == [
+        "oncall", "dba", "ops-chat", "alertmanager", "automation"]
+    assert from_file.receiver("automation").webhook.secret.get_secret_value() == "hook-secret"
     assert from_file.telegram_chats() == {-1001234567890, -1009876543210}
 
 

@@ -329,3 +329,28 @@ def test_vigil_notifier_process_posts_to_alertmanager(stack, alertmanager, sink)
     assert notifier.alive(), notifier.log_tail()
     # Alertmanager routed it on to its own receiver, as it would to email or PagerDuty.
     asyncio.run(poll(lambda: sink.alerts("firing"), "Alertmanager's notification", 30))
+
+
+def _doc_yaml_blocks() -> list[str]:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "alertmanager.md").read_text()
+    return re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)
+
+
+def test_the_documented_configurations_load(monkeypatch, tmp_path):
+    """docs/alertmanager.md: vigil's block is a valid alerts section, Alertmanager's block
+    passes ``amtool check-config``."""
+    from vigil.sinks.alerts import AlertingConfig
+
+    vigil_block, am_block = _doc_yaml_blocks()
+    monkeypatch.setenv("VIGIL_ALERTMANAGER_PASSWORD", "pw")
+    config = AlertingConfig.model_validate(yaml.safe_load(vigil_block)["alerts"])
+    settings = config.receiver("alertmanager").alertmanager
+    assert settings.password.get_secret_value() == "pw" and len(settings.urls) == 2
+    (tmp_path / "alertmanager.yml").write_text(am_block)
+    amtool = shutil.which("amtool")
+    assert amtool, "amtool comes with prometheus-alertmanager"
+    checked = subprocess.run([amtool, "check-config", str(tmp_path / "alertmanager.yml")],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
