@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 
 from vigil.events import AnomalyEvent
-from vigil.sinks.alerts import AlertmanagerReceiver, Notification
+from vigil.sinks.alerts import AlertmanagerReceiver, IncidentAlert, Notification
 from vigil.sinks.webhook import HttpDeliveryError, HttpPoster
 from vigil.times import iso
 from vigil.times import now_ms as _now_ms
@@ -156,33 +156,43 @@ class AlertmanagerChannel:
             now = _now_ms()
             stored = await self.store.open_alerts(self.receiver_name)
             posts: list[dict] = []
-            keep: dict[str, dict] = {}
+            keep: dict[str, dict] = {}  # incident → what to remember of it
             for item in notification.incidents:
-                event = item.event
-                before = stored.get(event.incident_id)
-                if before is not None and before.get("ended_ms") is not None:
-                    before = None  # a tombstone: the incident was already ended
+                before = stored.get(item.event.incident_id)
                 if notification.kind == "resolved":
-                    alert = before or self._alert(event, item.opened_ms or event.ts_ms)
-                    ended = max(event.ts_ms, item.opened_ms or event.ts_ms)
-                    posts.append(self._ended(alert, ended))
-                    keep[event.incident_id] = {**alert, "ended_ms": ended, "dropped_ms": now}
-                    continue
-                opened = (before or {}).get("opened_ms") or item.opened_ms or event.ts_ms
-                alert = self._alert(event, opened)
-                if before is not None and before["labels"] != alert["labels"]:
-                    posts.append(self._ended(before, now))  # escalated: the old labels end
-                if item.resolved_ms is not None:  # over before its first post
-                    ended = max(item.resolved_ms, opened)
-                    posts.append(self._ended(alert, ended))
-                    keep[event.incident_id] = {**alert, "ended_ms": ended, "dropped_ms": now}
+                    self._resolved(item, before, now, posts, keep)
                 else:
-                    posts.append(self._firing(alert, now))
-                    keep[event.incident_id] = alert
+                    self._opened(item, before, now, posts, keep)
             await self.post(posts)
             for incident_id, alert in keep.items():
                 await self.store.put_open_alert(self.receiver_name, incident_id, alert)
         return {"alerts": len(posts)}
+
+    def _resolved(self, item: IncidentAlert, before: dict | None, now: int,
+                  posts: list[dict], keep: dict[str, dict]) -> None:
+        event = item.event
+        # The labels of the alert posted (a resolve's own severity is "none").
+        alert = before or self._alert(event, item.opened_ms or event.ts_ms)
+        ended = max(event.ts_ms, alert["opened_ms"])
+        posts.append(self._ended(alert, ended))
+        keep[event.incident_id] = {**alert, "ended_ms": ended, "dropped_ms": now}
+
+    def _opened(self, item: IncidentAlert, before: dict | None, now: int,
+                posts: list[dict], keep: dict[str, dict]) -> None:
+        event = item.event
+        if before is not None and before.get("ended_ms") is not None:
+            before = None  # a tombstone: that alert was already ended
+        opened = (before or {}).get("opened_ms") or item.opened_ms or event.ts_ms
+        alert = self._alert(event, opened)
+        if before is not None and before["labels"] != alert["labels"]:
+            posts.append(self._ended(before, now))  # escalated: the old labels end
+        if item.resolved_ms is not None:  # over before its first post
+            ended = max(item.resolved_ms, opened)
+            posts.append(self._ended(alert, ended))
+            keep[event.incident_id] = {**alert, "ended_ms": ended, "dropped_ms": now}
+        else:
+            posts.append(self._firing(alert, now))
+            keep[event.incident_id] = alert
 
     def _alert(self, event: AnomalyEvent, opened_ms: int) -> dict:
         alert = alertmanager_alert(event, self.settings, opened_ms, self.dashboard_url)
