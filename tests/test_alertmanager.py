@@ -280,11 +280,13 @@ def test_alert_payload_is_what_alertmanager_validates():
     """Unit: labels override the series' own ``severity``; empty label values are left out
     (Alertmanager treats them as absent anyway)."""
     event = make_event(series='cpu_usage{host="db-1",severity="low",rack=""}', context=False)
+    event.labels["data-center"] = "fra"  # an invalid label name (series ids never have one)
     settings = AlertmanagerReceiver(urls="http://am:9093/", alertname="Anomaly",
                                     labels={"team": "dba"})
     alert = alertmanager_alert(event, settings, opened_ms=event.ts_ms)
     assert settings.urls == ["http://am:9093"]
     assert alert["labels"] == {"host": "db-1", "severity": "warning", "team": "dba",
+                               "data_center": "fra",
                                "alertname": "Anomaly", "metric": "cpu_usage",
                                "anomaly_type": "point"}
     assert set(alert) == {"labels", "annotations", "startsAt"}  # no link without a dashboard

@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 
 from vigil.events import AnomalyEvent
+from vigil.series import sanitise_label_key
 from vigil.sinks.alerts import AlertmanagerReceiver, IncidentAlert, Notification
 from vigil.sinks.webhook import HttpDeliveryError, HttpPoster
 from vigil.times import iso
@@ -65,7 +66,9 @@ def alertmanager_alert(
     >>> alert["startsAt"], alert["annotations"]["summary"]
     ('1970-01-01T00:00:00.000Z', 'cpu{host="a"}: critical point anomaly')
     """
-    labels = {str(k): str(v) for k, v in (event.labels or {}).items() if str(v) != ""}
+    # Label names by Prometheus' rules (Alertmanager refuses others with a 400).
+    labels = {sanitise_label_key(str(k)): str(v)
+              for k, v in (event.labels or {}).items() if str(v) != ""}
     labels.update(settings.labels)
     labels.update(alertname=settings.alertname, metric=event.name, severity=event.severity,
                   anomaly_type=event.anomaly_type)
@@ -82,7 +85,8 @@ def alertmanager_alert(
                              "startsAt": _rfc3339(opened_ms)}
     if dashboard_url:
         annotations["dashboard"] = dashboard_url
-        alert["generatorURL"] = dashboard_url
+        if dashboard_url.startswith(("http://", "https://")):  # else a 400: not a URL
+            alert["generatorURL"] = dashboard_url
     return alert
 
 

@@ -302,6 +302,14 @@ class AlertmanagerReceiver(_Model):
     def _one_url(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+        if bad:
+            raise ValueError(f"alertmanager: not label names: {', '.join(bad)}")
+        return value
+
     @field_validator("password", "bearer_token", mode="before")
     @classmethod
     def _secret(cls, value: Any) -> Any:
