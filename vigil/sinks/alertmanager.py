@@ -42,8 +42,10 @@ TOMBSTONE_REPEATS = 3  # an ended alert is re-posted (ended) for this many inter
 class OpenAlerts(Protocol):
     """Where the alerts posted to one receiver's Alertmanager are remembered."""
 
-    async def open_alerts(self, receiver: str) -> dict[str, dict]: ...
-    async def put_open_alert(self, receiver: str, incident_id: str, alert: dict) -> None: ...
+    async def open_alerts(
+        self, receiver: str, incident_ids: list[str] | None = None
+    ) -> dict[str, dict]: ...
+    async def put_open_alerts(self, receiver: str, alerts: dict[str, dict]) -> None: ...
     async def drop_open_alerts(self, receiver: str, incident_ids: list[str]) -> None: ...
 
 
@@ -158,7 +160,8 @@ class AlertmanagerChannel:
         """Post the notification's incidents (opened, escalated or ended) as alerts."""
         async with self._lock:
             now = _now_ms()
-            stored = await self.store.open_alerts(self.receiver_name)
+            ids = [item.event.incident_id for item in notification.incidents]
+            stored = await self.store.open_alerts(self.receiver_name, ids)
             posts: list[dict] = []
             keep: dict[str, dict] = {}  # incident → what to remember of it
             for item in notification.incidents:
@@ -168,8 +171,7 @@ class AlertmanagerChannel:
                 else:
                     self._opened(item, before, now, posts, keep)
             await self.post(posts)
-            for incident_id, alert in keep.items():
-                await self.store.put_open_alert(self.receiver_name, incident_id, alert)
+            await self.store.put_open_alerts(self.receiver_name, keep)
         return {"alerts": len(posts)}
 
     def _resolved(self, item: IncidentAlert, before: dict | None, now: int,

@@ -122,16 +122,29 @@ class NotifierStore:
         key = f"{self.prefix}notification:{notification_id}"
         await self._call(lambda: self.client.set(key, orjson.dumps(record), ex=RECORD_TTL_S))
 
-    async def open_alerts(self, receiver: str) -> dict[str, dict]:
-        raw = await self._call(lambda: self.client.hgetall(f"{self.prefix}open:{receiver}"))
+    async def open_alerts(
+        self, receiver: str, incident_ids: list[str] | None = None
+    ) -> dict[str, dict]:
+        """The receiver's posted alerts by incident: all, or those of ``incident_ids``."""
+        key = f"{self.prefix}open:{receiver}"
+        if incident_ids is not None:
+            if not incident_ids:
+                return {}
+            values = await self._call(lambda: self.client.hmget(key, incident_ids))
+            return {i: orjson.loads(v) for i, v in zip(incident_ids, values, strict=True) if v}
+        raw = await self._call(lambda: self.client.hgetall(key))
         return {k.decode() if isinstance(k, bytes) else k: orjson.loads(v)
                 for k, v in raw.items()}
 
-    async def put_open_alert(self, receiver: str, incident_id: str, alert: dict) -> None:
+    async def put_open_alerts(self, receiver: str, alerts: dict[str, dict]) -> None:
+        """Remember (or replace) the posted alerts of ``alerts``' incidents."""
         key = f"{self.prefix}open:{receiver}"
+        mapping = {incident_id: orjson.dumps(alert) for incident_id, alert in alerts.items()}
+        if not mapping:
+            return
 
         async def put() -> None:
-            await self.client.hset(key, incident_id, orjson.dumps(alert))
+            await self.client.hset(key, mapping=mapping)
             await self.client.expire(key, RECORD_TTL_S)
 
         await self._call(put)
