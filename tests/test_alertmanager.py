@@ -331,6 +331,11 @@ def test_vigil_notifier_process_posts_to_alertmanager(stack, alertmanager, sink)
     assert notifier.alive(), notifier.log_tail()
     # Alertmanager routed it on to its own receiver, as it would to email or PagerDuty.
     asyncio.run(poll(lambda: sink.alerts("firing"), "Alertmanager's notification", 30))
+    port = notifier.env["VIGIL_NOTIFIER_WEB_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        exposed = answer.read().decode()
+    assert ('vigil_alerts_sent_total{channel="alertmanager",kind="firing",receiver="am"} 1.0'
+            in exposed)
 
 
 def _doc_yaml_blocks() -> list[str]:

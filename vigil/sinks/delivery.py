@@ -348,7 +348,7 @@ class Notifier:
             try:
                 count = await channel.repost()
                 if count:
-                    metrics.ALERTS_SENT.labels(receiver, channel.name, "repeat").inc(count)
+                    metrics.ALERTS_REPOSTED.labels(receiver).inc(count)
             except Exception as exc:  # noqa: BLE001 - the next round tries again
                 metrics.ALERT_ATTEMPTS_FAILED.labels(receiver, channel.name).inc()
                 log.warning("re-posting the open alerts of %s failed: %s", receiver, exc)
