@@ -251,6 +251,21 @@ async def test_open_alerts_are_reposted_from_redis_after_a_restart(redis_url, al
     assert reposted["startsAt"] == posted["startsAt"]
 
 
+async def test_open_alerts_are_reposted_every_repeat_s(redis_url, alertmanager):
+    async with Harness(redis_url, am_config(alertmanager, repeat_s=0.5)) as h:
+        await h.send(make_event(series='cpu_usage{host="loop-1"}'))
+        await h.settle()
+        (first,) = await poll(lambda: alertmanager.alerts(host="loop-1"), "the alert")
+        # Held 4 × 0.5 s: still active after several rounds, its endsAt moving on.
+        for _ in range(3):
+            ends_ms = iso_to_ms(first["endsAt"])
+            (first,) = await poll(
+                lambda ends_ms=ends_ms: [a for a in alertmanager.alerts(host="loop-1")
+                                         if iso_to_ms(a["endsAt"]) > ends_ms],
+                "a re-post")
+        assert first["status"]["state"] == "active"
+
+
 async def test_a_silenced_resolve_still_ends_the_alert(redis_url, alertmanager):
     opened = make_event(series='cpu_usage{host="db-5"}',
                         ts_ms=(time.time_ns() // 1_000_000 // STEP_MS - 10) * STEP_MS)
