@@ -26,12 +26,15 @@ def _readme_alerts_yaml() -> dict:
 def test_readme_and_example_file_configure_the_same_alerts(monkeypatch):
     monkeypatch.setenv("VIGIL_CONFIG_FILE", str(ROOT / "examples" / "vigil.yaml"))
     monkeypatch.setenv("VIGIL_ALERTS__TELEGRAM__TOKEN", "123:from-env")
+    monkeypatch.setenv("VIGIL_WEBHOOK_SECRET", "hook-secret")
     from_file = Settings().alerts
     from_readme = AlertingConfig.model_validate(_readme_alerts_yaml()["alerts"])
     assert from_file.telegram.token.get_secret_value() == "123:from-env"
     from_file.telegram.token = None
     assert from_readme.model_dump() == from_file.model_dump()
-    assert [r.name for r in from_file.receivers] == ["oncall", "dba", "ops-chat"]
+    assert [r.name for r in from_file.receivers] == [
+        "oncall", "dba", "ops-chat", "alertmanager", "automation"]
+    assert from_file.receiver("automation").webhook.secret.get_secret_value() == "hook-secret"
     assert from_file.telegram_chats() == {-1001234567890, -1009876543210}
 
 
@@ -64,7 +67,7 @@ def test_a_named_settings_file_that_is_missing_is_an_error(monkeypatch, tmp_path
     [
         ({"receivers": [{"name": "a", "email": {"to": ["x@y"]}}], "default_receivers": ["b"]},
          "unknown receivers: b"),
-        ({"receivers": [{"name": "a"}]}, "neither email nor telegram"),
+        ({"receivers": [{"name": "a"}]}, "has no destination"),
         ({"receivers": [{"name": "a", "email": {"to": ["x@y"]}}],
           "routes": [{"matchers": ["host~db"], "receivers": ["a"]}]}, "not a matcher"),
         ({"receivers": [{"name": "a", "email": {"to": ["x@y"]}}],
@@ -72,6 +75,19 @@ def test_a_named_settings_file_that_is_missing_is_an_error(monkeypatch, tmp_path
         ({"silences": [{"matchers": [], "ends_ms": 1}]}, "at least one matcher"),
         ({"receivers": [{"name": "a", "email": {"to": ["x@y"]}}], "typo_field": 1},
          "typo_field"),
+        ({"receivers": [{"name": "a", "webhook": {"url": "hooks.example.com/x"}}]},
+         "not an http(s) URL"),
+        ({"receivers": [{"name": "a", "alertmanager": {"urls": "http://am:9093",
+                                                       "labels": {"team-x": "a"}}}]},
+         "not label names: team-x"),
+        ({"receivers": [{"name": "a", "alertmanager": {"urls": []}}]},
+         "at least 1 item"),
+        ({"receivers": [{"name": "a", "alertmanager": {"urls": "http://am:9093",
+                                                       "username": "u"}}]},
+         "needs both username and password"),
+        ({"receivers": [{"name": "a", "webhook": {"url": "http://h/x",
+                                                  "secret": {"env": "VIGIL_TEST_UNSET_42"}}}]},
+         "VIGIL_TEST_UNSET_42 (a receiver's secret) is not set"),
     ],
 )
 def test_configuration_mistakes_are_refused_with_a_reason(alerts, message):
@@ -83,3 +99,24 @@ def test_matchers_round_trip_as_text():
     for text in ('host="db-1"', '__name__=~"disk_.*"', 'severity!="warning"', 'a!~"x|y"'):
         assert str(Matcher.parse(text)) == text
     assert Matcher.parse("host = db-1") == Matcher("host", "=", "db-1")
+
+
+def test_receiver_secrets_come_from_the_environment_or_a_file(monkeypatch, tmp_path):
+    token = tmp_path / "am-token"
+    token.write_text("tok-from-file\n")
+    monkeypatch.setenv("HOOK_SECRET", "hook-from-env")
+    config = AlertingConfig.model_validate({
+        "receivers": [
+            {"name": "am", "alertmanager": {"urls": ["http://am-1:9093", "http://am-2:9093/"],
+                                            "bearer_token": {"file": str(token)}}},
+            {"name": "hook", "webhook": {"url": "https://hooks.example.com/vigil",
+                                         "secret": {"env": "HOOK_SECRET"}}},
+        ],
+        "default_receivers": ["am", "hook"],
+    })
+    am, hook = config.receivers
+    assert am.alertmanager.urls == ["http://am-1:9093", "http://am-2:9093"]
+    assert am.alertmanager.bearer_token.get_secret_value() == "tok-from-file"
+    assert hook.webhook.secret.get_secret_value() == "hook-from-env"
+    shown = repr(config) + str(config.model_dump()) + config.model_dump_json()
+    assert "tok-from-file" not in shown and "hook-from-env" not in shown

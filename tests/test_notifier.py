@@ -96,10 +96,12 @@ def botapi() -> Iterator[BotAPIServer]:
 class Harness:
     """A Notifier with real channels, its Redis records under a unique prefix."""
 
-    def __init__(self, redis_url: str, config: dict):
+    def __init__(self, redis_url: str, config: dict, prefix: str | None = None,
+                 cleanup: bool = True):
         self.config = AlertingConfig.model_validate(config)
         self.client = aioredis.from_url(redis_url)
-        self.prefix = f"vigil-test-{uuid.uuid4().hex[:8]}:"
+        self.prefix = prefix or f"vigil-test-{uuid.uuid4().hex[:8]}:"
+        self.cleanup = cleanup  # False: the records stay for a restarted Harness
         self.store = NotifierStore(self.client, self.prefix)
         self.bot = None
         if any(r.telegram for r in self.config.receivers):
@@ -115,7 +117,8 @@ class Harness:
             self.feedback.append(record)
 
         self.notifier = Notifier(
-            self.config, self.store, build_channels(self.config, self.bot), dead_letter, feedback
+            self.config, self.store, build_channels(self.config, self.bot, self.store),
+            dead_letter, feedback
         )
         self._flush: asyncio.Task | None = None
 
@@ -131,7 +134,7 @@ class Harness:
         if self.bot is not None:
             await self.bot.close()
         keys = [k async for k in self.client.scan_iter(f"{self.prefix}*")]
-        if keys:
+        if keys and self.cleanup:
             await self.client.delete(*keys)
         await self.client.aclose()
 

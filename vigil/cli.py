@@ -40,7 +40,8 @@ def worker() -> None:
 
 @app.command()
 def notifier() -> None:
-    """Run the notifier: anomaly events to email and Telegram (settings: VIGIL_CONFIG_FILE)."""
+    """Run the notifier: anomaly events to email, Telegram, Alertmanager or webhooks
+    (settings: VIGIL_CONFIG_FILE)."""
     from faust.worker import Worker
 
     from vigil.streams.notifier import create_notifier_app

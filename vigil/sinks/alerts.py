@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -42,6 +44,7 @@ from vigil.times import iso_to_ms
 
 __all__ = [
     "AlertingConfig",
+    "AlertmanagerReceiver",
     "EmailReceiver",
     "Grouper",
     "Matcher",
@@ -55,6 +58,7 @@ __all__ = [
     "SmtpSettings",
     "TelegramReceiver",
     "TelegramSettings",
+    "WebhookReceiver",
     "alert_labels",
     "severity_rank",
 ]
@@ -231,17 +235,139 @@ class TelegramReceiver(_Model):
     chat_ids: list[int] = Field(min_length=1)
 
 
+def _secret_from(value: Any) -> Any:
+    """A receiver's secret as written in the settings file: the text itself, or
+    ``{env: NAME}`` (read from that environment variable) or ``{file: /path}`` (its contents,
+    stripped) — receivers are a list, so ``VIGIL_*`` variables cannot reach into them.
+
+    >>> import os; os.environ["DOCTEST_SECRET"] = "x1"
+    >>> _secret_from({"env": "DOCTEST_SECRET"}), _secret_from("plain")
+    ('x1', 'plain')
+    """
+    if not isinstance(value, Mapping):
+        return value
+    if set(value) == {"env"}:
+        found = os.environ.get(str(value["env"]))
+        if found is None:
+            raise ValueError(f"environment variable {value['env']} (a receiver's secret) is "
+                             "not set")
+        return found
+    if set(value) == {"file"}:
+        try:
+            return Path(str(value["file"])).read_text().strip()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read a receiver's secret from {value['file']}: {exc}"
+            ) from None
+    raise ValueError("a secret is text, {env: NAME} or {file: /path}")
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    return value.rstrip("/")
+
+
+class AlertmanagerReceiver(_Model):
+    """Hand incidents to Prometheus Alertmanager (API v2): one alert per incident, re-posted
+    while it is open, ended when it resolves. Alertmanager then groups, dedupes, silences
+    and routes them itself (docs/alertmanager.md)."""
+
+    urls: list[str] = Field(
+        min_length=1,
+        description="Alertmanager base URLs (http://alertmanager:9093); each gets every alert, "
+        "as Prometheus does with an Alertmanager cluster.",
+    )
+    alertname: str = Field("VigilAnomaly", description="The alerts' `alertname` label.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Extra labels on every alert (e.g. team: dba)."
+    )
+    repeat_s: float = Field(
+        60.0, gt=0,
+        description="Re-post open incidents this often; each post holds the alert active for "
+        "4× this (as Prometheus does), so a stopped notifier's alerts expire on their own.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one post in seconds.")
+    username: str | None = Field(None, description="Basic auth user (with `password`).")
+    password: SecretStr | None = Field(
+        None, description="Basic auth password: text, `{env: NAME}` or `{file: /path}`."
+    )
+    bearer_token: SecretStr | None = Field(
+        None, description="Sent as `Authorization: Bearer …` (instead of basic auth); text, "
+        "`{env: NAME}` or `{file: /path}`."
+    )
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_url(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+        if bad:
+            raise ValueError(f"alertmanager: not label names: {', '.join(bad)}")
+        return value
+
+    @field_validator("password", "bearer_token", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        return _secret_from(value)
+
+    @field_validator("urls")
+    @classmethod
+    def _valid_urls(cls, value: list[str]) -> list[str]:
+        return [_http_url(u) for u in value]
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> AlertmanagerReceiver:
+        if self.bearer_token is not None and self.username is not None:
+            raise ValueError("alertmanager: set either username/password or bearer_token")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("alertmanager: basic auth needs both username and password")
+        return self
+
+
+class WebhookReceiver(_Model):
+    """POST every notification as JSON (body: docs/alerts.md#webhook), signed with HMAC-SHA256
+    when a ``secret`` is set."""
+
+    url: str = Field(description="Where the JSON body is POSTed.")
+    secret: SecretStr | None = Field(
+        None, description="Signs the body: header `X-Vigil-Signature: sha256=<hex HMAC>`. "
+        "Text, `{env: NAME}` or `{file: /path}`."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra HTTP headers (e.g. an API key)."
+    )
+    timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one POST in seconds.")
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        return _secret_from(value)
+
+
 class Receiver(_Model):
     """A named set of destinations; a route names receivers, never addresses."""
 
     name: str
     email: EmailReceiver | None = None
     telegram: TelegramReceiver | None = None
+    alertmanager: AlertmanagerReceiver | None = None
+    webhook: WebhookReceiver | None = None
 
     @model_validator(mode="after")
     def _has_destination(self) -> Receiver:
-        if self.email is None and self.telegram is None:
-            raise ValueError(f"receiver {self.name!r} has neither email nor telegram")
+        if not (self.email or self.telegram or self.alertmanager or self.webhook):
+            raise ValueError(f"receiver {self.name!r} has no destination "
+                             "(email, telegram, alertmanager or webhook)")
         return self
 
 

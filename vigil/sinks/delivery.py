@@ -48,6 +48,7 @@ from tenacity import (
 from vigil.events import AlertDeadLetter, AnomalyEvent, Feedback, stable_id
 from vigil.retrying import redis_retrying
 from vigil.sinks import metrics
+from vigil.sinks.alertmanager import AlertmanagerChannel
 from vigil.sinks.alerts import (
     AlertingConfig,
     Grouper,
@@ -68,6 +69,7 @@ from vigil.sinks.telegram import (
     TelegramChannel,
     is_permanent_telegram_error,
 )
+from vigil.sinks.webhook import WebhookChannel, is_permanent_http_error
 from vigil.times import iso as _iso
 from vigil.times import now_ms as _now_ms
 
@@ -86,7 +88,9 @@ class NotifierStore:
     * ``notify:incident:<receiver>:<incident>`` — severity sent, message references for
       follow-ups, resolved flag (expires after 30 days);
     * ``notify:notification:<id>`` — the incidents a message covered (for its buttons);
-    * ``notify:silences`` — a hash of active and expired silences.
+    * ``notify:silences`` — a hash of active and expired silences;
+    * ``notify:open:<receiver>`` — the alerts posted to an Alertmanager receiver and not yet
+      ended (re-posted while open), by incident.
     """
 
     def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
@@ -117,6 +121,38 @@ class NotifierStore:
     async def put_notification(self, notification_id: str, record: dict) -> None:
         key = f"{self.prefix}notification:{notification_id}"
         await self._call(lambda: self.client.set(key, orjson.dumps(record), ex=RECORD_TTL_S))
+
+    async def open_alerts(
+        self, receiver: str, incident_ids: list[str] | None = None
+    ) -> dict[str, dict]:
+        """The receiver's posted alerts by incident: all, or those of ``incident_ids``."""
+        key = f"{self.prefix}open:{receiver}"
+        if incident_ids is not None:
+            if not incident_ids:
+                return {}
+            values = await self._call(lambda: self.client.hmget(key, incident_ids))
+            return {i: orjson.loads(v) for i, v in zip(incident_ids, values, strict=True) if v}
+        raw = await self._call(lambda: self.client.hgetall(key))
+        return {k.decode() if isinstance(k, bytes) else k: orjson.loads(v)
+                for k, v in raw.items()}
+
+    async def put_open_alerts(self, receiver: str, alerts: dict[str, dict]) -> None:
+        """Remember (or replace) the posted alerts of ``alerts``' incidents."""
+        key = f"{self.prefix}open:{receiver}"
+        mapping = {incident_id: orjson.dumps(alert) for incident_id, alert in alerts.items()}
+        if not mapping:
+            return
+
+        async def put() -> None:
+            await self.client.hset(key, mapping=mapping)
+            await self.client.expire(key, RECORD_TTL_S)
+
+        await self._call(put)
+
+    async def drop_open_alerts(self, receiver: str, incident_ids: list[str]) -> None:
+        if incident_ids:
+            key = f"{self.prefix}open:{receiver}"
+            await self._call(lambda: self.client.hdel(key, *incident_ids))
 
     async def add_silence(self, silence: Silence) -> Silence:
         if not silence.id:
@@ -222,7 +258,8 @@ class InOrderAcks:
 
 
 def _permanent(exc: BaseException) -> bool:
-    return is_permanent_smtp_error(exc) or is_permanent_telegram_error(exc)
+    return (is_permanent_smtp_error(exc) or is_permanent_telegram_error(exc)
+            or is_permanent_http_error(exc))
 
 
 class Notifier:
@@ -271,6 +308,11 @@ class Notifier:
         for name, queue in self.queues.items():
             self._tasks.append(asyncio.create_task(self._receiver_loop(name, queue),
                                                    name=f"receiver:{name}"))
+        for name, channels in self.channels.items():
+            for channel in channels:
+                if isinstance(channel, AlertmanagerChannel):
+                    self._tasks.append(asyncio.create_task(
+                        self._repost_loop(name, channel), name=f"repost:{name}"))
 
     async def stop(self, grace_s: float = 15.0) -> None:
         """Let deliveries under way finish (so a graceful restart sends nothing twice), then
@@ -283,6 +325,10 @@ class Notifier:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        for channel in (c for channels in self.channels.values() for c in channels):
+            close = getattr(channel, "close", None)
+            if close is not None:
+                await close()
         if self._chart_pool is not None:
             self._chart_pool.shutdown(wait=False, cancel_futures=True)
             self._chart_pool = None
@@ -294,6 +340,19 @@ class Notifier:
             next_due = self.grouper.next_due()
             delay = 0.05 if next_due is None else min(0.05, max(0.0, next_due - time.monotonic()))
             await asyncio.sleep(delay)
+
+    async def _repost_loop(self, receiver: str, channel: AlertmanagerChannel) -> None:
+        """Keep the receiver's open incidents active in Alertmanager: re-post them at start
+        (after a restart) and every ``repeat_s``."""
+        while not self._stopping:
+            try:
+                count = await channel.repost()
+                if count:
+                    metrics.ALERTS_REPOSTED.labels(receiver).inc(count)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                metrics.ALERT_ATTEMPTS_FAILED.labels(receiver, channel.name).inc()
+                log.warning("re-posting the open alerts of %s failed: %s", receiver, exc)
+            await asyncio.sleep(channel.repeat_s)
 
     def idle(self) -> bool:
         """Nothing pending, queued or in flight (tests and the bench wait for this)."""
@@ -338,16 +397,21 @@ class Notifier:
         if event.kind not in ("open", "update", "resolve"):
             metrics.EVENTS_SUPPRESSED.labels(reason="malformed").inc()
             return
-        if now_ms - event.ts_ms > self.config.max_event_age_s * 1000:
-            metrics.EVENTS_SUPPRESSED.labels(reason="stale").inc()
-            return
         receivers = self.router.receivers(alert_labels(event))
         if not receivers:
             metrics.EVENTS_SUPPRESSED.labels(reason="unrouted").inc()
             return
-        if await self._silenced(event, now_ms):
-            metrics.EVENTS_SUPPRESSED.labels(reason="silenced").inc()
-            return
+        muted = None
+        if now_ms - event.ts_ms > self.config.max_event_age_s * 1000:
+            muted = "stale"
+        elif await self._silenced(event, now_ms):
+            muted = "silenced"
+        if muted is not None:
+            # An alert posted to Alertmanager must still end, whatever mutes the message.
+            receivers = [r for r in receivers if event.kind == "resolve" and self._ends_alerts(r)]
+            if not receivers:
+                metrics.EVENTS_SUPPRESSED.labels(reason=muted).inc()
+                return
         for receiver in receivers:
             if event.kind == "resolve":
                 placed = await self._place_resolve(receiver, event, tracker)
@@ -368,8 +432,13 @@ class Notifier:
         )
         return True
 
+    def _ends_alerts(self, receiver: str) -> bool:
+        """The receiver posts to Alertmanager: its alerts must end at the resolve even when
+        resolve messages are off, the resolve is silenced or old."""
+        return any(isinstance(c, AlertmanagerChannel) for c in self.channels.get(receiver, []))
+
     async def _place_resolve(self, receiver: str, event: AnomalyEvent, tracker: _Ack) -> bool:
-        if not self.config.send_resolved:
+        if not (self.config.send_resolved or self._ends_alerts(receiver)):
             return False
         pending = self.grouper.find(receiver, "firing", event.incident_id)
         if pending is not None and not pending.escalation:
@@ -395,8 +464,10 @@ class Notifier:
         for notification in due:
             # A silence set while the group waited (e.g. a Mute press) still applies.
             kept = []
+            must_end = notification.kind == "resolved" and self._ends_alerts(
+                notification.receiver)
             for alert in notification.incidents:
-                if await self._silenced(alert.event, now_ms):
+                if not must_end and await self._silenced(alert.event, now_ms):
                     metrics.EVENTS_SUPPRESSED.labels(reason="silenced").inc()
                     self.inflight.pop((notification.receiver, alert.event.incident_id), None)
                 else:
@@ -522,6 +593,9 @@ class Notifier:
         previous_refs = await self._thread_refs(notification)
         refs: dict[str, dict] = {}
         for channel in self.channels.get(receiver, []):
+            if (notification.kind == "resolved" and not self.config.send_resolved
+                    and not isinstance(channel, AlertmanagerChannel)):
+                continue
             refs_for = await self._send_with_retries(
                 notification, channel, chart, previous_refs.get(channel.name)
             )
@@ -554,6 +628,9 @@ class Notifier:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, TelegramRetryAfter):
                 return float(exc.retry_after)
+            retry_after_s = getattr(exc, "retry_after_s", None)  # HTTP 429/503 Retry-After
+            if retry_after_s is not None:
+                return min(float(retry_after_s), 10 * config.retry_max_s)
             return backoff(state)
 
         def before_sleep(state) -> None:
@@ -672,8 +749,9 @@ class Notifier:
 
 
 def build_channels(
-    config: AlertingConfig, bot: TelegramBot | None
+    config: AlertingConfig, bot: TelegramBot | None, store: NotifierStore | None = None
 ) -> dict[str, list[Channel]]:
+    """Each receiver's channels; ``store`` keeps the open alerts of Alertmanager receivers."""
     channels: dict[str, list[Channel]] = {}
     for receiver in config.receivers:
         out: list[Channel] = []
@@ -683,6 +761,14 @@ def build_channels(
             if bot is None:
                 raise ValueError(f"receiver {receiver.name!r} uses Telegram but no bot is set up")
             out.append(TelegramChannel(bot, receiver.telegram, config.dashboard_url))
+        if receiver.alertmanager is not None:
+            if store is None:
+                raise ValueError(f"receiver {receiver.name!r} uses Alertmanager: "
+                                 "build_channels needs the NotifierStore")
+            out.append(AlertmanagerChannel(receiver.name, receiver.alertmanager, store,
+                                           config.dashboard_url))
+        if receiver.webhook is not None:
+            out.append(WebhookChannel(receiver.webhook, config.group_by, config.dashboard_url))
         channels[receiver.name] = out
     return channels
 

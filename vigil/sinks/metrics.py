@@ -84,6 +84,10 @@ LSTM_MODEL_ERRORS = Counter(
 ALERTS_SENT = Counter(
     "vigil_alerts_sent", "Notifications delivered", ["receiver", "channel", "kind"]
 )
+ALERTS_REPOSTED = Counter(
+    "vigil_alerts_reposted", "Open incidents' alerts re-posted to Alertmanager (every repeat_s)",
+    ["receiver"],
+)
 ALERT_ATTEMPTS_FAILED = Counter(
     "vigil_alert_attempts_failed", "Failed delivery attempts (retried)", ["receiver", "channel"]
 )

@@ -2,7 +2,8 @@
 
 ::
 
-    vigil-anomalies ──notify──► Notifier (vigil.sinks.delivery) ──► email, Telegram
+    vigil-anomalies ──notify──► Notifier (vigil.sinks.delivery) ──► email, Telegram,
+                                  │                                  Alertmanager, webhook
                                   │ failed ► vigil-alerts-deadletter
     Telegram buttons ──presses──► vigil-feedback (+ a silence for Mute)
 
@@ -68,7 +69,7 @@ def create_notifier_app(settings: Settings | None = None) -> faust.App:
         await (await feedback_topic.send(key=record.incident_id.encode(), value=record))
 
     notifier = Notifier(
-        config, store, build_channels(config, bot), dead_letter, feedback,
+        config, store, build_channels(config, bot, store), dead_letter, feedback,
         z_marked=settings.detector.z_open,
     )
     app.vigil_notifier = notifier

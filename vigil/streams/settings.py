@@ -389,8 +389,8 @@ def _default_text(value) -> str:
     return f"`{value}`"
 
 
-def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
-    out = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+def _table(rows: list[tuple[str, str, str, str]], first: str = "variable") -> list[str]:
+    out = [f"| {first} | type | default | meaning |", "|---|---|---|---|"]
     out += [f"| `{var}` | {typ} | {default} | {_md_cell(meaning)} |"
             for var, typ, default, meaning in rows]
     return out
@@ -411,17 +411,22 @@ _ALERT_FIELD_NOTES = {
     "SmtpSettings.timeout_s": "SMTP connection and command timeout in seconds.",
     "SmtpSettings.validate_certs": "Check the SMTP server's TLS certificate.",
     "TelegramSettings.poll_timeout_s": "Long-polling timeout of getUpdates in seconds.",
+    "EmailReceiver.to": "Addresses every message of the receiver goes to.",
+    "TelegramReceiver.chat_ids": "Chats (users or groups with the bot) every message goes to.",
 }
 
 
-def _model_rows(model: type, prefix: str, skip: tuple[str, ...] = ()) -> list[tuple]:
+def _model_rows(
+    model: type, prefix: str, skip: tuple[str, ...] = (), upper: bool = True
+) -> list[tuple]:
     rows = []
     for name, info in model.model_fields.items():
         if name in skip:
             continue
         default = info.get_default(call_default_factory=True)
         meaning = info.description or _ALERT_FIELD_NOTES.get(f"{model.__name__}.{name}", "")
-        rows.append((f"{prefix}{(info.alias or name).upper()}", _type_name(info.annotation),
+        key = info.alias or name
+        rows.append((f"{prefix}{key.upper() if upper else key}", _type_name(info.annotation),
                      _default_text(default), meaning))
     return rows
 
@@ -439,7 +444,14 @@ def settings_reference() -> str:
     """
     import dataclasses
 
-    from vigil.sinks.alerts import SmtpSettings, TelegramSettings
+    from vigil.sinks.alerts import (
+        AlertmanagerReceiver,
+        EmailReceiver,
+        SmtpSettings,
+        TelegramReceiver,
+        TelegramSettings,
+        WebhookReceiver,
+    )
 
     lines = [_REFERENCE_INTRO, "## Worker, notifier and CLI", ""]
     lines += _table(_model_rows(Settings, "VIGIL_", skip=("alerts", "detector")))
@@ -473,6 +485,20 @@ def settings_reference() -> str:
         ("Telegram (`VIGIL_ALERTS__TELEGRAM__*`)", TelegramSettings, "VIGIL_ALERTS__TELEGRAM__"),
     ):
         lines += ["", f"### {title}", ""] + _table(_model_rows(model, prefix))
+    lines += [
+        "",
+        "### Receivers (`receivers:` in the YAML file)",
+        "",
+        "Each receiver has a `name` and one or more channels; routes name receivers. "
+        "How each channel behaves: [alerts.md](alerts.md) (email, Telegram, webhook) and "
+        "[alertmanager.md](alertmanager.md).",
+        "",
+    ]
+    rows = []
+    for channel, model in (("email", EmailReceiver), ("telegram", TelegramReceiver),
+                           ("alertmanager", AlertmanagerReceiver), ("webhook", WebhookReceiver)):
+        rows += _model_rows(model, f"{channel}.", upper=False)
+    lines += _table(rows, first="key")
     return "\n".join(lines) + "\n"
 
 
