@@ -23,7 +23,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -757,9 +757,10 @@ class RateLimiter:
     30.0
     """
 
-    def __init__(self, per_minute: float) -> None:
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = per_minute / 60.0
         self.burst = max(1.0, per_minute)
+        self.clock = clock
         self._tokens: dict[str, tuple[float, float]] = {}
 
     def _level(self, receiver: str, now: float) -> float:
@@ -768,7 +769,7 @@ class RateLimiter:
 
     def wait_s(self, receiver: str, now: float | None = None) -> float:
         """Take a token if there is one (returns 0), else how long until there is one."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         tokens = self._level(receiver, now)
         if tokens >= 1.0:
             self._tokens[receiver] = (tokens - 1.0, now)
