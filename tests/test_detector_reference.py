@@ -52,3 +52,18 @@ def test_same_detections_as_the_numpy_reference(telemetry: Dataset, batches):
     # Something to compare: incidents open, and several kinds of anomaly fire.
     assert np.count_nonzero(new["event"] == 1) >= 3
     assert len(np.unique(new["anomaly_type"][new["anomaly_type"] > 0])) >= 3
+
+
+def test_the_kernels_gammainc_is_scipys():
+    from numba import njit
+    from scipy.special import gammainc
+
+    from vigil.detectors.kernel import GAMMAINC_ADDRESS, call_double_double
+
+    @njit
+    def each(a, b, address):
+        return [call_double_double(address, a[i], b[i]) for i in range(len(a))]
+
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.5, 200.0, 2_000), rng.uniform(1e-6, 50.0, 2_000)
+    assert np.array_equal(np.array(each(a, b, GAMMAINC_ADDRESS)), gammainc(a, b))
