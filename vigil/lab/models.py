@@ -150,9 +150,8 @@ class OnlineModel:
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`score_and_openings` of several ``(values, ts_ms)`` series in one batch.
 
-        Series do not interact, so the results are those of one series at a time; but each
-        vectorised round of the detector then covers every series (on nab-dev's 28 series:
-        ~3 s instead of ~45 s).
+        Series do not interact, so the results are those of one series at a time; one call
+        saves the per-batch overhead (resampling, result arrays) of one call per series.
         """
         p = self.detector_.params
         stamps = [np.asarray(ts, np.int64) for _, ts in series]

@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from faust.types import EventT
 from mode import CrashingSupervisor
 
+from vigil.detectors.online import warm_up
 from vigil.sinks import metrics
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
@@ -270,6 +271,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     )
 
     history = attach_storage(app, settings)  # ClickHouse, when configured
+    # Compile the detector's step kernel (or load it from numba's cache) now, at start, not
+    # on the first batch.
+    warm_up()
 
     async def dead_letter(reject: Reject, event: EventT, stage: str = "parse") -> asyncio.Future:
         message = event.message
