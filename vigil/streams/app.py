@@ -193,6 +193,7 @@ def add_remote_write(app: faust.App, settings: Settings, topic: TopicT) -> None:
     from aiohttp import web
 
     limit = settings.remote_write_max_bytes
+    known_types: dict[str, int] = {}  # metric family → type, from metadata requests
 
     def refuse(status: int, reason: str) -> web.Response:
         metrics.REMOTE_WRITE_REQUESTS.labels(status=str(status)).inc()
@@ -214,7 +215,7 @@ def add_remote_write(app: faust.App, settings: Settings, topic: TopicT) -> None:
                                                  settings.remote_write_max_series)
         except RemoteWriteError as exc:
             return refuse(exc.status, str(exc))
-        converted = to_messages(write_request)
+        converted = to_messages(write_request, known_types=known_types)
         sent = [await topic.send(value=m) for m in converted.messages]
         if sent:
             await asyncio.gather(*sent)

@@ -131,9 +131,13 @@ def _is_stale(value: float) -> bool:
     return math.isnan(value) and struct.unpack("<Q", struct.pack("<d", value))[0] == STALE_NAN_BITS
 
 
-def _counter_check(metadata) -> callable:
-    """``is_counter(name)``: by the request's metadata, else by the name's suffix."""
-    types = {m.metric_family_name: m.type for m in metadata}
+def _counter_check(metadata, known: dict[str, int] | None = None) -> callable:
+    """``is_counter(name)``: by metadata (this request's, and ``known`` from earlier ones —
+    Prometheus sends metadata in requests of their own), else by the name's suffix."""
+    types = known if known is not None else {}
+    if len(types) > 100_000:
+        types.clear()
+    types.update((m.metric_family_name, m.type) for m in metadata)
 
     def is_counter(name: str) -> bool:
         kind = types.get(name)
@@ -161,8 +165,11 @@ class Converted:
     stale: int = 0
 
 
-def to_messages(request, points_per_message: int = 1_000) -> Converted:
+def to_messages(request, points_per_message: int = 1_000,
+                known_types: dict[str, int] | None = None) -> Converted:
     """The request's samples as vigil JSON messages ``{"points": [...]}``, stale markers out.
+    ``known_types`` (family → metadata type) is updated from the request and used for the
+    next ones.
 
     >>> body = encode_write_request([({"__name__": "up", "job": "node"}, [(1.0, 1714564800000)]),
     ...     ({"__name__": "x_total"}, [(5.0, 1714564800000), (float("nan"), 1714564815000)])])
@@ -172,7 +179,7 @@ def to_messages(request, points_per_message: int = 1_000) -> Converted:
 'type': 'counter'})
     """
     out = Converted()
-    is_counter = _counter_check(request.metadata)
+    is_counter = _counter_check(request.metadata, known_types)
     points: list[dict] = []
     for ts in request.timeseries:
         labels = {label.name: label.value for label in ts.labels}
