@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from confluent_kafka import Producer
 
 from tests.conftest import Stack, wait_until
 from tests.realclients import (
@@ -27,9 +30,10 @@ from tests.realclients import (
     wheel_librdkafka,
 )
 from tests.record_fixtures import prometheus_config, start_node_exporter, start_prometheus
-from tests.test_worker_metrics import scrape, total
+from tests.test_worker_metrics import health, scrape, total
 from vigil.devtools.embedded import free_port
 from vigil.series import parse_series
+from vigil.streams.remote_write import encode_write_request
 from vigil.streams.state import unpack
 
 pytestmark = pytest.mark.integration
@@ -56,6 +60,23 @@ def wait_for_series(stack: Stack, worker, names: set[str], timeout: float = 60) 
         return held if names <= have_names else None
 
     return wait_until(found, timeout, f"series {sorted(names)} in Redis")
+
+
+def wait_web(worker) -> str:
+    """The worker's web port, once its server answers."""
+    port = worker.env["VIGIL_WEB_PORT"]
+
+    def up():
+        if not worker.alive():
+            pytest.fail("worker died:\n" + worker.log_tail())
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return True
+        except OSError:
+            return False
+
+    wait_until(up, 60, "worker web server")
+    return port
 
 
 @pytest.mark.skipif(not have(COLLECTD), reason="collectd-core not installed (.ci/run installs it)")
@@ -92,18 +113,7 @@ def test_collectd_write_kafka_into_the_worker(stack: Stack, tmp_path: Path, topi
                     reason="prometheus / node_exporter not installed (.ci/run installs them)")
 def test_prometheus_remote_write_and_scrape(stack: Stack, tmp_path: Path) -> None:
     worker = stack.start_worker(VIGIL_LAG_REFRESH_S="0.5")
-    port = worker.env["VIGIL_WEB_PORT"]
-
-    def up():
-        if not worker.alive():
-            pytest.fail("worker died:\n" + worker.log_tail())
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return True
-        except OSError:
-            return False
-
-    wait_until(up, 60, "worker web server")
+    port = wait_web(worker)
     node_port, prom_port = free_port(), free_port()
     config = prometheus_config(tmp_path / "prometheus.yml", node_port,
                                f"http://127.0.0.1:{port}/api/v1/write",
@@ -138,3 +148,44 @@ def test_prometheus_remote_write_and_scrape(stack: Stack, tmp_path: Path) -> Non
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def post(url: str, body: bytes) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_remote_write_refusals_and_a_degraded_input(stack: Stack) -> None:
+    """Bounds answer 413/400 with a reason; an input that is mostly dead-lettered turns
+    /health to "degraded" with the ratio, and the dead letters are counted by reason."""
+    worker = stack.start_worker(VIGIL_REMOTE_WRITE_MAX_BYTES="2000",
+                                VIGIL_REMOTE_WRITE_MAX_SERIES="3")
+    port = wait_web(worker)
+    url = f"http://127.0.0.1:{port}/api/v1/write"
+    assert post(url, b"\x00" * 3000)[0] == 413
+    status, text = post(url, b"not snappy at all")
+    assert status == 400 and "not snappy" in text
+    series = [({"__name__": f"m{i}"}, [(1.0, int(time.time() * 1000))]) for i in range(4)]
+    status, text = post(url, encode_write_request(series))
+    assert status == 400 and "4 series in one request" in text
+    assert post(url, encode_write_request(series[:3]))[0] == 204
+
+    producer = Producer({"bootstrap.servers": stack.broker})
+    for _ in range(30):  # what collectd would send to a worker expecting Influx lines only
+        producer.produce(stack.input_topic, b'{"values":[1],"dsnames":["value"]}')
+    producer.flush(10)
+
+    def degraded():
+        status, report = health(port)
+        return report.get("status") == "degraded" and report
+
+    report = wait_until(degraded, 60, "/health degraded")
+    (info,) = report["degraded_inputs"].values()
+    assert info["dead_lettered_ratio"] > 0.5 and info["records"] >= 30
+    assert total(scrape(port), "vigil_dead_letters_total", stage="parse") >= 30
+    assert "were dead-lettered (format auto)" in worker.log_tail(20_000)
