@@ -106,3 +106,14 @@ def test_nab_variants_move_windows_onto_the_rows_and_score_like_the_lab(tmp_path
     assert all(np.all(np.diff(s.ts_ms) == 3_600_000) for s in hourly.series.values())
     assert len(hourly.labels) == 3
     assert score_variant(tmp_path / "hourly", tmp_path / "out_h")["steps"] == [3600]
+
+
+def test_remote_write_bench_requests_decode_to_their_samples():
+    from bench.remote_write import request_bodies
+    from vigil.streams.remote_write import decode_write_request, to_messages
+
+    bodies = request_bodies(requests=2, series=30, start_ms=1_714_564_800_000)
+    out = [to_messages(decode_write_request(b, 1 << 20, 100)) for b in bodies]
+    assert [o.samples for o in out] == [30, 30]
+    points = make_parser("json").parse(out[1].messages[0], 1_714_564_800_000)
+    assert len(points) == 30 and points.rejects == [] and len(points.counters) == 30
