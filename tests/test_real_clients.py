@@ -189,3 +189,32 @@ def test_remote_write_refusals_and_a_degraded_input(stack: Stack) -> None:
     assert info["dead_lettered_ratio"] > 0.5 and info["records"] >= 30
     assert total(scrape(port), "vigil_dead_letters_total", stage="parse") >= 30
     assert "were dead-lettered (format auto)" in worker.log_tail(20_000)
+
+
+@pytest.mark.skipif(not have("kcat"), reason="kcat not installed (.ci/run installs it)")
+def test_kcat_produces_each_text_format_into_the_worker(stack: Stack, tmp_path: Path) -> None:
+    """kcat (Debian's, on the wheel's librdkafka) sends one record per line: Telegraf's JSON,
+    Influx, Graphite, vigil's JSON with a counter, and one bad record (dead-lettered)."""
+    ts = int(time.time())
+    lines = [
+        json.dumps({"fields": {"usage_idle": 97.5, "online": True}, "name": "cpu",
+                    "tags": {"host": "k1"}, "timestamp": ts}),
+        f"mem,host=k1 used_percent=41.5 {ts * 10**9}",
+        f"servers.k1.disk.used 12 {ts}",
+        json.dumps({"name": "jobs_total", "value": 10, "timestamp": ts, "type": "counter",
+                    "labels": {"host": "k1", "ok": True}}),
+        "this is not a metric at all, is it",
+    ]
+    (tmp_path / "records.txt").write_text("\n".join(lines) + "\n")
+    worker = stack.start_worker()
+    env = {"LD_LIBRARY_PATH": str(wheel_librdkafka(tmp_path / "lib")), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["kcat", "-P", "-b", stack.broker, "-t", stack.input_topic, "-l",
+                    str(tmp_path / "records.txt")], env=env, check=True, timeout=60)
+    held = wait_for_series(stack, worker, {"cpu_usage_idle", "cpu_online", "mem_used_percent",
+                                           "servers_k1_disk_used"})
+    assert held['cpu_usage_idle{host="k1"}'] == 97.5
+    assert 'jobs_total{host="k1",ok="true"}' not in held  # a counter's first sample primes
+    port = worker.env["VIGIL_WEB_PORT"]
+    wait_until(lambda: total(scrape(port), "vigil_dead_letters_total") == 1, 30,
+               "the bad record dead-lettered")
+    assert total(scrape(port), "vigil_counter_points_held_total") == 1
