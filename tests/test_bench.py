@@ -115,5 +115,6 @@ def test_remote_write_bench_requests_decode_to_their_samples():
     bodies = request_bodies(requests=2, series=30, start_ms=1_714_564_800_000)
     out = [to_messages(decode_write_request(b, 1 << 20, 100)) for b in bodies]
     assert [o.samples for o in out] == [30, 30]
-    points = make_parser("json").parse(out[1].messages[0], 1_714_564_800_000)
-    assert len(points) == 30 and points.rejects == [] and len(points.counters) == 30
+    parsed = [make_parser("json").parse(m, 1_714_564_800_000) for m in out[1].messages]
+    assert sum(len(p) for p in parsed) == 30 and all(p.rejects == [] for p in parsed)
+    assert sum(len(p.counters) for p in parsed) == 30

@@ -193,9 +193,9 @@ def test_stale_markers_are_counted_not_sent() -> None:
                                  ({"__name__": "x"}, [(math.nan, NOW)])])
     out = to_messages(decode_write_request(body, 1 << 20, 10))
     assert (out.samples, out.stale) == (2, 1)
-    parsed = make_parser("auto").parse(out.messages[0], NOW + 20_000)
-    assert parsed.series == ["up"] and [r.reason for r in parsed.rejects] == [
-        "item 1: value is NaN"]  # a plain NaN is bad data: dead-lettered like any input
+    parsed = [make_parser("auto").parse(m, NOW + 20_000) for m in out.messages]
+    assert [p.series for p in parsed] == [["up"], []] and [r.reason for r in parsed[1].rejects] == [
+        "item 0: value is NaN"]  # a plain NaN is bad data: dead-lettered like any input
 
 
 def test_metadata_decides_counters_before_suffixes() -> None:
@@ -203,10 +203,22 @@ def test_metadata_decides_counters_before_suffixes() -> None:
         [({"__name__": "a_total"}, [(1.0, NOW)]), ({"__name__": "g_total"}, [(1.0, NOW)]),
          ({"__name__": "h_bucket", "le": "1"}, [(1.0, NOW)]), ({"__name__": "c"}, [(1.0, NOW)])],
         counters={"g_total": 2, "h": 3, "c": 1})
-    points = orjson.loads(to_messages(decode_write_request(body, 1 << 20, 10)).messages[0])
-    kinds = {p["name"]: p.get("type") for p in points["points"]}
+    messages = to_messages(decode_write_request(body, 1 << 20, 10)).messages
+    kinds = {p["name"]: p.get("type") for m in messages for p in orjson.loads(m)["points"]}
     assert kinds == {"a_total": "counter", "g_total": None, "h_bucket": "counter",
                      "c": "counter"}
+
+
+def test_a_series_always_gets_the_same_key() -> None:
+    def keys(order: list[int]) -> dict[str, bytes]:
+        rows = [({"__name__": "m", "host": f"h{i}"}, [(1.0, NOW)]) for i in order]
+        out = to_messages(decode_write_request(encode_write_request(rows), 1 << 20, 100))
+        return {parse_series(s)[1]["host"]: key for key, m in zip(out.keys, out.messages,
+                                                                 strict=True)
+                for s in make_parser("json").parse(m, NOW).series}
+
+    first, second = keys(list(range(50))), keys(list(range(49, -1, -1)))
+    assert first == second and len(set(first.values())) > 10
 
 
 def test_remote_write_bounds_and_garbage() -> None:

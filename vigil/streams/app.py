@@ -216,7 +216,8 @@ def add_remote_write(app: faust.App, settings: Settings, topic: TopicT) -> None:
         except RemoteWriteError as exc:
             return refuse(exc.status, str(exc))
         converted = to_messages(write_request, known_types=known_types)
-        sent = [await topic.send(value=m) for m in converted.messages]
+        sent = [await topic.send(key=k, value=m)
+                for k, m in zip(converted.keys, converted.messages, strict=True)]
         if sent:
             await asyncio.gather(*sent)
         metrics.REMOTE_WRITE_SAMPLES.inc(converted.samples)

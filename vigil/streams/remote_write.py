@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from dataclasses import dataclass, field
 
 import cramjam
@@ -158,33 +159,49 @@ def _counter_check(metadata, known: dict[str, int] | None = None) -> callable:
 
 @dataclass
 class Converted:
-    """What one request became: JSON messages for the input topic, and the counts."""
+    """What one request became: JSON messages for the input topic with their Kafka keys
+    (``keys[i]`` for ``messages[i]``), and the counts."""
 
     messages: list[bytes] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
     samples: int = 0
     stale: int = 0
+
+
+#: Messages of one request are keyed by a hash of their series into this many groups: a
+#: series always gets the same key, so it stays on one partition and its points in order.
+KEY_GROUPS = 64
 
 
 def to_messages(request, points_per_message: int = 1_000,
                 known_types: dict[str, int] | None = None) -> Converted:
     """The request's samples as vigil JSON messages ``{"points": [...]}``, stale markers out.
     ``known_types`` (family → metadata type) is updated from the request and used for the
-    next ones.
+    next ones. Each message holds the series of one key group (:data:`KEY_GROUPS`).
 
     >>> body = encode_write_request([({"__name__": "up", "job": "node"}, [(1.0, 1714564800000)]),
     ...     ({"__name__": "x_total"}, [(5.0, 1714564800000), (float("nan"), 1714564815000)])])
     >>> out = to_messages(decode_write_request(body, 1 << 20, 10))
-    >>> out.samples, out.stale, orjson.loads(out.messages[0])["points"][1]
-    (3, 0, {'name': 'x_total', 'labels': {}, 'value': 5.0, 'timestamp': 1714564800000, \
-'type': 'counter'})
+    >>> out.samples, out.stale, out.keys
+    (3, 0, [b'26', b'28'])
+    >>> orjson.loads(out.messages[1])["points"][0]
+    {'name': 'x_total', 'labels': {}, 'value': 5.0, 'timestamp': 1714564800000, 'type': 'counter'}
     """
     out = Converted()
     is_counter = _counter_check(request.metadata, known_types)
-    points: list[dict] = []
+    groups: dict[int, list[dict]] = {}
+
+    def flush(group: int) -> None:
+        out.messages.append(orjson.dumps({"points": groups.pop(group)}))
+        out.keys.append(str(group).encode())
+
     for ts in request.timeseries:
         labels = {label.name: label.value for label in ts.labels}
+        group = zlib.crc32("\xff".join(f"{k}\xfe{v}" for k, v in labels.items()).encode())
+        group %= KEY_GROUPS
         name = labels.pop("__name__", "")
         counter = is_counter(name)
+        points = groups.setdefault(group, [])
         for sample in ts.samples:
             value = sample.value
             if value != value and _is_stale(value):
@@ -196,10 +213,9 @@ def to_messages(request, points_per_message: int = 1_000,
             if counter:
                 point["type"] = "counter"
             points.append(point)
-            if len(points) >= points_per_message:
-                out.messages.append(orjson.dumps({"points": points}))
-                points = []
+        if len(points) >= points_per_message:
+            flush(group)
     out.samples = sum(len(ts.samples) for ts in request.timeseries) - out.stale
-    if points:
-        out.messages.append(orjson.dumps({"points": points}))
+    for group in [g for g, points in groups.items() if points]:
+        flush(group)
     return out
