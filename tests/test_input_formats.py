@@ -286,12 +286,17 @@ PARSERS = [CollectdJsonParser(), GraphiteParser(), PutvalParser(types={}),
            TelegrafJsonParser(), AutoParser()]
 
 
+UTF8 = st.characters(codec="utf-8")
+
+
 @settings(max_examples=150, deadline=None)
-@given(raw=st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+@given(raw=st.binary(max_size=300) | st.text(UTF8, max_size=200).map(str.encode))
 def test_new_parsers_never_raise(raw: bytes) -> None:
     for parser in PARSERS:
         result = parser.parse(raw, NOW)
         assert len(result.series) == len(result.ts_ms) == len(result.values)
+        # The guard turns a parser bug into a "parser error" reject: there must be none.
+        assert not [r for r in result.rejects if r.reason.startswith("parser error")]
 
 
 GOOD = {
@@ -301,11 +306,11 @@ GOOD = {
 
 
 @settings(max_examples=100, deadline=None)
-@given(junk=st.text(alphabet=st.characters(blacklist_characters="\n\r"), max_size=60),
+@given(junk=st.text(st.characters(blacklist_characters="\n\r", codec="utf-8"), max_size=60),
        fmt=st.sampled_from(sorted(GOOD)))
 def test_a_bad_line_keeps_the_good_ones(junk: str, fmt: str) -> None:
     parser = make_parser(fmt)
-    raw = GOOD[fmt] + b"\n" + junk.encode() + b"\n" + GOOD[fmt]
+    raw = GOOD[fmt] + b"\n" + junk.encode("utf-8", "surrogatepass") + b"\n" + GOOD[fmt]
     result = parser.parse(raw, NOW)
     assert len(result) >= 2  # the two good lines, whatever the middle one is
 
@@ -323,3 +328,24 @@ def test_collectd_bad_data_sources_keep_the_good_ones(values: list) -> None:
     raw = json.dumps([good, bad, good]).encode()
     result = CollectdJsonParser().parse(raw, NOW)
     assert result.series[:1] == ['load{host="h"}'] and result.series.count('load{host="h"}') == 2
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(UTF8, max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(UTF8, max_size=6),
+                                                                inner, max_size=3),
+    max_leaves=8)
+KEYS = ["values", "dstypes", "dsnames", "time", "interval", "host", "plugin", "plugin_instance",
+        "type", "type_instance", "fields", "name", "tags", "timestamp", "metrics"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(doc=st.dictionaries(st.sampled_from(KEYS), JSON, max_size=8), listed=st.booleans())
+def test_json_shaped_garbage_is_rejected_cleanly(doc: dict, listed: bool) -> None:
+    raw = json.dumps([doc] if listed else doc).encode()
+    for parser in (CollectdJsonParser(), CollectdJsonParser(store_rates=False),
+                   TelegrafJsonParser(), AutoParser()):
+        result = parser.parse(raw, NOW)
+        assert not [r for r in result.rejects if r.reason.startswith("parser error")], (
+            result.rejects)
