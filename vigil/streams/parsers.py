@@ -1256,12 +1256,14 @@ def make_parser(fmt: str, **options: Any) -> Parser:
         return json_parser
     if kind == "prometheus":
         return PrometheusAdapterParser(timestamps=options.get("timestamps"))
+    if kind == "influx":  # a policy given for the one format is its own, unit included
+        return InfluxLineParser(separator, influx_stamps or options.get("timestamps"))
     influx = InfluxLineParser(separator, influx_stamps or policy.with_unit("ns"))
     collectd = CollectdJsonParser(seconds, store_rates)
     telegraf = TelegrafJsonParser(separator, policy)
     graphite = GraphiteParser(templates, seconds)
     putval = PutvalParser(types_db=types_db, timestamps=seconds) if kind == "putval" else None
-    single = {"influx": influx, "collectd": collectd, "telegraf_json": telegraf,
+    single = {"collectd": collectd, "telegraf_json": telegraf,
               "graphite": graphite, "putval": putval}
     if kind in single:
         return single[kind]
