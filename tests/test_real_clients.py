@@ -51,15 +51,18 @@ def states(stack: Stack) -> dict[str, float]:
     return {k.decode()[skip:]: float(v) for k, v in zip(keys, latest, strict=True)}
 
 
-def wait_for_series(stack: Stack, worker, names: set[str], timeout: float = 60) -> dict:
+def wait_for_series(stack: Stack, worker, names: set[str], timeout: float = 60,
+                    where: str = "") -> dict:
+    """The held states once every name in ``names`` has a series — one whose id contains
+    ``where`` when given (series of one name arrive in different messages)."""
     def found():
         if not worker.alive():
             pytest.fail("worker died:\n" + worker.log_tail())
         held = states(stack)
-        have_names = {parse_series(s)[0] for s in held}
+        have_names = {parse_series(s)[0] for s in held if where in s}
         return held if names <= have_names else None
 
-    return wait_until(found, timeout, f"series {sorted(names)} in Redis")
+    return wait_until(found, timeout, f"series {sorted(names)} ({where}) in Redis")
 
 
 def wait_web(worker) -> str:
@@ -99,8 +102,9 @@ def test_collectd_write_kafka_into_the_worker(stack: Stack, tmp_path: Path, topi
                            {stack.input_topic: topic_block})
     log = run_collectd(conf, 6, wheel_librdkafka(tmp_path / "lib"))
     assert "write_kafka plugin: handle created" in log, log
-    held = wait_for_series(stack, worker, {"cpu", "memory", "load_shortterm",
-                                           "interface_if_octets_rx"})
+    wait_for_series(stack, worker, {"load_shortterm", "interface_if_octets_rx"})
+    wait_for_series(stack, worker, {"memory"}, where='type_instance="used"')
+    held = wait_for_series(stack, worker, {"cpu"}, where='type_instance="idle"')
     host = 'host="vigil-test"'
     idle = [v for s, v in held.items() if s.startswith("cpu{") and 'type_instance="idle"' in s]
     assert idle and all(0 <= v <= 150 for v in idle), idle  # jiffies/s, not since boot
@@ -121,8 +125,8 @@ def test_prometheus_remote_write_and_scrape(stack: Stack, tmp_path: Path) -> Non
     procs = [start_node_exporter(node_port),
              start_prometheus(config, tmp_path / "tsdb", prom_port)]
     try:
-        held = wait_for_series(stack, worker, {"node_load1", "node_cpu_seconds_total",
-                                               "node_memory_MemFree_bytes"}, timeout=90)
+        wait_for_series(stack, worker, {"node_load1", "node_memory_MemFree_bytes"}, timeout=90)
+        held = wait_for_series(stack, worker, {"node_cpu_seconds_total"}, where='mode="idle"')
         cpu = {s: v for s, v in held.items()
                if s.startswith("node_cpu_seconds_total") and 'mode="idle"' in s}
         assert cpu and all(0 <= v <= 1.5 for v in cpu.values()), cpu  # s/s, not since boot
