@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -834,6 +835,9 @@ class CollectdJsonParser(_GuardedParser):
                 result.counters.add(series)
 
 
+DEBIAN_TYPES_DB = "/usr/share/collectd/types.db"
+
+
 def load_types_db(path: str | None = None) -> dict[str, list[tuple[str, str]]]:
     """collectd's ``types.db``: type → [(dsname, dstype lower-case)]; empty if not found.
 
@@ -841,9 +845,8 @@ def load_types_db(path: str | None = None) -> dict[str, list[tuple[str, str]]]:
     >>> db.get("if_octets", [("rx", "derive"), ("tx", "derive")])
     [('rx', 'derive'), ('tx', 'derive')]
     """
-    import os
-
-    path = path or next((p for p in ("/usr/share/collectd/types.db",) if os.path.exists(p)), None)
+    if path is None and os.path.exists(DEBIAN_TYPES_DB):
+        path = DEBIAN_TYPES_DB
     types: dict[str, list[tuple[str, str]]] = {}
     if not path:
         return types

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cramjam
@@ -132,7 +133,7 @@ def _is_stale(value: float) -> bool:
     return math.isnan(value) and struct.unpack("<Q", struct.pack("<d", value))[0] == STALE_NAN_BITS
 
 
-def _counter_check(metadata, known: dict[str, int] | None = None) -> callable:
+def _counter_check(metadata, known: dict[str, int] | None = None) -> Callable[[str], bool]:
     """``is_counter(name)``: by metadata (this request's, and ``known`` from earlier ones —
     Prometheus sends metadata in requests of their own), else by the name's suffix."""
     types = known if known is not None else {}
