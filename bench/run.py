@@ -22,6 +22,9 @@ The figures, in order:
 4. ``alert_latency_p50`` / ``alert_latency_p95`` — anomaly event produced → its Telegram
    request at a local Bot API server, one incident (one message with a chart) at a time at
    ``alert_rate`` (:mod:`bench.notifier`), ``alert_samples`` of them.
+   ``remote_write_decode`` / ``remote_write_to_topic`` — Prometheus remote_write samples/s,
+   decoded in-process, and through a worker's ``/api/v1/write`` into the input topic
+   (:mod:`bench.remote_write`);
 5. ``lstm_{model}_w{window}_b{batch}_windows_per_s`` / ``..._batch_ms`` — the LSTM scorer
    alone (:mod:`bench.lstm`; the full grid of batch sizes and window lengths with
    ``lstm_grid=True``), and ``e2e_lstm_off`` / ``e2e_lstm_on`` — one worker end to end on a
@@ -41,6 +44,7 @@ from bench.detector import detector_figures, kernel_figures
 from bench.lstm import GRID_BATCHES, GRID_WINDOWS, lstm_figures
 from bench.notifier import measure_alert_latency
 from bench.pipeline import measure_latency, measure_throughput, services
+from bench.remote_write import remote_write_figures
 from bench.report import Figure, info, machine_line
 
 __all__ = ["FULL", "QUICK", "Sizes", "run_all", "run_detector", "run_kernel", "run_lstm"]
@@ -237,6 +241,8 @@ def run_all(
                 svc, "single", sizes.fleet_series, sizes.single_minutes, per_message=1
             )
             _emit(Figure("e2e_one_point_per_message", single.rate, "points/s"), results)
+            for figure in remote_write_figures(svc, requests=50 if quick else 200):
+                _emit(figure, results)
             latency = measure_latency(
                 svc,
                 sizes.latency_series,

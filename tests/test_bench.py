@@ -127,3 +127,15 @@ def test_nab_variants_read_a_corpus_with_empty_values_as_the_loader_does(tmp_pat
     (s,) = varied.series.values()
     assert len(s) < len(next(iter(original.series.values()))) == 94  # two empty rows left out
     assert np.isfinite(s.values).all() and len(varied.labels) == 1
+
+
+def test_remote_write_bench_requests_decode_to_their_samples():
+    from bench.remote_write import request_bodies
+    from vigil.streams.remote_write import decode_write_request, to_messages
+
+    bodies = request_bodies(requests=2, series=30, start_ms=1_714_564_800_000)
+    out = [to_messages(decode_write_request(b, 1 << 20, 100)) for b in bodies]
+    assert [o.samples for o in out] == [30, 30]
+    parsed = [make_parser("json").parse(m, 1_714_564_800_000) for m in out[1].messages]
+    assert sum(len(p) for p in parsed) == 30 and all(p.rejects == [] for p in parsed)
+    assert sum(len(p.counters) for p in parsed) == 30

@@ -216,7 +216,7 @@ def test_json_without_labels_series_is_just_the_name() -> None:
 
 def test_json_label_values_are_stringified_and_nulls_dropped() -> None:
     raw = point(**good("up", labels={"port": 8080, "tls": True, "gone": None}))
-    assert JsonParser().parse(raw, NOW).series == ['up{port="8080",tls="True"}']
+    assert JsonParser().parse(raw, NOW).series == ['up{port="8080",tls="true"}']
 
 
 def test_json_dunder_name_label_is_dropped() -> None:

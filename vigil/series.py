@@ -27,6 +27,7 @@ from functools import lru_cache
 
 __all__ = [
     "InvalidName",
+    "label_value",
     "parse_series",
     "sanitise_label_key",
     "sanitise_name",
@@ -83,6 +84,19 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def label_value(value: object) -> str:
+    """A label value as text; booleans as ``true``/``false`` (as Prometheus and JSON write them).
+
+    >>> label_value(True), label_value(3), label_value("db-1")
+    ('true', '3', 'db-1')
+    """
+    if type(value) is str:
+        return value
+    if type(value) is bool:
+        return "true" if value else "false"
+    return str(value)
+
+
 def series_id(name: str, labels: Mapping[str, object] | None = None) -> str:
     """The canonical id ``name{k1="v1",k2="v2"}``: name and keys sanitised, keys sorted.
 
@@ -98,7 +112,7 @@ def series_id(name: str, labels: Mapping[str, object] | None = None) -> str:
         return name
     pairs: dict[str, str] = {}
     for key, value in labels.items():
-        pairs[sanitise_label_key(str(key))] = str(value)
+        pairs[sanitise_label_key(str(key))] = label_value(value)
     inner = ",".join(f'{k}="{_escape(pairs[k])}"' for k in sorted(pairs))
     return f"{name}{{{inner}}}"
 

@@ -17,7 +17,29 @@ from prometheus_client import (
 
 MESSAGES_IN = Counter("vigil_messages_in", "Input messages consumed from metric topics")
 POINTS_IN = Counter("vigil_points_in", "Points parsed from metric topics")
-DEAD_LETTERS = Counter("vigil_dead_letters", "Records sent to the dead-letter topic", ["stage"])
+DEAD_LETTERS = Counter(
+    "vigil_dead_letters", "Records sent to the dead-letter topic, by stage and reason class",
+    ["stage", "reason"],
+)
+INPUT_DEGRADED = Gauge(
+    "vigil_input_dead_lettered_ratio",
+    "Share of a topic's recent records dead-lettered, for topics over the alarm threshold",
+    ["topic"],
+)
+REMOTE_WRITE_SAMPLES = Counter(
+    "vigil_remote_write_samples", "Prometheus remote_write samples produced to the input topic"
+)
+REMOTE_WRITE_STALE = Counter(
+    "vigil_remote_write_stale_markers", "Prometheus stale markers received and skipped"
+)
+REMOTE_WRITE_REQUESTS = Counter(
+    "vigil_remote_write_requests", "Prometheus remote_write requests, by HTTP status", ["status"]
+)
+COUNTER_POINTS_HELD = Counter(
+    "vigil_counter_points_held",
+    "Counter points with no rate: a series' first sample, a reset, or not after the previous",
+)
+COUNTER_RESETS = Counter("vigil_counter_resets", "Counter resets seen (a value that decreased)")
 POINTS_DETECTED = Counter(
     "vigil_points_detected", "Points applied to series states (not counting dropped ones)"
 )

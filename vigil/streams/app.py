@@ -26,15 +26,18 @@ from collections.abc import Callable
 
 import faust
 import redis.asyncio as aioredis
-from faust.types import EventT
+from faust.types import EventT, TopicT
 from mode import CrashingSupervisor
 
 from vigil.detectors.online import warm_up
 from vigil.sinks import metrics
+from vigil.streams.input_health import InputHealth, reason_class
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
 from vigil.streams.pipeline import DetectionPipeline, decode_points, route
+from vigil.streams.rates import CounterRates
 from vigil.streams.records import DeadLetter, Reject
+from vigil.streams.remote_write import RemoteWriteError, decode_write_request, to_messages
 from vigil.streams.settings import Settings
 from vigil.streams.state import RedisStateStore
 from vigil.streams.storage import attach_storage
@@ -42,6 +45,7 @@ from vigil.streams.transport import VigilApp
 
 __all__ = [
     "add_dashboard",
+    "add_remote_write",
     "add_web_pages",
     "create_app",
     "new_app",
@@ -184,6 +188,49 @@ def track_consumer_lag(app: faust.App, interval_s: float) -> None:
             )
 
 
+def add_remote_write(app: faust.App, settings: Settings, topic: TopicT) -> None:
+    """Prometheus remote_write at ``POST /api/v1/write``: samples become vigil JSON points on
+    ``topic`` (see :mod:`vigil.streams.remote_write`)."""
+    from aiohttp import web
+
+    limit = settings.remote_write_max_bytes
+    known_types: dict[str, int] = {}  # metric family → type, from metadata requests
+
+    def refuse(status: int, reason: str) -> web.Response:
+        metrics.REMOTE_WRITE_REQUESTS.labels(status=str(status)).inc()
+        log.warning("remote_write refused (%d): %s", status, reason)
+        return web.Response(status=status, text=reason + "\n")
+
+    async def write(request: web.Request) -> web.Response:
+        if (request.content_length or 0) > limit:
+            return refuse(413, f"body of {request.content_length} bytes is over the limit of "
+                               f"{limit} (VIGIL_REMOTE_WRITE_MAX_BYTES)")
+        body = bytearray()
+        while len(body) <= limit:
+            chunk = await request.content.read(1 << 16)
+            if not chunk:
+                break
+            body += chunk
+        try:
+            write_request = decode_write_request(bytes(body), limit,
+                                                 settings.remote_write_max_series)
+        except RemoteWriteError as exc:
+            return refuse(exc.status, str(exc))
+        converted = to_messages(write_request, known_types=known_types)
+        sent = [await topic.send(key=k, value=m)
+                for k, m in zip(converted.keys, converted.messages, strict=True)]
+        if sent:
+            await asyncio.gather(*sent)
+        metrics.REMOTE_WRITE_SAMPLES.inc(converted.samples)
+        metrics.REMOTE_WRITE_STALE.inc(converted.stale)
+        metrics.REMOTE_WRITE_REQUESTS.labels(status="204").inc()
+        return web.Response(status=204)
+
+    app.web.web_app.router.add_post("/api/v1/write", write)
+    log.info("Prometheus remote_write at http://%s:%s/api/v1/write → topic %s",
+             settings.web_host, settings.web_port, topic.get_topic_name())
+
+
 def add_dashboard(app: faust.App, settings: Settings) -> None:
     """The live dashboard under ``/dashboard`` when ``dashboard_token`` is set."""
     token = settings.dashboard_token.get_secret_value() if settings.dashboard_token else ""
@@ -240,7 +287,12 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         timestamps=TimestampPolicy(
             max_future_s=settings.max_future_s, max_past_s=settings.max_past_s
         ),
+        graphite_templates=settings.graphite_templates,
+        types_db=settings.collectd_types_db,
+        collectd_store_rates=settings.collectd_store_rates,
     )
+    input_health = InputHealth(settings.input_format)
+    rates = CounterRates(settings.rate_metrics, settings.max_cached_series)
     input_topic = app.topic(*topics, value_serializer="raw", key_serializer="raw")
     points_topic = app.topic(
         settings.points_topic,
@@ -277,7 +329,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
 
     async def dead_letter(reject: Reject, event: EventT, stage: str = "parse") -> asyncio.Future:
         message = event.message
-        metrics.DEAD_LETTERS.labels(stage=stage).inc()
+        metrics.DEAD_LETTERS.labels(stage=stage, reason=reason_class(reject.reason)).inc()
         record = DeadLetter(
             reason=reject.reason,
             topic=message.topic,
@@ -303,6 +355,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
                     pending.append(await dead_letter(reject, event))
                 if len(result):
                     results.append(result)
+                input_health.record(event.message.topic, len(result),
+                                    [r.reason for r in result.rejects], time.monotonic())
+            report_inputs()
             points = sum(len(r) for r in results)
             metrics.POINTS_IN.inc(points)
             metrics.POINTS_RATE.add(points)
@@ -322,10 +377,16 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     async def detect(stream):
         async for events in stream.take_events(settings.detect_batch, settings.batch_window_s):
             started = time.perf_counter()
-            series, ts_ms, values, bad = decode_points(e.value or b"" for e in events)
+            counters: set[str] = set()
+            series, ts_ms, values, bad = decode_points((e.value or b"" for e in events),
+                                                       counters)
             for n, reason in bad:
                 event = events[n]
                 await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
+            resets = rates.resets
+            series, ts_ms, values, held = rates.apply(series, ts_ms, values, counters)
+            metrics.COUNTER_POINTS_HELD.inc(held)
+            metrics.COUNTER_RESETS.inc(rates.resets - resets)
             batch = await pipeline.process(series, ts_ms, values)
             delivered = [
                 await anomalies_topic.send(key=e.series.encode(), value=e) for e in batch.events
@@ -347,8 +408,30 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     async def on_revoked(app, revoked, **kwargs) -> None:
         # Another worker may own these series now; Redis holds their latest state.
         pipeline.forget()
+        rates.forget()
 
-    add_web_pages(app, redis_client, lambda: {"topics": topics}, settings.clickhouse_url)
+    degraded: dict[str, dict] = {}
+
+    def report_inputs() -> None:
+        found = input_health.warn(time.monotonic())
+        for topic in set(degraded) - set(found):
+            metrics.INPUT_DEGRADED.remove(topic)
+        for topic, info in found.items():
+            metrics.INPUT_DEGRADED.labels(topic=topic).set(info["dead_lettered_ratio"])
+        degraded.clear()
+        degraded.update(found)
+
+    def details() -> dict:
+        report: dict = {"topics": topics, "status": "degraded" if degraded else "ok"}
+        if degraded:
+            report["degraded_inputs"] = dict(degraded)
+        return report
+
+    add_web_pages(app, redis_client, details, settings.clickhouse_url)
+    if settings.remote_write_enabled and settings.web_enabled:
+        add_remote_write(app, settings, app.topic(
+            settings.remote_write_topic or topics[0], value_serializer="raw",
+            key_serializer="raw"))
     track_consumer_lag(app, settings.lag_refresh_s)
     add_dashboard(app, settings)
 

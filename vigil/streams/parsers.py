@@ -1,4 +1,5 @@
-"""Turn raw Kafka message bytes into points: JSON, Prometheus-adapter JSON and Influx line protocol.
+"""Raw Kafka message bytes into points: JSON, Prometheus-adapter JSON, Influx line protocol,
+collectd (JSON and PUTVAL), Graphite plaintext and Telegraf's JSON.
 
 Every parser has one method, ``parse(raw, now_ms) -> ParseResult``, and never raises on bad
 input: whatever it cannot use becomes a :class:`~vigil.streams.records.Reject` with a short
@@ -18,20 +19,28 @@ each bad point is rejected on its own, its reason prefixed with where it was
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
 
-from vigil.series import InvalidName, series_id
+from vigil.series import InvalidName, label_value, series_id
 from vigil.streams.records import ParseResult, Reject
 from vigil.times import iso_to_ms
 
 __all__ = [
+    "FORMATS",
     "AutoParser",
+    "CollectdJsonParser",
+    "GraphiteParser",
+    "GraphiteTemplate",
+    "PutvalParser",
+    "TelegrafJsonParser",
     "InfluxLineParser",
     "InvalidInput",
     "JsonParser",
@@ -293,7 +302,8 @@ class JsonParser(_GuardedParser):
     or newline-delimited objects.
 
     A point is ``{"name": ..., "value": ..., "timestamp": ..., "labels": {...}}`` (field names
-    configurable). Labels come from the ``labels_field`` object plus the top-level
+    configurable); ``"type": "counter"`` marks a cumulative counter (turned into a rate
+    before detection). Labels come from the ``labels_field`` object plus the top-level
     ``label_fields``; label values are turned into strings and null ones dropped. A
     ``__name__`` label is dropped, but serves as the name when the name field is missing.
 
@@ -356,7 +366,7 @@ class JsonParser(_GuardedParser):
                 items = doc.get("metrics")
             if type(items) is not list:
                 try:
-                    result.add(*self._point(doc, now_ms))
+                    self._add(result, *self._point(doc, now_ms))
                 except InvalidInput as exc:
                     result.rejects.append(Reject(f"{where}{exc}", raw))
                 return
@@ -371,15 +381,21 @@ class JsonParser(_GuardedParser):
             result.rejects.append(Reject(f"{where}empty batch", raw))
             return
         point = self._point
-        add = result.add
+        add = self._add
         for index, item in enumerate(items):
             try:
-                add(*point(item, now_ms))
+                add(result, *point(item, now_ms))
             except InvalidInput as exc:
                 result.rejects.append(Reject(f"{where}item {index}: {exc}", _dumps(item)))
 
-    def _point(self, item: Any, now_ms: int) -> tuple[str, int, float]:
-        """(series, ts_ms, value) of one JSON object; raises InvalidInput."""
+    @staticmethod
+    def _add(result: ParseResult, series: str, ts_ms: int, value: float, counter: bool) -> None:
+        result.add(series, ts_ms, value)
+        if counter:
+            result.counters.add(series)
+
+    def _point(self, item: Any, now_ms: int) -> tuple[str, int, float, bool]:
+        """(series, ts_ms, value, is a counter) of one JSON object; raises InvalidInput."""
         if type(item) is not dict:
             raise InvalidInput(f"not a JSON object: {type(item).__name__}")
         labels: dict[str, str] = {}
@@ -391,11 +407,11 @@ class JsonParser(_GuardedParser):
                 )
             for key, val in label_obj.items():
                 if val is not None and key != "__name__":
-                    labels[key] = val if type(val) is str else str(val)
+                    labels[key] = val if type(val) is str else label_value(val)
         for key in self.label_fields:
             val = item.get(key)
             if val is not None:
-                labels[key] = val if type(val) is str else str(val)
+                labels[key] = val if type(val) is str else label_value(val)
 
         name = item.get(self.name_field)
         if name is None:
@@ -422,7 +438,8 @@ class JsonParser(_GuardedParser):
             if len(self._series_ids) >= _SERIES_CACHE:
                 self._series_ids.clear()
             series = self._series_ids[key] = _series_id(name, labels)
-        return series, ts_ms, number
+        kind = item.get("type")
+        return series, ts_ms, number, kind == "counter"
 
 
 def _series_id(name: str, labels: dict | None) -> str:
@@ -714,13 +731,436 @@ class InfluxLineParser(_GuardedParser):
             add(_series_id(prefix + key, None) + suffix, ts_ms, value)
 
 
+# --------------------------------------------------------------------------- collectd
+
+
+def collectd_name(plugin: str, type_: str, dsname: str) -> str:
+    """The metric name of one collectd data source: ``plugin_type_dsname``, the type left out
+    when it repeats the plugin and the data source name when it is collectd's ``value``.
+
+    >>> collectd_name("interface", "if_errors", "rx"), collectd_name("memory", "memory", "value")
+    ('interface_if_errors_rx', 'memory')
+    """
+    parts = [plugin] if not type_ or type_ == plugin else [plugin, type_]
+    if dsname and dsname != "value":
+        parts.append(dsname)
+    return "_".join(parts)
+
+
+def _collectd_labels(host: object, plugin_instance: object, type_instance: object) -> dict:
+    labels = {}
+    for key, val in (("host", host), ("plugin_instance", plugin_instance),
+                     ("type_instance", type_instance)):
+        if val not in (None, ""):
+            labels[key] = val if type(val) is str else label_value(val)
+    return labels
+
+
+_COLLECTD_COUNTERS = ("derive", "counter")
+
+
+class CollectdJsonParser(_GuardedParser):
+    """collectd's JSON (``write_kafka``/``write_http`` ``Format JSON``): a list of value lists.
+
+    Every data source is one series: name :func:`collectd_name` (plugin, type, dsname),
+    labels ``host``, ``plugin_instance``, ``type_instance`` (when not empty). A ``null`` value
+    is collectd's "unknown" (a rate's first reading, a NaN gauge): skipped, not an error.
+
+    ``derive``/``counter``/``absolute`` data sources: collectd 5.12's ``write_kafka`` sends
+    them as per-second rates by default (``StoreRates true``), so with ``store_rates`` (the
+    default) they are taken as they come. With ``StoreRates false`` in collectd and
+    ``store_rates=False`` here they are raw: ``derive`` and ``counter`` are marked as counters
+    (rates before detection), ``absolute`` divided by the interval.
+
+    >>> raw = (b'[{"values":[10,20],"dstypes":["derive","gauge"],"dsnames":["rx","tx"],'
+    ...        b'"time":1714564800.5,"interval":5.0,"host":"h","plugin":"interface",'
+    ...        b'"plugin_instance":"lo","type":"if_errors","type_instance":""}]')
+    >>> result = CollectdJsonParser(store_rates=False).parse(raw, now_ms=1_714_564_800_000)
+    >>> list(zip(result.series, result.ts_ms, result.values)), sorted(result.counters)
+    ([('interface_if_errors_rx{host="h",plugin_instance="lo"}', 1714564800500, 10.0), \
+('interface_if_errors_tx{host="h",plugin_instance="lo"}', 1714564800500, 20.0)], \
+['interface_if_errors_rx{host="h",plugin_instance="lo"}'])
+    """
+
+    def __init__(self, timestamps: TimestampPolicy | None = None,
+                 store_rates: bool = True) -> None:
+        self.timestamps = timestamps if timestamps is not None else TimestampPolicy(unit="s")
+        self.store_rates = store_rates
+
+    def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            result.rejects.append(Reject(f"invalid JSON: {exc}", bytes(raw)))
+            return
+        items = doc if type(doc) is list else [doc]
+        for index, item in enumerate(items):
+            where = f"item {index}: " if type(doc) is list else ""
+            try:
+                self._value_list(item, now_ms, result, where)
+            except InvalidInput as exc:
+                result.rejects.append(Reject(f"{where}{exc}", _dumps(item)))
+
+    def _value_list(self, item: Any, now_ms: int, result: ParseResult, where: str) -> None:
+        if type(item) is not dict:
+            raise InvalidInput(f"not a collectd value list: {type(item).__name__}")
+        values, dstypes, dsnames = item.get("values"), item.get("dstypes"), item.get("dsnames")
+        if type(values) is not list or type(dstypes) is not list or type(dsnames) is not list:
+            raise InvalidInput("missing 'values', 'dstypes' or 'dsnames' list")
+        if not (len(values) == len(dstypes) == len(dsnames)) or not values:
+            raise InvalidInput("'values', 'dstypes' and 'dsnames' differ in length or are empty")
+        plugin, type_ = item.get("plugin"), item.get("type")
+        if type(plugin) is not str or not plugin or type(type_) is not str:
+            raise InvalidInput("missing 'plugin' or 'type'")
+        ts_ms = self.timestamps.to_ms(item.get("time"), now_ms)
+        labels = _collectd_labels(item.get("host"), item.get("plugin_instance"),
+                                  item.get("type_instance"))
+        for value, dstype, dsname in zip(values, dstypes, dsnames, strict=True):
+            if value is None:
+                continue  # collectd's unknown
+            kind = "gauge" if self.store_rates else str(dstype).lower()
+            try:
+                series = _series_id(collectd_name(plugin, type_, str(dsname)), labels)
+                number = _to_value(value)
+                if kind == "absolute":
+                    interval = item.get("interval")
+                    if type(interval) not in (int, float) or not interval > 0:
+                        raise InvalidInput("absolute value without a positive 'interval'")
+                    number /= interval
+            except InvalidInput as exc:
+                result.rejects.append(Reject(f"{where}{dsname}: {exc}", _dumps(item)))
+                continue
+            result.add(series, ts_ms, number)
+            if kind in _COLLECTD_COUNTERS:
+                result.counters.add(series)
+
+
+DEBIAN_TYPES_DB = "/usr/share/collectd/types.db"
+
+
+def load_types_db(path: str | None = None) -> dict[str, list[tuple[str, str]]]:
+    """collectd's ``types.db``: type → [(dsname, dstype lower-case)]; empty if not found.
+
+    >>> db = load_types_db()
+    >>> db.get("if_octets", [("rx", "derive"), ("tx", "derive")])
+    [('rx', 'derive'), ('tx', 'derive')]
+    """
+    if path is None and os.path.exists(DEBIAN_TYPES_DB):
+        path = DEBIAN_TYPES_DB
+    types: dict[str, list[tuple[str, str]]] = {}
+    if not path:
+        return types
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, _, rest = line.partition(" ")
+            sources = []
+            for spec in rest.replace("\t", " ").split(","):
+                fields = spec.strip().split(":")
+                if len(fields) >= 2:
+                    sources.append((fields[0], fields[1].lower()))
+            if sources:
+                types[name] = sources
+    return types
+
+
+def _split_dash(text: str) -> tuple[str, str]:
+    head, _, tail = text.partition("-")
+    return head, tail
+
+
+class PutvalParser(_GuardedParser):
+    """collectd's plain-text protocol (``write_kafka`` ``Format Command``, ``exec``, unixsock):
+    ``PUTVAL host/plugin[-instance]/type[-instance] [interval=5.000] epoch:v1[:v2...]``.
+
+    Data source names and types come from collectd's ``types.db`` (Debian's, or ``types_db``);
+    a type it does not know is a gauge named ``value`` (``value0``, ``value1``… for several).
+    Series are named as :class:`CollectdJsonParser` names them; ``U`` (unknown) values are
+    skipped and ``N`` (now) timestamps understood. PUTVAL values are raw: ``derive`` and
+    ``counter`` data sources are marked as counters (rates before detection).
+
+    >>> parser = PutvalParser(types={"if_errors": [("rx", "derive"), ("tx", "derive")]})
+    >>> result = parser.parse(b'PUTVAL "h/interface-lo/if_errors" interval=5.000 '
+    ...                       b'1714564800.000:3:U', now_ms=1_714_564_800_000)
+    >>> result.series, result.values, result.rejects, sorted(result.counters)
+    (['interface_if_errors_rx{host="h",plugin_instance="lo"}'], [3.0], [], \
+['interface_if_errors_rx{host="h",plugin_instance="lo"}'])
+    """
+
+    def __init__(self, types: dict | None = None, types_db: str | None = None,
+                 timestamps: TimestampPolicy | None = None) -> None:
+        self.types = types if types is not None else load_types_db(types_db)
+        self.timestamps = timestamps if timestamps is not None else TimestampPolicy(unit="s")
+
+    def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
+        text = bytes(raw).decode("utf-8", errors="replace")
+        lines = [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1)]
+        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+        if not lines:
+            result.rejects.append(Reject("empty record", bytes(raw)))
+        for lineno, line in lines:
+            try:
+                self._line(line, lineno, now_ms, result)
+            except InvalidInput as exc:
+                result.rejects.append(Reject(f"line {lineno}: {exc}", line.encode()))
+
+    def _line(self, line: str, lineno: int, now_ms: int, result: ParseResult) -> None:
+        words = line.split()
+        if len(words) < 3 or words[0].upper() != "PUTVAL":
+            raise InvalidInput("not a PUTVAL command")
+        ident = words[1].strip('"')
+        parts = ident.split("/")
+        if len(parts) != 3 or not all(parts[:2]):
+            raise InvalidInput(f"identifier is not host/plugin/type: {_show(ident)}")
+        host, (plugin, plugin_instance), (type_, type_instance) = (
+            parts[0], _split_dash(parts[1]), _split_dash(parts[2]))
+        labels = _collectd_labels(host, plugin_instance, type_instance)
+        stamp, *fields = words[-1].split(":")
+        if not fields:
+            raise InvalidInput(f"values are not time:value[:value...]: {_show(words[-1])}")
+        ts_ms = now_ms if stamp == "N" else self.timestamps.to_ms(stamp, now_ms)
+        sources = self.types.get(type_)
+        if sources is None or len(sources) != len(fields):
+            names = ["value"] if len(fields) == 1 else [f"value{i}" for i in range(len(fields))]
+            sources = [(n, "gauge") for n in names]
+        for (dsname, dstype), field_text in zip(sources, fields, strict=True):
+            try:
+                if field_text == "U":
+                    continue  # collectd's unknown
+                series = _series_id(collectd_name(plugin, type_, dsname), labels)
+                number = _to_value(field_text)
+            except InvalidInput as exc:
+                result.rejects.append(Reject(f"line {lineno}: {dsname}: {exc}", line.encode()))
+                continue
+            result.add(series, ts_ms, number)
+            if dstype in _COLLECTD_COUNTERS:
+                result.counters.add(series)
+
+
+# --------------------------------------------------------------------------- Graphite
+
+#: The default template: collectd's Graphite paths, named as its JSON is (CollectdJsonParser).
+COLLECTD_TEMPLATE = "collectd.* .host.measurement-plugin_instance.measurement-type_instance.field*"
+
+
+class GraphiteTemplate:
+    """One Telegraf-style Graphite template: ``[filter] part.part.part...``.
+
+    ``filter`` is a glob on the dotted path (no filter: every path). Each part of the
+    template names what the path part at that position is: ``measurement`` (joined with
+    ``_`` into the metric name; a part equal to the previous one is not repeated),
+    ``field`` (appended to the name), ``measurement*``/``field*`` (this and all later parts),
+    an empty part (skipped), ``a-b`` (the path part split at its first ``-``, each side read
+    as its own part), anything else a label key. Parts past the template are appended to
+    the name.
+
+    >>> t = GraphiteTemplate(COLLECTD_TEMPLATE)
+    >>> t.apply("collectd.h.interface-lo.if_octets.rx".split("."))
+    ('interface_if_octets_rx', {'host': 'h', 'plugin_instance': 'lo'})
+    >>> GraphiteTemplate("servers.* .host.measurement*").apply(["servers", "a", "cpu", "idle"])
+    ('cpu_idle', {'host': 'a'})
+    """
+
+    def __init__(self, spec: str) -> None:
+        words = spec.split()
+        if len(words) > 2 or not words:
+            raise ValueError(f"a Graphite template is '[filter] template': {spec!r}")
+        self.filter = words[0] if len(words) == 2 else None
+        self.parts = words[-1].split(".")
+        self.spec = spec
+
+    def matches(self, path: str) -> bool:
+        return self.filter is None or fnmatch.fnmatchcase(path, self.filter)
+
+    def apply(self, parts: list[str]) -> tuple[str, dict[str, str]]:
+        name: list[str] = []
+        labels: dict[str, str] = {}
+
+        def take(role: str, text: str) -> None:
+            if role in ("measurement", "field"):
+                if text and not (role == "measurement" and name and name[-1] == text):
+                    name.append(text)
+            elif role and text:
+                labels[role] = text
+
+        for i, text in enumerate(parts):
+            role = self.parts[i] if i < len(self.parts) else "field"
+            if role.endswith("*"):
+                name.extend(p for p in parts[i:] if p)
+                break
+            if "-" in role:
+                first, second = role.split("-", 1)
+                head, tail = _split_dash(text)
+                take(first, head)
+                take(second, tail)
+            else:
+                take(role, text)
+        if not name:
+            raise InvalidInput(f"template {self.spec!r} gives no metric name")
+        return "_".join(name), labels
+
+
+class GraphiteParser(_GuardedParser):
+    """Graphite plaintext: ``path[;tag=value...] value [timestamp]``, one or more lines.
+
+    The first template whose filter matches the path gives the name and labels; with none
+    the whole path is the name (dots become ``_``). Graphite tags (``;tag=value``) become
+    labels too; collectd's tagged series (``GraphiteUseTags true``: tags ``plugin``, ``type``,
+    ``ds_name``…) are named as its JSON is. A ``nan`` value (collectd's unknown) is skipped.
+    The default template reads collectd's paths
+    (``collectd.<host>.<plugin>-<instance>.<type>-<type_instance>``) so that its Graphite
+    output and its JSON make the same series.
+
+    >>> result = GraphiteParser().parse(
+    ...     b"collectd.h.memory.memory-cached 1747996672 1714564800\\n"
+    ...     b"app.requests;env=prod 12 1714564800", now_ms=1_714_564_800_000)
+    >>> result.series, result.values
+    (['memory{host="h",type_instance="cached"}', 'app_requests{env="prod"}'], [1747996672.0, 12.0])
+    """
+
+    def __init__(self, templates: Sequence[str] | None = None,
+                 timestamps: TimestampPolicy | None = None) -> None:
+        specs = list(templates) if templates is not None else [COLLECTD_TEMPLATE]
+        self.templates = [GraphiteTemplate(t) for t in specs]
+        self.timestamps = timestamps if timestamps is not None else TimestampPolicy(unit="s")
+
+    def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
+        text = bytes(raw).decode("utf-8", errors="replace")
+        lines = [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1)]
+        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+        if not lines:
+            result.rejects.append(Reject("empty record", bytes(raw)))
+        for lineno, line in lines:
+            try:
+                point = self._line(line, now_ms)
+                if point is not None:
+                    result.add(*point)
+            except InvalidInput as exc:
+                reason = str(exc) if len(lines) == 1 else f"line {lineno}: {exc}"
+                result.rejects.append(Reject(reason, line.encode()))
+
+    def _line(self, line: str, now_ms: int) -> tuple[str, int, float] | None:
+        """(series, ts_ms, value) of one line, None for a NaN value; raises InvalidInput."""
+        words = line.split()
+        if len(words) not in (2, 3):
+            raise InvalidInput(f"{len(words)} space-separated parts, expected 'path value [time]'")
+        path, *tags = words[0].split(";")
+        if not path:
+            raise InvalidInput("empty metric path")
+        labels: dict[str, str] = {}
+        for tag in tags:
+            key, eq, val = tag.partition("=")
+            if not eq or not key or not val:
+                raise InvalidInput(f"invalid tag {_show(tag)} (expected tag=value)")
+            labels[key] = val
+        template = next((t for t in self.templates if t.matches(path)), None)
+        if "plugin" in labels and "type" in labels:
+            # collectd's tagged series (GraphiteUseTags): named as its JSON is.
+            name = collectd_name(labels.pop("plugin"), labels.pop("type"),
+                                 labels.pop("ds_name", "value"))
+            labels.pop("ds_type", None)
+        elif template is None:
+            name = path
+        else:
+            name, found = template.apply(path.split("."))
+            labels = {**found, **labels}
+        if words[1].lower() == "nan":
+            return None  # collectd's unknown (a rate's first reading)
+        value = _to_value(words[1])
+        if len(words) == 3 and words[2] not in ("-1", "N"):
+            ts_ms = self.timestamps.to_ms(words[2], now_ms)
+        else:
+            ts_ms = now_ms
+        return _series_id(name, labels), ts_ms, value
+
+
+# --------------------------------------------------------------------------- Telegraf JSON
+
+
+class TelegrafJsonParser(_GuardedParser):
+    """Telegraf's JSON serializer: ``{"fields": {...}, "name": ..., "tags": {...},
+    "timestamp": ...}``, or its batch ``{"metrics": [...]}``.
+
+    Every numeric field is one series named ``name_field`` (Telegraf's Prometheus naming, as
+    :class:`InfluxLineParser`), booleans as 1/0, strings skipped; tags are labels. The
+    timestamp's unit is guessed from its size (Telegraf's ``json_timestamp_units``).
+
+    >>> raw = (b'{"fields":{"usage_idle":97.5,"ok":true,"state":"x"},"name":"cpu",'
+    ...        b'"tags":{"cpu":"cpu0","host":"h"},"timestamp":1714564800}')
+    >>> result = TelegrafJsonParser().parse(raw, now_ms=1_714_564_800_000)
+    >>> list(zip(result.series, result.values))
+    [('cpu_usage_idle{cpu="cpu0",host="h"}', 97.5), ('cpu_ok{cpu="cpu0",host="h"}', 1.0)]
+    """
+
+    def __init__(self, separator: str = "_", timestamps: TimestampPolicy | None = None) -> None:
+        self.separator = separator
+        self.timestamps = timestamps if timestamps is not None else TimestampPolicy()
+
+    def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
+        docs: list[tuple[str, Any]] = []
+        try:
+            docs.append(("", orjson.loads(raw)))
+        except orjson.JSONDecodeError as exc:
+            lines = _ndjson_lines(raw)
+            if lines is None:
+                result.rejects.append(Reject(f"invalid JSON: {exc}", bytes(raw)))
+                return
+            for lineno, line in lines:
+                try:
+                    docs.append((f"line {lineno}: ", orjson.loads(line)))
+                except orjson.JSONDecodeError as line_exc:
+                    result.rejects.append(Reject(f"line {lineno}: invalid JSON: {line_exc}", line))
+        for where, doc in docs:
+            items = doc.get("metrics") if type(doc) is dict and "fields" not in doc else None
+            if type(items) is not list:
+                items, where_item = [doc], None
+            else:
+                where_item = where
+            for index, item in enumerate(items):
+                prefix = where if where_item is None else f"{where_item}item {index}: "
+                try:
+                    self._metric(item, now_ms, result)
+                except InvalidInput as exc:
+                    result.rejects.append(Reject(f"{prefix}{exc}", _dumps(item)))
+
+    def _metric(self, item: Any, now_ms: int, result: ParseResult) -> None:
+        if type(item) is not dict:
+            raise InvalidInput(f"not a JSON object: {type(item).__name__}")
+        name, fields, tags = item.get("name"), item.get("fields"), item.get("tags") or {}
+        if type(name) is not str or not name:
+            raise InvalidInput(f"name is not a non-empty string: {_show(name)}")
+        if type(fields) is not dict:
+            raise InvalidInput("missing 'fields' object")
+        if type(tags) is not dict:
+            raise InvalidInput("'tags' is not an object")
+        ts_ms = self.timestamps.to_ms(item.get("timestamp"), now_ms)
+        labels = {k: label_value(v) for k, v in tags.items() if v is not None and v != ""}
+        suffix = _series_id("_", labels)[1:]
+        prefix = "" if name == "prometheus" else name + self.separator
+        points = []
+        for key, val in fields.items():
+            if type(val) is str:
+                continue
+            number = float(val) if type(val) is bool else _to_value(val)
+            points.append((_series_id(prefix + key, None) + suffix, number))
+        if not points:
+            raise InvalidInput("no numeric field")
+        for series, number in points:
+            result.add(series, ts_ms, number)
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
 class AutoParser:
-    """Pick the format per message: ``{`` or ``[`` first means JSON, anything else Influx.
+    """Pick the format per message, from its first bytes.
 
-    Prometheus-adapter JSON needs no special case: it is JsonParser's default layout.
+    ``{`` or ``[`` first is JSON: collectd's when it has ``"dsnames"``, Telegraf's when it has
+    a ``"fields"`` object, vigil's own (and Prometheus-adapter) JSON otherwise. ``PUTVAL``
+    first is collectd's command format. Other text is Graphite when the first line's second
+    word has no ``=`` (``path value [time]``), Influx line protocol otherwise.
 
     >>> parser = AutoParser()
     >>> now = 1_714_564_800_000
@@ -728,32 +1168,73 @@ class AutoParser:
     ['up']
     >>> parser.parse(b'mem used=1i', now).series
     ['mem_used']
+    >>> parser.parse(b'servers.a.load 0.5 1714564800', now).series
+    ['servers_a_load']
     """
 
     def __init__(
-        self, json_parser: JsonParser | None = None, influx_parser: InfluxLineParser | None = None
+        self,
+        json_parser: JsonParser | None = None,
+        influx_parser: InfluxLineParser | None = None,
+        collectd_parser: CollectdJsonParser | None = None,
+        telegraf_parser: TelegrafJsonParser | None = None,
+        graphite_parser: GraphiteParser | None = None,
+        putval_parser: PutvalParser | None = None,
     ) -> None:
         self.json_parser = json_parser if json_parser is not None else JsonParser()
         self.influx_parser = influx_parser if influx_parser is not None else InfluxLineParser()
+        self.collectd_parser = collectd_parser or CollectdJsonParser()
+        self.telegraf_parser = telegraf_parser or TelegrafJsonParser()
+        self.graphite_parser = graphite_parser or GraphiteParser()
+        self._putval_parser = putval_parser
+
+    @property
+    def putval_parser(self) -> PutvalParser:
+        if self._putval_parser is None:  # reads types.db: only when PUTVAL shows up
+            self._putval_parser = PutvalParser()
+        return self._putval_parser
+
+    def pick(self, raw: bytes) -> Parser | None:
+        """The parser for ``raw``, or None when it is blank."""
+        text = raw.lstrip()
+        head = text[:1]
+        if not head:
+            return None
+        if head == b"{" or head == b"[":
+            if b'"dsnames"' in raw:
+                return self.collectd_parser
+            if b'"fields":{' in raw or b'"fields": {' in raw:
+                return self.telegraf_parser
+            return self.json_parser
+        if text[:6].upper() == b"PUTVAL":
+            return self.putval_parser
+        first = text.split(b"\n", 1)[0].split()
+        if len(first) in (2, 3) and b"=" not in first[1]:
+            return self.graphite_parser
+        return self.influx_parser
 
     def parse(self, raw: bytes, now_ms: int) -> ParseResult:
-        head = raw.lstrip()[:1]
-        if not head:
+        parser = self.pick(raw)
+        if parser is None:
             result = ParseResult()
             result.rejects.append(Reject("empty record", bytes(raw)))
             return result
-        if head == b"{" or head == b"[":
-            return self.json_parser.parse(raw, now_ms)
-        return self.influx_parser.parse(raw, now_ms)
+        return parser.parse(raw, now_ms)
+
+
+FORMATS = ("auto", "json", "prometheus", "influx", "collectd", "putval", "graphite",
+           "telegraf_json")
 
 
 def make_parser(fmt: str, **options: Any) -> Parser:
-    """A parser for ``fmt`` ("json", "prometheus", "influx" or "auto"), built from ``options``.
+    """A parser for ``fmt`` (one of :data:`FORMATS`), built from ``options``.
 
     Options are the parser's constructor arguments; ``timestamps`` may be a mapping of
     :class:`TimestampPolicy` arguments (handy from config files). For "auto", ``separator`` and
-    ``influx_timestamps`` go to the Influx parser, the rest to the JSON one; unless told
-    otherwise Influx uses the JSON policy's limits with nanosecond epochs.
+    ``influx_timestamps`` go to the Influx parser, ``graphite_templates`` to the Graphite one,
+    ``types_db`` to the PUTVAL one, the rest to the JSON one; unless told otherwise Influx
+    uses the JSON policy's limits with nanosecond epochs, the collectd and Graphite parsers
+    with seconds. Options a single format does not take are ignored.
 
     >>> make_parser("influx", separator=":").parse(b"cpu idle=1", now_ms=1).series
     ['cpu:idle']
@@ -764,21 +1245,33 @@ def make_parser(fmt: str, **options: Any) -> Parser:
         if isinstance(options.get(key), Mapping):
             options[key] = TimestampPolicy(**options[key])
     kind = fmt.strip().lower()
+    if kind not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    influx_stamps = options.pop("influx_timestamps", None)
+    templates = options.pop("graphite_templates", None) or None
+    types_db = options.pop("types_db", None)
+    store_rates = options.pop("collectd_store_rates", True)
+    separator = options.pop("separator", "_")
+    json_parser = JsonParser(**options)
+    policy = json_parser.timestamps
+    seconds = policy.with_unit("s")
     if kind == "json":
-        return JsonParser(**options)
+        return json_parser
     if kind == "prometheus":
-        return PrometheusAdapterParser(**options)
-    if kind == "influx":
-        return InfluxLineParser(**options)
-    if kind == "auto":
-        influx_options: dict[str, Any] = {"timestamps": options.pop("influx_timestamps", None)}
-        if "separator" in options:
-            influx_options["separator"] = options.pop("separator")
-        json_parser = JsonParser(**options)
-        if influx_options["timestamps"] is None:
-            influx_options["timestamps"] = json_parser.timestamps.with_unit("ns")
-        return AutoParser(json_parser, InfluxLineParser(**influx_options))
-    raise ValueError(f"unknown format {fmt!r}; expected json, prometheus, influx or auto")
+        return PrometheusAdapterParser(timestamps=options.get("timestamps"))
+    if kind == "influx":  # a policy given for the one format is its own, unit included
+        return InfluxLineParser(separator, influx_stamps or options.get("timestamps"))
+    influx = InfluxLineParser(separator, influx_stamps or policy.with_unit("ns"))
+    collectd = CollectdJsonParser(seconds, store_rates)
+    telegraf = TelegrafJsonParser(separator, policy)
+    graphite = GraphiteParser(templates, seconds)
+    putval = PutvalParser(types_db=types_db, timestamps=seconds) if kind == "putval" else None
+    single = {"collectd": collectd, "telegraf_json": telegraf,
+              "graphite": graphite, "putval": putval}
+    if kind in single:
+        return single[kind]
+    return AutoParser(json_parser, influx, collectd, telegraf, graphite,
+                      PutvalParser(types_db=types_db, timestamps=seconds) if types_db else None)
 
 
 def _internal_error(raw: bytes, exc: Exception) -> ParseResult:

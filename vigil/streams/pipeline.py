@@ -66,9 +66,19 @@ def partition_for(series: str, partitions: int) -> int:
     return zlib.crc32(series.encode()) % partitions
 
 
-def encode_points(series: Sequence[str], ts_ms: Sequence[int], values: Sequence[float]) -> bytes:
-    """A routed message: columnar JSON ``{"s": [...], "t": [...], "v": [...]}``."""
-    return orjson.dumps({"s": series, "t": ts_ms, "v": values})
+def encode_points(
+    series: Sequence[str],
+    ts_ms: Sequence[int],
+    values: Sequence[float],
+    counters: Iterable[str] = (),
+) -> bytes:
+    """A routed message: columnar JSON ``{"s": [...], "t": [...], "v": [...]}``, plus
+    ``"c": [...]``, the counter series among them, when there are any."""
+    doc: dict = {"s": series, "t": ts_ms, "v": values}
+    counters = sorted(counters)
+    if counters:
+        doc["c"] = counters
+    return orjson.dumps(doc)
 
 
 def route(
@@ -85,7 +95,9 @@ def route(
     """
     groups: dict[int, tuple[list, list, list]] = {}
     cache: dict[str, int] = {}
+    counters: set[str] = set()
     for result in results:
+        counters |= result.counters
         for s, t, v in zip(result.series, result.ts_ms, result.values, strict=True):
             p = cache.get(s)
             if p is None:
@@ -100,17 +112,19 @@ def route(
     for p, (s, t, v) in groups.items():
         for lo in range(0, len(s), max_points):
             hi = lo + max_points
-            messages.append((p, encode_points(s[lo:hi], t[lo:hi], v[lo:hi])))
+            marked = counters.intersection(s[lo:hi]) if counters else ()
+            messages.append((p, encode_points(s[lo:hi], t[lo:hi], v[lo:hi], marked)))
     return messages
 
 
 def decode_points(
-    messages: Iterable[bytes],
+    messages: Iterable[bytes], counters: set[str] | None = None
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Concatenate routed messages back into columns.
 
     Returns the columns and ``(message number, reason)`` for every message that is not a
     routed batch (the internal topic is ours, but a stray writer must not stop the worker).
+    The counter series the messages mark are added to ``counters`` when it is given.
 
     >>> s, t, v, bad = decode_points([encode_points(["a"], [1], [2.0]), b"junk"])
     >>> s, t.tolist(), v.tolist(), bad[0][0]
@@ -130,10 +144,15 @@ def decode_points(
             v_arr = np.asarray(v, np.float64)
             if not all(type(x) is str for x in s):
                 raise ValueError("series ids must be strings")
+            marked = doc.get("c") or []
+            if type(marked) is not list or not all(type(x) is str for x in marked):
+                raise ValueError("counters must be a list of series ids")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             bad.append((n, f"not a routed points message: {type(exc).__name__}: {exc}"))
             continue
         series += s
+        if counters is not None:
+            counters.update(marked)
         ts.append(t_arr)
         values.append(v_arr)
     if not ts:

@@ -22,12 +22,16 @@ class ParseResult:
     """What a parser makes of one Kafka message: good points (columnar) and rejects.
 
     ``series``, ``ts_ms`` and ``values`` have equal length; timestamps are UTC epoch milliseconds.
+    ``counters`` names the series whose values are cumulative counters (collectd ``derive``,
+    Prometheus ``counter``, ``"type": "counter"`` in JSON): the detection stage turns them
+    into per-second rates (:class:`vigil.streams.rates.CounterRates`).
     """
 
     series: list[str] = field(default_factory=list)
     ts_ms: list[int] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    counters: set[str] = field(default_factory=set)
 
     def add(self, series: str, ts_ms: int, value: float) -> None:
         self.series.append(series)

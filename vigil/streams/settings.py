@@ -73,9 +73,43 @@ class Settings(BaseSettings):
     pattern_refresh_s: float = Field(
         60.0, description="How often the input pattern is resolved again."
     )
-    input_format: Literal["auto", "json", "influx", "prometheus"] = Field(
-        "auto", description="Input format of the metric topics; auto reads JSON when a record "
-        "starts with { or [, Influx line protocol otherwise."
+    input_format: Literal[
+        "auto", "json", "influx", "prometheus", "collectd", "putval", "graphite", "telegraf_json"
+    ] = Field(
+        "auto", description="Input format of the metric topics (docs/inputs.md); auto picks "
+        "per record: collectd JSON, Telegraf JSON or vigil's JSON when it starts with { or [, "
+        "collectd PUTVAL, Graphite plaintext ('path value time') or Influx line protocol."
+    )
+    graphite_templates: Annotated[list[str], NoDecode] = Field(
+        ["collectd.* .host.measurement-plugin_instance.measurement-type_instance.field*"],
+        description="Graphite templates, '[filter] part.part...' (comma-separated; the first "
+        "whose filter matches the path wins): measurement, field, label names, a-b splits.",
+    )
+    collectd_store_rates: bool = Field(
+        True, description="collectd's JSON carries derive/counter values as rates (write_kafka "
+        "StoreRates true, its default); false: raw counters, which vigil turns into rates."
+    )
+    collectd_types_db: str | None = Field(
+        None, description="collectd's types.db for PUTVAL data-source names and types "
+        "(default /usr/share/collectd/types.db when it exists)."
+    )
+    rate_metrics: Annotated[list[str], NoDecode] = Field(
+        [], description="Metric-name globs of cumulative counters to detect on as per-second "
+        "rates, besides those their input marks (collectd derive/counter, Prometheus counters)."
+    )
+    remote_write_enabled: bool = Field(
+        True, description="Serve Prometheus remote_write at POST /api/v1/write on the web port."
+    )
+    remote_write_topic: str | None = Field(
+        None, description="Topic remote_write samples are produced to (default: the first "
+        "input topic), as vigil JSON points."
+    )
+    remote_write_max_bytes: int = Field(
+        10_000_000, ge=1, description="Largest remote_write body accepted, compressed or not "
+        "(larger: 413)."
+    )
+    remote_write_max_series: int = Field(
+        50_000, ge=1, description="Most time series in one remote_write request (more: 400)."
     )
     json_name_field: str = Field("name", description="JSON field holding the metric name.")
     json_value_field: str = Field("value", description="JSON field holding the value.")
@@ -239,7 +273,8 @@ class Settings(BaseSettings):
             return {k.strip(): v.strip() for k, v in pairs}
         return value
 
-    @field_validator("input_topics", "json_label_fields", mode="before")
+    @field_validator("input_topics", "json_label_fields", "graphite_templates", "rate_metrics",
+                     mode="before")
     @classmethod
     def _split_list(cls, value):
         # From the environment accept "a,b,c" as well as a JSON list.
