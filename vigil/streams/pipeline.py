@@ -45,6 +45,7 @@ __all__ = [
     "Batch",
     "DetectionPipeline",
     "RecentSteps",
+    "Routed",
     "decode_points",
     "encode_points",
     "partition_for",
@@ -71,17 +72,48 @@ def encode_points(series: Sequence[str], ts_ms: Sequence[int], values: Sequence[
     return orjson.dumps({"s": series, "t": ts_ms, "v": values})
 
 
+@dataclass
+class Routed:
+    """A batch's points grouped for the internal topic: ``(partition, message)`` pairs, each
+    message at most ``max_bytes`` long, and the series of points too large to route alone."""
+
+    messages: list[tuple[int, bytes]]
+    oversized: list[str]
+
+
+def _encode_bounded(
+    s: list, t: list, v: list, max_bytes: int, out: list[bytes], oversized: list[str]
+) -> None:
+    """Encode columns as one message, or halve them until every message fits ``max_bytes``."""
+    blob = encode_points(s, t, v)
+    if len(blob) <= max_bytes:
+        out.append(blob)
+    elif len(s) == 1:
+        oversized.append(s[0])
+    else:
+        half = len(s) // 2
+        _encode_bounded(s[:half], t[:half], v[:half], max_bytes, out, oversized)
+        _encode_bounded(s[half:], t[half:], v[half:], max_bytes, out, oversized)
+
+
 def route(
-    results: Iterable[ParseResult], partitions: int, max_points: int = 5_000
-) -> list[tuple[int, bytes]]:
+    results: Iterable[ParseResult],
+    partitions: int,
+    max_points: int = 5_000,
+    max_bytes: int = 900_000,
+) -> Routed:
     """Group the points of many parse results by target partition.
 
-    Returns ``(partition, message)`` pairs: one message per partition, split only where a
-    partition gets more than ``max_points`` points (Kafka limits message size).
+    One message per partition, split where a partition gets more than ``max_points`` points
+    or where its message would be longer than ``max_bytes`` (Kafka limits message size, and
+    series ids can be long). A single point longer than ``max_bytes`` is not routed: its
+    series is listed in ``oversized`` (for a dead letter).
 
     >>> r = ParseResult(); r.add("a", 1, 1.0); r.add("a", 2, 2.0); r.add("a", 3, 3.0)
-    >>> [(p, len(orjson.loads(m)["s"])) for p, m in route([r], 4, max_points=2)]
+    >>> [(p, len(orjson.loads(m)["s"])) for p, m in route([r], 4, max_points=2).messages]
     [(3, 2), (3, 1)]
+    >>> [len(orjson.loads(m)["s"]) for _, m in route([r], 4, max_bytes=30).messages]
+    [1, 1, 1]
     """
     groups: dict[int, tuple[list, list, list]] = {}
     cache: dict[str, int] = {}
@@ -96,12 +128,14 @@ def route(
             group[0].append(s)
             group[1].append(t)
             group[2].append(v)
-    messages = []
+    routed = Routed([], [])
     for p, (s, t, v) in groups.items():
         for lo in range(0, len(s), max_points):
             hi = lo + max_points
-            messages.append((p, encode_points(s[lo:hi], t[lo:hi], v[lo:hi])))
-    return messages
+            blobs: list[bytes] = []
+            _encode_bounded(s[lo:hi], t[lo:hi], v[lo:hi], max_bytes, blobs, routed.oversized)
+            routed.messages += [(p, blob) for blob in blobs]
+    return routed
 
 
 def decode_points(

@@ -8,8 +8,10 @@ before the batch's offsets are committed.
 Redis is the source of truth across restarts and rebalances; the worker keeps a copy of
 the states it owns in memory and only reads Redis on first touch.
 
-A Redis that restarts or drops the connection is retried with exponential backoff (the
-batch waits; nothing is lost and the worker does not crash).
+A Redis that restarts, drops the connection or cannot write for now (out of memory,
+READONLY, MISCONF) is retried with capped exponential backoff while ``/health`` reports 503
+(the batch waits; nothing is lost and the worker does not crash). Any other error stops the
+worker without committing the batch's offsets.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from vigil.detectors.bank import (
     StateBank,
     new_state_bank,
 )
-from vigil.retrying import redis_retrying
+from vigil.retrying import STORE_OUTAGE, redis_retrying
 from vigil.sinks.metrics import STATE_LATENCY
 
 __all__ = [
@@ -162,6 +164,7 @@ class RedisStateStore:
         async for attempt in redis_retrying():
             with attempt:
                 values = await self.client.mget(keys)
+        STORE_OUTAGE.recovered()
         STATE_LATENCY.observe(time.perf_counter() - started)
         return values
 
@@ -178,6 +181,7 @@ class RedisStateStore:
                     if points:
                         pipe.hincrby(f"{self.prefix}stats", "points_processed", points)
                     await pipe.execute()
+        STORE_OUTAGE.recovered()
         STATE_LATENCY.observe(time.perf_counter() - started)
 
     async def count_processed(self, field: str = "points_processed") -> int:
