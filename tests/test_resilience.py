@@ -224,3 +224,43 @@ def test_a_point_from_tomorrow_is_dead_lettered_and_blinds_nothing(stack: Stack)
     assert "in the future" in orjson.loads(letters[0])["reason"]
     time.sleep(1)
     assert stack.processed() == 100
+
+
+def test_a_redis_that_comes_back_empty_is_noticed_and_counted(stack: Stack):
+    server = start_redis()
+    port = server.port
+    url = f"redis://127.0.0.1:{port}/0"
+    producer = Producer({"bootstrap.servers": stack.broker})
+    start = _now_ms() - 3 * 3_600_000
+    hosts = [f"h{n}" for n in range(14)]
+
+    def send(minutes: range) -> int:
+        points = [{"name": "cpu", "labels": {"host": h}, "timestamp": start + m * 60_000,
+                   "value": 5.0} for m in minutes for h in hosts]
+        producer.produce(stack.input_topic, orjson.dumps(points))
+        producer.flush(10)
+        return len(points)
+
+    def processed() -> int:
+        client = sync_redis.Redis.from_url(url)
+        return int(client.hget(f"{stack.prefix}stats", "points_processed") or 0)
+
+    try:
+        worker = stack.start_worker(VIGIL_REDIS_URL=url)
+        first = send(range(0, 30))
+        wait_until(lambda: processed() >= first, 90, "points before the restart")
+        worker.stop()
+        server.stop()
+        server = start_redis(port)  # unpersisted: back empty
+        worker = stack.start_worker(VIGIL_REDIS_URL=url)
+        second = send(range(30, 60))
+        wait_until(lambda: processed() >= second, 90, "points after the restart")
+        port_web = int(worker.env["VIGIL_WEB_PORT"])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port_web}/metrics").read().decode()
+    finally:
+        server.stop()
+    log = worker.log_path.read_text()
+    assert "Redis has lost its data" in log, log[-3000:]
+    restarted = [line for line in text.splitlines()
+                 if line.startswith("vigil_series_restarted_total ")]
+    assert restarted and float(restarted[0].split()[1]) == len(hosts)

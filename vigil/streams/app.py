@@ -342,7 +342,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         for n, reason in bad:
             event = events[n]
             await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
-        batch = await pipeline.process(series, ts_ms, values)
+        # A first batch past offset 0 continues a stream processed before this start.
+        resumed = any((e.message.offset or 0) > 0 for e in events)
+        batch = await pipeline.process(series, ts_ms, values, resumed)
         delivered = [
             await anomalies_topic.send(key=e.series.encode(), value=e) for e in batch.events
         ]

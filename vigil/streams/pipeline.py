@@ -367,8 +367,13 @@ class DetectionPipeline:
     def cached_series(self) -> int:
         return len(self._cache)
 
-    async def process(self, series: list[str], ts_ms: np.ndarray, values: np.ndarray) -> Batch:
-        """Detect on one batch; the caller sends ``events`` and then calls :meth:`save`."""
+    async def process(
+        self, series: list[str], ts_ms: np.ndarray, values: np.ndarray, resumed: bool = False
+    ) -> Batch:
+        """Detect on one batch; the caller sends ``events`` and then calls :meth:`save`.
+
+        ``resumed``: the batch continues a stream processed before (see
+        :meth:`RedisStateStore.load`)."""
         row_of: dict[str, int] = {}
         for s in series:
             if s not in row_of:
@@ -379,7 +384,8 @@ class DetectionPipeline:
             if len(self._cache) + len(missing) > self.max_cached_series:
                 self._cache.clear()
                 missing = touched
-            for s, value in zip(missing, await self.store.load(missing), strict=True):
+            stored_values = await self.store.load(missing, resumed)
+            for s, value in zip(missing, stored_values, strict=True):
                 if readable(value):
                     self._cache[s] = value
                 elif value is not None:
