@@ -251,6 +251,33 @@ async def test_smtp_down_past_the_retry_budget_dead_letters(redis_url):
     assert h.acked == [event.event_id]  # dead-lettered counts as handled: the offset moves on
 
 
+async def test_a_newline_in_a_label_value_is_no_header_and_no_retry(redis_url, smtp):
+    from vigil.series import series_id
+
+    controller, sink = smtp
+    series = series_id("cpu_usage", {"host": "db-1\r\nBcc: evil@example.com"})
+    async with Harness(redis_url, email_config(controller.port)) as h:
+        await h.send(make_event(series=series, severity="critical"))
+        await h.settle()
+    assert len(sink.messages) == 1 and h.dead_letters == []
+    assert sink.envelopes[0].rcpt_tos == ["oncall@example.com"]
+    assert "\n" not in sink.messages[0]["Subject"] and sink.messages[0]["Bcc"] is None
+
+
+async def test_a_message_that_cannot_be_built_is_dead_lettered_at_once(redis_url, monkeypatch):
+    import vigil.sinks.email
+
+    def broken(*args, **kwargs):
+        raise ValueError("Header values may not contain linefeed or carriage return characters")
+
+    monkeypatch.setattr(vigil.sinks.email, "build_email", broken)
+    async with Harness(redis_url, email_config(free_port(), retry_attempts=6)) as h:
+        await h.send(make_event())
+        await h.settle()
+    assert len(h.dead_letters) == 1
+    assert h.dead_letters[0].attempts == 1  # another attempt builds the same message
+
+
 async def test_smtp_login_with_password(redis_url):
     from aiosmtpd.smtp import AuthResult
 
