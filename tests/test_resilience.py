@@ -17,7 +17,7 @@ from confluent_kafka import Producer
 
 from tests.conftest import Stack, wait_until
 from tests.test_worker_integration import _events, _expected_events, _month, _split
-from vigil.devtools.embedded import TopicCollector, start_redis
+from vigil.devtools.embedded import TopicCollector, free_port, start_redis
 from vigil.devtools.replay import replay
 from vigil.series import series_id
 from vigil.streams.pipeline import partition_for
@@ -98,7 +98,10 @@ def _health(worker) -> tuple[int, dict]:
         return e.code, orjson.loads(e.read())
 
 
-def test_redis_out_of_memory_is_waited_out_without_losing_points_or_events(stack: Stack):
+@pytest.mark.parametrize("failure", ["oom", "readonly"])
+def test_a_redis_that_cannot_write_is_waited_out_without_losing_points_or_events(
+    stack: Stack, failure: str
+):
     server = start_redis()
     url = f"redis://127.0.0.1:{server.port}/0"
     admin = sync_redis.Redis.from_url(url)
@@ -112,15 +115,21 @@ def test_redis_out_of_memory_is_waited_out_without_losing_points_or_events(stack
     try:
         worker = stack.start_worker(VIGIL_REDIS_URL=url)
         sent = replay(first, stack.broker, stack.input_topic, batch=100)
-        wait_until(lambda: processed() >= sent, 90, "points before the OOM")
-        admin.config_set("maxmemory-policy", "noeviction")
-        admin.config_set("maxmemory", 1)
+        wait_until(lambda: processed() >= sent, 90, "points before the failure")
+        if failure == "oom":  # maxmemory reached: OOM command not allowed
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+        else:  # a replica (of a master that is not there): READONLY
+            admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
         sent += replay(second, stack.broker, stack.input_topic, batch=100)
         wait_until(lambda: _health(worker)[0] == 503, 30, "/health to report the failing store")
         time.sleep(2)
         assert worker.alive(), worker.log_tail()
-        admin.config_set("maxmemory", 0)
-        wait_until(lambda: processed() >= sent, 90, "points after the OOM")
+        if failure == "oom":
+            admin.config_set("maxmemory", 0)
+        else:
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+        wait_until(lambda: processed() >= sent, 90, "points after the failure")
         assert wait_until(lambda: _health(worker)[0] == 200, 30, "/health healthy again")
         expected = _expected_events(telemetry, stack)
         wanted = {e["event_id"] for e in expected}
@@ -133,7 +142,9 @@ def test_redis_out_of_memory_is_waited_out_without_losing_points_or_events(stack
         server.stop()
     ids = [e["event_id"] for e in events]
     assert set(ids) == wanted
-    assert len(ids) == len(set(ids)), "an OOM wait must not repeat any event"
+    assert len(ids) == len(set(ids)), "waiting out Redis must not repeat any event"
+    error = {"oom": "OutOfMemoryError", "readonly": "ReadOnlyError"}[failure]
+    assert f"Redis failing ({error}" in worker.log_path.read_text()
 
 
 def test_a_store_error_it_cannot_ride_out_stops_the_worker_without_committing(stack: Stack):
