@@ -60,9 +60,9 @@ def test_an_800kb_bad_record_is_dead_lettered_bounded_and_its_batch_is_kept(stac
 
 
 def test_5000_points_with_long_series_ids_are_routed_without_loss(stack: Stack):
-    # 315-character series ids that all land on points partition 0: one routed batch of
+    # 316-character series ids that all land on points partition 0: one routed batch of
     # ~1.7 MB if split by count, over the producer's 1,000,000-byte limit.
-    pad = "x" * 280
+    pad = "x" * 290
     series = []
     n = 0
     while len(series) < 50:
@@ -71,7 +71,7 @@ def test_5000_points_with_long_series_ids_are_routed_without_loss(stack: Stack):
         if partition_for(sid, 4) == 0:
             series.append(labels)
         n += 1
-    assert all(len(series_id("cpu", s)) >= 300 for s in series)
+    assert all(len(series_id("cpu", s)) >= 315 for s in series)
     producer = Producer({"bootstrap.servers": stack.broker})
     start = _now_ms() - 3 * 3_600_000
     sent = 0
