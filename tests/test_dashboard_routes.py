@@ -6,6 +6,7 @@ thing against a real ClickHouse)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import pytest
@@ -76,7 +77,7 @@ async def client():
     app = web.Application()
     dashboard.install(app)
     async with TestClient(TestServer(app)) as c:
-        c.store, c.feed = store, feed
+        c.store, c.feed, c.dashboard = store, feed, dashboard
         yield c
     dashboard.close()
 
@@ -95,12 +96,15 @@ async def test_every_route_refuses_a_missing_or_wrong_token(client, path):
     assert client.store.calls == []  # nothing was read for a refused request
 
 
-async def test_token_in_the_url_becomes_an_httponly_cookie_and_leaves_the_url(client):
+async def test_token_in_the_url_becomes_a_signed_session_cookie_and_leaves_the_url(client):
     response = await client.get(f"/dashboard?token={TOKEN}", allow_redirects=False)
     assert response.status == 302
     assert "token" not in response.headers["Location"]
     cookie = response.cookies[COOKIE]
-    assert cookie.value == TOKEN and cookie["httponly"] and cookie["samesite"] == "Strict"
+    # A signed session that expires, never the long-lived token itself.
+    assert TOKEN not in cookie.value and cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert 0 < int(cookie["max-age"]) <= 12 * 3600
+    assert not cookie["secure"]  # plain HTTP here; Secure behind TLS (below)
     page = await client.get("/dashboard")  # the client keeps the cookie
     assert page.status == 200
     html = await page.text()
@@ -189,3 +193,45 @@ async def test_open_streams_end_when_the_server_shuts_down(client):
     rest = await asyncio.wait_for(response.content.read(), 5)  # EOF, not a hang
     assert b"anomaly" not in rest
     assert client.feed.subscribers == set()
+
+
+@pytest.mark.parametrize("path", ["/dashboard/api/series", "/dashboard/chart.png?series=cpu",
+                                  "/dashboard/api/recent"])
+async def test_a_token_in_an_api_url_redirects_to_the_clean_url(client, path):
+    sep = "&" if "?" in path else "?"
+    response = await client.get(f"{path}{sep}token={TOKEN}", allow_redirects=False)
+    assert response.status == 302
+    assert response.headers["Location"] == path
+    assert client.store.calls == []  # nothing answered on the URL holding the token
+
+
+async def test_the_raw_token_as_a_cookie_or_an_expired_session_opens_nothing(client):
+    client.session.cookie_jar.update_cookies({COOKIE: TOKEN})
+    assert (await client.get("/dashboard/api/recent")).status == 401
+    expired = client.dashboard.session_cookie(now_s=time.time() - 13 * 3600)
+    client.session.cookie_jar.update_cookies({COOKIE: expired})
+    assert (await client.get("/dashboard/api/recent")).status == 401
+    fresh = client.dashboard.session_cookie()
+    client.session.cookie_jar.update_cookies({COOKIE: fresh})
+    assert (await client.get("/dashboard/api/recent")).status == 200
+    forged = fresh.rsplit(".", 1)[0] + ".0000"
+    client.session.cookie_jar.update_cookies({COOKIE: forged})
+    assert (await client.get("/dashboard/api/recent")).status == 401
+
+
+async def test_the_session_cookie_is_secure_behind_tls(client):
+    response = await client.get(f"/dashboard?token={TOKEN}", allow_redirects=False,
+                                headers={"X-Forwarded-Proto": "https"})
+    assert response.cookies[COOKIE]["secure"]
+
+
+async def test_a_failed_clickhouse_read_answers_502_without_internals(client):
+    def broken(*args):
+        raise RuntimeError("Code: 81. DB::Exception: Database vigil_internal doesn't exist")
+
+    client.store.series_summary = broken
+    response = await client.get("/dashboard/api/series", headers=AUTH)
+    assert response.status == 502
+    body = await response.text()
+    assert "DB::Exception" not in body and "vigil_internal" not in body
+    assert "ClickHouse" in body

@@ -172,7 +172,8 @@ def telegram_config(botapi: BotAPIServer, **extra) -> dict:
         "group_wait_s": 0.2,
         "retry_initial_s": 0.1,
         "retry_max_s": 0.3,
-        "telegram": {"token": "123:TEST", "api_url": botapi.url, "poll_timeout_s": 1},
+        "telegram": {"token": "123:TEST", "api_url": botapi.url, "poll_timeout_s": 1,
+                     "allowed_user_ids": [42]},
     }
     config.update(extra)
     return config
@@ -251,6 +252,33 @@ async def test_smtp_down_past_the_retry_budget_dead_letters(redis_url):
     assert record.incident_ids == [event.incident_id]
     assert "CRITICAL" in record.subject and "cpu_usage" in record.text
     assert h.acked == [event.event_id]  # dead-lettered counts as handled: the offset moves on
+
+
+async def test_a_newline_in_a_label_value_is_no_header_and_no_retry(redis_url, smtp):
+    from vigil.series import series_id
+
+    controller, sink = smtp
+    series = series_id("cpu_usage", {"host": "db-1\r\nBcc: evil@example.com"})
+    async with Harness(redis_url, email_config(controller.port)) as h:
+        await h.send(make_event(series=series, severity="critical"))
+        await h.settle()
+    assert len(sink.messages) == 1 and h.dead_letters == []
+    assert sink.envelopes[0].rcpt_tos == ["oncall@example.com"]
+    assert "\n" not in sink.messages[0]["Subject"] and sink.messages[0]["Bcc"] is None
+
+
+async def test_a_message_that_cannot_be_built_is_dead_lettered_at_once(redis_url, monkeypatch):
+    import vigil.sinks.email
+
+    def broken(*args, **kwargs):
+        raise ValueError("Header values may not contain linefeed or carriage return characters")
+
+    monkeypatch.setattr(vigil.sinks.email, "build_email", broken)
+    async with Harness(redis_url, email_config(free_port(), retry_attempts=6)) as h:
+        await h.send(make_event())
+        await h.settle()
+    assert len(h.dead_letters) == 1
+    assert h.dead_letters[0].attempts == 1  # another attempt builds the same message
 
 
 async def test_smtp_login_with_password(redis_url):
@@ -457,3 +485,38 @@ async def test_resolve_counts_from_the_open_even_when_an_update_was_merged(redis
     first, resolved = botapi.sent()
     assert "CRITICAL" in first.text
     assert "resolved after 25 min" in resolved.text
+
+
+async def test_a_button_press_needs_an_allowed_user_as_well_as_an_allowed_chat():
+    from types import SimpleNamespace as NS
+
+    from vigil.sinks.alerts import TelegramSettings
+    from vigil.sinks.telegram import TelegramBot
+
+    settings = TelegramSettings(token="1:T", api_url="http://127.0.0.1:9",
+                                allowed_user_ids=[42])
+    bot = TelegramBot(settings, allowed_chats={1001})
+    answers = []
+
+    async def answer(callback_id, text):
+        answers.append(text)
+
+    bot.answer = answer
+
+    def query(chat: int, user: int):
+        return NS(id="cb1", data="ack:n1", message=NS(chat=NS(id=chat), message_id=5),
+                  from_user=NS(id=user, username="u", full_name="U"))
+
+    try:
+        assert (await bot._press(query(1001, 42))).user_id == 42
+        assert await bot._press(query(1001, 7)) is None  # a member of the group, not allowed
+        assert await bot._press(query(2002, 42)) is None  # an allowed user, another chat
+        assert len(answers) == 2
+        # No user allow-list: nobody's press is accepted.
+        open_bot = TelegramBot(TelegramSettings(token="1:T", api_url="http://127.0.0.1:9"),
+                               allowed_chats={1001})
+        open_bot.answer = answer
+        assert await open_bot._press(query(1001, 42)) is None
+        await open_bot.close()
+    finally:
+        await bot.close()

@@ -40,7 +40,8 @@ def telegram_alerts(botapi: BotAPIServer, **extra) -> dict:
         "rate_limit_per_minute": 10_000,
         "retry_initial_s": 0.1,
         "retry_max_s": 0.5,
-        "telegram": {"token": "123:TEST", "api_url": botapi.url, "poll_timeout_s": 1},
+        "telegram": {"token": "123:TEST", "api_url": botapi.url, "poll_timeout_s": 1,
+                     "allowed_user_ids": [42]},
     }
     alerts.update(extra)
     return alerts

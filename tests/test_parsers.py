@@ -123,11 +123,17 @@ def reason_of(value: object, policy: TimestampPolicy | None = None) -> str:
 def test_far_future_timestamp_is_rejected_with_distance() -> None:
     reason = reason_of("2099-01-01T00:00:00Z")
     assert reason.startswith("timestamp 2099-01-01T00:00:00Z is ")
-    assert "days in the future (max 24 hours)" in reason
+    assert "days in the future (clock skew allowed: 5 minutes)" in reason
 
 
 def test_slightly_future_timestamp_within_limit_is_accepted() -> None:
-    assert TimestampPolicy().to_ms(NOW_S + 3600, NOW) == NOW + 3_600_000
+    assert TimestampPolicy().to_ms(NOW_S + 60, NOW) == NOW + 60_000
+    assert TimestampPolicy(max_future_s=3600).to_ms(NOW_S + 3600, NOW) == NOW + 3_600_000
+
+
+def test_a_point_23_hours_ahead_is_beyond_the_default_clock_skew() -> None:
+    # It would move the series' watermark a day ahead and blind it (issue 18).
+    assert "23 hours in the future" in reason_of(NOW_S + 23 * 3600)
 
 
 def test_custom_future_limit_is_applied() -> None:
@@ -418,7 +424,8 @@ def test_json_partly_bad_batch_keeps_good_points_and_rejects_each_bad_item() -> 
         "item 1: value is NaN",
         "item 2: not a JSON object: str",
         "item 4: missing field 'value'",
-        "item 5: timestamp 2099-01-01T00:00:00Z is 27272 days in the future (max 24 hours)",
+        "item 5: timestamp 2099-01-01T00:00:00Z is 27272 days in the future "
+            "(clock skew allowed: 5 minutes)",
     ]
     # Each reject carries only its own item, re-serialised.
     assert [r.raw for r in result.rejects] == [orjson.dumps(items[i]) for i in (1, 2, 4, 5)]
@@ -746,3 +753,45 @@ def test_truncated_and_random_input_never_raises(fmt: str) -> None:
         for reject in result.rejects:
             assert reject.reason and not reject.reason.startswith("parser error")
             assert isinstance(reject.raw, bytes)
+
+
+# --- whatever the parser hits on one line or item, the others are kept (issue 18) ---------
+
+
+def test_an_influx_integer_too_large_for_a_float_costs_only_its_line() -> None:
+    lines = [f"cpu,host=a usage=1 {NOW * 1_000_000}",
+             f"cpu,host=b usage={'9' * 400}i {NOW * 1_000_000}",
+             f"cpu,host=c usage=3 {NOW * 1_000_000}"]
+    result = InfluxLineParser().parse("\n".join(lines).encode(), NOW)
+    assert points(result) == [('cpu_usage{host="a"}', NOW, 1.0),
+                              ('cpu_usage{host="c"}', NOW, 3.0)]
+    assert len(result.rejects) == 1 and result.rejects[0].reason.startswith("line 2: ")
+
+
+def _deep(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def test_a_json_label_nested_1000_deep_costs_only_its_item() -> None:
+    items = [good("a", 1), {**good("b", 2), "labels": {"deep": _deep(1_000)}}, good("c", 3)]
+    raw = b"[" + b",".join(orjson.dumps(i) if n != 1 else _dumps_deep(i)
+                           for n, i in enumerate(items)) + b"]"
+    result = JsonParser().parse(raw, NOW)
+    assert points(result) == [("a", NOW, 1.0), ("c", NOW, 3.0)]
+    assert len(result.rejects) == 1 and result.rejects[0].reason.startswith("item 1: ")
+
+
+def _dumps_deep(item: dict) -> bytes:
+    """orjson refuses to write more than 255 levels; json writes any depth."""
+    import json
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        return json.dumps(item).encode()
+    finally:
+        sys.setrecursionlimit(limit)

@@ -148,3 +148,22 @@ def test_pipeline_starts_afresh_on_an_unreadable_state(redis_url: str):
             assert found.all() and restored["watermark_ms"][0] == T0
 
     asyncio.run(run())
+
+
+@pytest.mark.integration
+def test_a_redis_emptied_under_a_running_worker_is_noticed(redis_url: str):
+    async def run() -> None:
+        async with _store(redis_url) as (client, store):
+            series = ['cpu{host="a"}', 'cpu{host="b"}']
+            await store.save(series, pack(_learned_bank(2)), points=10)
+            assert store.instance is not None
+            assert all(v is not None for v in await store.load(series))
+            assert not store.data_lost
+            keys = [k async for k in client.scan_iter(f"{store.prefix}*")]
+            await client.delete(*keys)  # what an unpersisted Redis restart leaves
+            assert await store.load(series) == [None, None]
+            assert store.data_lost
+            await store.save(series, pack(_learned_bank(2)))
+            assert await client.get(store.instance_key) == store.instance  # a new marker
+
+    asyncio.run(run())

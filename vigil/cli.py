@@ -15,9 +15,19 @@ from vigil.streams.settings import Settings
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold a token or a password
     no_args_is_help=True,
     help="vigil — real-time anomaly detection for IT telemetry in Kafka.",
 )
+
+
+def _startup_settings() -> Settings:
+    """The settings, with their secrets redacted from every log line from now on."""
+    from vigil.redact import install_log_redaction
+
+    settings = Settings()
+    install_log_redaction(settings.secrets())
+    return settings
 
 
 @app.command()
@@ -27,7 +37,7 @@ def worker() -> None:
 
     from vigil.streams.app import create_app
 
-    settings = Settings()
+    settings = _startup_settings()
     faust_app = create_app(settings)
     logging.getLogger("vigil").setLevel(settings.log_level.upper())
     try:
@@ -46,7 +56,7 @@ def notifier() -> None:
 
     from vigil.streams.notifier import create_notifier_app
 
-    settings = Settings()
+    settings = _startup_settings()
     faust_app = create_notifier_app(settings)
     logging.getLogger("vigil").setLevel(settings.log_level.upper())
     Worker(faust_app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
@@ -519,8 +529,18 @@ def _missing_extra(exc: ModuleNotFoundError, command: str) -> tuple[str, ...]:
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
+    from vigil.redact import describe_validation_error
+
     try:
         app()
+    except ValidationError as exc:
+        # Never pydantic's own text: it prints the input values (tokens, passwords).
+        typer.echo(f"vigil: invalid settings ({exc.error_count()} error"
+                   f"{'s' if exc.error_count() > 1 else ''}):\n"
+                   f"{describe_validation_error(exc)}", err=True)
+        raise SystemExit(2) from None
     except ModuleNotFoundError as exc:
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
         extras = _missing_extra(exc, command)

@@ -391,6 +391,11 @@ class TelegramSettings(_Model):
         default_factory=list,
         description="Chats whose button presses are accepted (default: every receiver's chats).",
     )
+    allowed_user_ids: list[int] = Field(
+        default_factory=list,
+        description="Telegram user ids whose button presses are accepted, in an allowed chat "
+        "(empty: no press is accepted — any member of a group could otherwise mute alerts).",
+    )
     poll_updates: bool = Field(True, description="Read button presses with getUpdates.")
     poll_timeout_s: int = 20
 

@@ -14,15 +14,17 @@
 * ``/dashboard/chart.png`` — a series' steps drawn by :func:`vigil.sinks.charts.render_chart`
   in a separate process (drawing is CPU-bound and would hold the GIL against the loop).
 
-Every dashboard route needs the ``dashboard_token`` setting's value: as
-``Authorization: Bearer <token>``, or once as ``?token=<token>``, which sets an HttpOnly
-cookie and redirects to the same page without it. Anything else gets 401.
+Every dashboard route needs the ``dashboard_token`` setting's value as
+``Authorization: Bearer <token>``, or a session: ``?token=<token>`` on any route answers a
+redirect to the same URL without it and sets an HttpOnly, SameSite=Strict cookie holding a
+signed expiry (12 h; ``Secure`` behind TLS), never the token. Anything else gets 401.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import time
@@ -48,8 +50,11 @@ HOUR_MS = 3_600_000
 MAX_HOURS = 24 * 31
 
 
+SESSION_S = 12 * 3600
+
+
 def check_token(request: web.Request, token: str) -> bool:
-    """Whether ``request`` carries ``token`` (Bearer header, cookie or ``?token=``).
+    """Whether ``request`` carries ``token`` (Bearer header or ``?token=``).
 
     Constant-time comparison, so the answer's timing says nothing about the token.
     """
@@ -58,8 +63,35 @@ def check_token(request: web.Request, token: str) -> bool:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         offered.append(header[len("Bearer ") :].strip())
-    offered += [request.cookies.get(COOKIE, ""), request.query.get("token", "")]
+    offered.append(request.query.get("token", ""))
     return any(o and hmac.compare_digest(o.encode(), expected) for o in offered)
+
+
+class Sessions:
+    """Session cookies: ``<expiry epoch s>.<HMAC-SHA256 of it>`` under a key derived from
+    the token (a new token ends every session).
+
+    >>> s = Sessions("t0ken"); cookie = s.issue(now_s=1000)
+    >>> s.valid(cookie, now_s=1000 + 60), s.valid(cookie, now_s=1000 + SESSION_S + 1)
+    (True, False)
+    """
+
+    def __init__(self, token: str, lifetime_s: int = SESSION_S) -> None:
+        self._key = hmac.new(token.encode(), b"vigil dashboard session", hashlib.sha256).digest()
+        self.lifetime_s = lifetime_s
+
+    def _sign(self, expiry: str) -> str:
+        return hmac.new(self._key, expiry.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, now_s: float | None = None) -> str:
+        expiry = str(int((time.time() if now_s is None else now_s) + self.lifetime_s))
+        return f"{expiry}.{self._sign(expiry)}"
+
+    def valid(self, cookie: str, now_s: float | None = None) -> bool:
+        expiry, _, signature = cookie.partition(".")
+        if not expiry.isdigit() or not hmac.compare_digest(signature, self._sign(expiry)):
+            return False
+        return int(expiry) > (time.time() if now_s is None else now_s)
 
 
 class Subscriber:
@@ -227,6 +259,7 @@ class Dashboard:
         if not token:
             raise ValueError("the dashboard needs a non-empty token")
         self.token = token
+        self.sessions = Sessions(token)
         self.feed = feed
         self.store = store
         self.z_marked = z_marked
@@ -255,9 +288,15 @@ class Dashboard:
 
     # -- access -------------------------------------------------------------------------
 
+    def session_cookie(self, now_s: float | None = None) -> str:
+        """A session cookie's value, valid for 12 hours from ``now_s``."""
+        return self.sessions.issue(now_s)
+
     def _guarded(self, handler):
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if not check_token(request, self.token):
+            session = request.cookies.get(COOKIE, "")
+            if not (check_token(request, self.token)
+                    or (session and self.sessions.valid(session))):
                 return web.json_response(
                     {"error": "a dashboard token is required (Authorization: Bearer, or "
                               "?token= once)"},
@@ -265,16 +304,16 @@ class Dashboard:
                     headers={"WWW-Authenticate": 'Bearer realm="vigil dashboard"'},
                 )
             if "token" in request.query:
-                # Swap the token in the URL for a cookie, so it leaves the address bar.
-                if request.path.rstrip("/") == "/dashboard":
-                    rest = [(k, v) for k, v in request.query.items() if k != "token"]
-                    response: web.StreamResponse = web.Response(
-                        status=302, headers={"Location": str(request.rel_url.with_query(rest))}
-                    )
-                else:
-                    response = await handler(request)
+                # Swap the token in the URL for a session cookie: the URL (history, logs,
+                # Referer) never answers with the token still in it.
+                rest = [(k, v) for k, v in request.query.items() if k != "token"]
+                response = web.Response(
+                    status=302, headers={"Location": str(request.rel_url.with_query(rest))}
+                )
+                tls = request.secure or request.headers.get("X-Forwarded-Proto") == "https"
                 response.set_cookie(
-                    COOKIE, self.token, httponly=True, samesite="Strict", path="/dashboard"
+                    COOKIE, self.session_cookie(), httponly=True, samesite="Strict",
+                    path="/dashboard", max_age=self.sessions.lifetime_s, secure=tls or None,
                 )
                 return response
             return await handler(request)
@@ -346,8 +385,10 @@ class Dashboard:
             return await asyncio.to_thread(getattr(self.store, method), *args)
         except Exception as exc:  # noqa: BLE001 - say what failed, keep serving
             log.warning("ClickHouse read %s failed: %s", method, exc)
+            # The details stay in the worker's log: no server internals to the browser.
             raise web.HTTPBadGateway(
-                text=orjson.dumps({"error": f"ClickHouse read failed: {exc}"}).decode(),
+                text=orjson.dumps({"error": "ClickHouse read failed (details in the worker's "
+                                            "log)"}).decode(),
                 content_type="application/json",
             ) from None
 

@@ -46,7 +46,7 @@ from tenacity import (
 )
 
 from vigil.events import AlertDeadLetter, AnomalyEvent, Feedback, stable_id
-from vigil.retrying import redis_retrying
+from vigil.retrying import STORE_OUTAGE, redis_retrying
 from vigil.sinks import metrics
 from vigil.sinks.alertmanager import AlertmanagerChannel
 from vigil.sinks.alerts import (
@@ -100,7 +100,9 @@ class NotifierStore:
     async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         async for attempt in redis_retrying():
             with attempt:
-                return await fn()
+                result = await fn()
+        STORE_OUTAGE.recovered()
+        return result
 
     async def get_incident(self, receiver: str, incident_id: str) -> dict | None:
         raw = await self._call(

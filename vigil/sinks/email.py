@@ -15,7 +15,12 @@ import aiosmtplib
 
 from vigil.sinks.alerts import EmailReceiver, Notification, SmtpSettings
 
-__all__ = ["EmailChannel", "build_email", "is_permanent_smtp_error"]
+__all__ = ["EmailChannel", "MessageBuildError", "build_email", "is_permanent_smtp_error"]
+
+
+class MessageBuildError(ValueError):
+    """A message that cannot be built from its notification: permanent (another attempt
+    builds the same message), so it is dead-lettered at once rather than retried."""
 
 
 def build_email(
@@ -32,7 +37,8 @@ def build_email(
     subject = notification.subject()
     if previous and previous.get("subject"):
         subject = "Re: " + previous["subject"].removeprefix("Re: ")
-    message["Subject"] = subject
+    # A label value may hold a newline: a header never does (no header injection).
+    message["Subject"] = " ".join(subject.split())
     message["From"] = sender
     message["To"] = ", ".join(to)
     message["Date"] = email.utils.formatdate(usegmt=True)
@@ -57,7 +63,7 @@ def is_permanent_smtp_error(exc: BaseException) -> bool:
     """Rejections that another attempt cannot fix (bad recipients, 5xx answers)."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused | aiosmtplib.SMTPSenderRefused):
         return True
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError | MessageBuildError):
         return True
     code = getattr(exc, "code", None)
     return isinstance(code, int) and 500 <= code < 600
@@ -83,10 +89,13 @@ class EmailChannel:
         progress: dict | None = None,
     ) -> dict:
         """Send one email; returns what a follow-up needs (Message-ID, subject)."""
-        message = build_email(
-            notification, self.smtp.sender, self.receiver.to, chart_png, previous,
-            self.dashboard_url,
-        )
+        try:
+            message = build_email(
+                notification, self.smtp.sender, self.receiver.to, chart_png, previous,
+                self.dashboard_url,
+            )
+        except (ValueError, TypeError, LookupError) as exc:
+            raise MessageBuildError(f"the email cannot be built: {exc}") from exc
         password = self.smtp.password.get_secret_value() if self.smtp.password else None
         await aiosmtplib.send(
             message,

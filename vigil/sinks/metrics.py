@@ -58,6 +58,13 @@ BATCH_SECONDS = Histogram(
     "Wall time of one detection batch",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+SERIES_RESTARTED = Counter(
+    "vigil_series_restarted",
+    "Series that started learning from scratch after Redis lost its data",
+)
+REDIS_DATA_LOST = Counter(
+    "vigil_redis_data_lost", "Times Redis was found emptied (its instance marker gone)"
+)
 CACHED_SERIES = Gauge("vigil_cached_series", "Series states held in worker memory")
 CONSUMER_LAG = Gauge(
     "vigil_consumer_lag",

@@ -93,6 +93,9 @@ class TelegramBot:
         self.bot = Bot(settings.token.get_secret_value(), session=session)
         self.settings = settings
         self.allowed_chats = set(allowed_chats)
+        self.allowed_users = set(settings.allowed_user_ids)
+        if settings.poll_updates and not self.allowed_users:
+            log.warning("no alerts.telegram.allowed_user_ids: every button press is refused")
 
     async def close(self) -> None:
         await self.bot.session.close()
@@ -190,6 +193,12 @@ class TelegramBot:
         if chat_id not in self.allowed_chats:
             log.warning("refused a button press from chat %s (not on the allow-list)", chat_id)
             await self.answer(query.id, "This chat may not act on vigil alerts.")
+            return None
+        user_id = query.from_user.id if query.from_user else None
+        if user_id not in self.allowed_users:
+            log.warning("refused a button press from user %s in chat %s (not on "
+                        "alerts.telegram.allowed_user_ids)", user_id, chat_id)
+            await self.answer(query.id, "You may not act on vigil alerts.")
             return None
         if code not in ACTIONS or not notification_id:
             await self.answer(query.id, "Unknown button.")

@@ -11,12 +11,17 @@ by series id, one message per target partition per batch. ``detect`` owns a set 
 partitions of the points topic — so every series is handled by exactly one worker of the
 consumer group — and runs :class:`~vigil.streams.pipeline.DetectionPipeline` on each batch:
 events are delivered first, then the states are saved, then the offsets are committed.
+
+Both agents read ``noack`` batches and acknowledge a batch's records only once its work is
+done (Faust's own batch reader acknowledges in a ``finally``, even when the handler
+raised): an error that stops the worker leaves the batch uncommitted, and it is read again
+after the restart. Every message produced (routed points, dead letters) is bounded by
+``max_message_bytes``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import re
@@ -30,13 +35,14 @@ from faust.types import EventT, TopicT
 from mode import CrashingSupervisor
 
 from vigil.detectors.online import warm_up
+from vigil.retrying import STORE_OUTAGE
 from vigil.sinks import metrics
 from vigil.streams.input_health import InputHealth, reason_class
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
 from vigil.streams.pipeline import DetectionPipeline, decode_points, route
 from vigil.streams.rates import CounterRates
-from vigil.streams.records import DeadLetter, Reject
+from vigil.streams.records import Reject, dead_letter_record
 from vigil.streams.remote_write import RemoteWriteError, decode_write_request, to_messages
 from vigil.streams.settings import Settings
 from vigil.streams.state import RedisStateStore
@@ -100,8 +106,10 @@ def new_app(settings: Settings, app_id: str, web_port: int) -> VigilApp:
         broker_rebalance_timeout=max(session * 1.7, 10),
         broker_commit_interval=0.5,
         web_enabled=settings.web_enabled,
+        web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=web_port,
+        producer_max_request_size=max(settings.max_message_bytes + 100_000, 1_000_000),
         producer_linger_ms=5,
     )
     app.vigil_fetch_max_wait_ms = settings.fetch_max_wait_ms
@@ -139,6 +147,9 @@ def add_web_pages(
             assigned = []
         report["kafka_assigned"] = assigned
         healthy = redis_ok
+        if STORE_OUTAGE.error is not None:  # waiting out a Redis that cannot write
+            report["store_error"] = STORE_OUTAGE.error
+            healthy = False
         if clickhouse_ping is not None:
             report["clickhouse"] = await asyncio.to_thread(clickhouse_ping)
             healthy = healthy and report["clickhouse"]
@@ -330,79 +341,89 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     async def dead_letter(reject: Reject, event: EventT, stage: str = "parse") -> asyncio.Future:
         message = event.message
         metrics.DEAD_LETTERS.labels(stage=stage, reason=reason_class(reject.reason)).inc()
-        record = DeadLetter(
-            reason=reject.reason,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            raw_b64=base64.b64encode(reject.raw).decode(),
-            ts_ms=_now_ms(),
-            stage=stage,
+        record = dead_letter_record(
+            reject.reason, reject.raw, topic=message.topic, partition=message.partition,
+            offset=message.offset, ts_ms=_now_ms(), stage=stage,
+            max_raw_bytes=min(settings.deadletter_raw_bytes, settings.max_message_bytes // 2),
         )
         return await deadletter_topic.send(key=message.topic.encode(), value=record)
 
     # An agent that fails on something unexpected stops the worker (non-zero exit) rather
-    # than leaving a live process that silently consumes nothing.
+    # than leaving a live process that silently consumes nothing. Its batch is not acked.
     @app.agent(input_topic, name="vigil.ingest", supervisor_strategy=CrashingSupervisor)
     async def ingest(stream):
-        async for events in stream.take_events(settings.ingest_batch, settings.batch_window_s):
-            now = _now_ms()
-            pending: list[asyncio.Future] = []
-            results = []
+        async for events in stream.noack_take(settings.ingest_batch, settings.batch_window_s):
+            await ingest_batch(events)
             for event in events:
-                result = parser.parse(event.value or b"", now)
-                for reject in result.rejects:
-                    pending.append(await dead_letter(reject, event))
-                if len(result):
-                    results.append(result)
-                input_health.record(event.message.topic, len(result),
-                                    [r.reason for r in result.rejects], time.monotonic())
-            report_inputs()
-            points = sum(len(r) for r in results)
-            metrics.POINTS_IN.inc(points)
-            metrics.POINTS_RATE.add(points)
-            metrics.MESSAGES_IN.inc(len(events))
-            routed = route(results, settings.points_partitions, settings.max_points_per_message)
-            for partition, blob in routed:
-                pending.append(
-                    await points_topic.send(
-                        key=str(partition).encode(), value=blob, partition=partition
-                    )
-                )
-            # Offsets are acked when this batch ends: wait until everything is delivered.
-            if pending:
-                await asyncio.gather(*pending)
+                await stream.ack(event)
+
+    async def ingest_batch(events: list[EventT]) -> None:
+        now = _now_ms()
+        pending: list[asyncio.Future] = []
+        results = []
+        for event in events:
+            result = parser.parse(event.value or b"", now)
+            for reject in result.rejects:
+                pending.append(await dead_letter(reject, event))
+            if len(result):
+                results.append(result)
+            input_health.record(event.message.topic, len(result),
+                                [r.reason for r in result.rejects], time.monotonic())
+        report_inputs()
+        points = sum(len(r) for r in results)
+        metrics.POINTS_IN.inc(points)
+        metrics.POINTS_RATE.add(points)
+        metrics.MESSAGES_IN.inc(len(events))
+        routed = route(results, settings.points_partitions, settings.max_points_per_message,
+                       settings.max_message_bytes)
+        for series in routed.oversized:
+            reason = f"point too large to route (series id of {len(series)} characters)"
+            pending.append(await dead_letter(Reject(reason, series.encode()), events[0], "route"))
+        for partition, blob in routed.messages:
+            pending.append(
+                await points_topic.send(key=str(partition).encode(), value=blob,
+                                        partition=partition)
+            )
+        # Offsets are acked when this batch ends: wait until everything is delivered.
+        if pending:
+            await asyncio.gather(*pending)
 
     @app.agent(points_topic, name="vigil.detect", supervisor_strategy=CrashingSupervisor)
     async def detect(stream):
-        async for events in stream.take_events(settings.detect_batch, settings.batch_window_s):
-            started = time.perf_counter()
-            counters: set[str] = set()
-            series, ts_ms, values, bad = decode_points((e.value or b"" for e in events),
-                                                       counters)
-            for n, reason in bad:
-                event = events[n]
-                await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
-            resets = rates.resets
-            series, ts_ms, values, held = rates.apply(series, ts_ms, values, counters)
-            metrics.COUNTER_POINTS_HELD.inc(held)
-            metrics.COUNTER_RESETS.inc(rates.resets - resets)
-            batch = await pipeline.process(series, ts_ms, values)
-            delivered = [
-                await anomalies_topic.send(key=e.series.encode(), value=e) for e in batch.events
-            ]
-            if delivered:
-                await asyncio.gather(*delivered)
-            await pipeline.save(batch)
-            if history is not None:
-                history.record(batch.series, batch.results, batch.events)
-            metrics.POINTS_DETECTED.inc(batch.points - batch.dropped)
-            metrics.STEPS_SCORED.inc(batch.steps)
-            metrics.POINTS_DROPPED.inc(batch.dropped)
-            for e in batch.events:
-                metrics.EVENTS_OUT.labels(kind=e.kind, severity=e.severity).inc()
-            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-            metrics.CACHED_SERIES.set(pipeline.cached_series)
+        async for events in stream.noack_take(settings.detect_batch, settings.batch_window_s):
+            await detect_batch(events)
+            for event in events:
+                await stream.ack(event)
+
+    async def detect_batch(events: list[EventT]) -> None:
+        started = time.perf_counter()
+        counters: set[str] = set()
+        series, ts_ms, values, bad = decode_points((e.value or b"" for e in events), counters)
+        for n, reason in bad:
+            event = events[n]
+            await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
+        resets = rates.resets
+        series, ts_ms, values, held = rates.apply(series, ts_ms, values, counters)
+        metrics.COUNTER_POINTS_HELD.inc(held)
+        metrics.COUNTER_RESETS.inc(rates.resets - resets)
+        # A first batch past offset 0 continues a stream processed before this start.
+        resumed = any((e.message.offset or 0) > 0 for e in events)
+        batch = await pipeline.process(series, ts_ms, values, resumed)
+        delivered = [
+            await anomalies_topic.send(key=e.series.encode(), value=e) for e in batch.events
+        ]
+        if delivered:
+            await asyncio.gather(*delivered)
+        await pipeline.save(batch)
+        if history is not None:
+            history.record(batch.series, batch.results, batch.events)
+        metrics.POINTS_DETECTED.inc(batch.points - batch.dropped)
+        metrics.STEPS_SCORED.inc(batch.steps)
+        metrics.POINTS_DROPPED.inc(batch.dropped)
+        for e in batch.events:
+            metrics.EVENTS_OUT.labels(kind=e.kind, severity=e.severity).inc()
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.CACHED_SERIES.set(pipeline.cached_series)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs) -> None:

@@ -131,7 +131,9 @@ class TimestampPolicy:
     timestamp 1714564800 is before 2000-01-01 (seconds given where ms expected?)
     """
 
-    max_future_s: float = 86_400
+    #: Clock skew allowed: a point from further ahead would move its series' watermark past
+    #: every real point to come (they would all be dropped as late).
+    max_future_s: float = 300
     max_past_s: float = 10 * 365 * 86_400
     unit: str = "auto"
     _future_ms: float = field(init=False, repr=False, compare=False)
@@ -190,7 +192,7 @@ class TimestampPolicy:
         if ms > now_ms + self._future_ms:
             raise InvalidInput(
                 f"timestamp {shown} is {_span(ms - now_ms)} in the future "
-                f"(max {_span(self._future_ms)}){self._hint(epoch)}"
+                f"(clock skew allowed: {_span(self._future_ms)}){self._hint(epoch)}"
             )
         if ms < now_ms - self._past_ms:
             raise InvalidInput(
@@ -273,11 +275,19 @@ _MISSING = object()
 
 
 def _dumps(item: object) -> bytes:
-    """One batch item back to bytes, for its own Reject."""
+    """One batch item back to bytes, for its own Reject (whatever the item)."""
     try:
         return orjson.dumps(item)
     except (TypeError, orjson.JSONEncodeError):
-        return repr(item).encode()
+        try:
+            return repr(item).encode()
+        except (RecursionError, ValueError, MemoryError):
+            return b"<item nested too deep to print>"
+
+
+def _unexpected(exc: Exception) -> str:
+    """The reason for an item or line the parser itself failed on (not bad input as such)."""
+    return f"parser error: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 class _GuardedParser(ABC):
@@ -369,6 +379,8 @@ class JsonParser(_GuardedParser):
                     self._add(result, *self._point(doc, now_ms))
                 except InvalidInput as exc:
                     result.rejects.append(Reject(f"{where}{exc}", raw))
+                except Exception as exc:  # noqa: BLE001 - costs this document only
+                    result.rejects.append(Reject(f"{where}{_unexpected(exc)}", raw))
                 return
         elif type(doc) is list:
             items = doc
@@ -387,6 +399,10 @@ class JsonParser(_GuardedParser):
                 add(result, *point(item, now_ms))
             except InvalidInput as exc:
                 result.rejects.append(Reject(f"{where}item {index}: {exc}", _dumps(item)))
+            except Exception as exc:  # noqa: BLE001 - one item's failure costs that item only
+                result.rejects.append(
+                    Reject(f"{where}item {index}: {_unexpected(exc)}", _dumps(item))
+                )
 
     @staticmethod
     def _add(result: ParseResult, series: str, ts_ms: int, value: float, counter: bool) -> None:
@@ -656,10 +672,14 @@ class InfluxLineParser(_GuardedParser):
             if not line or line[0] == "#":
                 continue
             data_lines += 1
+            mark = len(result)
             try:
                 self._line(line, now_ms, result)
             except InvalidInput as exc:
                 failures.append((lineno, str(exc), line.encode()))
+            except Exception as exc:  # noqa: BLE001 - one line's failure costs that line only
+                del result.series[mark:], result.ts_ms[mark:], result.values[mark:]
+                failures.append((lineno, _unexpected(exc), line.encode()))
         if data_lines == 0:
             result.rejects.append(Reject("empty record", bytes(raw)))
         elif data_lines == 1 and failures:
@@ -1239,7 +1259,7 @@ def make_parser(fmt: str, **options: Any) -> Parser:
     >>> make_parser("influx", separator=":").parse(b"cpu idle=1", now_ms=1).series
     ['cpu:idle']
     >>> make_parser("json", timestamps={"unit": "ms"}).timestamps
-    TimestampPolicy(max_future_s=86400, max_past_s=315360000, unit='ms')
+    TimestampPolicy(max_future_s=300, max_past_s=315360000, unit='ms')
     """
     for key in ("timestamps", "influx_timestamps"):
         if isinstance(options.get(key), Mapping):

@@ -45,6 +45,7 @@ __all__ = [
     "Batch",
     "DetectionPipeline",
     "RecentSteps",
+    "Routed",
     "decode_points",
     "encode_points",
     "partition_for",
@@ -81,17 +82,49 @@ def encode_points(
     return orjson.dumps(doc)
 
 
+@dataclass
+class Routed:
+    """A batch's points grouped for the internal topic: ``(partition, message)`` pairs, each
+    message at most ``max_bytes`` long, and the series of points too large to route alone."""
+
+    messages: list[tuple[int, bytes]]
+    oversized: list[str]
+
+
+def _encode_bounded(
+    s: list, t: list, v: list, max_bytes: int, out: list[bytes], oversized: list[str],
+    counters: set[str] | None = None,
+) -> None:
+    """Encode columns as one message, or halve them until every message fits ``max_bytes``."""
+    blob = encode_points(s, t, v, counters.intersection(s) if counters else ())
+    if len(blob) <= max_bytes:
+        out.append(blob)
+    elif len(s) == 1:
+        oversized.append(s[0])
+    else:
+        half = len(s) // 2
+        _encode_bounded(s[:half], t[:half], v[:half], max_bytes, out, oversized, counters)
+        _encode_bounded(s[half:], t[half:], v[half:], max_bytes, out, oversized, counters)
+
+
 def route(
-    results: Iterable[ParseResult], partitions: int, max_points: int = 5_000
-) -> list[tuple[int, bytes]]:
+    results: Iterable[ParseResult],
+    partitions: int,
+    max_points: int = 5_000,
+    max_bytes: int = 900_000,
+) -> Routed:
     """Group the points of many parse results by target partition.
 
-    Returns ``(partition, message)`` pairs: one message per partition, split only where a
-    partition gets more than ``max_points`` points (Kafka limits message size).
+    One message per partition, split where a partition gets more than ``max_points`` points
+    or where its message would be longer than ``max_bytes`` (Kafka limits message size, and
+    series ids can be long). A single point longer than ``max_bytes`` is not routed: its
+    series is listed in ``oversized`` (for a dead letter).
 
     >>> r = ParseResult(); r.add("a", 1, 1.0); r.add("a", 2, 2.0); r.add("a", 3, 3.0)
-    >>> [(p, len(orjson.loads(m)["s"])) for p, m in route([r], 4, max_points=2)]
+    >>> [(p, len(orjson.loads(m)["s"])) for p, m in route([r], 4, max_points=2).messages]
     [(3, 2), (3, 1)]
+    >>> [len(orjson.loads(m)["s"]) for _, m in route([r], 4, max_bytes=30).messages]
+    [1, 1, 1]
     """
     groups: dict[int, tuple[list, list, list]] = {}
     cache: dict[str, int] = {}
@@ -108,13 +141,15 @@ def route(
             group[0].append(s)
             group[1].append(t)
             group[2].append(v)
-    messages = []
+    routed = Routed([], [])
     for p, (s, t, v) in groups.items():
         for lo in range(0, len(s), max_points):
             hi = lo + max_points
-            marked = counters.intersection(s[lo:hi]) if counters else ()
-            messages.append((p, encode_points(s[lo:hi], t[lo:hi], v[lo:hi], marked)))
-    return messages
+            blobs: list[bytes] = []
+            _encode_bounded(s[lo:hi], t[lo:hi], v[lo:hi], max_bytes, blobs, routed.oversized,
+                            counters)
+            routed.messages += [(p, blob) for blob in blobs]
+    return routed
 
 
 def decode_points(
@@ -352,8 +387,13 @@ class DetectionPipeline:
     def cached_series(self) -> int:
         return len(self._cache)
 
-    async def process(self, series: list[str], ts_ms: np.ndarray, values: np.ndarray) -> Batch:
-        """Detect on one batch; the caller sends ``events`` and then calls :meth:`save`."""
+    async def process(
+        self, series: list[str], ts_ms: np.ndarray, values: np.ndarray, resumed: bool = False
+    ) -> Batch:
+        """Detect on one batch; the caller sends ``events`` and then calls :meth:`save`.
+
+        ``resumed``: the batch continues a stream processed before (see
+        :meth:`RedisStateStore.load`)."""
         row_of: dict[str, int] = {}
         for s in series:
             if s not in row_of:
@@ -364,7 +404,8 @@ class DetectionPipeline:
             if len(self._cache) + len(missing) > self.max_cached_series:
                 self._cache.clear()
                 missing = touched
-            for s, value in zip(missing, await self.store.load(missing), strict=True):
+            stored_values = await self.store.load(missing, resumed)
+            for s, value in zip(missing, stored_values, strict=True):
                 if readable(value):
                     self._cache[s] = value
                 elif value is not None:

@@ -123,11 +123,22 @@ class Settings(BaseSettings):
     json_label_fields: Annotated[list[str], NoDecode] = Field(
         [], description="Top-level JSON fields that become labels (e.g. host)."
     )
-    max_future_s: float = Field(86_400, description="Reject timestamps further ahead than this.")
+    max_future_s: float = Field(
+        300, ge=0, description="Clock skew allowed: points further ahead of the worker's "
+        "clock than this are dead-lettered (they would move the series' watermark)."
+    )
     max_past_s: float = Field(3_650 * 86_400, description="Reject timestamps older than this.")
 
     max_points_per_message: int = Field(
         5_000, description="Largest routed message on the internal topic, in points."
+    )
+    max_message_bytes: int = Field(
+        900_000, ge=10_000, description="Largest message vigil produces (routed points, dead "
+        "letters), in bytes: below the producer's 1,000,000-byte request limit."
+    )
+    deadletter_raw_bytes: int = Field(
+        65_536, ge=0, description="Longest raw record kept in a dead letter; a longer one is "
+        "cut to this prefix, with its size and SHA-256."
     )
     points_topic: str = Field(
         "vigil-points", description="Internal topic of parsed points, keyed by series id."
@@ -258,6 +269,46 @@ class Settings(BaseSettings):
             raise FileNotFoundError(f"VIGIL_CONFIG_FILE names {named!r}, which does not exist")
         yaml_file = YamlConfigSettingsSource(settings_cls, yaml_file=named or "vigil.yaml")
         return init_settings, env_settings, dotenv_settings, yaml_file, file_secret_settings
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _clickhouse_scheme(cls, url: str) -> str:
+        from urllib.parse import urlsplit
+
+        from vigil.redact import redact_url
+
+        if url and urlsplit(url).scheme not in ("clickhouse", "clickhouses"):
+            # The message never holds the URL's password (it is printed at startup).
+            raise ValueError(f"must start with clickhouse:// or clickhouses:// (got "
+                             f"{redact_url(url)!r})")
+        return url
+
+    def secrets(self) -> list[str]:
+        """Every secret these settings hold (SecretStr fields at any depth, URL passwords),
+        for :func:`vigil.redact.install_log_redaction`."""
+        from urllib.parse import unquote, urlsplit
+
+        found: list[str] = []
+
+        def walk(value: object) -> None:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif hasattr(value, "__pydantic_fields__"):
+                for name in type(value).model_fields:
+                    walk(getattr(value, name))
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    walk(item)
+
+        walk(self)
+        for url in (self.redis_url, self.clickhouse_url, self.broker_url):
+            try:
+                password = urlsplit(url).password
+            except ValueError:
+                password = None
+            if password:
+                found += [password, unquote(password)]
+        return [s for s in found if s]
 
     @field_validator("directions", mode="before")
     @classmethod

@@ -8,13 +8,16 @@ before the batch's offsets are committed.
 Redis is the source of truth across restarts and rebalances; the worker keeps a copy of
 the states it owns in memory and only reads Redis on first touch.
 
-A Redis that restarts or drops the connection is retried with exponential backoff (the
-batch waits; nothing is lost and the worker does not crash).
+A Redis that restarts, drops the connection or cannot write for now (out of memory,
+READONLY, MISCONF) is retried with capped exponential backoff while ``/health`` reports 503
+(the batch waits; nothing is lost and the worker does not crash). Any other error stops the
+worker without committing the batch's offsets.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -28,8 +31,8 @@ from vigil.detectors.bank import (
     StateBank,
     new_state_bank,
 )
-from vigil.retrying import redis_retrying
-from vigil.sinks.metrics import STATE_LATENCY
+from vigil.retrying import STORE_OUTAGE, redis_retrying
+from vigil.sinks.metrics import REDIS_DATA_LOST, SERIES_RESTARTED, STATE_LATENCY
 
 __all__ = [
     "FORMAT_VERSION",
@@ -149,36 +152,89 @@ class RedisStateStore:
     def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
         self.client = client
         self.prefix = prefix
+        #: The instance marker this process has seen (``{prefix}instance``): a random id
+        #: written with the first save, so a Redis that lost its data is told from a new one.
+        self.instance: bytes | None = None
+        #: Set once Redis was found emptied: series without state count as restarted.
+        self.data_lost = False
 
     def key(self, series: str) -> str:
         return f"{self.prefix}state:{series}"
 
-    async def load(self, series: Sequence[str]) -> list[bytes | None]:
-        """The stored values of ``series`` (None where a series is new), in one MGET."""
+    @property
+    def instance_key(self) -> str:
+        return f"{self.prefix}instance"
+
+    async def load(self, series: Sequence[str], resumed: bool = False) -> list[bytes | None]:
+        """The stored values of ``series`` (None where a series is new), in one MGET.
+
+        ``resumed`` says the caller's stream had been processed before (its first batch
+        started past offset 0): a Redis without an instance marker then lost its data.
+        """
         if not series:
             return []
-        keys = [self.key(s) for s in series]
+        keys = [self.key(s) for s in series] + [self.instance_key]
         started = time.perf_counter()
         async for attempt in redis_retrying():
             with attempt:
-                values = await self.client.mget(keys)
+                *values, marker = await self.client.mget(keys)
+        STORE_OUTAGE.recovered()
         STATE_LATENCY.observe(time.perf_counter() - started)
+        if marker is None and self.instance is None and resumed:
+            # Upgraded from a version without the marker: its processed count is still there.
+            async for attempt in redis_retrying():
+                with attempt:
+                    resumed = not await self.client.exists(f"{self.prefix}stats")
+        self._check_instance(marker, resumed)
+        if self.data_lost:
+            SERIES_RESTARTED.inc(sum(v is None for v in values))
         return values
+
+    def _check_instance(self, marker: bytes | None, resumed: bool) -> None:
+        if marker is not None:
+            if self.instance is None:
+                self.instance = marker
+            elif marker != self.instance:
+                self._lost("its instance marker changed")
+                self.instance = marker
+            return
+        if self.instance is not None:
+            self._lost("its instance marker is gone")
+        elif resumed:
+            self._lost("it holds no instance marker, yet this worker resumes a stream "
+                       "processed before")
+
+    def _lost(self, why: str) -> None:
+        self.data_lost = True
+        self.instance = None
+        REDIS_DATA_LOST.inc()
+        log.error("Redis has lost its data (%s): every series without a stored state starts "
+                  "learning from scratch (counted in vigil_series_restarted_total). Enable "
+                  "persistence (appendonly yes) to keep the learned states across restarts.",
+                  why)
 
     async def save(self, series: Sequence[str], values: Sequence[bytes], points: int = 0) -> None:
         """Write states (and count ``points`` processed) atomically, in one pipeline."""
         if not series:
             return
         mapping = {self.key(s): v for s, v in zip(series, values, strict=True)}
+        if self.instance is None:
+            candidate = os.urandom(8).hex().encode()
         started = time.perf_counter()
         async for attempt in redis_retrying():
             with attempt:
                 async with self.client.pipeline(transaction=True) as pipe:
+                    if self.instance is None:
+                        pipe.set(self.instance_key, candidate, nx=True)
+                        pipe.get(self.instance_key)
                     pipe.mset(mapping)
                     if points:
                         pipe.hincrby(f"{self.prefix}stats", "points_processed", points)
-                    await pipe.execute()
+                    replies = await pipe.execute()
+        STORE_OUTAGE.recovered()
         STATE_LATENCY.observe(time.perf_counter() - started)
+        if self.instance is None:
+            self.instance = replies[1]
 
     async def count_processed(self, field: str = "points_processed") -> int:
         value = await self.client.hget(f"{self.prefix}stats", field)
