@@ -91,7 +91,7 @@ def test_collectd_json_raw_counters_become_rates_after_routing() -> None:
     assert CPU_IDLE_0 in result.counters
     assert 'memory{host="vigil-test",type_instance="used"}' not in result.counters  # a gauge
     series, ts, values, _ = decode_points(
-        [m for _, m in route([result], 1)], counters := set())
+        [m for _, m in route([result], 1).messages], counters := set())
     assert CPU_IDLE_0 in counters
     out_s, out_t, out_v, held = CounterRates().apply(series, ts, values, counters)
     idle = [v for s, v in zip(out_s, out_v, strict=True) if s == CPU_IDLE_0]

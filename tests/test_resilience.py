@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 
 from tests.conftest import Stack, wait_until
 from tests.test_worker_integration import _events, _expected_events, _month, _split
+from tests.test_worker_metrics import scrape, total
 from vigil.devtools.embedded import TopicCollector, free_port, start_redis
 from vigil.devtools.replay import replay
 from vigil.series import series_id
@@ -113,7 +114,7 @@ def test_a_redis_that_cannot_write_is_waited_out_without_losing_points_or_events
         return int(admin.hget(f"{stack.prefix}stats", "points_processed") or 0)
 
     try:
-        worker = stack.start_worker(VIGIL_REDIS_URL=url)
+        worker = stack.start_worker(VIGIL_REDIS_URL=url, VIGIL_LAG_REFRESH_S="0.3")
         sent = replay(first, stack.broker, stack.input_topic, batch=100)
         wait_until(lambda: processed() >= sent, 90, "points before the failure")
         if failure == "oom":  # maxmemory reached: OOM command not allowed
@@ -123,6 +124,11 @@ def test_a_redis_that_cannot_write_is_waited_out_without_losing_points_or_events
             admin.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
         sent += replay(second, stack.broker, stack.input_topic, batch=100)
         wait_until(lambda: _health(worker)[0] == 503, 30, "/health to report the failing store")
+        # The held batch is not committed: the lag gauge shows the backlog (deterministically,
+        # unlike a backlog a fast worker may clear between two refreshes).
+        port = worker.env["VIGIL_WEB_PORT"]
+        wait_until(lambda: total(scrape(port), "vigil_consumer_lag") > 0, 30,
+                   "the lag gauge to see the held backlog")
         time.sleep(2)
         assert worker.alive(), worker.log_tail()
         if failure == "oom":

@@ -76,15 +76,12 @@ def test_metrics_move_when_points_flow_and_health_reports_the_assignment(stack: 
     producer.flush(10)
     sent = replay(telemetry, stack.broker, stack.input_topic, batch=100)
 
-    # While the points flow, the lag gauge sees a backlog on some partition and the rate
-    # gauge (points over the last 10 s) is above zero; sampled then, not after the fact.
-    lags: list[float] = []
+    # While the points flow, the rate gauge (points over the last 10 s) is above zero;
+    # sampled then, not after the fact.
     rates: list[float] = []
 
     def processed() -> bool:
-        now_scraped = scrape(port)
-        lags.append(total(now_scraped, "vigil_consumer_lag"))
-        rates.append(total(now_scraped, "vigil_points_per_second"))
+        rates.append(total(scrape(port), "vigil_points_per_second"))
         return stack.processed() >= sent
 
     wait_until(processed, 120, f"{sent} points processed", poll=0.2)
@@ -99,11 +96,16 @@ def test_metrics_move_when_points_flow_and_health_reports_the_assignment(stack: 
     events_out = total(after, "vigil_events_out_total")
     assert events_out > total(before, "vigil_events_out_total")
     assert total(after, "vigil_events_out_total", kind="open") >= 1
-    assert max(lags) > 0, "the lag gauge never saw the backlog"
-    # One lag sample per owned partition, and none left once everything is committed.
-    partitions = {(dict(ls)["topic"], dict(ls)["partition"])
-                  for (n, ls) in after if n == "vigil_consumer_lag"}
-    assert {t for t, _ in partitions} == owned and len(partitions) == 8
+    # The lag gauge seeing a backlog is checked where the backlog is certain to stay: a batch
+    # held while Redis cannot write (tests/test_resilience.py).
+    # One lag sample per owned partition (once the tracker has refreshed), and none left
+    # once everything is committed.
+    def lag_partitions() -> set:
+        return {(dict(ls)["topic"], dict(ls)["partition"])
+                for (n, ls) in scrape(port) if n == "vigil_consumer_lag"}
+
+    wait_until(lambda: len(lag_partitions()) == 8, 30, "a lag sample per owned partition")
+    assert {t for t, _ in lag_partitions()} == owned
     wait_until(lambda: total(scrape(port), "vigil_consumer_lag") == 0, 30, "lag back to 0")
     # The rate is over a sliding window: it falls back to 0 when nothing arrives.
     wait_until(lambda: total(scrape(port), "vigil_points_per_second") == 0, 30,

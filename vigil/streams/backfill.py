@@ -25,7 +25,7 @@ class _MemoryStates:
     """The state store of a backfill: every series starts fresh, states stay in the
     pipeline's own memory (duck-types :class:`~vigil.streams.state.RedisStateStore`)."""
 
-    async def load(self, series):
+    async def load(self, series, resumed: bool = False):
         return [None] * len(series)
 
     async def save(self, series, states, points: int = 0) -> None:
