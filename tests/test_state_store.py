@@ -130,26 +130,6 @@ def test_store_saves_and_loads_in_batches_over_real_redis(redis_url: str):
     asyncio.run(run())
 
 
-def test_idle_states_expire_and_each_save_renews_the_expiry(redis_url: str):
-    async def run():
-        async with _store(redis_url) as (client, store):
-            series = ['cpu{host="a"}', 'cpu{host="b"}']
-            bank = _learned_bank(2)
-            await store.save(series, pack(bank))
-            assert await client.pttl(store.key(series[0])) == -1  # default store: never
-            store.idle_expiry_s = 30 * 86_400
-            await store.save(series[:1], pack(bank.take([0])))
-            ttl_ms = await client.pttl(store.key(series[0]))
-            assert 29 * 86_400_000 < ttl_ms <= 30 * 86_400_000
-            assert await client.pttl(store.key(series[1])) == -1  # not saved since
-            store.idle_expiry_s = 0.2  # a series that stops reporting is gone after that
-            await store.save(series[:1], pack(bank.take([0])))
-            await asyncio.sleep(0.4)
-            assert (await store.load(series[:1]))[0] is None
-
-    asyncio.run(run())
-
-
 def test_state_stays_within_the_budget():
     assert VALUE_BYTES == STATE_DTYPE.itemsize + 4 <= 4096
 

@@ -316,8 +316,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     deadletter_topic = app.topic(settings.deadletter_topic, internal=True, key_serializer="raw")
 
     redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
-    store = RedisStateStore(redis_client, settings.redis_prefix,
-                            idle_expiry_s=settings.state_idle_expiry_days * 86_400)
+    store = RedisStateStore(redis_client, settings.redis_prefix)
     lstm = None
     if settings.lstm_model:
         lstm = LstmScorer(settings.lstm_model, settings.lstm_device, settings.lstm_batch,

@@ -162,10 +162,6 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0", description="Redis holding every series' state."
     )
     redis_prefix: str = Field("vigil:", description="Prefix of every Redis key vigil writes.")
-    state_idle_expiry_days: float = Field(
-        30.0, ge=0, description="A series' state in Redis expires this many days after its "
-        "last point (0: never), so retired series do not hold memory for ever; a series that "
-        "comes back later starts learning afresh.")
     max_cached_series: int = Field(
         500_000, description="Series states kept in worker memory before the cache is reset."
     )

@@ -149,14 +149,9 @@ class RedisStateStore:
         Prefix of every key, so several deployments (or tests) share one Redis.
     """
 
-    def __init__(
-        self, client: aioredis.Redis, prefix: str = "vigil:", idle_expiry_s: float = 0.0
-    ) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
         self.client = client
         self.prefix = prefix
-        #: A series' state expires this long after its last save (0: never): a series that
-        #: stopped reporting does not hold Redis memory for ever.
-        self.idle_expiry_s = idle_expiry_s
         #: The instance marker this process has seen (``{prefix}instance``): a random id
         #: written with the first save, so a Redis that lost its data is told from a new one.
         self.instance: bytes | None = None
@@ -233,10 +228,6 @@ class RedisStateStore:
                         pipe.set(self.instance_key, candidate, nx=True)
                         pipe.get(self.instance_key)
                     pipe.mset(mapping)
-                    if self.idle_expiry_s > 0:
-                        ttl_ms = int(self.idle_expiry_s * 1000)
-                        for key in mapping:
-                            pipe.pexpire(key, ttl_ms)
                     if points:
                         pipe.hincrby(f"{self.prefix}stats", "points_processed", points)
                     replies = await pipe.execute()
