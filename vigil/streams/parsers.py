@@ -458,6 +458,21 @@ class JsonParser(_GuardedParser):
         return series, ts_ms, number, kind == "counter"
 
 
+def _text_lines(raw: bytes, result: ParseResult) -> list[tuple[int, str]]:
+    """The record's non-blank, non-comment lines with their 1-based numbers, stripped; an
+    empty record is rejected in ``result``.
+
+    >>> r = ParseResult(); _text_lines(b"# c\\n a 1 \\n\\nb 2", r), r.rejects
+    ([(2, 'a 1'), (4, 'b 2')], [])
+    """
+    text = bytes(raw).decode("utf-8", errors="replace")
+    lines = [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1)]
+    lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
+    if not lines:
+        result.rejects.append(Reject("empty record", bytes(raw)))
+    return lines
+
+
 def _series_id(name: str, labels: dict | None) -> str:
     """The canonical id (:func:`vigil.series.series_id`: names and keys sanitised)."""
     try:
@@ -915,11 +930,7 @@ class PutvalParser(_GuardedParser):
         self.timestamps = timestamps if timestamps is not None else TimestampPolicy(unit="s")
 
     def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
-        text = bytes(raw).decode("utf-8", errors="replace")
-        lines = [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1)]
-        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
-        if not lines:
-            result.rejects.append(Reject("empty record", bytes(raw)))
+        lines = _text_lines(raw, result)
         for lineno, line in lines:
             try:
                 self._line(line, lineno, now_ms, result)
@@ -1047,11 +1058,7 @@ class GraphiteParser(_GuardedParser):
         self.timestamps = timestamps if timestamps is not None else TimestampPolicy(unit="s")
 
     def _parse_into(self, raw: bytes, now_ms: int, result: ParseResult) -> None:
-        text = bytes(raw).decode("utf-8", errors="replace")
-        lines = [(n, line.strip()) for n, line in enumerate(text.split("\n"), 1)]
-        lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
-        if not lines:
-            result.rejects.append(Reject("empty record", bytes(raw)))
+        lines = _text_lines(raw, result)
         for lineno, line in lines:
             try:
                 point = self._line(line, now_ms)
