@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vigil.detectors.lstm import LSTM_Z_OPEN  # the combination's threshold, as the worker's
+from vigil.detectors.online import MAX_FILL_S
 from vigil.lab.datasets import Dataset
 from vigil.lab.decompose import Decomposition, decompose
 from vigil.lab.evaluation import (
@@ -602,11 +603,11 @@ def combined_openings(sid: str, seen, z_lstm: np.ndarray, z_open: float = LSTM_Z
 def decompose_series(ts_ms, values, step_s: int) -> tuple[np.ndarray, Decomposition]:
     """One series resampled as the stream does, on a full grid, and decomposed.
 
-    Steps a long gap left out (the stream fills at most ``max_fill_s`` = 300 s, as the
+    Steps a long gap left out (the stream fills at most ``MAX_FILL_S`` = 300 s, as the
     models do) come back as ``nan`` on the grid; :func:`decompose` interpolates them.
     """
     step_ms = step_s * 1000
-    steps = resample_series(ts_ms, values, step_ms, max(0, 300 // step_s))
+    steps = resample_series(ts_ms, values, step_ms, max(0, MAX_FILL_S // step_s))
     if len(steps) == 0:
         return np.empty(0, np.int64), decompose(np.empty(0), step_s)
     slot = (steps.ts_ms - steps.ts_ms[0]) // step_ms
