@@ -83,7 +83,7 @@ def result_arrays(r: StepResults) -> dict[str, np.ndarray]:
     fields.update(after_gap=s.after_gap, expected=r.expected, lower=r.lower, upper=r.upper)
     fields.update(z=r.z, score=r.score, anomaly_type=r.anomaly_type, contextual=r.contextual)
     fields.update(event=r.event, severity=r.severity, incident_start_ms=r.incident_start_ms)
-    fields.update(seasonality=r.seasonality)
+    fields.update(seasonality=r.seasonality, change=r.change)
     return fields
 
 
@@ -113,6 +113,7 @@ class Series:
     severity: np.ndarray
     incident_start_ms: np.ndarray
     seasonality: np.ndarray
+    change: np.ndarray
 
     def events(self, start: int = 0, stop: int = N) -> list[tuple[int, str, str]]:
         """(minute, kind, anomaly type) of the events in [start, stop)."""
@@ -253,6 +254,7 @@ class World:
             severity=r.severity[at],
             incident_start_ms=r.incident_start_ms[at],
             seasonality=r.seasonality[at],
+            change=r.change[at],
         )
 
     def all_series(self, name: str) -> list[Series]:
@@ -273,7 +275,8 @@ def world() -> World:
 
 
 def assert_valid_event_order(s: Series) -> None:
-    """open → (update)* → resolve, never an update/resolve without an open, never two opens."""
+    """open → (update)* → resolve, never an update/resolve without an open, never two opens;
+    an update escalates or tells a distinct anomaly (its change)."""
     is_open = False
     start = -1
     severity = 0
@@ -288,8 +291,9 @@ def assert_valid_event_order(s: Series) -> None:
             assert is_open, f"{where} without an open incident"
             assert int(s.incident_start_ms[i]) == start, where
             if kind == "update":
-                assert int(s.severity[i]) > severity, f"{where} does not escalate"
-                severity = int(s.severity[i])
+                escalates = int(s.severity[i]) > severity
+                assert escalates or s.change[i] > 0, f"{where} neither escalates nor tells news"
+                severity = max(severity, int(s.severity[i]))
             else:
                 is_open = False
 
@@ -990,3 +994,105 @@ def test_every_detector_parameter_says_what_it_is_and_its_unit():
         named = f.name.endswith(units) or "z" in f.name.split("_")
         assert named or any(k in description for k in kinds), f.name
         assert schema[f.name]["description"] == description
+
+
+# --------------------------------------------------------------------------- inside an incident
+
+
+def _incident_events(r: StepResults, series: int) -> list[tuple[int, str, str]]:
+    """(minute, kind, change) of one series' events."""
+    from vigil.detectors.online import EVENT_CHANGES
+
+    mine = (r.steps.index == series) & (r.event > 0)
+    minutes = (r.steps.ts_ms[mine] - T0) // MINUTE
+    return [(int(m), EVENT_KINDS[e], EVENT_CHANGES[c])
+            for m, e, c in zip(minutes, r.event[mine], r.change[mine], strict=True)]
+
+
+def test_distinct_anomalies_inside_an_open_incident_are_told_as_updates():
+    # Four series of the same noise and the same spike at minute 2500; six minutes later
+    # (inside the spike's incident, which waits for 40 calm steps) each gets something else.
+    from vigil.detectors.online import describe
+
+    rng = np.random.default_rng(7)
+    n, spike, later = 3000, 2500, 2506
+    y = 50 + rng.normal(0, 1, (4, n))
+    y[:, spike] += 30
+    y[0, later] -= 30  # a dip: the other way, beyond the usual range
+    y[1, later] += 30  # the same spike again: nothing new
+    y[2, later] += 90  # a much larger spike
+    y[3, later:later + 60] = y[3, later - 1]  # the value stops (flatline): another kind
+    index = np.repeat(np.arange(4), n)
+    r, _ = run(index, np.tile(np.arange(n), 4), y.ravel())
+    opening = (spike, "open", "")
+    assert _incident_events(r, 0)[:2] == [opening, (later, "update", "direction")]
+    assert [e for e in _incident_events(r, 1) if e[1] == "update"] == []
+    assert _incident_events(r, 1)[0] == opening
+    assert _incident_events(r, 2)[:2] == [opening, (later, "update", "larger")]
+    kinds = [e for e in _incident_events(r, 3) if e[1] == "update"]
+    assert [e[2] for e in kinds] == ["kind"] and kinds[0][0] > later, _incident_events(r, 3)
+    # One incident each (the updates belong to the spike's), and the reason says what is new.
+    assert all(sum(e[1] == "open" for e in _incident_events(r, k)) == 1 for k in range(4))
+    dip = np.flatnonzero((r.steps.index == 0) & (r.change > 0))[0]
+    assert describe(r, dip).startswith("a new anomaly in the open incident, the other way: ")
+    assert "below" in describe(r, dip)
+
+
+def test_a_level_shift_that_comes_back_is_not_told_as_the_other_way():
+    # Back to the usual level is not beyond the usual range: no 'direction' update.
+    rng = np.random.default_rng(8)
+    n = 3000
+    y = 50 + rng.normal(0, 1, n)
+    y[2500:2530] += 25
+    r, _ = run(np.zeros(n, np.int64), np.arange(n), y)
+    assert [e[2] for e in _incident_events(r, 0) if e[1] == "update"] in ([], [""])
+
+
+# --------------------------------------------------------------------------- a new series
+
+
+def test_a_new_series_alerts_early_on_a_gross_anomaly_only():
+    # Before warmup_steps (60) only the point statistic scores, as the Gaussian z of the
+    # same t tail (σ rests on n residuals): 80σ at step 20 is told, 9σ at step 20 is not,
+    # and the same 9σ after warm-up is.
+    rng = np.random.default_rng(9)
+    n = 400
+    y = 50 + rng.normal(0, 1, (3, n))
+    y[0, 20] += 80
+    y[1, 20] += 9
+    y[2, 300] += 9
+    index = np.repeat(np.arange(3), n)
+    r, _ = run(index, np.tile(np.arange(n), 3), y.ravel())
+    opens = [[m for m, kind, _ in _incident_events(r, k) if kind == "open"] for k in range(3)]
+    assert opens == [[20], [], [300]]
+    early = (r.steps.index == 1) & ((r.steps.ts_ms - T0) // MINUTE == 20)
+    assert 0 < r.z[early][0] < PARAMS.z_open  # scored, but discounted
+    assert (r.z[(r.steps.index == 0) & (r.steps.ts_ms < T0 + PARAMS.first_alert_steps * MINUTE)]
+            == 0).all()  # nothing at all before first_alert_steps
+
+
+def test_early_scores_raise_no_false_alarm_on_new_noisy_series():
+    # 2,000 new series of Gaussian noise and 1,000 of Poisson counts, each its first
+    # hour (warmup_steps): early scoring opens nothing.
+    rng = np.random.default_rng(10)
+    n, k = PARAMS.warmup_steps + 1, 3000
+    y = np.concatenate([rng.normal(100, 5, (2000, n)), rng.poisson(4.0, (1000, n))]).astype(float)
+    r, _ = run(np.repeat(np.arange(k), n), np.tile(np.arange(n), k), y.ravel())
+    assert np.count_nonzero(r.event == 1) == 0
+    assert np.count_nonzero(r.z > 0) > 0.5 * k * (n - PARAMS.first_alert_steps - 1)
+
+
+def test_early_incidents_teach_the_rarity_memory_nothing():
+    # The same later spike is news whether or not a gross one came during warm-up.
+    rng = np.random.default_rng(11)
+    n = 2000
+    base = 50 + rng.normal(0, 1, n)
+    with_early = base.copy()
+    with_early[30] += 100
+    for y in (base, with_early):
+        y[1500] += 40
+    index = np.repeat(np.arange(2), n)
+    r, bank = run(index, np.tile(np.arange(n), 2), np.concatenate([base, with_early]))
+    assert [m for m, kind, _ in _incident_events(r, 1) if kind == "open"] == [30, 1500]
+    assert [m for m, kind, _ in _incident_events(r, 0) if kind == "open"] == [1500]
+    np.testing.assert_array_equal(bank["exceed"][0], bank["exceed"][1])

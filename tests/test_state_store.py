@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from vigil.detectors.bank import ADDED_IN_V3, ADDED_IN_V4, STATE_DTYPE, new_state_bank
+from vigil.detectors.bank import (
+    ADDED_IN_V3,
+    ADDED_IN_V4,
+    ADDED_IN_V5,
+    STATE_DTYPE,
+    new_state_bank,
+)
 from vigil.detectors.online import OnlineDetector
 from vigil.streams.state import (
     FORMAT_VERSION,
@@ -82,15 +88,17 @@ def _as_version(value: bytes, version: int, added: tuple[str, ...]) -> bytes:
 
 
 @pytest.mark.parametrize(("version", "added"), [
-    (2, ADDED_IN_V3 + ADDED_IN_V4), (3, ADDED_IN_V4),
+    (2, ADDED_IN_V3 + ADDED_IN_V4 + ADDED_IN_V5), (3, ADDED_IN_V4 + ADDED_IN_V5),
+    (4, ADDED_IN_V5),
 ])
 def test_older_formats_are_read_with_the_new_fields_fresh(version, added):
     bank = _learned_bank(2)
     # An older record has no such fields: they must come back fresh.
     bank["burst_mean"][:] = 0.5
     bank["drift_spread"][:] = 0.7
+    bank["incident_family"][:] = 2
     old = [_as_version(v, version, added) for v in pack(bank)]
-    assert FORMAT_VERSION == 4 and len(old[0]) < VALUE_BYTES and readable(old[0])
+    assert FORMAT_VERSION == 5 and len(old[0]) < VALUE_BYTES and readable(old[0])
     restored, found = unpack([old[0], None, old[1]])
     assert found.tolist() == [True, False, True]
     fresh = new_state_bank(2)

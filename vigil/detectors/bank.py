@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "ADDED_IN_V3",
     "ADDED_IN_V4",
+    "ADDED_IN_V5",
     "DAILY_SLOTS",
     "RARITY_LEVELS",
     "STATE_DTYPE",
@@ -77,6 +78,8 @@ STATE_DTYPE = np.dtype(
         ("incident_calm", "i4"),
         ("incident_start_ms", "i8"),
         ("incident_peak", "f4"),
+        ("incident_family", "u1"),  # FAMILY of the anomaly last told (kernel.py)
+        ("incident_direction", "i1"),  # and its direction (+1 up, −1 down, 0 none)
         # seasonal profiles
         ("daily", "f4", (DAILY_SLOTS,)),
         ("weekly", "f4", (WEEKLY_SLOTS,)),
@@ -89,6 +92,8 @@ STATE_DTYPE = np.dtype(
 ADDED_IN_V3 = ("burst_short", "burst_mean")
 #: Fields added in state format 4.
 ADDED_IN_V4 = ("drift_short", "drift_spread", "drift_armed")
+#: Fields added in state format 5.
+ADDED_IN_V5 = ("incident_family", "incident_direction")
 
 # -1 = none yet
 _UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms")

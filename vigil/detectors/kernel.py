@@ -35,7 +35,10 @@ from numba.extending import get_cython_function_address, intrinsic
 
 from vigil.detectors.bank import DAILY_SLOTS, RARITY_LEVELS, WEEKLY_SLOTS
 
-__all__ = ["GAMMAINC_ADDRESS", "WORK_DTYPE", "KernelConstants", "run_steps"]
+__all__ = [
+    "GAMMAINC_ADDRESS", "NDTRI_ADDRESS", "STDTR_ADDRESS", "WORK_DTYPE", "KernelConstants",
+    "run_steps",
+]
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -45,22 +48,51 @@ LN2 = 0.6931471805599453
 SQRT_HALF = 0.7071067811865476
 FLATLINE = 4  # index of the flatline statistic (ANOMALY_TYPES index − 1)
 DRIFT = 6  # ANOMALY_TYPES index of drift
+# The family of each ANOMALY_TYPES index: 1 the value moved (point, level shift, drift: these
+# have a direction), 2 its spread changed (variance, oscillation), 3 it stopped (flatline).
+FAMILY = (0, 1, 1, 2, 2, 3, 1)
+# A new excursion inside an open incident at least this many times the incident's peak is a
+# new, larger anomaly: two rarity levels (√2 apart) up, as far as a score must climb for
+# the rarity memory to call it news again.
+LARGER = 2.0
+# What an update says besides a rise in severity (EVENT_CHANGES in online.py).
+CHANGE_DIRECTION, CHANGE_KIND, CHANGE_LARGER = 1, 2, 3
 
-# P(X ≥ count), X ~ Poisson(mean) is scipy's regularised lower incomplete gamma: the same
-# compiled function the scipy.special ufunc runs. Its address is passed in at run time (in
-# KernelConstants) rather than baked into the machine code, which is then cacheable.
+# scipy.special's compiled functions, called from the kernel: P(X ≥ count), X ~ Poisson(mean)
+# is the regularised lower incomplete gamma; Student's t distribution function and the
+# inverse of the Gaussian one turn an early score into its Gaussian equivalent. Their
+# addresses are passed in at run time (in KernelConstants) rather than baked into the
+# machine code, which is then cacheable.
 GAMMAINC_ADDRESS = get_cython_function_address("scipy.special.cython_special", "gammainc")
+STDTR_ADDRESS = get_cython_function_address(
+    "scipy.special.cython_special", "__pyx_fuse_0stdtr")  # the double version
+NDTRI_ADDRESS = get_cython_function_address("scipy.special.cython_special", "ndtri")
 
 
 @intrinsic
 def call_double_double(typingctx, address, a, b):
-    """Call the C function ``double f(double, double)`` at ``address``."""
+    """Call scipy's ``double f(double, double, int skip_dispatch)`` at ``address``."""
     sig = types.float64(types.int64, types.float64, types.float64)
 
     def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.DoubleType(), [ir.DoubleType(), ir.DoubleType()])
+        int_t = ir.IntType(32)
+        fnty = ir.FunctionType(ir.DoubleType(), [ir.DoubleType(), ir.DoubleType(), int_t])
         fn = builder.inttoptr(args[0], fnty.as_pointer())
-        return builder.call(fn, [args[1], args[2]])
+        return builder.call(fn, [args[1], args[2], ir.Constant(int_t, 0)])
+
+    return sig, codegen
+
+
+@intrinsic
+def call_double(typingctx, address, a):
+    """Call scipy's ``double f(double, int skip_dispatch)`` at ``address``."""
+    sig = types.float64(types.int64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        int_t = ir.IntType(32)
+        fnty = ir.FunctionType(ir.DoubleType(), [ir.DoubleType(), int_t])
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(fn, [args[1], ir.Constant(int_t, 0)])
 
     return sig, codegen
 
@@ -113,6 +145,9 @@ class KernelConstants(NamedTuple):
     burst_p: float
     burst_min_hits: float
     gammainc_address: int
+    stdtr_address: int
+    ndtri_address: int
+    first_alert_steps: float
     rarity_decays: np.ndarray  # per rarity level
     levels: np.ndarray  # the rarity levels z_open·√2^k
 
@@ -136,10 +171,11 @@ WORK_DTYPE = np.dtype([
     ("drift_short", "f8"),
     ("stat_point", "f8"), ("stat_level", "f8"), ("stat_var", "f8"), ("stat_osc", "f8"),
     ("stat_flat", "f8"), ("best", "i8"), ("z_eff", "f8"), ("scoring", "u1"),
-    ("extreme", "u1"),
+    ("extreme", "u1"), ("early", "u1"), ("learned_extreme", "u1"), ("direction", "i8"),
+    ("new_excursion", "u1"), ("news", "u1"),
     # decisions
     ("anomalous", "u1"), ("kind", "i8"), ("contextual", "u1"),
-    ("event", "i8"), ("severity", "i8"), ("incident_start_ms", "i8"),
+    ("event", "i8"), ("severity", "i8"), ("incident_start_ms", "i8"), ("change", "i8"),
 ])
 
 
@@ -335,17 +371,48 @@ def window_stats(s, w, c):
 
 
 @part
-def best_statistic(w, c):
-    """The largest statistic (the first on ties) is the step's score, 0 while warming up."""
+def best_statistic(s, w, c):
+    """The largest statistic (the first on ties) is the step's score, 0 while warming up.
+
+    Before ``warmup_steps`` (from ``first_alert_steps`` on) only the point statistic scores,
+    read as what it is while σ rests on few residuals: a Student t statistic with n − 1
+    degrees of freedom, turned into the Gaussian z of the same tail probability — so only a
+    gross anomaly is extreme at first, and the allowance shrinks as the series is learned.
+    """
     stats = (w.stat_point, w.stat_level, w.stat_var, w.stat_osc, w.stat_flat)
     best, z_eff = 0, stats[0]
     for k in range(1, 5):
         if stats[k] > z_eff or (stats[k] != stats[k] and z_eff == z_eff):
             best, z_eff = k, stats[k]
-    w.scoring = w.observed and w.n >= c.warmup_steps
+    warm = w.n >= c.warmup_steps
+    w.scoring = w.observed and (warm or w.n >= c.first_alert_steps)
+    if w.scoring and not warm:
+        best, z_eff = 0, t_equivalent(w.stat_point, w.n - 1.0, c)
     w.best = best
     w.z_eff = fmax(z_eff, 0.0) if w.scoring else 0.0
     w.extreme = w.z_eff >= c.z_open
+    # Early scores may open an incident but teach nothing (rarity, recurrence, bursts, what
+    # is calm): those memories are in units of statistics that are not learned yet.
+    w.early = w.scoring and not warm
+    w.learned_extreme = w.extreme and not w.early
+    # The step's direction (the value moved up or down), for the statistics that have one.
+    if best == 0:
+        w.direction = 1 if w.z > 0 else -1
+    elif best == 1:
+        w.direction = 1 if w.level_short > 0 else -1
+    else:
+        w.direction = 0
+    # The score's previous excursion had ended (the peak is reset under z_close).
+    w.new_excursion = np.float64(s.z_peak) < c.z_close
+
+
+@part
+def t_equivalent(t, df, c):
+    """The Gaussian z with the same upper tail probability as Student's t = ``t`` (≥ 0)."""
+    p = call_double_double(c.stdtr_address, df, -t)
+    if p <= 0.0:
+        return t
+    return fmin(-call_double(c.ndtri_address, p), t)
 
 
 @part
@@ -392,11 +459,11 @@ def is_news(s, w, c):
 def burst(s, w, c):
     """Many extreme steps lately where they are rare: the recent EW count against the Poisson
     tail of the long-run rate (and learn both)."""
-    hit = 1.0 if w.extreme else 0.0
+    hit = 1.0 if w.learned_extreme else 0.0
     b_short = np.float32(1 - c.a_burst) * s.burst_short + c.a_burst * hit
     b_mean = np.float64(s.burst_mean)
     is_burst = False
-    if w.scoring and w.extreme and b_short >= c.burst_min_hits * c.a_burst:
+    if w.scoring and w.learned_extreme and b_short >= c.burst_min_hits * c.a_burst:
         count = b_short / c.a_burst
         mean = fmax(b_mean / c.a_burst, 1e-6)
         is_burst = call_double_double(c.gammainc_address, count, mean) <= c.burst_p
@@ -427,6 +494,7 @@ def drift(s, w, c, is_open):
         w.anomalous = True
         w.kind = DRIFT
         w.z_eff = fmax(w.z_eff, stat_drift)
+        w.direction = 1 if w.drift_short > 0 else -1
 
 
 @part
@@ -451,7 +519,7 @@ def learn_level_and_scale(s, w, c):
         a_dy = fmax(c.a_spread, 1.0 / fmax(n, 1.0))
         s.dy_all = (1 - a_dy) * s.dy_all + a_dy * w.dy
     # The peak of the score's current excursion (0 once back under z_close).
-    if w.observed:
+    if w.observed and not w.early:
         s.z_peak = fmax(np.float64(s.z_peak), w.z_eff) if w.z_eff >= c.z_close else 0.0
     r_clip = r if n < 3 else clip(r, -c.huber_z * sigma, c.huber_z * sigma)
     level = w.forecast + weight(w, c.a_level) * r_clip if w.observed else w.forecast
@@ -537,7 +605,8 @@ def learn_spreads(s, w, c, calm):
 @part
 def incident(s, w, c, is_open):
     """Open on an anomalous step, escalate to critical, resolve after calm steps (filled
-    steps neither count as calm nor break the calm run)."""
+    steps neither count as calm nor break the calm run); within an open incident, tell a
+    distinct anomaly (:func:`change`) with an update."""
     z_eff = w.z_eff
     severity = 2 if z_eff >= c.z_critical else (1 if w.anomalous else 0)
     opening = not is_open and w.anomalous
@@ -545,8 +614,9 @@ def incident(s, w, c, is_open):
     calm_count = s.incident_calm + (1 if w.observed else 0) if is_open and not hot else 0
     resolving = is_open and calm_count >= c.resolve_steps
     escalating = is_open and severity > s.incident_severity
+    w.change = change(s, w, c) if is_open and w.anomalous else 0
     previous = s.incident_severity
-    w.event = 3 if resolving else (2 if escalating else (1 if opening else 0))
+    w.event = 3 if resolving else (2 if escalating or w.change else (1 if opening else 0))
     if opening:
         s.incident_start_ms = w.t
     w.incident_start_ms = s.incident_start_ms if is_open or opening else -1
@@ -554,6 +624,9 @@ def incident(s, w, c, is_open):
         s.incident_severity = severity
     elif resolving:
         s.incident_severity = 0
+    if opening or w.change:
+        s.incident_family = FAMILY[w.kind]
+        s.incident_direction = w.direction if FAMILY[w.kind] == 1 else 0
     if opening:
         s.incident_peak = z_eff
     else:
@@ -562,6 +635,37 @@ def incident(s, w, c, is_open):
     s.incident_open = (is_open or opening) and not resolving
     # A resolve reports the severity the incident had; other steps their own.
     w.severity = previous if resolving else severity
+
+
+@part
+def change(s, w, c):
+    """Whether an anomalous step inside an open incident is a distinct anomaly, and how.
+
+    It must be news as an opening must (rare and not recurring, or a burst); then it is
+    told if
+
+    * ``CHANGE_DIRECTION`` — the value moved the other way, beyond its usual range (the slow
+      baseline plus the profiles ± z_open·σ), not merely back: a dip after a spike;
+    * ``CHANGE_KIND`` — it starts a new excursion of the score, of another family (the
+      value moved / its spread changed / it stopped; an incident kept from a state format
+      without the family has none, 0, and no kind change);
+    * ``CHANGE_LARGER`` — it starts a new excursion, at least ``LARGER`` times the
+      incident's peak.
+    """
+    if not w.news:
+        return 0
+    family = FAMILY[w.kind]
+    if family == 1 and s.incident_family == 1 and s.incident_direction * w.direction < 0:
+        beyond = (w.y - s.slow_level - w.season) / w.sigma * w.direction
+        if beyond >= c.z_open:
+            return CHANGE_DIRECTION
+    if not w.new_excursion:
+        return 0
+    if s.incident_family != 0 and family != s.incident_family:
+        return CHANGE_KIND
+    if w.z_eff >= LARGER * np.float64(s.incident_peak):
+        return CHANGE_LARGER
+    return 0
 
 
 @part
@@ -574,18 +678,19 @@ def step(s, w, c):
     forecast(s, w)
     scale(s, w, c)
     window_stats(s, w, c)
-    best_statistic(w, c)
+    best_statistic(s, w, c)
     # Rarity and recurrence decide whether an incident opens; a flatline is scored by how
     # rare an unchanged step is already; within an open incident every extreme step counts.
-    news = is_news(s, w, c) if w.extreme else True
+    news = is_news(s, w, c) if w.learned_extreme else True
     news = news or w.best == FLATLINE
     is_burst = burst(s, w, c)
     is_open = s.incident_open != 0
-    w.anomalous = w.extreme and (news or is_burst or is_open)
+    w.news = w.extreme and (news or is_burst)
+    w.anomalous = w.news or (w.extreme and is_open)
     w.kind = w.best + 1
     drift(s, w, c, is_open)
     w.contextual = contextual(s, w, c)
-    calm = w.observed and not w.extreme
+    calm = w.observed and not w.learned_extreme
     learn_level_and_scale(s, w, c)
     learn_baseline(s, w, c, calm)
     learn_spreads(s, w, c, calm)
@@ -595,7 +700,7 @@ def step(s, w, c):
 @njit(cache=True)
 def run_steps(states, index, ts_ms, values, filled, after_gap, direction, c,
               expected, band, z, anomaly_type, is_contextual, event, severity,
-              incident_start_ms, seasonality):
+              incident_start_ms, seasonality, changes):
     """Score and learn every step (ordered by series, then time) into the output arrays."""
     work = np.zeros(1, WORK_DTYPE)
     w = work[0]
@@ -613,3 +718,4 @@ def run_steps(states, index, ts_ms, values, filled, after_gap, direction, c,
         severity[i] = w.severity
         incident_start_ms[i] = w.incident_start_ms
         seasonality[i] = w.new_d + w.new_w
+        changes[i] = w.change

@@ -80,13 +80,20 @@ from vigil.detectors.bank import (
     StateBank,
     new_state_bank,
 )
-from vigil.detectors.kernel import GAMMAINC_ADDRESS, KernelConstants, run_steps
+from vigil.detectors.kernel import (
+    GAMMAINC_ADDRESS,
+    NDTRI_ADDRESS,
+    STDTR_ADDRESS,
+    KernelConstants,
+    run_steps,
+)
 from vigil.detectors.resample import Steps, resample_batch, step_of
 
 __all__ = [
     "ANOMALY_TYPES",
     "DAILY_SLOTS",
     "WEEKLY_SLOTS",
+    "EVENT_CHANGES",
     "EVENT_KINDS",
     "MAX_FILL_S",
     "SEVERITIES",
@@ -105,6 +112,10 @@ __all__ = [
 ANOMALY_TYPES = ("none", "point", "level_shift", "variance", "oscillation", "flatline", "drift")
 SEVERITIES = ("none", "warning", "critical")
 EVENT_KINDS = ("", "open", "update", "resolve")
+#: What an update tells besides a rise in severity (index 0: nothing more): a distinct
+#: anomaly inside the open incident — the value moved the other way, an anomaly of another
+#: kind, or a much larger one (see :func:`vigil.detectors.kernel.change`).
+EVENT_CHANGES = ("", "direction", "kind", "larger")
 
 
 def _alpha(step_s: float, halflife_s: float) -> float:
@@ -149,7 +160,11 @@ class DetectorParams:
         MAX_FILL_S, "Longest gap in seconds filled with the last value (filled steps are not "
         "learned from); a longer gap resets the short windows. At least one step is filled.")
     warmup_steps: int = _knob(
-        60, "Observed steps a series needs before it is scored (its scores are 0 until then).")
+        60, "Observed steps a series needs before every statistic is scored.")
+    first_alert_steps: int = _knob(
+        10, "Observed steps from which a series is scored at all: until warmup_steps only its "
+        "point statistic, as the Gaussian equivalent of a Student t with n − 1 degrees of "
+        "freedom (σ rests on n residuals), so only gross anomalies alert that early.")
     level_halflife_s: float = _knob(
         3_600.0, "Half-life in seconds of the fast level L (learned from the Huber-clipped "
         "residual).")
@@ -298,6 +313,7 @@ class StepResults:
     severity: np.ndarray  # index into SEVERITIES
     incident_start_ms: np.ndarray
     seasonality: np.ndarray  # 0 none, 1 daily, 2 daily + weekly
+    change: np.ndarray  # index into EVENT_CHANGES (updates only)
 
     def events(self) -> np.ndarray:
         """Positions of the steps that produced an incident event."""
@@ -364,6 +380,7 @@ class OnlineDetector:
             severity=np.zeros(n, np.int8),
             incident_start_ms=np.full(n, -1, np.int64),
             seasonality=np.zeros(n, np.int8),
+            change=np.zeros(n, np.int8),
         )
         if n:
             sign = (
@@ -380,7 +397,7 @@ class OnlineDetector:
                 sign,
                 self.constants,
                 out.expected, band, out.z, out.anomaly_type, out.contextual, out.event,
-                out.severity, out.incident_start_ms, out.seasonality,
+                out.severity, out.incident_start_ms, out.seasonality, out.change,
             )
         out.lower = out.expected - band
         out.upper = out.expected + band
@@ -440,6 +457,9 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
         burst_p=float(p.burst_p),
         burst_min_hits=float(p.burst_min_hits),
         gammainc_address=GAMMAINC_ADDRESS,
+        stdtr_address=STDTR_ADDRESS,
+        ndtri_address=NDTRI_ADDRESS,
+        first_alert_steps=float(p.first_alert_steps),
         rarity_decays=np.array([
             0.5 ** (s / (p.rarity_halflife_s * p.rarity_growth**k)) for k in range(RARITY_LEVELS)
         ]),
@@ -545,12 +565,26 @@ def _unpack(result: StepResults) -> list[StepScore]:
 def describe(result: StepResults, i: int) -> str:
     """A one-line reason for a person, for step ``i`` of ``result``.
 
-    The reason names the statistic that fired and its size in σ of its own normal spread.
+    The reason names the statistic that fired and its size in σ of its own normal spread;
+    an update that tells a distinct anomaly says so first.
     """
-    event = EVENT_KINDS[result.event[i]]
-    value, expected, z = result.steps.value[i], result.expected[i], result.z[i]
-    if event == "resolve":
+    value, expected = result.steps.value[i], result.expected[i]
+    if EVENT_KINDS[result.event[i]] == "resolve":
         return f"back to normal: {value:.4g} (expected {expected:.4g})"
+    prefix = _CHANGE_PREFIX[EVENT_CHANGES[result.change[i]]]
+    return prefix + _what_fired(result, i)
+
+
+_CHANGE_PREFIX = {
+    "": "",
+    "direction": "a new anomaly in the open incident, the other way: ",
+    "kind": "a new anomaly of another kind in the open incident: ",
+    "larger": "a new, much larger anomaly in the open incident: ",
+}
+
+
+def _what_fired(result: StepResults, i: int) -> str:
+    value, expected, z = result.steps.value[i], result.expected[i], result.z[i]
     kind = ANOMALY_TYPES[result.anomaly_type[i]]
     direction = "above" if value >= expected else "below"
     if kind == "point":

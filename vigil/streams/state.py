@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from vigil.detectors.bank import (
     ADDED_IN_V3,
     ADDED_IN_V4,
+    ADDED_IN_V5,
     STATE_DTYPE,
     StateBank,
     new_state_bank,
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"VGS"
 UPGRADED_DRIFT_SPREAD = 1.0  # see _upgrade
-FORMAT_VERSION = 4  # 4: drift state; 3: burst state; 2: rarity and recurrence state
+# 5: the open incident's family and direction; 4: drift state; 3: burst state; 2: rarity and
+# recurrence state
+FORMAT_VERSION = 5
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 RECORD_BYTES = STATE_DTYPE.itemsize
 VALUE_BYTES = len(HEADER) + RECORD_BYTES
@@ -58,7 +61,11 @@ def _without(*added: tuple[str, ...]) -> np.dtype:
                      if name not in dropped])
 
 
-_LEGACY = {2: _without(ADDED_IN_V3, ADDED_IN_V4), 3: _without(ADDED_IN_V4)}
+_LEGACY = {
+    2: _without(ADDED_IN_V3, ADDED_IN_V4, ADDED_IN_V5),
+    3: _without(ADDED_IN_V4, ADDED_IN_V5),
+    4: _without(ADDED_IN_V5),
+}
 
 
 class StateFormatError(ValueError):
