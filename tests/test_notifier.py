@@ -364,6 +364,25 @@ async def test_escalation_and_resolve_reply_in_the_thread(redis_url, botapi):
     assert resolved.buttons == []
 
 
+async def test_a_distinct_anomaly_inside_an_incident_is_told_in_the_thread(redis_url, botapi):
+    # An update at the same severity says nothing new unless it tells a distinct anomaly.
+    async with Harness(redis_url, telegram_config(botapi)) as h:
+        opened = make_event()
+        await h.send(opened)
+        await h.settle()
+        await h.send(make_event(incident=opened.incident_id, kind="update",
+                                ts_ms=opened.ts_ms + 2 * STEP_MS))
+        await h.settle()
+        dip = make_event(incident=opened.incident_id, kind="update",
+                         ts_ms=opened.ts_ms + 6 * STEP_MS)
+        dip.change = "direction"
+        await h.send(dip)
+        await h.settle()
+    first, told = botapi.sent()
+    assert told.reply_to == first.message_id
+    assert "new anomaly, the other way, warning" in told.text
+
+
 async def test_rate_limit_turns_a_burst_into_a_digest(redis_url, botapi):
     config = telegram_config(botapi, group_wait_s=0.0, rate_limit_per_minute=30)
     async with Harness(redis_url, config) as h:

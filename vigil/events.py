@@ -50,9 +50,11 @@ def stable_id(*parts: object) -> str:
 class AnomalyEvent(faust.Record, serializer="json", include_metadata=False):
     """One message on the anomalies topic (key = series id). Documented in the README.
 
-    ``kind`` is ``open`` when an incident starts, ``update`` when its severity rises, and
-    ``resolve`` when the series has been normal again for a while. ``event_id`` is derived from
-    the series, the incident and the point, so a replay produces the same ids.
+    ``kind`` is ``open`` when an incident starts, ``update`` when its severity rises or a
+    distinct anomaly happens inside it (``change`` says which: ``direction``, ``kind`` or
+    ``larger``), and ``resolve`` when the series has been normal again for a while.
+    ``event_id`` is derived from the series, the incident and the point, so a replay
+    produces the same ids.
     """
 
     event_id: str
@@ -76,6 +78,9 @@ class AnomalyEvent(faust.Record, serializer="json", include_metadata=False):
     # The series' recent steps up to this one, for the alert chart: lists ``ts_ms``,
     # ``value``, ``expected``, ``lower``, ``upper``, ``z`` (open and update events only).
     context: dict | None = None
+    # On an update: "" (its severity rose) or the distinct anomaly it tells — "direction"
+    # (the value moved the other way), "kind" (another kind of anomaly), "larger".
+    change: str = ""
 
 
 class Feedback(faust.Record, serializer="json", include_metadata=False):

@@ -578,7 +578,7 @@ class Notification:
             if self.kind == "resolved":
                 state = esc(_resolved_words(alert))
             else:
-                state = esc(f"{e.severity}{' (escalated)' if alert.escalation else ''}")
+                state = esc(f"{_follow_up_words(alert)}{e.severity}")
             rows.append(
                 "<tr>"
                 f"<td><code>{esc(e.series)}</code></td><td>{state}</td>"
@@ -613,6 +613,23 @@ def _kind_words(anomaly_type: str) -> str:
     return anomaly_type.replace("collective:", "").replace("_", " ")
 
 
+#: How a follow-up message names the distinct anomaly an update tells (``AnomalyEvent.change``).
+CHANGE_WORDS = {
+    "direction": "new anomaly, the other way",
+    "kind": "new anomaly of another kind",
+    "larger": "new, much larger anomaly",
+}
+
+
+def _follow_up_words(alert: IncidentAlert) -> str:
+    """What a message says before the severity of an incident told before: ``escalated to``,
+    or the distinct anomaly an update tells (``change``)."""
+    if not alert.escalation:
+        return ""
+    change = getattr(alert.event, "change", "")
+    return f"{CHANGE_WORDS[change]}, " if change in CHANGE_WORDS else "escalated to "
+
+
 def _resolved_words(alert: IncidentAlert) -> str:
     e = alert.event
     start = alert.opened_ms
@@ -627,7 +644,7 @@ def _incident_lines(alert: IncidentAlert, kind: str, compact: bool = False) -> l
     e = alert.event
     if kind == "resolved":
         return [f"✓ {e.series}: {_resolved_words(alert)}"]
-    tag = "escalated to " if alert.escalation else ""
+    tag = _follow_up_words(alert)
     extra = ""
     if alert.resolved_ms is not None:
         extra = f" — already over ({_resolved_words(alert)})"

@@ -427,7 +427,10 @@ class Notifier:
             self.grouper.add(receiver, "firing", event, ack=tracker.hold())
             return True
         record = await self._sent(receiver, event.incident_id)
-        if record is not None and severity_rank(event.severity) <= record["severity_rank"]:
+        # An update is told when the incident became more severe, or when it says that a
+        # distinct anomaly happened inside it (its ``change``).
+        told = severity_rank(event.severity) <= record["severity_rank"] if record else False
+        if told and not getattr(event, "change", ""):
             return False
         self.grouper.add(
             receiver, "firing", event, ack=tracker.hold(), escalation=record is not None

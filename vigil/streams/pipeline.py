@@ -24,6 +24,7 @@ import orjson
 from vigil.detectors.lstm import LstmIncidents
 from vigil.detectors.online import (
     ANOMALY_TYPES,
+    EVENT_CHANGES,
     EVENT_KINDS,
     SEVERITIES,
     DetectorParams,
@@ -497,6 +498,7 @@ class DetectionPipeline:
                     anomaly_type=anomaly_type,
                     detectors=detectors,
                     reason=describe(results, i),
+                    change=EVENT_CHANGES[results.change[i]] if kind == "update" else "",
                 )
             )
         if lstm_z is not None:
