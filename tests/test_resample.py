@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from vigil.detectors.online import new_state_bank
-from vigil.detectors.resample import Steps, last_row_of_step, resample_batch, step_of
+from vigil.detectors.resample import (
+    Held,
+    Steps,
+    hold_back,
+    last_row_of_step,
+    resample_batch,
+    step_of,
+)
 
 T0 = 1_699_833_600_000  # Monday 2023-11-13 00:00 UTC
 STEP = 60_000
@@ -216,3 +223,84 @@ def test_non_finite_values_are_dropped_and_counted():
         (0, at(2), 5.0, False, False),
     ]
     assert np.isfinite(bank["bucket_sum"]).all()
+
+
+def feed_late(bank, held: Held, index, ts, values, lateness: int) -> tuple[Steps, Held, int, int]:
+    """One batch through the allowed lateness (:func:`hold_back`) and then the resampler."""
+    arrived = Held(np.asarray(index, np.int64), np.asarray(ts, np.int64),
+                   np.asarray(values, np.float64))
+    release, held, late, duplicate = hold_back(held, arrived, bank["watermark_ms"], STEP,
+                                               lateness)
+    return feed(bank, release.index, release.ts_ms, release.values), held, late, duplicate
+
+
+def test_points_out_of_order_within_the_lateness_join_their_steps():
+    # Two series, 4 points a step for 40 steps, dealt into 4 "partitions" at random and read
+    # one partition chunk after another: up to 3 steps out of order.
+    rng = np.random.default_rng(11)
+    minutes = np.repeat(np.arange(40.0), 4) + np.tile([0.0, 0.1, 0.2, 0.3], 40)
+    values = rng.normal(10.0, 2.0, minutes.size)
+    index = np.repeat([[0], [1]], minutes.size, axis=1).ravel()
+    ts = np.array([at(m) for m in np.r_[minutes, minutes]])
+    values = np.r_[values, values + 100.0]
+    partition = rng.integers(0, 4, ts.size)
+    batches = []
+    for window in range(0, 40, 3):  # each partition's next 3 minutes, one partition at a time
+        for p in rng.permutation(4):
+            rows = np.flatnonzero((partition == p) & (ts >= at(window - 0.5))
+                                  & (ts < at(window + 2.5)))
+            batches.append(rows)
+    assert sum(len(b) for b in batches) == ts.size
+
+    bank, held = new_state_bank(2), Held.empty()
+    got = []
+    for rows in batches:
+        steps, held, late, duplicate = feed_late(bank, held, index[rows], ts[rows],
+                                                 values[rows], lateness=3)
+        assert late == duplicate == 0
+        got += as_rows(steps)
+    # Without a lateness, the same arrival order loses points as older than the watermark.
+    plain = new_state_bank(2)
+    assert sum(feed(plain, index[r], ts[r], values[r]).dropped for r in batches) > 20
+
+    # The steps are those of the points in time order, every point in its step; only the
+    # newest steps (3 held back, plus the one open in the bank) are still to close.
+    order = np.lexsort((ts, index))
+    want = [r for r in as_rows(feed(new_state_bank(2), index[order], ts[order], values[order]))
+            if r[1] < at(36)]
+    got.sort(key=lambda r: (r[0], r[1]))
+    assert [r[:2] for r in got] == [r[:2] for r in want] and len(want) == 2 * 36
+    np.testing.assert_allclose([r[2] for r in got], [r[2] for r in want], rtol=1e-14)
+    assert len(held) == 2 * 3 * 4
+
+def test_points_older_than_the_lateness_are_dropped_as_late():
+    bank, held = new_state_bank(1), Held.empty()
+    steps, held, late, _ = feed_late(bank, held, [0] * 3, [at(0), at(1), at(5)],
+                                     [1.0, 2.0, 3.0], lateness=2)
+    assert as_rows(steps) == [(0, at(0), 1.0, False, False)]  # step 1 open, 5 held
+    # Minute 1.2 is late but its step is open: it joins it. Minute 0.2 is past it: late.
+    steps, held, late, duplicate = feed_late(bank, held, [0, 0], [at(1.2), at(0.2)],
+                                             [4.0, 9.0], lateness=2)
+    assert (late, duplicate, len(steps)) == (1, 0, 0)
+    steps, held, late, _ = feed_late(bank, held, [0], [at(8)], [5.0], lateness=2)
+    assert as_rows(steps) == [(0, at(1), 3.0, False, False)]  # (2 + 4) / 2
+    assert held.ts_ms.tolist() == [at(8)]  # step 5 is open in the bank, 8 held
+
+
+def test_a_redelivered_point_is_applied_once_whether_held_or_released():
+    bank, held = new_state_bank(1), Held.empty()
+    ts, values = [at(0), at(1), at(2), at(3)], [1.0, 2.0, 3.0, 4.0]
+    _, held, _, _ = feed_late(bank, held, [0] * 4, ts, values, lateness=1)
+    before = (bank.tobytes(), held.ts_ms.tolist(), held.values.tolist())
+    steps, held, late, duplicate = feed_late(bank, held, [0] * 4, ts, values, lateness=1)
+    assert (len(steps), late, duplicate) == (0, 3, 1)  # minutes 0-2 released; 3 held
+    assert (bank.tobytes(), held.ts_ms.tolist(), held.values.tolist()) == before
+
+
+def test_no_lateness_holds_nothing_back():
+    bank, held = new_state_bank(1), Held.empty()
+    release, held, late, duplicate = hold_back(
+        held, Held(np.zeros(3, np.int64), np.array([at(2), at(0), at(1)]), np.ones(3)),
+        bank["watermark_ms"], STEP, 0)
+    assert len(held) == 0 and len(release) == 3 and late == duplicate == 0
+    assert release.ts_ms.tolist() == [at(0), at(1), at(2)]

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import time
 import urllib.request
+import uuid
 
 import numpy as np
 import orjson
@@ -23,7 +24,8 @@ from vigil.devtools.replay import replay
 from vigil.lab.evaluation import match_incidents
 from vigil.lab.synthetic import generate_telemetry
 from vigil.streams.pipeline import DetectionPipeline
-from vigil.streams.state import RedisStateStore, unpack
+from vigil.streams.settings import Settings
+from vigil.streams.state import RedisStateStore, unpack, unpack_held
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +95,9 @@ def _expected_events(telemetry, stack: Stack) -> list[dict]:
         client = aioredis.from_url(stack.redis_url)
         try:
             store = RedisStateStore(client, stack.prefix + "reference:")
-            pipeline = DetectionPipeline(store)
+            # The worker's default allowed lateness: the same newest steps are still open.
+            lateness = Settings.model_fields["allowed_lateness_steps"].default
+            pipeline = DetectionPipeline(store, lateness_steps=lateness)
             batch = await pipeline.process(series, np.concatenate(ts), np.concatenate(values))
             return [e.asdict() for e in batch.events]
         finally:
@@ -383,3 +387,81 @@ def test_junk_on_the_internal_topic_is_dead_lettered_not_fatal(stack: Stack):
     assert record["stage"] == "route" and record["topic"] == stack.points_topic
     assert base64.b64decode(record["raw_b64"]) == b"not a routed batch"
     assert worker.alive()
+
+
+def _metrics(worker) -> dict[str, float]:
+    port = int(worker.env["VIGIL_WEB_PORT"])
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    except OSError:
+        return {}  # not serving yet
+    samples = {}
+    for line in text.decode().splitlines():
+        if line.startswith("vigil_"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_unkeyed_producer_across_partitions_loses_no_point(stack: Stack):
+    """Issue 17: 300 points of one series, each message with a random key (as collectd
+    sends them), produced into 4 input partitions while the worker is stopped. The worker
+    reads the partitions in chunks of 10 messages, and detects each routed message as its
+    own batch: the points reach the detector out of order, but never by more than the
+    default allowed lateness (they span 2.5 steps), so none may be dropped."""
+    step = 60_000
+    now = time.time_ns() // 1_000_000
+    s0 = now - now % step - 20 * step  # a step 20 minutes ago; it holds [s0 - 30 s, s0 + 30 s)
+    ts = s0 - step // 2 + 500 * np.arange(300)  # every 0.5 s: steps s0, s0 + 1, s0 + 2
+    values = np.arange(300) % 7 + 1.0
+    producer = Producer({"bootstrap.servers": stack.broker})
+    for t, v in zip(ts.tolist(), values.tolist(), strict=True):
+        producer.produce(stack.input_topic, key=uuid.uuid4().bytes, value=orjson.dumps(
+            {"name": "cpu", "labels": {"host": "a"}, "timestamp": t, "value": v}))
+    producer.flush(10)
+    partitions = {p for p in range(4) if _input_messages(stack, p)}
+    assert len(partitions) == 4, "the random keys spread the series over every partition"
+
+    worker = stack.start_worker(VIGIL_INGEST_BATCH="10", VIGIL_DETECT_BATCH="1")
+    stack.wait_processed(300, worker)
+    # Two later points close the three steps (a step closes once a point 3 steps later is
+    # released, i.e. 3 + 3 steps after it has arrived).
+    for late_step, v in ((12, 50.0), (16, 60.0)):
+        producer.produce(stack.input_topic, key=b'cpu{host="a"}', value=orjson.dumps(
+            {"name": "cpu", "labels": {"host": "a"}, "timestamp": s0 + late_step * step,
+             "value": v}))
+        producer.flush(10)
+    stack.wait_processed(302, worker)
+    samples = wait_until(
+        lambda: (m := _metrics(worker)).get("vigil_steps_scored_total", 0) >= 3 and m,
+        30, "the three steps scored",
+    )
+    dropped = {k: v for k, v in samples.items() if k.startswith("vigil_points_dropped_total")}
+    assert len(dropped) == 3 and sum(dropped.values()) == 0, dropped
+    assert samples["vigil_points_detected_total"] == 302
+    assert samples["vigil_steps_scored_total"] == 3
+
+    # Every point is in its step: the state's last closed step is s0 + 2 with the mean of
+    # its points, step s0 + 12 is open, and s0 + 16 is held back.
+    series = 'cpu{host="a"}'
+    bank, found = unpack([stack.redis.get(f"{stack.prefix}state:{series}")])
+    assert found.all()
+    last = ts >= s0 + 3 * step // 2
+    assert int(bank["last_step_ms"][0]) == s0 + 2 * step
+    assert float(bank["last_value"][0]) == pytest.approx(values[last].mean(), rel=1e-12)
+    assert int(bank["n_steps"][0]) == 3
+    assert (int(bank["bucket_ms"][0]), int(bank["bucket_count"][0])) == (s0 + 12 * step, 1)
+    held_ts, held_values = unpack_held(stack.redis.get(f"{stack.prefix}held:{series}"))
+    assert held_ts.tolist() == [s0 + 16 * step] and held_values.tolist() == [60.0]
+
+
+def _input_messages(stack: Stack, partition: int) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": stack.broker, "group.id": f"{stack.app_id}-x"})
+    try:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(stack.input_topic, partition), timeout=10)
+    finally:
+        consumer.close()
+    return high - low

@@ -14,6 +14,13 @@ step after it is marked ``after_gap``.
 
 Replays are idempotent: a point at or before the series' *watermark* (the newest raw
 timestamp already applied) is dropped and counted, never applied twice.
+
+Points of one series may also arrive out of order (unkeyed producers spread a series over
+several input partitions, read in chunks). :func:`hold_back` is the allowed lateness in
+front of :func:`resample_batch`: it holds back each series' raw points of its newest
+``lateness_steps`` steps, so that a point up to that many steps late still joins its step;
+the points it releases arrive in time order, and steps close ``lateness_steps`` steps later
+than without it. With ``lateness_steps = 0`` it holds nothing back.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ if TYPE_CHECKING:
     from vigil.detectors.bank import StateBank
 
 __all__ = [
+    "Held",
+    "MAX_HELD_POINTS",
     "Steps",
+    "hold_back",
     "iter_points_in_time_order",
     "last_row_of_step",
     "merged_chunks",
@@ -50,6 +60,90 @@ class Steps:
 
     def __len__(self) -> int:
         return len(self.index)
+
+
+#: At most this many raw points are held back per series (16 bytes each in its state); beyond
+#: it the oldest are released early, so a series sampled every second still fits.
+MAX_HELD_POINTS = 256
+
+
+@dataclass(slots=True)
+class Held:
+    """Raw points: ``index`` (bank row), ``ts_ms``, ``values``; ordered by row then time
+    when :func:`hold_back` returns them."""
+
+    index: np.ndarray
+    ts_ms: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @staticmethod
+    def empty() -> Held:
+        return Held(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64))
+
+
+def hold_back(
+    held: Held,
+    arrived: Held,
+    watermark_ms: np.ndarray,
+    step_ms: int,
+    lateness_steps: int,
+    max_held: int = MAX_HELD_POINTS,
+) -> tuple[Held, Held, int, int]:
+    """Merge newly ``arrived`` points with those ``held`` back; release what is old enough.
+
+    Per series (bank row), with ``newest`` the step of its newest point held or arrived, the
+    points of steps up to ``newest − lateness_steps`` are released (to
+    :func:`resample_batch`, in time order) and the others stay held; so a step closes once a
+    point ``lateness_steps`` + 1 steps later has arrived, and a point that arrives up to
+    ``lateness_steps`` steps late still joins its step. ``watermark_ms`` (per row: the newest
+    point already released) is the limit: an arrived point at or before it is *late* (its
+    step is closed, or it is a replay) and dropped; one with the timestamp of a point held or
+    arrived before it is a *duplicate* (a redelivery) and dropped.
+
+    Returns ``(release, held, late, duplicate)``.
+
+    >>> t0 = 1_699_999_980_000  # a whole minute
+    >>> arrived = Held(np.zeros(4, np.int64), t0 + np.array([0, 180_000, 60_000, 240_000]),
+    ...                np.array([1., 4., 2., 5.]))
+    >>> release, held, late, dup = hold_back(Held.empty(), arrived, np.array([-1]), 60_000, 2)
+    >>> release.values.tolist(), held.values.tolist()  # steps 0..2 out, 3 and 4 held
+    ([1.0, 2.0], [4.0, 5.0])
+    >>> wm = np.array([release.ts_ms[-1]])  # resample_batch moves the watermark to minute 1
+    >>> late_one = Held(np.zeros(3, np.int64), t0 + np.array([30_000, 120_000, 180_000]),
+    ...                 np.array([9., 3., 4.]))
+    >>> release, held, late, dup = hold_back(held, late_one, wm, 60_000, 2)
+    >>> release.values.tolist(), held.values.tolist(), late, dup  # minute 2 joins its step
+    ([3.0], [4.0, 5.0], 1, 1)
+    """
+    rows = np.asarray(arrived.index, np.int64)
+    ts = np.asarray(arrived.ts_ms, np.int64)
+    fresh = ts > np.asarray(watermark_ms, np.int64)[rows]
+    late = int(len(rows) - fresh.sum())
+    index = np.r_[held.index, rows[fresh]].astype(np.int64)
+    ts = np.r_[held.ts_ms, ts[fresh]].astype(np.int64)
+    values = np.r_[held.values, np.asarray(arrived.values, np.float64)[fresh]]
+    if len(index) == 0:
+        return Held.empty(), Held.empty(), late, 0
+    # Held points come first: a stable sort keeps the first arrival of a repeated timestamp.
+    order = np.lexsort((ts, index))
+    index, ts, values = index[order], ts[order], values[order]
+    repeat = np.zeros(len(index), bool)
+    repeat[1:] = (index[1:] == index[:-1]) & (ts[1:] == ts[:-1])
+    duplicate = int(repeat.sum())
+    index, ts, values = index[~repeat], ts[~repeat], values[~repeat]
+
+    last_of_series = np.flatnonzero(np.r_[index[1:] != index[:-1], True])
+    counts = np.diff(np.r_[-1, last_of_series])
+    newest_step = np.repeat(step_of(ts[last_of_series], step_ms), counts)
+    from_end = np.repeat(last_of_series, counts) - np.arange(len(index))  # 0 = newest
+    keep = (step_of(ts, step_ms) > newest_step - lateness_steps * step_ms) & (
+        from_end < max_held
+    )
+    release = Held(index[~keep], ts[~keep], values[~keep])
+    return release, Held(index[keep], ts[keep], values[keep]), late, duplicate
 
 
 def step_of(ts_ms, step_ms: int):

@@ -44,8 +44,13 @@ POINTS_DETECTED = Counter(
     "vigil_points_detected", "Points applied to series states (not counting dropped ones)"
 )
 POINTS_DROPPED = Counter(
-    "vigil_points_dropped", "Points at or before their series' watermark (replays, late points)"
+    "vigil_points_dropped",
+    "Points not applied, by reason: late (older than the allowed lateness, or a replay), "
+    "duplicate (a timestamp already held back), not_finite (NaN or infinite value)",
+    ["reason"],
 )
+for _reason in ("late", "duplicate", "not_finite"):
+    POINTS_DROPPED.labels(reason=_reason)  # exported at 0 from the start
 STEPS_SCORED = Counter("vigil_steps_scored", "Resampled steps scored by the detector")
 EVENTS_OUT = Counter("vigil_events_out", "Anomaly events published", ["kind", "severity"])
 STATE_LATENCY = Histogram(

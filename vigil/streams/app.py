@@ -331,6 +331,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         directions=settings.directions,
         history_steps=settings.chart_history_steps,
         lstm=lstm,
+        lateness_steps=settings.allowed_lateness_steps,
     )
 
     history = attach_storage(app, settings)  # ClickHouse, when configured
@@ -419,7 +420,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             history.record(batch.series, batch.results, batch.events)
         metrics.POINTS_DETECTED.inc(batch.points - batch.dropped)
         metrics.STEPS_SCORED.inc(batch.steps)
-        metrics.POINTS_DROPPED.inc(batch.dropped)
+        for reason, count in (batch.dropped_by_reason or {}).items():
+            metrics.POINTS_DROPPED.labels(reason=reason).inc(count)
         for e in batch.events:
             metrics.EVENTS_OUT.labels(kind=e.kind, severity=e.severity).inc()
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)

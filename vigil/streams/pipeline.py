@@ -33,10 +33,18 @@ from vigil.detectors.online import (
     describe,
     likelihood,
 )
+from vigil.detectors.resample import Held, hold_back
 from vigil.events import AnomalyEvent, stable_id
 from vigil.series import parse_series
 from vigil.streams.records import ParseResult
-from vigil.streams.state import RedisStateStore, pack, readable, unpack
+from vigil.streams.state import (
+    RedisStateStore,
+    pack,
+    pack_held,
+    readable,
+    unpack,
+    unpack_held,
+)
 from vigil.times import iso
 
 if TYPE_CHECKING:
@@ -322,12 +330,26 @@ class Batch:
     points: int
     steps: int
     dropped: int
+    #: The dropped points by reason: ``late`` (at or before the series' watermark: older than
+    #: the allowed lateness, or a replay), ``duplicate`` (a timestamp already held or in the
+    #: batch), ``not_finite`` (NaN or infinite value).
+    dropped_by_reason: dict[str, int] | None = None
+    #: Per series, the points it holds back (a :func:`~vigil.streams.state.pack_held`
+    #: value, None = none); None when no lateness is allowed.
+    held: list[bytes | None] | None = None
     #: The detector's per-step outputs (``steps.index`` points into ``series``), for storage.
     results: StepResults | None = None
 
 
 class DetectionPipeline:
-    """State cache + detector + event building for the series one worker owns."""
+    """State cache + detector + event building for the series one worker owns.
+
+    ``lateness_steps`` is the allowed lateness (:func:`~vigil.detectors.resample.hold_back`):
+    each series holds back the raw points of its newest ``lateness_steps`` steps (kept in
+    memory and saved beside its state), so points up to that many steps out of order join
+    their steps instead of being dropped. 0 holds nothing back: a step closes as soon as a
+    later point arrives.
+    """
 
     def __init__(
         self,
@@ -338,8 +360,10 @@ class DetectionPipeline:
         directions: Mapping[str, str] | None = None,
         history_steps: int = 0,
         lstm: LstmScorer | None = None,
+        lateness_steps: int = 0,
     ) -> None:
         self.store = store
+        self.lateness_steps = lateness_steps
         # The global LSTM (optional): its score contributes to the seasonal detector's
         # events and opens incidents of its own where the seasonal detector has none.
         self.lstm = lstm
@@ -354,6 +378,7 @@ class DetectionPipeline:
         self.directions = dict(directions or {})
         self.history = RecentSteps(history_steps, max_cached_series)
         self._cache: dict[str, bytes] = {}
+        self._held: dict[str, bytes | None] = {}  # series → held-back points (lateness > 0)
         self._direction_cache: dict[str, int] = {}
         self.unreadable_states = 0
 
@@ -380,6 +405,7 @@ class DetectionPipeline:
     def forget(self) -> None:
         """Drop the in-memory copies (on rebalance: Redis holds the truth)."""
         self._cache.clear()
+        self._held.clear()
         if self.lstm is not None:
             self.lstm.forget()  # the residual windows refill from live data
             self.lstm_incidents.open.clear()
@@ -404,8 +430,12 @@ class DetectionPipeline:
         if missing:
             if len(self._cache) + len(missing) > self.max_cached_series:
                 self._cache.clear()
+                self._held.clear()
                 missing = touched
             stored_values = await self.store.load(missing, resumed)
+            if self.lateness_steps > 0:
+                self._held.update(zip(missing, await self.store.load_held(missing),
+                                      strict=True))
             for s, value in zip(missing, stored_values, strict=True):
                 if readable(value):
                     self._cache[s] = value
@@ -420,7 +450,24 @@ class DetectionPipeline:
         direction = None
         if self.directions:
             direction = np.fromiter((self.direction(s) for s in touched), np.int8, len(touched))
+        ts_ms = np.asarray(ts_ms, np.int64)
+        values = np.asarray(values, np.float64)
+        late = duplicate = 0
+        held = None
+        if self.lateness_steps > 0:
+            release, still, late, duplicate = hold_back(
+                self._held_points(touched), Held(index, ts_ms, values), bank["watermark_ms"],
+                self.detector.params.step_ms, self.lateness_steps,
+            )
+            index, ts_ms, values = release.index, release.ts_ms, release.values
+            held = self._pack_held(len(touched), still)
         results = self.detector.process(bank, index, ts_ms, values, direction)
+        # After hold_back, what the resampler drops is only not finite (the rest is newer
+        # than the watermark and unique); without it, the watermark rule covers all reasons.
+        not_finite = results.steps.dropped if held is not None else 0
+        dropped_by_reason = {"late": late, "duplicate": duplicate, "not_finite": not_finite}
+        if held is None:
+            dropped_by_reason["late"] = results.steps.dropped
         states = pack(bank)
         lstm_z = None if self.lstm is None else await self.lstm.score(touched, results)
         events = self._events(results, touched, lstm_z)
@@ -431,14 +478,42 @@ class DetectionPipeline:
             states=states,
             points=len(series),
             steps=len(results.steps),
-            dropped=results.steps.dropped,
+            dropped=sum(dropped_by_reason.values()),
+            dropped_by_reason=dropped_by_reason,
+            held=held,
             results=results,
         )
 
+    def _held_points(self, touched: list[str]) -> Held:
+        """The points the touched series hold back, as bank rows (``touched`` order)."""
+        parts = [(row, *unpack_held(self._held.get(s))) for row, s in enumerate(touched)]
+        parts = [p for p in parts if len(p[1])]
+        if not parts:
+            return Held.empty()
+        return Held(
+            np.concatenate([np.full(len(t), row, np.int64) for row, t, _ in parts]),
+            np.concatenate([t for _, t, _ in parts]),
+            np.concatenate([v for _, _, v in parts]),
+        )
+
+    @staticmethod
+    def _pack_held(series_count: int, held: Held) -> list[bytes | None]:
+        """One :func:`pack_held` value per series (None where it holds nothing)."""
+        out: list[bytes | None] = [None] * series_count
+        bounds = np.flatnonzero(np.r_[True, held.index[1:] != held.index[:-1], True])
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            out[int(held.index[lo])] = pack_held(held.ts_ms[lo:hi], held.values[lo:hi])
+        return out
+
     async def save(self, batch: Batch) -> None:
         """Persist the batch's states (with their watermarks) and keep them in memory."""
-        # Count applied points only: a redelivered batch (after a rebalance) adds nothing.
-        await self.store.save(batch.series, batch.states, points=batch.points - batch.dropped)
+        # Count accepted points only: a redelivered batch (after a rebalance) adds nothing.
+        points = batch.points - batch.dropped
+        if batch.held is None:
+            await self.store.save(batch.series, batch.states, points=points)
+        else:
+            await self.store.save(batch.series, batch.states, points=points, held=batch.held)
+            self._held.update(zip(batch.series, batch.held, strict=True))
         self._cache.update(zip(batch.series, batch.states, strict=True))
 
     def _event(

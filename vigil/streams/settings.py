@@ -184,6 +184,12 @@ class Settings(BaseSettings):
         90, ge=0, description="Drop ClickHouse monthly partitions older than this (0 = keep)."
     )
 
+    allowed_lateness_steps: int = Field(
+        3, ge=0, description="Points of a series up to this many detector steps out of order "
+        "still join their step (unkeyed producers spread a series over partitions); each "
+        "step is scored this many steps later than it could be. Older points are dropped "
+        "and counted; 0 = a step is scored as soon as a later point arrives."
+    )
     ingest_batch: int = Field(2_000, description="Input messages per batch (Faust take).")
     detect_batch: int = Field(500, description="Routed messages per detection batch.")
     batch_window_s: float = Field(0.05, description="Longest wait to fill a batch.")

@@ -8,6 +8,11 @@ before the batch's offsets are committed.
 Redis is the source of truth across restarts and rebalances; the worker keeps a copy of
 the states it owns in memory and only reads Redis on first touch.
 
+With an allowed lateness (``VIGIL_ALLOWED_LATENESS_STEPS``), the raw points a series holds
+back (see :func:`vigil.detectors.resample.hold_back`) live beside its state, in key
+``{prefix}held:{series id}`` (``b"VGH\x01"`` + timestamps as int64 + values as float64),
+written in the same transaction as the state; the state record itself is unchanged.
+
 A Redis that restarts, drops the connection or cannot write for now (out of memory,
 READONLY, MISCONF) is retried with capped exponential backoff while ``/health`` reports 503
 (the batch waits; nothing is lost and the worker does not crash). Any other error stops the
@@ -40,8 +45,10 @@ __all__ = [
     "RedisStateStore",
     "StateFormatError",
     "pack",
+    "pack_held",
     "readable",
     "unpack",
+    "unpack_held",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,6 +152,31 @@ def unpack(values: Sequence[bytes | None]) -> tuple[StateBank, np.ndarray]:
     return StateBank.from_records(records), found
 
 
+HELD_HEADER = b"VGH\x01"
+
+
+def pack_held(ts_ms: np.ndarray, values: np.ndarray) -> bytes:
+    """The held-back points of one series as a Redis value.
+
+    >>> unpack_held(pack_held(np.array([5, 7]), np.array([1.5, 2.0])))
+    (array([5, 7]), array([1.5, 2. ]))
+    """
+    return (HELD_HEADER + np.asarray(ts_ms, "<i8").tobytes()
+            + np.asarray(values, "<f8").tobytes())
+
+
+def unpack_held(value: bytes | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(ts_ms, values)`` of a :func:`pack_held` value (empty for None)."""
+    if value is None:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    body = value[len(HELD_HEADER):]
+    if value[: len(HELD_HEADER)] != HELD_HEADER or len(body) % 16:
+        raise StateFormatError(f"not a vigil held-points record ({len(value)} bytes)")
+    n = len(body) // 16
+    return (np.frombuffer(body, "<i8", n).astype(np.int64),
+            np.frombuffer(body, "<f8", n, 8 * n).astype(np.float64))
+
+
 class RedisStateStore:
     """Batched state reads and writes; the worker's in-memory copy sits in front of it.
 
@@ -167,6 +199,19 @@ class RedisStateStore:
 
     def key(self, series: str) -> str:
         return f"{self.prefix}state:{series}"
+
+    def held_key(self, series: str) -> str:
+        return f"{self.prefix}held:{series}"
+
+    async def load_held(self, series: Sequence[str]) -> list[bytes | None]:
+        """The held-back points of ``series`` (see :func:`pack_held`), in one MGET."""
+        if not series:
+            return []
+        async for attempt in redis_retrying():
+            with attempt:
+                values = await self.client.mget([self.held_key(s) for s in series])
+        STORE_OUTAGE.recovered()
+        return values
 
     @property
     def instance_key(self) -> str:
@@ -220,11 +265,25 @@ class RedisStateStore:
                   "persistence (appendonly yes) to keep the learned states across restarts.",
                   why)
 
-    async def save(self, series: Sequence[str], values: Sequence[bytes], points: int = 0) -> None:
-        """Write states (and count ``points`` processed) atomically, in one pipeline."""
+    async def save(
+        self,
+        series: Sequence[str],
+        values: Sequence[bytes],
+        points: int = 0,
+        held: Sequence[bytes | None] | None = None,
+    ) -> None:
+        """Write states (and count ``points`` processed) atomically, in one pipeline;
+        ``held`` (one per series, None = nothing held) the points they hold back."""
         if not series:
             return
         mapping = {self.key(s): v for s, v in zip(series, values, strict=True)}
+        released: list[str] = []
+        if held is not None:
+            for s, h in zip(series, held, strict=True):
+                if h is None:
+                    released.append(self.held_key(s))
+                else:
+                    mapping[self.held_key(s)] = h
         if self.instance is None:
             candidate = os.urandom(8).hex().encode()
         started = time.perf_counter()
@@ -235,6 +294,8 @@ class RedisStateStore:
                         pipe.set(self.instance_key, candidate, nx=True)
                         pipe.get(self.instance_key)
                     pipe.mset(mapping)
+                    if released:
+                        pipe.delete(*released)
                     if points:
                         pipe.hincrby(f"{self.prefix}stats", "points_processed", points)
                     replies = await pipe.execute()
