@@ -279,13 +279,17 @@ class Notifier:
         dead_letter: Callable[[AlertDeadLetter], Awaitable[Any]],
         feedback: Callable[[Feedback], Awaitable[Any]],
         z_marked: float = 6.0,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        """``sleep`` waits between delivery attempts: tests pass one that advances a virtual
+        clock, so an outage of minutes is waited out in milliseconds."""
         self.config = config
         self.store = store
         self.channels = channels
         self.publish_dead_letter = dead_letter
         self.publish_feedback = feedback
         self.z_marked = z_marked
+        self.sleep = sleep
         self.router = Router(config)
         self.grouper = Grouper(config.group_by, config.group_wait_s)
         self.limiter = RateLimiter(config.rate_limit_per_minute)
@@ -649,6 +653,7 @@ class Notifier:
                 wait=wait,
                 retry=retry_if_exception(lambda e: not _permanent(e)),
                 before_sleep=before_sleep,
+                sleep=self.sleep,
                 reraise=True,
             ):
                 with attempt:
