@@ -9,10 +9,13 @@ from collections import Counter
 
 import orjson
 import pytest
+from aiosmtpd.controller import Controller
 from confluent_kafka import Producer
+from typer.testing import CliRunner
 
 from tests.conftest import Stack, wait_until
-from tests.test_notifier import make_event
+from tests.test_notifier import RefusingSink, hosts_in, make_event
+from vigil.cli import app as cli
 from vigil.devtools.botapi import BotAPIServer
 from vigil.devtools.embedded import TopicCollector, free_port
 from vigil.devtools.replay import replay
@@ -131,7 +134,23 @@ def test_restart_after_half_the_alerts_alerts_every_incident_once(
     assert notifier.alive(), notifier.log_tail()
 
 
-def test_dead_letters_and_button_feedback_reach_their_topics(stack: Stack, botapi: BotAPIServer):
+@pytest.fixture
+def refusing_smtp():
+    """A real SMTP server that refuses every recipient (550) until its ``code`` is cleared."""
+    sink = RefusingSink(550)
+    controller = Controller(sink, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    sink.port = controller.port
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+def test_dead_letters_and_button_feedback_reach_their_topics(
+    stack: Stack, botapi: BotAPIServer, refusing_smtp: RefusingSink
+):
+    smtp = refusing_smtp
     alerts = telegram_alerts(
         botapi,
         receivers=[
@@ -139,8 +158,7 @@ def test_dead_letters_and_button_feedback_reach_their_topics(stack: Stack, botap
             {"name": "mail", "email": {"to": ["oncall@example.com"]}},
         ],
         default_receivers=["ops", "mail"],
-        retry_attempts=2,
-        smtp={"host": "127.0.0.1", "port": free_port()},  # nothing listens there
+        smtp={"host": "127.0.0.1", "port": smtp.port},  # refuses the recipient: 550
     )
     collector = TopicCollector(stack.broker,
                                [stack.alerts_deadletter_topic, stack.feedback_topic])
@@ -164,12 +182,52 @@ def test_dead_letters_and_button_feedback_reach_their_topics(stack: Stack, botap
     for line in (
         'vigil_alerts_sent_total{channel="telegram",kind="firing",receiver="ops"} 1.0',
         'vigil_alerts_dead_lettered_total{channel="email",receiver="mail"} 1.0',
-        'vigil_alert_attempts_failed_total{channel="email",receiver="mail"} 2.0',
+        'vigil_alert_attempts_failed_total{channel="email",receiver="mail"} 1.0',
         'vigil_feedback_total{action="acknowledge"} 1.0',
     ):
         assert line in exposed, line
     assert feedback["action"] == "acknowledge" and feedback["user_name"] == "carol"
     assert feedback["incident_id"] == event.incident_id and feedback["series"] == event.series
-    assert dead["receiver"] == "mail" and dead["channel"] == "email" and dead["attempts"] == 2
+    assert dead["receiver"] == "mail" and dead["channel"] == "email" and dead["attempts"] == 1
     assert dead["incident_ids"] == [event.incident_id]
     assert any("Acknowledged by carol" in a["text"] for a in botapi.answers)
+
+
+def test_redeliver_sends_each_dead_letter_once_when_the_mailbox_is_fixed(
+    stack: Stack, refusing_smtp: RefusingSink
+):
+    """The mail server refuses the recipient (a permanent error: dead-lettered at once); once
+    the mailbox is fixed, ``vigil alerts redeliver`` reads the dead letters from the topic and
+    emails each alert once; a second run sends nothing."""
+    alerts = {
+        "receivers": [{"name": "mail", "email": {"to": ["oncall@example.com"]}}],
+        "default_receivers": ["mail"], "group_wait_s": 0.3, "rate_limit_per_minute": 10_000,
+        "smtp": {"host": "127.0.0.1", "port": refusing_smtp.port},
+    }
+    hosts = ["db-1", "db-2", "web-1"]
+    collector = TopicCollector(stack.broker, [stack.alerts_deadletter_topic])
+    notifier = stack.start_notifier(alerts)
+    try:
+        events = [make_event(series=f'cpu_usage{{host="{h}"}}') for h in hosts]
+        produce(stack, events)
+        wait_until(lambda: len(collector.values(stack.alerts_deadletter_topic)) >= 3, 60,
+                   "three dead letters")
+        assert refusing_smtp.messages == []
+        notifier.stop()
+    finally:
+        collector.close()
+    refusing_smtp.code = None  # the mailbox is fixed
+    env = notifier.env
+    dry = CliRunner().invoke(cli, ["alerts", "redeliver", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.count("would send") == 3 and refusing_smtp.messages == []
+    first = CliRunner().invoke(cli, ["alerts", "redeliver"], env=env)
+    assert first.exit_code == 0, first.output
+    assert "3 sent, 0 failed" in first.output
+    assert hosts_in(refusing_smtp.messages) == Counter(hosts)
+    again = CliRunner().invoke(cli, ["alerts", "redeliver"], env=env)
+    assert again.exit_code == 0 and "0 sent, 0 failed (left for the next run), 3 skipped" in (
+        again.output), again.output
+    assert len(refusing_smtp.messages) == 3
+    for event in events:  # recorded as sent: a replay of the event is a duplicate
+        assert stack.redis.get(f"{stack.prefix}notify:incident:mail:{event.incident_id}")

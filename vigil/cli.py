@@ -1,5 +1,5 @@
-"""The ``vigil`` command line: worker, notifier, silence, generate, replay, backfill, export,
-evaluate, score, train, demo, bench."""
+"""The ``vigil`` command line: worker, notifier, silence, alerts (redeliver), generate, replay,
+backfill, export, evaluate, score, train, demo, bench."""
 
 from __future__ import annotations
 
@@ -131,6 +131,35 @@ def silence_expire(silence_id: str = typer.Argument(..., help="Id from `vigil si
                    "changed there)", err=True)
         raise typer.Exit(1)
     typer.echo(f"expired {silence_id}")
+
+
+alerts_app = typer.Typer(no_args_is_help=True, help="Alerts that could not be delivered.")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("redeliver")
+def alerts_redeliver(
+    receivers: list[str] = typer.Option(
+        [], "--receiver", help="Only dead letters of this receiver (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List them; send nothing."),
+    wait_s: float = typer.Option(
+        60.0, "--wait-s", min=0.0,
+        help="How long to retry a receiver that is still down before leaving its messages "
+        "for the next run."),
+) -> None:
+    """Send dead-lettered alerts again (read from VIGIL_ALERTS_DEADLETTER_TOPIC), each once,
+    by the channel that failed, with the settings' receivers (docs/alerts.md)."""
+    import asyncio
+
+    from vigil.streams.redeliver import redeliver_dead_letters
+
+    settings = _startup_settings()
+    report = asyncio.run(redeliver_dead_letters(
+        settings, receivers or None, dry_run=dry_run, wait_s=wait_s, echo=typer.echo))
+    typer.echo(f"{len(report.sent)} sent, {len(report.failed)} failed (left for the next "
+               f"run), {len(report.skipped)} skipped")
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -105,7 +105,10 @@ class Feedback(faust.Record, serializer="json", include_metadata=False):
 
 
 class AlertDeadLetter(faust.Record, serializer="json", include_metadata=False):
-    """A notification that could not be delivered after every retry (or was refused)."""
+    """A notification that could not be delivered: refused (a permanent error), or still
+    failing after ``outage_max_s`` of retries. ``notification`` keeps the message (its
+    incidents' events, without the chart) for ``vigil alerts redeliver``; None in records
+    written before it existed."""
 
     notification_id: str
     receiver: str
@@ -118,6 +121,7 @@ class AlertDeadLetter(faust.Record, serializer="json", include_metadata=False):
     incident_ids: list
     event_ids: list
     ts_ms: int
+    notification: dict | None = None
 
 
 #: The fields of :class:`AnomalyEvent`, in order.

@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -413,9 +413,24 @@ class AlertingConfig(_Model):
     rate_limit_per_minute: float = Field(
         20.0, gt=0, description="Messages per receiver per minute; the excess is one digest."
     )
-    retry_attempts: int = Field(6, ge=1, description="Delivery attempts before dead-lettering.")
-    retry_initial_s: float = Field(1.0, gt=0)
-    retry_max_s: float = Field(30.0, gt=0)
+    retry_attempts: int = Field(
+        6, ge=1, description="Delivery attempts before dead-lettering a message that failed "
+        "with an error of no known kind (a transient one waits, up to outage_max_s; a "
+        "permanent one is dead-lettered at once)."
+    )
+    retry_initial_s: float = Field(1.0, gt=0, description="First wait between attempts.")
+    retry_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between attempts (exponential, with jitter)."
+    )
+    outage_max_s: float = Field(
+        86_400.0, gt=0, description="How long a receiver keeps retrying one message through "
+        "transient errors (server unreachable, timeouts, 4xx mail answers, HTTP 5xx) before "
+        "dead-lettering it; `vigil alerts redeliver` sends dead letters again."
+    )
+    queue_max_messages: int = Field(
+        100, ge=2, description="Messages a receiver holds while it cannot deliver; when "
+        "full, the queued ones become one digest per kind (firing, resolved)."
+    )
     send_resolved: bool = True
     max_event_age_s: float = Field(
         6 * 3600, gt=0, description="Older events (a backfill, a long outage) are not sent."
@@ -759,13 +774,18 @@ def merge(notifications: Iterable[Notification]) -> Notification:
     first = items[0]
     digest = Notification(first.receiver, first.kind, ("digest",), [])
     seen: dict[str, IncidentAlert] = {}
+    first_told = set()  # incidents whose first message is among the merged ones
     for n in items:
         digest.acks.extend(n.acks)
         for alert in n.incidents:
             key = alert.event.incident_id
+            if not alert.escalation:
+                first_told.add(key)
             if key not in seen or severity_rank(alert.severity) > severity_rank(seen[key].severity):
                 seen[key] = alert
-    digest.incidents = list(seen.values())
+    # An escalation merged with its incident's first message is that first message.
+    digest.incidents = [replace(a, escalation=False) if k in first_told else a
+                        for k, a in seen.items()]
     return digest
 
 

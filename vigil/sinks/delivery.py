@@ -12,7 +12,10 @@ the channels in :mod:`vigil.sinks.email` and :mod:`vigil.sinks.telegram`. This m
 what runs them:
 
 * :class:`Notifier` — places each event, flushes groups when due, and keeps one delivery
-  loop per receiver (retries with backoff, dead letters after the last attempt).
+  loop per receiver: a receiver that is down (transient errors) keeps its messages and
+  retries with capped backoff until it is back (bounded queue, the oldest merged into a
+  digest when full); a permanent error is dead-lettered at once. ``redeliver`` sends a dead
+  letter again.
 * :class:`NotifierStore` — what was sent, per receiver and incident, and the silences, in
   Redis, so replays and restarts send nothing twice: an incident gets one alert, one
   escalation if it turns critical, and one resolve message.
@@ -25,6 +28,7 @@ It knows nothing of Faust: :mod:`vigil.streams.notifier` wires it to the topics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -41,7 +45,6 @@ from aiogram.exceptions import TelegramRetryAfter
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
-    stop_after_attempt,
     wait_random_exponential,
 )
 
@@ -52,6 +55,7 @@ from vigil.sinks.alertmanager import AlertmanagerChannel
 from vigil.sinks.alerts import (
     AlertingConfig,
     Grouper,
+    IncidentAlert,
     Matcher,
     Notification,
     RateLimiter,
@@ -62,18 +66,28 @@ from vigil.sinks.alerts import (
     severity_rank,
 )
 from vigil.sinks.charts import chart_process_pool, render_chart
-from vigil.sinks.email import EmailChannel, is_permanent_smtp_error
+from vigil.sinks.email import EmailChannel, is_permanent_smtp_error, is_transient_smtp_error
 from vigil.sinks.telegram import (
     ButtonPress,
     TelegramBot,
     TelegramChannel,
     is_permanent_telegram_error,
+    is_transient_telegram_error,
 )
-from vigil.sinks.webhook import WebhookChannel, is_permanent_http_error
+from vigil.sinks.webhook import WebhookChannel, is_permanent_http_error, is_transient_http_error
 from vigil.times import iso as _iso
 from vigil.times import now_ms as _now_ms
 
-__all__ = ["Channel", "InOrderAcks", "Notifier", "NotifierStore", "build_channels"]
+__all__ = [
+    "Channel",
+    "DeliveryInterrupted",
+    "InOrderAcks",
+    "Notifier",
+    "NotifierStore",
+    "build_channels",
+    "notification_from_record",
+    "notification_record",
+]
 
 log = logging.getLogger("vigil.notifier")
 
@@ -90,7 +104,9 @@ class NotifierStore:
     * ``notify:notification:<id>`` — the incidents a message covered (for its buttons);
     * ``notify:silences`` — a hash of active and expired silences;
     * ``notify:open:<receiver>`` — the alerts posted to an Alertmanager receiver and not yet
-      ended (re-posted while open), by incident.
+      ended (re-posted while open), by incident;
+    * ``notify:redelivered:<notification>:<channel>`` — dead letters sent again by
+      ``vigil alerts redeliver`` (so a second run sends nothing twice).
     """
 
     def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
@@ -155,6 +171,15 @@ class NotifierStore:
         if incident_ids:
             key = f"{self.prefix}open:{receiver}"
             await self._call(lambda: self.client.hdel(key, *incident_ids))
+
+    async def redelivered(self, notification_id: str, channel: str) -> bool:
+        """Whether ``vigil alerts redeliver`` already sent this dead letter again."""
+        key = f"{self.prefix}redelivered:{notification_id}:{channel}"
+        return bool(await self._call(lambda: self.client.exists(key)))
+
+    async def mark_redelivered(self, notification_id: str, channel: str) -> None:
+        key = f"{self.prefix}redelivered:{notification_id}:{channel}"
+        await self._call(lambda: self.client.set(key, _now_ms(), ex=RECORD_TTL_S))
 
     async def add_silence(self, silence: Silence) -> Silence:
         if not silence.id:
@@ -264,6 +289,42 @@ def _permanent(exc: BaseException) -> bool:
             or is_permanent_http_error(exc))
 
 
+def _transient(exc: BaseException | None) -> bool:
+    """The receiver is down or busy for now: its messages wait (up to ``outage_max_s``)."""
+    return exc is not None and not _permanent(exc) and (
+        is_transient_smtp_error(exc) or is_transient_telegram_error(exc)
+        or is_transient_http_error(exc))
+
+
+class DeliveryInterrupted(Exception):
+    """The notifier stopped while a receiver was waiting out an outage: the message is
+    neither dead-lettered nor acked, so Kafka hands its events over again after a restart."""
+
+
+def notification_record(notification: Notification) -> dict:
+    """The notification as JSON-ready data (its events without the chart context), kept in a
+    dead letter so that ``vigil alerts redeliver`` can rebuild and send it."""
+    incidents = []
+    for alert in notification.incidents:
+        event = alert.event.asdict()
+        event.pop("context", None)
+        incidents.append({"event": event, "events": alert.events, "escalation": alert.escalation,
+                          "resolved_ms": alert.resolved_ms, "opened_ms": alert.opened_ms})
+    return {"receiver": notification.receiver, "kind": notification.kind,
+            "group": list(notification.group), "incidents": incidents}
+
+
+def notification_from_record(record: dict) -> Notification:
+    """The inverse of :func:`notification_record` (without acks, chart or id)."""
+    incidents = [
+        IncidentAlert(AnomalyEvent(**item["event"]), events=item["events"],
+                      escalation=item["escalation"], resolved_ms=item["resolved_ms"],
+                      opened_ms=item["opened_ms"])
+        for item in record["incidents"]
+    ]
+    return Notification(record["receiver"], record["kind"], tuple(record["group"]), incidents)
+
+
 class Notifier:
     """The notify pipeline of one process (Faust-independent, so tests and the bench can
     drive it directly).
@@ -279,13 +340,19 @@ class Notifier:
         dead_letter: Callable[[AlertDeadLetter], Awaitable[Any]],
         feedback: Callable[[Feedback], Awaitable[Any]],
         z_marked: float = 6.0,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
     ) -> None:
+        """``sleep`` waits between delivery attempts (default: real time, cut short by
+        :meth:`stop`): tests pass one that advances a virtual clock, so an outage of minutes
+        is waited out in milliseconds."""
         self.config = config
         self.store = store
         self.channels = channels
         self.publish_dead_letter = dead_letter
         self.publish_feedback = feedback
         self.z_marked = z_marked
+        self.sleep = sleep or self._pause
+        self._stop_event = asyncio.Event()
         self.router = Router(config)
         self.grouper = Grouper(config.group_by, config.group_wait_s)
         self.limiter = RateLimiter(config.rate_limit_per_minute)
@@ -320,6 +387,7 @@ class Notifier:
         """Let deliveries under way finish (so a graceful restart sends nothing twice), then
         stop. Notifications not yet sent stay unacked and are redelivered after a restart."""
         self._stopping = True
+        self._stop_event.set()  # a receiver waiting out an outage gives up its wait
         if self._busy:
             await asyncio.wait([asyncio.ensure_future(e.wait()) for e in self._busy.values()],
                                timeout=grace_s)
@@ -355,6 +423,11 @@ class Notifier:
                 metrics.ALERT_ATTEMPTS_FAILED.labels(receiver, channel.name).inc()
                 log.warning("re-posting the open alerts of %s failed: %s", receiver, exc)
             await asyncio.sleep(channel.repeat_s)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait between delivery attempts; a stop cuts the wait short."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
 
     def idle(self) -> bool:
         """Nothing pending, queued or in flight (tests and the bench wait for this)."""
@@ -486,7 +559,38 @@ class Notifier:
             rendering = self._render(notification)
             if rendering is not None:
                 self._charts[id(notification)] = rendering
-            self.queues[notification.receiver].put_nowait(notification)
+            self._enqueue(notification)
+
+    def _enqueue(self, notification: Notification) -> None:
+        """Queue a message for its receiver. While the receiver cannot deliver, the queue is
+        bounded: once full, the messages in it become one digest per kind."""
+        receiver = notification.receiver
+        queue = self.queues[receiver]
+        if queue.qsize() >= self.config.queue_max_messages:
+            held = [queue.get_nowait() for _ in range(queue.qsize())]
+            digests = self._digests(receiver, held)
+            for message in digests:
+                queue.put_nowait(message)
+            log.warning("receiver %s holds %d messages (queue_max_messages): merged into %d "
+                        "digest(s)", receiver, len(held), len(digests))
+        queue.put_nowait(notification)
+        metrics.ALERT_QUEUE_DEPTH.labels(receiver).set(queue.qsize())
+
+    def _digests(self, receiver: str, batch: list[Notification]) -> list[Notification]:
+        """``batch`` as one message per kind, firing first: a digest where there are several
+        (their charts are dropped: a digest has none)."""
+        out = []
+        for kind in ("firing", "resolved"):
+            same = [n for n in batch if n.kind == kind]
+            if len(same) > 1:
+                fresh = sum(1 for n in same if n.group != ("digest",))
+                metrics.ALERTS_DIGESTED.labels(receiver=receiver).inc(fresh)
+                for part in same:
+                    self._charts.pop(id(part), None)
+                out.append(merge(same))
+            elif same:
+                out.append(same[0])
+        return out
 
     def _render(self, notification: Notification) -> asyncio.Future | None:
         """Start drawing the chart of the notification's lead incident (in a thread)."""
@@ -545,6 +649,7 @@ class Notifier:
     async def _receiver_loop(self, receiver: str, queue: asyncio.Queue[Notification]) -> None:
         while not self._stopping:
             first = await queue.get()
+            metrics.ALERT_QUEUE_DEPTH.labels(receiver).set(queue.qsize())
             if self._stopping:
                 return
             done = self._busy[receiver] = asyncio.Event()
@@ -566,28 +671,29 @@ class Notifier:
             batch = [first]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            for kind in ("firing", "resolved"):
-                same = [n for n in batch if n.kind == kind]
-                if not same:
-                    continue
-                if len(same) > 1:
-                    metrics.ALERTS_DIGESTED.labels(receiver=receiver).inc(len(same))
-                    for part in same:
-                        self._charts.pop(id(part), None)
-                await self._deliver(merge(same) if len(same) > 1 else same[0])
+            metrics.ALERT_QUEUE_DEPTH.labels(receiver).set(0)
+            for message in self._digests(receiver, batch):
+                await self._deliver(message)
             return
         await self._deliver(first)
 
     async def _deliver(self, notification: Notification) -> None:
+        interrupted = False
         try:
             await self._deliver_once(notification)
+        except DeliveryInterrupted as exc:
+            interrupted = True
+            log.warning("stopping with %s to %s undelivered (%s): its events stay unacked and "
+                        "come again after the restart", notification.id, notification.receiver,
+                        exc.__cause__)
         except Exception:  # noqa: BLE001 - never lose the receiver loop; the acks still run
             log.exception("delivering notification %s failed unexpectedly", notification.id)
         finally:
             for alert in notification.incidents:
                 self.inflight.pop((notification.receiver, alert.event.incident_id), None)
-            for ack in notification.acks:
-                await ack.done()
+            if not interrupted:
+                for ack in notification.acks:
+                    await ack.done()
 
     async def _deliver_once(self, notification: Notification) -> None:
         receiver = notification.receiver
@@ -626,8 +732,16 @@ class Notifier:
         self, notification: Notification, channel: Channel, chart: bytes | None,
         previous: dict | None,
     ) -> dict | None:
+        """Send by one channel. A transient failure (the server down, a timeout, a 4xx mail
+        answer, an HTTP 5xx) is retried with capped backoff for up to ``outage_max_s`` of
+        waiting, holding the receiver's later messages in its queue; a permanent one is
+        dead-lettered at once; any other error gets ``retry_attempts``. Returns the channel's
+        references, or None when dead-lettered; raises :class:`DeliveryInterrupted` when the
+        notifier stops first."""
         config = self.config
+        receiver = notification.receiver
         backoff = wait_random_exponential(multiplier=config.retry_initial_s, max=config.retry_max_s)
+        waiting = metrics.ALERT_RECEIVER_WAITING.labels(receiver, channel.name)
 
         def wait(state) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -638,33 +752,54 @@ class Notifier:
                 return min(float(retry_after_s), 10 * config.retry_max_s)
             return backoff(state)
 
+        def stop(state) -> bool:
+            if self._stopping:
+                return True
+            if _transient(state.outcome.exception()):
+                return state.idle_for >= config.outage_max_s
+            return state.attempt_number >= config.retry_attempts
+
         def before_sleep(state) -> None:
-            metrics.ALERT_ATTEMPTS_FAILED.labels(notification.receiver, channel.name).inc()
-            log.warning("sending %s to %s by %s failed (attempt %d): %s; retrying",
-                        notification.id, notification.receiver, channel.name,
-                        state.attempt_number, state.outcome.exception())
+            metrics.ALERT_ATTEMPTS_FAILED.labels(receiver, channel.name).inc()
+            exc = state.outcome.exception()
+            outage = _transient(exc)
+            if outage:
+                waiting.set(1)
+            # An outage of hours retries thousands of times: log the first few, then some.
+            n = state.attempt_number
+            level = logging.WARNING if n <= 3 or n % 20 == 0 else logging.DEBUG
+            log.log(level, "sending %s to %s by %s failed (attempt %d, %.0f s waited): %s; "
+                    "%s in %.1f s", notification.id, receiver, channel.name, n, state.idle_for,
+                    exc, "receiver down, its messages wait; retrying" if outage else "retrying",
+                    state.next_action.sleep if state.next_action else 0.0)
 
         progress: dict = {}
         attempts = 0
+        waited_s = 0.0
         try:
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(config.retry_attempts),
+                stop=stop,
                 wait=wait,
                 retry=retry_if_exception(lambda e: not _permanent(e)),
                 before_sleep=before_sleep,
+                sleep=self.sleep,
                 reraise=True,
             ):
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
+                    waited_s = attempt.retry_state.idle_for
                     result = await channel.send(notification, chart, previous, progress)
         except Exception as exc:  # noqa: BLE001 - everything undeliverable is dead-lettered
-            metrics.ALERT_ATTEMPTS_FAILED.labels(notification.receiver, channel.name).inc()
-            metrics.ALERTS_DEAD_LETTERED.labels(notification.receiver, channel.name).inc()
-            log.error("giving up on %s to %s by %s after %d attempt(s): %s",
-                      notification.id, notification.receiver, channel.name, attempts, exc)
+            waiting.set(0)
+            metrics.ALERT_ATTEMPTS_FAILED.labels(receiver, channel.name).inc()
+            if self._stopping and not _permanent(exc):
+                raise DeliveryInterrupted(f"{type(exc).__name__}: {exc}") from exc
+            metrics.ALERTS_DEAD_LETTERED.labels(receiver, channel.name).inc()
+            log.error("giving up on %s to %s by %s after %d attempt(s), %.0f s waited: %s",
+                      notification.id, receiver, channel.name, attempts, waited_s, exc)
             await self.publish_dead_letter(AlertDeadLetter(
                 notification_id=notification.id,
-                receiver=notification.receiver,
+                receiver=receiver,
                 channel=channel.name,
                 kind=notification.kind,
                 error=f"{type(exc).__name__}: {exc}",
@@ -674,28 +809,61 @@ class Notifier:
                 incident_ids=[a.event.incident_id for a in notification.incidents],
                 event_ids=[a.event.event_id for a in notification.incidents],
                 ts_ms=_now_ms(),
+                notification=notification_record(notification),
             ))
             return None
-        metrics.ALERTS_SENT.labels(notification.receiver, channel.name, notification.kind).inc()
+        waiting.set(0)
+        if attempts > 1:
+            log.warning("%s to %s by %s delivered at attempt %d, after %.0f s waited",
+                        notification.id, receiver, channel.name, attempts, waited_s)
+        metrics.ALERTS_SENT.labels(receiver, channel.name, notification.kind).inc()
         return result
 
-    async def _remember(self, notification: Notification, refs: dict, previous: dict) -> None:
+    async def redeliver(self, record: AlertDeadLetter) -> bool:
+        """Send a dead-lettered notification again by the channel that failed (without its
+        chart), and record it as sent, so follow-ups thread under it and a replay does not
+        send it once more. False when it failed again: a new dead letter is published.
+        Raises LookupError when the record cannot be sent (no message kept, or no such
+        receiver or channel in the settings now)."""
+        if not record.notification:
+            raise LookupError("the record keeps no message (written before redelivery existed)")
+        channel = next((c for c in self.channels.get(record.receiver, [])
+                        if c.name == record.channel), None)
+        if channel is None:
+            raise LookupError(f"no {record.channel} channel for receiver {record.receiver!r} "
+                              "in the settings")
+        notification = notification_from_record(record.notification)
+        notification.id = record.notification_id
+        previous = await self._thread_refs(notification)
+        refs = await self._send_with_retries(notification, channel, None,
+                                             previous.get(channel.name))
+        if refs is None:
+            return False
+        metrics.ALERTS_REDELIVERED.labels(record.receiver, record.channel).inc()
+        await self._remember(notification, {channel.name: refs}, previous, redelivered=True)
+        return True
+
+    async def _remember(self, notification: Notification, refs: dict, previous: dict,
+                        redelivered: bool = False) -> None:
         receiver = notification.receiver
         for alert in notification.incidents:
             incident = alert.event.incident_id
             if notification.kind == "firing":
-                # Only an escalation has an earlier record (dedupe and in-flight ensure it).
+                # Only an escalation (or a redelivered dead letter: another channel may have
+                # sent it, a later message may have followed) has an earlier record; dedupe and
+                # in-flight ensure it.
                 earlier = {}
-                if alert.escalation:
+                if alert.escalation or redelivered:
                     earlier = await self.store.get_incident(receiver, incident) or {}
                 record = {
-                    "severity_rank": severity_rank(alert.severity),
+                    "severity_rank": max(severity_rank(alert.severity),
+                                         earlier.get("severity_rank", 0)),
                     "opened_ms": earlier.get("opened_ms") or alert.opened_ms or alert.event.ts_ms,
-                    "resolved": alert.resolved_ms is not None,
+                    "resolved": bool(earlier.get("resolved")) or alert.resolved_ms is not None,
                     "series": alert.event.series,
                     "notification_id": notification.id,
-                    # Follow-ups thread under the first message.
-                    "refs": earlier.get("refs") or refs,
+                    # Follow-ups thread under the first message of each channel.
+                    "refs": {**refs, **(earlier.get("refs") or {})},
                 }
             else:
                 record = await self.store.get_incident(receiver, incident) or {}

@@ -15,7 +15,13 @@ import aiosmtplib
 
 from vigil.sinks.alerts import EmailReceiver, Notification, SmtpSettings
 
-__all__ = ["EmailChannel", "MessageBuildError", "build_email", "is_permanent_smtp_error"]
+__all__ = [
+    "EmailChannel",
+    "MessageBuildError",
+    "build_email",
+    "is_permanent_smtp_error",
+    "is_transient_smtp_error",
+]
 
 
 class MessageBuildError(ValueError):
@@ -60,13 +66,44 @@ def build_email(
 
 
 def is_permanent_smtp_error(exc: BaseException) -> bool:
-    """Rejections that another attempt cannot fix (bad recipients, 5xx answers)."""
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused | aiosmtplib.SMTPSenderRefused):
+    """Rejections that another attempt cannot fix: a message that cannot be built, a 5xx
+    answer (a refused recipient or sender, a failed login). A 4xx answer is temporary.
+
+    >>> refused = lambda code: aiosmtplib.SMTPRecipientsRefused(
+    ...     [aiosmtplib.SMTPRecipientRefused(code, "no", "a@b")])
+    >>> is_permanent_smtp_error(refused(550)), is_permanent_smtp_error(refused(450))
+    (True, False)
+    """
+    if isinstance(exc, MessageBuildError):
         return True
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError | MessageBuildError):
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        return not exc.recipients or any(r.code >= 500 for r in exc.recipients)
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and 400 <= code < 500:
+        return False
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError | aiosmtplib.SMTPSenderRefused):
+        return True
+    return isinstance(code, int) and 500 <= code < 600
+
+
+def is_transient_smtp_error(exc: BaseException) -> bool:
+    """Failures that waiting may cure: the server unreachable, disconnecting or timing out
+    (all ``OSError``), or a 4xx answer (greylisting, a full queue, a mailbox busy).
+
+    >>> is_transient_smtp_error(aiosmtplib.SMTPConnectError("refused"))
+    True
+    >>> is_transient_smtp_error(aiosmtplib.SMTPResponseException(451, "try later"))
+    True
+    >>> is_transient_smtp_error(aiosmtplib.SMTPResponseException(554, "no"))
+    False
+    """
+    if is_permanent_smtp_error(exc):
+        return False
+    if isinstance(exc, OSError | aiosmtplib.SMTPRecipientsRefused):
         return True
     code = getattr(exc, "code", None)
-    return isinstance(code, int) and 500 <= code < 600
+    return isinstance(exc, aiosmtplib.SMTPResponseException) and isinstance(code, int) and (
+        400 <= code < 500)
 
 
 class EmailChannel:

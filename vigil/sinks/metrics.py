@@ -136,6 +136,20 @@ EVENTS_SUPPRESSED = Counter(
 ALERTS_DIGESTED = Counter(
     "vigil_alerts_digested", "Notifications merged into a digest by the rate limit", ["receiver"]
 )
+ALERT_QUEUE_DEPTH = Gauge(
+    "vigil_alert_queue_depth",
+    "Messages waiting in a receiver's queue (grows while it cannot deliver; bounded by "
+    "alerts.queue_max_messages)", ["receiver"],
+)
+ALERT_RECEIVER_WAITING = Gauge(
+    "vigil_alert_receiver_waiting",
+    "1 while a receiver's channel is retrying through a transient failure (an outage), else 0",
+    ["receiver", "channel"],
+)
+ALERTS_REDELIVERED = Counter(
+    "vigil_alerts_redelivered", "Dead-lettered notifications sent again by vigil alerts "
+    "redeliver", ["receiver", "channel"],
+)
 FEEDBACK = Counter("vigil_feedback", "Operator button presses", ["action"])
 ACTIVE_SILENCES = Gauge("vigil_active_silences", "Silences in force")
 

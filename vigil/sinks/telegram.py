@@ -21,8 +21,12 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
     TelegramBadRequest,
+    TelegramEntityTooLarge,
     TelegramForbiddenError,
+    TelegramNetworkError,
     TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
     TelegramUnauthorizedError,
 )
 from aiogram.types import (
@@ -42,6 +46,7 @@ __all__ = [
     "TelegramBot",
     "TelegramChannel",
     "is_permanent_telegram_error",
+    "is_transient_telegram_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,8 +68,18 @@ def is_permanent_telegram_error(exc: BaseException) -> bool:
     """Errors another attempt cannot fix: a bad request, an unknown chat, a wrong token."""
     return isinstance(
         exc,
-        TelegramBadRequest | TelegramForbiddenError | TelegramNotFound | TelegramUnauthorizedError,
+        TelegramBadRequest | TelegramForbiddenError | TelegramNotFound | TelegramUnauthorizedError
+        | TelegramEntityTooLarge,
     )
+
+
+def is_transient_telegram_error(exc: BaseException) -> bool:
+    """Failures that waiting may cure: the Bot API unreachable or answering 5xx, a flood
+    limit (``retry_after``), a timeout."""
+    if is_permanent_telegram_error(exc):
+        return False
+    return isinstance(exc, TelegramNetworkError | TelegramServerError | TelegramRetryAfter
+                      | OSError)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ __all__ = [
     "HttpPoster",
     "WebhookChannel",
     "is_permanent_http_error",
+    "is_transient_http_error",
     "sign",
     "webhook_body",
 ]
@@ -61,6 +62,19 @@ is_permanent_http_error(HttpDeliveryError("u", 503, ""))
     (True, False)
     """
     return isinstance(exc, HttpDeliveryError) and exc.permanent
+
+
+def is_transient_http_error(exc: BaseException) -> bool:
+    """Failures that waiting may cure: a 5xx, 408 or 429 answer, a connection refused or
+    dropped, a timeout (``OSError`` covers the last two).
+
+    >>> is_transient_http_error(HttpDeliveryError("u", 503, "")), \
+is_transient_http_error(HttpDeliveryError("u", 404, ""))
+    (True, False)
+    """
+    if isinstance(exc, HttpDeliveryError):
+        return not exc.permanent
+    return isinstance(exc, aiohttp.ClientError | OSError)
 
 
 def _retry_after_s(value: str | None) -> float | None:
