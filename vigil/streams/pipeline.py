@@ -500,6 +500,8 @@ class DetectionPipeline:
     def _pack_held(series_count: int, held: Held) -> list[bytes | None]:
         """One :func:`pack_held` value per series (None where it holds nothing)."""
         out: list[bytes | None] = [None] * series_count
+        if not len(held.index):
+            return out
         bounds = np.flatnonzero(np.r_[True, held.index[1:] != held.index[:-1], True])
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             out[int(held.index[lo])] = pack_held(held.ts_ms[lo:hi], held.values[lo:hi])
