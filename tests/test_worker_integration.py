@@ -411,7 +411,8 @@ def test_unkeyed_producer_across_partitions_loses_no_point(stack: Stack):
     sends them), produced into 4 input partitions while the worker is stopped. The worker
     reads the partitions in chunks of 10 messages, and detects each routed message as its
     own batch: the points reach the detector out of order, but never by more than the
-    default allowed lateness (they span 2.5 steps), so none may be dropped."""
+    allowed lateness the docs advise for unkeyed producers (3 steps; they span 2.5), so none
+    may be dropped."""
     step = 60_000
     now = time.time_ns() // 1_000_000
     s0 = now - now % step - 20 * step  # a step 20 minutes ago; it holds [s0 - 30 s, s0 + 30 s)
@@ -425,7 +426,8 @@ def test_unkeyed_producer_across_partitions_loses_no_point(stack: Stack):
     partitions = {p for p in range(4) if _input_messages(stack, p)}
     assert len(partitions) == 4, "the random keys spread the series over every partition"
 
-    worker = stack.start_worker(VIGIL_INGEST_BATCH="10", VIGIL_DETECT_BATCH="1")
+    worker = stack.start_worker(VIGIL_INGEST_BATCH="10", VIGIL_DETECT_BATCH="1",
+                                VIGIL_ALLOWED_LATENESS_STEPS="3")
     stack.wait_processed(300, worker)
     # Two later points close the three steps (a step closes once a point 3 steps later is
     # released, i.e. 3 + 3 steps after it has arrived).

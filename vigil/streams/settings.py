@@ -185,10 +185,11 @@ class Settings(BaseSettings):
     )
 
     allowed_lateness_steps: int = Field(
-        3, ge=0, description="Points of a series up to this many detector steps out of order "
-        "still join their step (unkeyed producers spread a series over partitions); each "
-        "step is scored this many steps later than it could be. Older points are dropped "
-        "and counted; 0 = a step is scored as soon as a later point arrives."
+        0, ge=0, description="Points of a series up to this many detector steps out of order "
+        "still join their step; each step is then scored this many steps later than it "
+        "could be. Set 3 for unkeyed producers (collectd, Telegraf without a key), which "
+        "spread a series over partitions. Older points are dropped and counted; 0 (the "
+        "default) = a step is scored as soon as a later point arrives."
     )
     ingest_batch: int = Field(2_000, description="Input messages per batch (Faust take).")
     detect_batch: int = Field(500, description="Routed messages per detection batch.")
