@@ -477,7 +477,7 @@ def burst(s, w, c):
 def drift(s, w, c, is_open):
     """The drift window's mean of the clipped deviation from the slow baseline, against its
     spread: opens (once per excursion, outside incidents) what the fast level has followed."""
-    zs = clip((w.y - s.slow_level - w.season) / w.sigma, -4.0, 4.0)
+    zs = clip((w.dev - w.season) / w.sigma, -4.0, 4.0)
     if w.sign != 0 and zs * w.sign < 0:
         zs = 0.0
     drift_short = (1 - c.a_drift) * s.drift_short + c.a_drift * zs
@@ -626,7 +626,7 @@ def incident(s, w, c, is_open):
         s.incident_severity = 0
     if opening or w.change:
         s.incident_family = FAMILY[w.kind]
-        s.incident_direction = w.direction if FAMILY[w.kind] == 1 else 0
+        s.incident_direction = w.direction
     if opening:
         s.incident_peak = z_eff
     else:
@@ -654,14 +654,14 @@ def change(s, w, c):
     """
     if not w.news:
         return 0
-    family = FAMILY[w.kind]
-    if family == 1 and s.incident_family == 1 and s.incident_direction * w.direction < 0:
-        beyond = (w.y - s.slow_level - w.season) / w.sigma * w.direction
+    # Only the family "the value moved" has a direction (±1; 0 otherwise).
+    if s.incident_direction * w.direction < 0:
+        beyond = (w.dev - w.season) / w.sigma * w.direction  # from the slow baseline
         if beyond >= c.z_open:
             return CHANGE_DIRECTION
     if not w.new_excursion:
         return 0
-    if s.incident_family != 0 and family != s.incident_family:
+    if s.incident_family != 0 and FAMILY[w.kind] != s.incident_family:
         return CHANGE_KIND
     if w.z_eff >= LARGER * np.float64(s.incident_peak):
         return CHANGE_LARGER

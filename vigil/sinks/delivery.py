@@ -503,7 +503,7 @@ class Notifier:
         # An update is told when the incident became more severe, or when it says that a
         # distinct anomaly happened inside it (its ``change``).
         told = severity_rank(event.severity) <= record["severity_rank"] if record else False
-        if told and not getattr(event, "change", ""):
+        if told and not event.change:
             return False
         self.grouper.add(
             receiver, "firing", event, ack=tracker.hold(), escalation=record is not None
