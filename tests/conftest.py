@@ -168,6 +168,20 @@ class Stack:
         self.workers.append(notifier)
         return notifier
 
+    def messages(self, topic: str, partitions: int) -> list[int]:
+        """How many messages each partition of ``topic`` holds (its watermarks' difference)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({"bootstrap.servers": self.broker, "group.id": f"{self.app_id}-x"})
+        try:
+            out = []
+            for p in range(partitions):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                out.append(high - low)
+            return out
+        finally:
+            consumer.close()
+
     def processed(self) -> int:
         return int(self.redis.hget(f"{self.prefix}stats", "points_processed") or 0)
 
@@ -203,6 +217,12 @@ def stack(broker: str, redis_url: str, request, tmp_path: Path) -> Iterator[Stac
         s.close()
         report = getattr(request.node, "report_call", None)
         if report is not None and report.failed:
-            # Show what the workers said: the first thing to read when CI fails.
+            # Show what the workers said: the first thing to read when CI fails; and where
+            # the points were (input and routed topics), to tell a stalled stage.
+            try:
+                print(f"\n----- messages per partition: input {s.messages(s.input_topic, 4)}, "
+                      f"routed {s.messages(s.points_topic, 4)}, processed {s.processed()}")
+            except Exception as exc:  # the broker itself may be what failed
+                print(f"\n----- messages per partition: unknown ({exc!r})")
             for worker in s.workers:
                 print(f"\n----- {worker.log_path} -----\n{worker.log_tail(6000)}")

@@ -423,7 +423,7 @@ def test_unkeyed_producer_across_partitions_loses_no_point(stack: Stack):
         producer.produce(stack.input_topic, key=uuid.uuid4().bytes, value=orjson.dumps(
             {"name": "cpu", "labels": {"host": "a"}, "timestamp": t, "value": v}))
     producer.flush(10)
-    partitions = {p for p in range(4) if _input_messages(stack, p)}
+    partitions = {p for p, n in enumerate(stack.messages(stack.input_topic, 4)) if n}
     assert len(partitions) == 4, "the random keys spread the series over every partition"
 
     worker = stack.start_worker(VIGIL_INGEST_BATCH="10", VIGIL_DETECT_BATCH="1",
@@ -458,15 +458,3 @@ def test_unkeyed_producer_across_partitions_loses_no_point(stack: Stack):
     assert (int(bank["bucket_ms"][0]), int(bank["bucket_count"][0])) == (s0 + 12 * step, 1)
     held_ts, held_values = unpack_held(stack.redis.get(f"{stack.prefix}held:{series}"))
     assert held_ts.tolist() == [s0 + 16 * step] and held_values.tolist() == [60.0]
-
-
-def _input_messages(stack: Stack, partition: int) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": stack.broker, "group.id": f"{stack.app_id}-x"})
-    try:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(stack.input_topic, partition), timeout=10)
-    finally:
-        consumer.close()
-    return high - low
