@@ -168,8 +168,10 @@ class Stack:
         self.workers.append(notifier)
         return notifier
 
-    def messages(self, topic: str, partitions: int) -> list[int]:
-        """How many messages each partition of ``topic`` holds (its watermarks' difference)."""
+    def offsets(self, topic: str, partitions: int) -> list[int]:
+        """The span of offsets (high − low watermark) of each partition of ``topic``: > 0 when
+        it holds data. Not a message count on Tansu, which gives a produced batch of many
+        messages one offset (25 messages in one batch: watermarks 0 and 1)."""
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": self.broker, "group.id": f"{self.app_id}-x"})
@@ -217,12 +219,12 @@ def stack(broker: str, redis_url: str, request, tmp_path: Path) -> Iterator[Stac
         s.close()
         report = getattr(request.node, "report_call", None)
         if report is not None and report.failed:
-            # Show what the workers said: the first thing to read when CI fails; and where
-            # the points were (input and routed topics), to tell a stalled stage.
+            # Show what the workers said: the first thing to read when CI fails; and which
+            # topics hold data (input, routed), to tell a stalled stage.
             try:
-                print(f"\n----- messages per partition: input {s.messages(s.input_topic, 4)}, "
-                      f"routed {s.messages(s.points_topic, 4)}, processed {s.processed()}")
+                print(f"\n----- offset spans per partition: input {s.offsets(s.input_topic, 4)}, "
+                      f"routed {s.offsets(s.points_topic, 4)}, processed {s.processed()}")
             except Exception as exc:  # the broker itself may be what failed
-                print(f"\n----- messages per partition: unknown ({exc!r})")
+                print(f"\n----- offset spans per partition: unknown ({exc!r})")
             for worker in s.workers:
                 print(f"\n----- {worker.log_path} -----\n{worker.log_tail(6000)}")

@@ -423,7 +423,7 @@ def test_unkeyed_producer_across_partitions_loses_no_point(stack: Stack):
         producer.produce(stack.input_topic, key=uuid.uuid4().bytes, value=orjson.dumps(
             {"name": "cpu", "labels": {"host": "a"}, "timestamp": t, "value": v}))
     producer.flush(10)
-    partitions = {p for p, n in enumerate(stack.messages(stack.input_topic, 4)) if n}
+    partitions = {p for p, n in enumerate(stack.offsets(stack.input_topic, 4)) if n}
     assert len(partitions) == 4, "the random keys spread the series over every partition"
 
     worker = stack.start_worker(VIGIL_INGEST_BATCH="10", VIGIL_DETECT_BATCH="1",
