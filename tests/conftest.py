@@ -139,6 +139,7 @@ class Stack:
             "VIGIL_POINTS_PARTITIONS": "4",
             "VIGIL_ANOMALIES_TOPIC": self.anomalies_topic,
             "VIGIL_DEADLETTER_TOPIC": self.deadletter_topic,
+            "VIGIL_FEEDBACK_TOPIC": self.feedback_topic,
             "VIGIL_WEB_PORT": str(free_port()),
             "VIGIL_SESSION_TIMEOUT_S": "6",
             "VIGIL_LOG_LEVEL": "info",

@@ -21,6 +21,7 @@ from vigil.events import AnomalyEvent, stable_id
 from vigil.sinks.alerts import AlertingConfig, RateLimiter
 from vigil.sinks.delivery import Notifier, NotifierStore, build_channels
 from vigil.sinks.telegram import TelegramBot
+from vigil.streams.feedback import verdict
 
 pytestmark = pytest.mark.integration
 
@@ -597,6 +598,7 @@ async def test_routes_and_config_silences(redis_url, botapi, smtp):
 async def test_buttons_publish_feedback_and_mute_silences(redis_url, botapi):
     async with Harness(redis_url, telegram_config(botapi)) as h:
         opened = make_event(series='cpu_usage{host="db-1"}')
+        opened.z = 8.5
         await h.send(opened)
         await h.settle()
         (alert,) = botapi.sent()
@@ -621,6 +623,11 @@ async def test_buttons_publish_feedback_and_mute_silences(redis_url, botapi):
     assert [(f.action, f.user_name, f.incident_id) for f in h.feedback] == [
         ("mute", "alice", opened.incident_id), ("not_anomaly", "bob", opened.incident_id),
     ]
+    # "Not an anomaly" carries what the worker teaches the series: the incident's pattern.
+    assert h.feedback[0].pattern is None
+    assert h.feedback[1].pattern == {
+        "anomaly_type": opened.anomaly_type, "direction": 1 if opened.value > opened.expected
+        else -1, "peak_score": 8.5, "opened_ms": opened.ts_ms}
     assert len(silences) == 1 and silences[0].created_by == "telegram:alice"
     assert 3_590_000 < silences[0].ends_ms - silences[0].starts_ms <= 3_600_000
     answers = [a["text"] for a in botapi.answers]
@@ -629,6 +636,48 @@ async def test_buttons_publish_feedback_and_mute_silences(redis_url, botapi):
     assert "not an anomaly" in answers[2]
     later = botapi.sent()[1:]
     assert len(later) == 1 and "db-2" in later[0].text
+
+
+async def test_acknowledge_stops_escalations_but_not_the_resolve(redis_url, botapi):
+    async with Harness(redis_url, telegram_config(botapi)) as h:
+        opened = make_event()
+        await h.send(opened)
+        await h.settle()
+        (alert,) = botapi.sent()
+        presses = h.bot.presses()
+        botapi.press(alert, 0, username="carol")  # Acknowledge
+        await h.notifier.handle_press(await asyncio.wait_for(anext(presses), 10), h.bot)
+        await presses.aclose()
+        await h.send(make_event(incident=opened.incident_id, kind="update", severity="critical",
+                                ts_ms=opened.ts_ms + 3 * STEP_MS))
+        await h.settle()
+        escalations = botapi.sent()[1:]
+        await h.send(make_event(incident=opened.incident_id, kind="resolve",
+                                ts_ms=opened.ts_ms + 40 * STEP_MS, context=False))
+        await h.settle()
+        record = await h.store.get_incident("ops-tg", opened.incident_id)
+    assert escalations == []
+    (resolved,) = botapi.sent()[1:]
+    assert "resolved" in resolved.text and resolved.reply_to == alert.message_id
+    assert record["acked_by"] == "carol" and record["acked_ms"] > 0
+    assert [(f.action, f.user_name) for f in h.feedback] == [("acknowledge", "carol")]
+    assert "no more escalations" in botapi.answers[0]["text"]
+
+
+async def test_an_acknowledgement_from_the_command_line_stops_escalations(redis_url, botapi):
+    async with Harness(redis_url, telegram_config(botapi)) as h:
+        opened = make_event()
+        await h.send(opened)
+        await h.settle()
+        record = verdict("acknowledge", [opened], "dave")
+        await h.notifier.apply_feedback(record)
+        await h.notifier.apply_feedback(record)  # twice: the first acknowledgement stays
+        await h.send(make_event(incident=opened.incident_id, kind="update", severity="critical",
+                                ts_ms=opened.ts_ms + 3 * STEP_MS))
+        await h.settle()
+        stored = await h.store.get_incident("ops-tg", opened.incident_id)
+    assert len(botapi.sent()) == 1
+    assert stored["acked_by"] == "dave"
 
 
 async def test_telegram_errors_retry_then_dead_letter(redis_url, botapi):

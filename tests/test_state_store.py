@@ -14,6 +14,7 @@ from vigil.detectors.bank import (
     ADDED_IN_V3,
     ADDED_IN_V4,
     ADDED_IN_V5,
+    ADDED_IN_V6,
     STATE_DTYPE,
     new_state_bank,
 )
@@ -88,8 +89,9 @@ def _as_version(value: bytes, version: int, added: tuple[str, ...]) -> bytes:
 
 
 @pytest.mark.parametrize(("version", "added"), [
-    (2, ADDED_IN_V3 + ADDED_IN_V4 + ADDED_IN_V5), (3, ADDED_IN_V4 + ADDED_IN_V5),
-    (4, ADDED_IN_V5),
+    (2, ADDED_IN_V3 + ADDED_IN_V4 + ADDED_IN_V5 + ADDED_IN_V6),
+    (3, ADDED_IN_V4 + ADDED_IN_V5 + ADDED_IN_V6), (4, ADDED_IN_V5 + ADDED_IN_V6),
+    (5, ADDED_IN_V6),
 ])
 def test_older_formats_are_read_with_the_new_fields_fresh(version, added):
     bank = _learned_bank(2)
@@ -97,8 +99,10 @@ def test_older_formats_are_read_with_the_new_fields_fresh(version, added):
     bank["burst_mean"][:] = 0.5
     bank["drift_spread"][:] = 0.7
     bank["incident_family"][:] = 2
+    bank["taught_family"][:] = 1
+    bank["taught_until_ms"][:] = T0
     old = [_as_version(v, version, added) for v in pack(bank)]
-    assert FORMAT_VERSION == 5 and len(old[0]) < VALUE_BYTES and readable(old[0])
+    assert FORMAT_VERSION == 6 and len(old[0]) < VALUE_BYTES and readable(old[0])
     restored, found = unpack([old[0], None, old[1]])
     assert found.tolist() == [True, False, True]
     fresh = new_state_bank(2)

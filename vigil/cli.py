@@ -162,6 +162,87 @@ def alerts_redeliver(
         raise typer.Exit(1)
 
 
+feedback_app = typer.Typer(
+    no_args_is_help=True,
+    help="Operators' verdicts on incidents, and what they taught (docs/feedback.md).")
+app.add_typer(feedback_app, name="feedback")
+_USER = typer.Option(os.environ.get("USER", "cli"), "--user", help="Who gives it.")
+
+
+def _incident_events(settings, incident_id: str) -> list:
+    from vigil.streams.feedback import find_incident
+
+    events = find_incident(settings, incident_id)
+    if not events:
+        typer.echo(f"no incident {incident_id} on {settings.anomalies_topic}", err=True)
+        raise typer.Exit(1)
+    return events
+
+
+@feedback_app.command("not-anomaly")
+def feedback_not_anomaly(
+    incident: str = typer.Argument(..., help="Incident id (in the alert and the dashboard)."),
+    user: str = _USER,
+) -> None:
+    """Teach the incident's series that this pattern is normal (as the Telegram button)."""
+    from vigil.detectors.teaching import FAMILY_NAMES, family_of
+    from vigil.streams.feedback import publish_feedback, verdict
+
+    settings = _startup_settings()
+    record = verdict("not_anomaly", _incident_events(settings, incident), user)
+    publish_feedback(settings, [record])
+    pattern = record.pattern
+    typer.echo(f"{record.series}: {FAMILY_NAMES[family_of(pattern['anomaly_type'])]} "
+               f"({pattern['anomaly_type']}, peak {pattern['peak_score']:.1f}σ) marked not an "
+               f"anomaly for {settings.feedback_ttl_days:g} days")
+
+
+@feedback_app.command("acknowledge")
+def feedback_acknowledge(
+    incident: str = typer.Argument(..., help="Incident id."), user: str = _USER,
+) -> None:
+    """Take the incident on: the notifier sends no more escalations of it."""
+    from vigil.streams.feedback import publish_feedback, verdict
+
+    settings = _startup_settings()
+    record = verdict("acknowledge", _incident_events(settings, incident), user)
+    publish_feedback(settings, [record])
+    typer.echo(f"{incident} ({record.series}) acknowledged by {user}")
+
+
+@feedback_app.command("forget")
+def feedback_forget(
+    series: list[str] = typer.Argument(..., help="Series ids or globs (see `list`)."),
+    user: str = _USER,
+) -> None:
+    """Undo what the series were taught: their patterns alert again."""
+    from vigil.streams.feedback import forget_feedback, publish_feedback, taught
+
+    settings = _startup_settings()
+    found = sorted({s for selector in series for s, _ in taught(settings, selector)})
+    if not found:
+        typer.echo("no matching series has been taught anything")
+        raise typer.Exit(1)
+    publish_feedback(settings, [forget_feedback(s, user) for s in found])
+    for s in found:
+        typer.echo(f"forgetting what {s} was taught")
+
+
+@feedback_app.command("list")
+def feedback_list(
+    selector: str = typer.Argument("*", help="Glob on the series id."),
+) -> None:
+    """The patterns taught to each series and still in force (read from Redis)."""
+    from vigil.streams.feedback import taught
+
+    found = taught(_startup_settings(), selector)
+    for series, patterns in found:
+        for pattern in patterns:
+            typer.echo(f"{series}  {pattern.describe()}")
+    if not found:
+        typer.echo("nothing taught")
+
+
 @app.command()
 def generate(
     out: Path = typer.Option(Path("telemetry"), help="Folder to write."),

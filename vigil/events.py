@@ -20,6 +20,7 @@ __all__ = [
     "AlertDeadLetter",
     "AnomalyEvent",
     "Feedback",
+    "incident_pattern",
     "severity_rank",
     "stable_id",
 ]
@@ -81,13 +82,22 @@ class AnomalyEvent(faust.Record, serializer="json", include_metadata=False):
     # On an update: "" (its severity rose) or the distinct anomaly it tells — "direction"
     # (the value moved the other way), "kind" (another kind of anomaly), "larger".
     change: str = ""
+    # The step's score as an equivalent Gaussian z (σ; ``score`` is its likelihood, which
+    # reads 1.0 for every z past about 5); 0 in events written before it existed.
+    z: float = 0.0
 
 
 class Feedback(faust.Record, serializer="json", include_metadata=False):
     """An operator's verdict on an incident (a Telegram button), on the feedback topic.
 
-    ``action`` is ``acknowledge``, ``mute`` or ``not_anomaly``; these are the labels a
-    supervised model can later learn from. Key = incident id.
+    ``action`` is ``acknowledge``, ``mute``, ``not_anomaly`` (the labels a supervised
+    model can learn from) or ``forget`` (undo what the series was taught). ``source`` says
+    where it was given: ``telegram``, ``cli``. Key = incident id.
+
+    ``pattern`` describes the incident a ``not_anomaly`` teaches the worker about
+    (docs/feedback.md): ``anomaly_type``, ``direction`` (+1 above the expectation, −1
+    below), ``peak_score`` (the incident's largest ``z``) and ``opened_ms``; None when
+    unknown.
     """
 
     feedback_id: str
@@ -102,6 +112,7 @@ class Feedback(faust.Record, serializer="json", include_metadata=False):
     ts_ms: int
     ts: str
     source: str = "telegram"
+    pattern: dict | None = None
 
 
 class AlertDeadLetter(faust.Record, serializer="json", include_metadata=False):
@@ -122,6 +133,32 @@ class AlertDeadLetter(faust.Record, serializer="json", include_metadata=False):
     event_ids: list
     ts_ms: int
     notification: dict | None = None
+
+
+def incident_pattern(events: list[AnomalyEvent], earlier: dict | None = None,
+                     opened_ms: int | None = None) -> dict:
+    """What "not an anomaly" on an incident teaches (:class:`Feedback`'s ``pattern``), from
+    its events (oldest first): the first one's anomaly type and direction, the largest score,
+    (``z``), when it opened (``opened_ms``, default the first event's time). ``earlier`` is the
+    pattern of the incident's earlier events, kept where it was first told.
+
+    >>> e = dict(event_id="", incident_id="i", kind="open", series="s", name="s", labels={},
+    ...          ts="", ts_ms=60_000, value=9.0, expected=1.0, lower=0.0, upper=2.0,
+    ...          score=1.0, severity="warning", anomaly_type="point", detectors=[], reason="",
+    ...          z=7.5)
+    >>> incident_pattern([AnomalyEvent(**e), AnomalyEvent(**{**e, "z": 9.0})])
+    {'anomaly_type': 'point', 'direction': 1, 'peak_score': 9.0, 'opened_ms': 60000}
+    """
+    first = events[0]
+    pattern = dict(earlier) if earlier else {
+        "anomaly_type": first.anomaly_type,
+        "direction": 1 if first.value > first.expected else -1,
+        "peak_score": 0.0,
+        "opened_ms": opened_ms or first.ts_ms,
+    }
+    pattern["peak_score"] = max([float(pattern["peak_score"]),
+                                 *(float(e.z) for e in events if e.kind != "resolve")])
+    return pattern
 
 
 #: The fields of :class:`AnomalyEvent`, in order.

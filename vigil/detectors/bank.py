@@ -17,10 +17,12 @@ __all__ = [
     "ADDED_IN_V3",
     "ADDED_IN_V4",
     "ADDED_IN_V5",
+    "ADDED_IN_V6",
     "DAILY_SLOTS",
     "RARITY_LEVELS",
     "STATE_DTYPE",
     "StateBank",
+    "TAUGHT_SLOTS",
     "WEEKLY_SLOTS",
     "new_state_bank",
 ]
@@ -28,6 +30,7 @@ __all__ = [
 DAILY_SLOTS = 96  # 15-minute slots
 WEEKLY_SLOTS = 168  # hourly slots, Monday 00:00 UTC first
 RARITY_LEVELS = 24  # score levels z_open·√2^k whose recent up-crossings are counted
+TAUGHT_SLOTS = 4  # patterns operators marked "not an anomaly" (vigil.detectors.teaching)
 
 STATE_DTYPE = np.dtype(
     [
@@ -80,6 +83,14 @@ STATE_DTYPE = np.dtype(
         ("incident_peak", "f4"),
         ("incident_family", "u1"),  # FAMILY of the anomaly last told (kernel.py)
         ("incident_direction", "i1"),  # and its direction (+1 up, −1 down, 0 none)
+        # what operators taught ("not an anomaly"): a pattern per slot, see teaching.py
+        ("taught_family", "u1", (TAUGHT_SLOTS,)),  # FAMILY (kernel.py); 0 = free slot
+        ("taught_direction", "i1", (TAUGHT_SLOTS,)),  # +1 up, −1 down, 0 either
+        ("taught_z", "f4", (TAUGHT_SLOTS,)),  # the marked incident's peak score
+        ("taught_minute", "i2", (TAUGHT_SLOTS,)),  # minute of the day (UTC), −1 any time
+        ("taught_until_ms", "i8", (TAUGHT_SLOTS,)),  # forgotten from this data time on
+        ("quiet_calm", "i4"),  # a withheld excursion: calm steps left until it is over
+        ("quiet_z", "f4"),  # and the size of the pattern that withheld it
         # seasonal profiles
         ("daily", "f4", (DAILY_SLOTS,)),
         ("weekly", "f4", (WEEKLY_SLOTS,)),
@@ -94,6 +105,9 @@ ADDED_IN_V3 = ("burst_short", "burst_mean")
 ADDED_IN_V4 = ("drift_short", "drift_spread", "drift_armed")
 #: Fields added in state format 5.
 ADDED_IN_V5 = ("incident_family", "incident_direction")
+#: Fields added in state format 6 (operators' teaching).
+ADDED_IN_V6 = ("taught_family", "taught_direction", "taught_z", "taught_minute",
+               "taught_until_ms", "quiet_calm", "quiet_z")
 
 # -1 = none yet
 _UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms")

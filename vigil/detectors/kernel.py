@@ -14,6 +14,7 @@ shape (many series × few steps, few series × many steps). The maths is describ
 * :func:`window_stats`, :func:`best_statistic` — point, level, variance, oscillation, flatline;
 * :func:`is_news` (rarity and recurrence), :func:`burst` — what is news;
 * :func:`drift`, :func:`contextual` — drift opening, a point normal at another hour;
+* :func:`taught`, :func:`withhold` — a pattern operators marked "not an anomaly" opens nothing;
 * :func:`learn_level_and_scale`, :func:`learn_baseline`, :func:`learn_spreads` — learning;
 * :func:`incident` — incidents with hysteresis.
 
@@ -33,7 +34,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import get_cython_function_address, intrinsic
 
-from vigil.detectors.bank import DAILY_SLOTS, RARITY_LEVELS, WEEKLY_SLOTS
+from vigil.detectors.bank import DAILY_SLOTS, RARITY_LEVELS, TAUGHT_SLOTS, WEEKLY_SLOTS
 
 __all__ = [
     "GAMMAINC_ADDRESS", "NDTRI_ADDRESS", "STDTR_ADDRESS", "WORK_DTYPE", "KernelConstants",
@@ -55,6 +56,8 @@ FAMILY = (0, 1, 1, 2, 2, 3, 1)
 # new, larger anomaly: two rarity levels (√2 apart) up, as far as a score must climb for
 # the rarity memory to call it news again.
 LARGER = 2.0
+# A taught pattern with a time of day covers openings this many minutes either side of it.
+TAUGHT_MINUTES = 60
 # What an update says besides a rise in severity (EVENT_CHANGES in online.py).
 CHANGE_DIRECTION, CHANGE_KIND, CHANGE_LARGER = 1, 2, 3
 
@@ -174,7 +177,7 @@ WORK_DTYPE = np.dtype([
     ("extreme", "u1"), ("early", "u1"), ("learned_extreme", "u1"), ("direction", "i8"),
     ("new_excursion", "u1"), ("news", "u1"),
     # decisions
-    ("anomalous", "u1"), ("kind", "i8"), ("contextual", "u1"),
+    ("anomalous", "u1"), ("kind", "i8"), ("contextual", "u1"), ("taught", "u1"),
     ("event", "i8"), ("severity", "i8"), ("incident_start_ms", "i8"), ("change", "i8"),
 ])
 
@@ -498,6 +501,51 @@ def drift(s, w, c, is_open):
 
 
 @part
+def taught(s, w):
+    """The size (peak score) of the pattern operators marked "not an anomaly" for this
+    series that an opening matches, 0 if none (:mod:`vigil.detectors.teaching`): the same
+    family and direction, a score at most ``LARGER`` times the marked peak (a clearly larger
+    one is news again), within ``TAUGHT_MINUTES`` of its time of day when it was a
+    daily-recurring one, before the teaching's expiry (in data time)."""
+    family = FAMILY[w.kind]
+    minute = (w.t % DAY_MS) // 60_000
+    for k in range(TAUGHT_SLOTS):
+        if s.taught_until_ms[k] <= w.t or s.taught_family[k] != family:
+            continue
+        if s.taught_direction[k] != 0 and s.taught_direction[k] != w.direction:
+            continue
+        if w.z_eff > LARGER * np.float64(s.taught_z[k]):
+            continue
+        if s.taught_minute[k] >= 0:
+            apart = abs(minute - s.taught_minute[k])
+            if min(apart, 1440 - apart) > TAUGHT_MINUTES:
+                continue
+        return np.float64(s.taught_z[k])
+    return 0.0
+
+
+@part
+def withhold(s, w, c, is_open):
+    """Withhold an opening that operators taught is normal, and what follows it while the
+    excursion lasts (a quiet incident: its end or its aftermath, of any kind, up to
+    ``LARGER`` times the pattern's size), until ``resolve_steps`` calm steps end it."""
+    w.taught = False
+    if w.anomalous and not is_open:
+        z_taught = taught(s, w)
+        if z_taught == 0.0 and s.quiet_calm > 0 and w.z_eff <= LARGER * np.float64(s.quiet_z):
+            z_taught = np.float64(s.quiet_z)
+        if z_taught > 0.0:
+            w.taught = True
+            w.anomalous = False
+            w.news = False
+            s.quiet_calm = c.resolve_steps
+            s.quiet_z = z_taught
+            return
+    if s.quiet_calm > 0 and w.observed:
+        s.quiet_calm = c.resolve_steps if w.extreme else s.quiet_calm - 1
+
+
+@part
 def contextual(s, w, c):
     """A point anomaly whose value is ordinary for the series at another time of day."""
     if not (w.anomalous and w.stat_point >= c.z_open and w.new_d):
@@ -689,6 +737,7 @@ def step(s, w, c):
     w.anomalous = w.news or (w.extreme and is_open)
     w.kind = w.best + 1
     drift(s, w, c, is_open)
+    withhold(s, w, c, is_open)
     w.contextual = contextual(s, w, c)
     calm = w.observed and not w.learned_extreme
     learn_level_and_scale(s, w, c)
@@ -700,7 +749,7 @@ def step(s, w, c):
 @njit(cache=True)
 def run_steps(states, index, ts_ms, values, filled, after_gap, direction, c,
               expected, band, z, anomaly_type, is_contextual, event, severity,
-              incident_start_ms, seasonality, changes):
+              incident_start_ms, seasonality, changes, taught_out):
     """Score and learn every step (ordered by series, then time) into the output arrays."""
     work = np.zeros(1, WORK_DTYPE)
     w = work[0]
@@ -719,3 +768,4 @@ def run_steps(states, index, ts_ms, values, filled, after_gap, direction, c,
         incident_start_ms[i] = w.incident_start_ms
         seasonality[i] = w.new_d + w.new_w
         changes[i] = w.change
+        taught_out[i] = w.taught

@@ -314,6 +314,7 @@ class StepResults:
     incident_start_ms: np.ndarray
     seasonality: np.ndarray  # 0 none, 1 daily, 2 daily + weekly
     change: np.ndarray  # index into EVENT_CHANGES (updates only)
+    taught: np.ndarray  # bool: an opening withheld, operators taught its pattern is normal
 
     def events(self) -> np.ndarray:
         """Positions of the steps that produced an incident event."""
@@ -381,6 +382,7 @@ class OnlineDetector:
             incident_start_ms=np.full(n, -1, np.int64),
             seasonality=np.zeros(n, np.int8),
             change=np.zeros(n, np.int8),
+            taught=np.zeros(n, bool),
         )
         if n:
             sign = (
@@ -397,7 +399,7 @@ class OnlineDetector:
                 sign,
                 self.constants,
                 out.expected, band, out.z, out.anomaly_type, out.contextual, out.event,
-                out.severity, out.incident_start_ms, out.seasonality, out.change,
+                out.severity, out.incident_start_ms, out.seasonality, out.change, out.taught,
             )
         out.lower = out.expected - band
         out.upper = out.expected + band

@@ -110,6 +110,8 @@ MIGRATIONS: dict[int, list[str | Callable[[ClickHouseStore], None]]] = {
     ],
     # v3: what an update tells besides a rise in severity (AnomalyEvent.change, issue 16).
     3: [lambda store: store.add_column("events", "change", "String DEFAULT ''")],
+    # v4: the step's score as an equivalent z (AnomalyEvent.z, issue 19).
+    4: [lambda store: store.add_column("events", "z", "Float64 DEFAULT 0")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -118,7 +120,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "steps": ("series", "ts", "value", "expected", "lower", "upper", "score", "anomalous"),
     "events": ("event_id", "incident_id", "kind", "series", "name", "label_keys",
                "label_values", "ts", "ts_ms", "value", "expected", "lower", "upper", "score",
-               "severity", "anomaly_type", "detectors", "reason", "event_schema", "change"),
+               "severity", "anomaly_type", "detectors", "reason", "event_schema", "change",
+               "z"),
     "incidents": ("incident_id", "series", "name", "label_keys", "label_values", "opened",
                   "opened_ms", "resolved_ms", "severity", "anomaly_type", "peak_score",
                   "events", "updated_ms"),
@@ -192,7 +195,7 @@ def event_row(event: Any) -> tuple:
         keys, values, ts_ms // 1000, ts_ms, float(get("value")), float(get("expected")),
         float(get("lower")), float(get("upper")), float(get("score")), get("severity"),
         get("anomaly_type"), [str(d) for d in get("detectors") or []], get("reason") or "",
-        int(get("schema_version", 1) or 1), get("change") or "",
+        int(get("schema_version", 1) or 1), get("change") or "", float(get("z", 0.0) or 0.0),
     )
 
 

@@ -48,7 +48,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from vigil.events import AlertDeadLetter, AnomalyEvent, Feedback, stable_id
+from vigil.events import AlertDeadLetter, AnomalyEvent, Feedback, incident_pattern, stable_id
 from vigil.retrying import STORE_OUTAGE, redis_retrying
 from vigil.sinks import metrics
 from vigil.sinks.alertmanager import AlertmanagerChannel
@@ -505,6 +505,10 @@ class Notifier:
         told = severity_rank(event.severity) <= record["severity_rank"] if record else False
         if told and not event.change:
             return False
+        if record and record.get("acked_by"):
+            # Someone took the incident on: no more escalations (its resolve is still told).
+            metrics.EVENTS_SUPPRESSED.labels(reason="acknowledged").inc()
+            return True
         self.grouper.add(
             receiver, "firing", event, ack=tracker.hold(), escalation=record is not None
         )
@@ -846,6 +850,7 @@ class Notifier:
     async def _remember(self, notification: Notification, refs: dict, previous: dict,
                         redelivered: bool = False) -> None:
         receiver = notification.receiver
+        patterns = []
         for alert in notification.incidents:
             incident = alert.event.incident_id
             if notification.kind == "firing":
@@ -864,21 +869,48 @@ class Notifier:
                     "notification_id": notification.id,
                     # Follow-ups thread under the first message of each channel.
                     "refs": {**refs, **(earlier.get("refs") or {})},
+                    "pattern": incident_pattern([alert.event], earlier.get("pattern"),
+                                                alert.opened_ms),
+                    **{k: earlier[k] for k in ("acked_by", "acked_ms") if k in earlier},
                 }
             else:
                 record = await self.store.get_incident(receiver, incident) or {}
                 record["resolved"] = True
             await self.store.put_incident(receiver, incident, record)
+            patterns.append(record.get("pattern"))
         await self.store.put_notification(notification.id, {
             "receiver": receiver,
             "kind": notification.kind,
             "incidents": [
-                {"incident_id": a.event.incident_id, "series": a.event.series}
-                for a in notification.incidents
+                {"incident_id": a.event.incident_id, "series": a.event.series, "pattern": p}
+                for a, p in zip(notification.incidents, patterns, strict=True)
             ],
         })
 
     # --- feedback from Telegram buttons -----------------------------------------------------
+
+    async def acknowledge(self, receiver: str, incident_id: str, who: str, now_ms: int) -> bool:
+        """Record that ``who`` took the incident on: its escalations are no longer sent to
+        ``receiver`` (its resolve still is). False when the incident is unknown or was
+        acknowledged already."""
+        record = await self.store.get_incident(receiver, incident_id)
+        if record is None or record.get("acked_by"):
+            return False
+        record["acked_by"], record["acked_ms"] = who, now_ms
+        await self.store.put_incident(receiver, incident_id, record)
+        inflight = self.inflight.get((receiver, incident_id))
+        if inflight is not None:
+            inflight.update(acked_by=who, acked_ms=now_ms)
+        return True
+
+    async def apply_feedback(self, feedback: Feedback) -> None:
+        """Feedback given elsewhere (``vigil feedback``, another notifier's button): an
+        acknowledgement stops the incident's escalations for every receiver that told it."""
+        if feedback.action != "acknowledge":
+            return
+        for receiver in self.channels:
+            await self.acknowledge(receiver, feedback.incident_id, feedback.user_name,
+                                   feedback.ts_ms)
 
     async def handle_press(self, press: ButtonPress, bot: TelegramBot) -> None:
         record = await self.store.get_notification(press.notification_id)
@@ -887,6 +919,9 @@ class Notifier:
             return
         now_ms = _now_ms()
         for incident in record["incidents"]:
+            if press.action == "acknowledge":
+                await self.acknowledge(record["receiver"], incident["incident_id"],
+                                       press.user_name, now_ms)
             await self.publish_feedback(Feedback(
                 feedback_id=stable_id(press.callback_id, incident["incident_id"]),
                 action=press.action,
@@ -899,6 +934,7 @@ class Notifier:
                 chat_id=press.chat_id,
                 ts_ms=now_ms,
                 ts=_iso(now_ms),
+                pattern=incident.get("pattern") if press.action == "not_anomaly" else None,
             ))
         metrics.FEEDBACK.labels(action=press.action).inc()
         series = sorted({i["series"] for i in record["incidents"]})
@@ -914,9 +950,11 @@ class Notifier:
             self._silences_read = -1.0  # in force for the very next event
             text = f"Muted {len(series)} series for 1 h (silence {silence.id})."
         elif press.action == "acknowledge":
-            text = f"Acknowledged by {press.user_name}."
+            text = f"Acknowledged by {press.user_name}: no more escalations of this alert."
         else:
-            text = "Recorded as not an anomaly — thank you."
+            text = ("Recorded as not an anomaly: vigil will not alert on this pattern of "
+                    f"{', '.join(series)} again unless it is clearly larger "
+                    "(`vigil feedback forget` undoes it).")
         log.info("%s pressed %s on %s", press.user_name, press.action, press.notification_id)
         await bot.answer(press.callback_id, text)
 

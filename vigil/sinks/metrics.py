@@ -131,7 +131,7 @@ ALERTS_DEAD_LETTERED = Counter(
 )
 EVENTS_SUPPRESSED = Counter(
     "vigil_alert_events_suppressed", "Anomaly events that produced no message",
-    ["reason"],  # unrouted | silenced | duplicate | malformed
+    ["reason"],  # unrouted | silenced | duplicate | malformed | acknowledged
 )
 ALERTS_DIGESTED = Counter(
     "vigil_alerts_digested", "Notifications merged into a digest by the rate limit", ["receiver"]
@@ -151,6 +151,14 @@ ALERTS_REDELIVERED = Counter(
     "redeliver", ["receiver", "channel"],
 )
 FEEDBACK = Counter("vigil_feedback", "Operator button presses", ["action"])
+LESSONS = Counter(
+    "vigil_feedback_lessons", "Operators' feedback applied to series' detector states",
+    ["action"],  # not_anomaly | forget
+)
+OPENINGS_WITHHELD = Counter(
+    "vigil_openings_withheld",
+    "Incident openings withheld because operators taught the pattern is normal",
+)
 ACTIVE_SILENCES = Gauge("vigil_active_silences", "Silences in force")
 
 

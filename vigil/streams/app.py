@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 
 import faust
+import numpy as np
+import orjson
 import redis.asyncio as aioredis
 from faust.types import EventT, TopicT
 from mode import CrashingSupervisor
@@ -40,7 +42,14 @@ from vigil.sinks import metrics
 from vigil.streams.input_health import InputHealth, reason_class
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
-from vigil.streams.pipeline import DetectionPipeline, decode_points, route
+from vigil.streams.pipeline import (
+    DetectionPipeline,
+    decode_points,
+    encode_lesson,
+    lesson,
+    partition_for,
+    route,
+)
 from vigil.streams.rates import CounterRates
 from vigil.streams.records import Reject, dead_letter_record
 from vigil.streams.remote_write import RemoteWriteError, decode_write_request, to_messages
@@ -399,16 +408,24 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     async def detect_batch(events: list[EventT]) -> None:
         started = time.perf_counter()
         counters: set[str] = set()
-        series, ts_ms, values, bad = decode_points((e.value or b"" for e in events), counters)
+        lessons: list[dict] = []
+        series, ts_ms, values, bad = decode_points((e.value or b"" for e in events), counters,
+                                                   lessons)
         for n, reason in bad:
             event = events[n]
             await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
+        # A first batch past offset 0 continues a stream processed before this start.
+        resumed = any((e.message.offset or 0) > 0 for e in events)
+        if lessons:
+            # Operators' teaching lands before the batch's points (it was given later than
+            # any point of the batch it shares a partition with was produced, or about so).
+            await pipeline.teach(lessons, resumed)
+            for item in lessons:
+                metrics.LESSONS.labels(action=item["action"]).inc()
         resets = rates.resets
         series, ts_ms, values, held = rates.apply(series, ts_ms, values, counters)
         metrics.COUNTER_POINTS_HELD.inc(held)
         metrics.COUNTER_RESETS.inc(rates.resets - resets)
-        # A first batch past offset 0 continues a stream processed before this start.
-        resumed = any((e.message.offset or 0) > 0 for e in events)
         batch = await pipeline.process(series, ts_ms, values, resumed)
         delivered = [
             await anomalies_topic.send(key=e.series.encode(), value=e) for e in batch.events
@@ -424,8 +441,31 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             metrics.POINTS_DROPPED.labels(reason=reason).inc(count)
         for e in batch.events:
             metrics.EVENTS_OUT.labels(kind=e.kind, severity=e.severity).inc()
+        if batch.results is not None:
+            metrics.OPENINGS_WITHHELD.inc(int(np.count_nonzero(batch.results.taught)))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.CACHED_SERIES.set(pipeline.cached_series)
+
+    # Operators' feedback that teaches a series (docs/feedback.md) goes to the series'
+    # partition of the internal topic, so its owner applies it in order with the points.
+    feedback_topic = app.topic(settings.feedback_topic, internal=True, key_serializer="raw",
+                               value_serializer="raw")
+    ttl_ms = int(settings.feedback_ttl_days * 86_400_000)
+
+    @app.agent(feedback_topic, name="vigil.teach")
+    async def teach(stream):
+        async for raw in stream:
+            try:
+                item = lesson(orjson.loads(raw), ttl_ms)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError,
+                    AttributeError) as exc:
+                log.warning("feedback record not applied (%s): %.200r", exc, raw)
+                continue
+            if item is None:
+                continue
+            partition = partition_for(item["series"], settings.points_partitions)
+            await (await points_topic.send(key=str(partition).encode(),
+                                           value=encode_lesson(item), partition=partition))
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs) -> None:

@@ -6,6 +6,7 @@
                                   │                                  Alertmanager, webhook
                                   │ failed ► vigil-alerts-deadletter
     Telegram buttons ──presses──► vigil-feedback (+ a silence for Mute)
+    vigil-feedback ──acknowledgements──► no more escalations of the incident
 
 An anomaly event's offset is committed only after every message it contributed to was
 delivered or dead-lettered (manual acks on a ``noack`` stream, released in offset order by
@@ -91,6 +92,22 @@ def create_notifier_app(settings: Settings | None = None) -> faust.App:
                     await ack()
                     continue
                 await notifier.accept(anomaly, ack)
+
+    # Feedback given elsewhere (`vigil feedback acknowledge`, another notifier's buttons).
+    feedback_in = app.topic(settings.feedback_topic, internal=True, key_serializer="raw",
+                            value_serializer="raw")
+
+    @app.agent(feedback_in, name="vigil.feedback")
+    async def apply_feedback(stream):
+        async for raw in stream:
+            try:
+                data = orjson.loads(raw)
+                data.pop("__faust", None)
+                record = Feedback(**data)
+            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("skipping a feedback record (%s): %.200r", exc, raw)
+                continue
+            await notifier.apply_feedback(record)
 
     @app.task
     async def deliver() -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
+from vigil.detectors.bank import StateBank
 from vigil.detectors.lstm import LstmIncidents
 from vigil.detectors.online import (
     ANOMALY_TYPES,
@@ -34,6 +35,8 @@ from vigil.detectors.online import (
     likelihood,
 )
 from vigil.detectors.resample import Held, hold_back
+from vigil.detectors.teaching import forget as forget_teaching
+from vigil.detectors.teaching import pattern_from_incident, teach
 from vigil.events import AnomalyEvent, stable_id
 from vigil.series import parse_series
 from vigil.streams.records import ParseResult
@@ -56,6 +59,8 @@ __all__ = [
     "RecentSteps",
     "Routed",
     "decode_points",
+    "encode_lesson",
+    "lesson",
     "encode_points",
     "partition_for",
     "route",
@@ -161,14 +166,70 @@ def route(
     return routed
 
 
+#: The fields of a lesson (:func:`lesson`) besides ``series`` and ``action``.
+LESSON_FIELDS = ("anomaly_type", "direction", "peak_score", "opened_ms", "until_ms")
+
+
+def lesson(feedback: Mapping, ttl_ms: int) -> dict | None:
+    """What an operator's feedback record (:class:`~vigil.events.Feedback` as a dict)
+    teaches its series' detector state, or None (acknowledge, mute; a ``not_anomaly``
+    without the incident's ``pattern``).
+
+    ``not_anomaly`` teaches the incident's pattern until ``ttl_ms`` after the feedback;
+    ``forget`` undoes what the series was taught.
+
+    >>> lesson({"series": "s", "action": "forget"}, 0)
+    {'series': 's', 'action': 'forget'}
+    >>> lesson({"series": "s", "action": "acknowledge"}, 0) is None
+    True
+    """
+    action = feedback.get("action")
+    if action == "forget":
+        return {"series": str(feedback["series"]), "action": "forget"}
+    pattern = feedback.get("pattern")
+    if action != "not_anomaly" or not isinstance(pattern, Mapping):
+        return None
+    return {
+        "series": str(feedback["series"]),
+        "action": "not_anomaly",
+        "anomaly_type": str(pattern["anomaly_type"]),
+        "direction": int(pattern.get("direction") or 0),
+        "peak_score": float(pattern["peak_score"]),
+        "opened_ms": int(pattern["opened_ms"]),
+        "until_ms": int(feedback["ts_ms"]) + int(ttl_ms),
+    }
+
+
+def encode_lesson(lesson: Mapping) -> bytes:
+    """A lesson as a message of the internal points topic (``{"teach": {...}}``)."""
+    return orjson.dumps({"teach": dict(lesson)})
+
+
+def _lesson_from(doc: Mapping) -> dict:
+    """A decoded lesson, checked (raises KeyError/TypeError/ValueError when malformed)."""
+    item = doc["teach"]
+    if not isinstance(item, dict) or type(item.get("series")) is not str:
+        raise ValueError("a lesson needs a series")
+    if item.get("action") == "forget":
+        return {"series": item["series"], "action": "forget"}
+    if item.get("action") != "not_anomaly":
+        raise ValueError(f"unknown lesson action {item.get('action')!r}")
+    out = {"series": item["series"], "action": "not_anomaly"}
+    for name, kind in zip(LESSON_FIELDS, (str, int, float, int, int), strict=True):
+        out[name] = kind(item[name])
+    return out
+
+
 def decode_points(
-    messages: Iterable[bytes], counters: set[str] | None = None
+    messages: Iterable[bytes], counters: set[str] | None = None,
+    lessons: list[dict] | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Concatenate routed messages back into columns.
 
     Returns the columns and ``(message number, reason)`` for every message that is not a
     routed batch (the internal topic is ours, but a stray writer must not stop the worker).
-    The counter series the messages mark are added to ``counters`` when it is given.
+    The counter series the messages mark are added to ``counters`` when it is given, and
+    operators' lessons (:func:`encode_lesson`) to ``lessons`` (without it they are bad).
 
     >>> s, t, v, bad = decode_points([encode_points(["a"], [1], [2.0]), b"junk"])
     >>> s, t.tolist(), v.tolist(), bad[0][0]
@@ -181,6 +242,9 @@ def decode_points(
     for n, raw in enumerate(messages):
         try:
             doc = orjson.loads(raw)
+            if lessons is not None and isinstance(doc, dict) and "teach" in doc:
+                lessons.append(_lesson_from(doc))
+                continue
             s, t, v = doc["s"], doc["t"], doc["v"]
             if not (len(s) == len(t) == len(v)):
                 raise ValueError("columns of different lengths")
@@ -426,26 +490,7 @@ class DetectionPipeline:
             if s not in row_of:
                 row_of[s] = len(row_of)
         touched = list(row_of)
-        missing = [s for s in touched if s not in self._cache]
-        if missing:
-            if len(self._cache) + len(missing) > self.max_cached_series:
-                self._cache.clear()
-                self._held.clear()
-                missing = touched
-            stored_values = await self.store.load(missing, resumed)
-            if self.lateness_steps > 0:
-                self._held.update(zip(missing, await self.store.load_held(missing),
-                                      strict=True))
-            for s, value in zip(missing, stored_values, strict=True):
-                if readable(value):
-                    self._cache[s] = value
-                elif value is not None:
-                    # Not ours, or from another version: start the series afresh, say so.
-                    log.warning("state of %s is unreadable (%d bytes); starting afresh",
-                                s, len(value))
-                    self.unreadable_states += 1
-        stored = [self._cache.get(s) for s in touched]
-        bank, _ = unpack(stored)
+        bank = await self._states(touched, resumed)
         index = np.fromiter((row_of[s] for s in series), np.int64, len(series))
         direction = None
         if self.directions:
@@ -483,6 +528,62 @@ class DetectionPipeline:
             held=held,
             results=results,
         )
+
+    async def _states(self, touched: list[str], resumed: bool = False) -> StateBank:
+        """The states of ``touched`` (from memory, else Redis; fresh where none is stored)."""
+        missing = [s for s in touched if s not in self._cache]
+        if missing:
+            if len(self._cache) + len(missing) > self.max_cached_series:
+                self._cache.clear()
+                self._held.clear()
+                missing = touched
+            stored_values = await self.store.load(missing, resumed)
+            if self.lateness_steps > 0:
+                self._held.update(zip(missing, await self.store.load_held(missing),
+                                      strict=True))
+            for s, value in zip(missing, stored_values, strict=True):
+                if readable(value):
+                    self._cache[s] = value
+                elif value is not None:
+                    # Not ours, or from another version: start the series afresh, say so.
+                    log.warning("state of %s is unreadable (%d bytes); starting afresh",
+                                s, len(value))
+                    self.unreadable_states += 1
+        bank, _ = unpack([self._cache.get(s) for s in touched])
+        return bank
+
+    async def teach(self, lessons: Sequence[dict], resumed: bool = False) -> int:
+        """Apply operators' teaching (:func:`decode_points`' ``lessons``) to their series'
+        states and save them; how many changed a state.
+
+        A lesson is ``{"series", "action": "not_anomaly" | "forget", "anomaly_type",
+        "direction", "peak_score", "opened_ms", "until_ms"}`` (see :func:`lesson`); it comes
+        through the series' partition of the internal topic, so it lands in order with the
+        series' points, whichever worker owns the series.
+        """
+        touched = list(dict.fromkeys(str(lesson["series"]) for lesson in lessons))
+        bank = await self._states(touched, resumed)
+        row = {s: k for k, s in enumerate(touched)}
+        changed = 0
+        for lesson in lessons:
+            record = bank.records[row[str(lesson["series"])]]
+            if lesson["action"] == "forget":
+                changed += forget_teaching(record) > 0
+                continue
+            pattern = pattern_from_incident(
+                record, str(lesson["anomaly_type"]), int(lesson["direction"]),
+                float(lesson["peak_score"]), int(lesson["opened_ms"]), int(lesson["until_ms"]))
+            if pattern is None:
+                log.info("nothing to teach %s from a %r incident", lesson["series"],
+                         lesson["anomaly_type"])
+                continue
+            teach(record, pattern, int(lesson["opened_ms"]))
+            log.info("taught %s: %s", lesson["series"], pattern.describe())
+            changed += 1
+        states = pack(bank)
+        await self.store.save(touched, states, points=0)
+        self._cache.update(zip(touched, states, strict=True))
+        return changed
 
     def _held_points(self, touched: list[str]) -> Held:
         """The points the touched series hold back, as bank rows (``touched`` order)."""
@@ -576,6 +677,7 @@ class DetectionPipeline:
                     detectors=detectors,
                     reason=describe(results, i),
                     change=EVENT_CHANGES[results.change[i]] if kind == "update" else "",
+                    z=round(float(results.z[i]), 3),
                 )
             )
         if lstm_z is not None:
@@ -611,6 +713,7 @@ class DetectionPipeline:
                     anomaly_type="collective:lstm",
                     detectors=["lstm"],
                     reason=reason,
+                    z=round(z, 3),
                 )
             )
         return events

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +25,7 @@ from vigil.events import AlertDeadLetter
 from vigil.sinks.delivery import Notifier, NotifierStore, build_channels
 from vigil.sinks.telegram import TelegramBot
 from vigil.streams.settings import Settings
+from vigil.streams.topic_reader import read_to_end
 
 __all__ = ["RedeliveryReport", "read_dead_letters", "redeliver_dead_letters"]
 
@@ -45,51 +44,16 @@ class RedeliveryReport:
 def read_dead_letters(settings: Settings, timeout_s: float = 30.0) -> list[AlertDeadLetter]:
     """Every record on the alerts' dead-letter topic, up to its end at the time of the call,
     oldest first (records that are not dead letters are logged and left out)."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-
     topic = settings.alerts_deadletter_topic
-    consumer = Consumer({
-        **settings.kafka_client_config(),
-        "group.id": f"vigil-redeliver-{uuid.uuid4().hex[:8]}",  # never committed
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-    })
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise KafkaException(f"no topic {topic}: {metadata.error if metadata else ''}")
-        ends: dict[int, int] = {}
-        for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout_s)
-            if high > low:
-                ends[partition] = high
-        if not ends:
-            return []
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        records: list[tuple[int, int, AlertDeadLetter]] = []
-        deadline = time.monotonic() + timeout_s
-        while ends:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}: partitions {sorted(ends)} not read to "
-                                   f"their end within {timeout_s:.0f} s")
-            message = consumer.poll(0.5)
-            if message is None:
-                continue
-            if message.error():
-                raise KafkaException(message.error())
-            partition, offset = message.partition(), message.offset()
-            if offset + 1 >= ends.get(partition, 0):
-                ends.pop(partition, None)
-            record = _decode(message.value())
-            if record is None:
-                log.warning("skipping a record on %s that is not a dead letter: %r", topic,
-                            (message.value() or b"")[:200])
-                continue
-            records.append((record.ts_ms, offset, record))
-        return [r for _, _, r in sorted(records, key=lambda t: (t[0], t[1]))]
-    finally:
-        consumer.close()
+    records: list[tuple[int, int, AlertDeadLetter]] = []
+    for _, offset, value in read_to_end(settings, topic, timeout_s):
+        record = _decode(value)
+        if record is None:
+            log.warning("skipping a record on %s that is not a dead letter: %r", topic,
+                        value[:200])
+            continue
+        records.append((record.ts_ms, offset, record))
+    return [r for _, _, r in sorted(records, key=lambda t: (t[0], t[1]))]
 
 
 def _decode(raw: bytes | None) -> AlertDeadLetter | None:

@@ -223,6 +223,10 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level (debug, info, warning, error).")
 
+    feedback_ttl_days: float = Field(
+        30.0, gt=0, description="How long a pattern operators marked \"not an anomaly\" "
+        "stays taught (in the data's time); marking it again renews it (docs/feedback.md)."
+    )
     chart_history_steps: int = Field(
         120, ge=0, description="Recent steps per series kept in worker memory for alert charts "
         "(24 bytes each; 0 = events carry no chart data)."

@@ -1,7 +1,7 @@
 """Series state in Redis: one compact binary key per series, read and written in batches.
 
 Key ``{prefix}state:{series id}`` holds ``b"VGS" + version byte + one STATE_DTYPE record``
-(about 1.8 KB). Records of the previous formats (versions 2 and 3) are read too: the fields
+(about 1.8 KB). Records of the previous formats (versions 2 to 5) are read too: the fields
 they have are kept and the ones added since start fresh. The record carries the series'
 watermark, so the state and the watermark are written together, in one pipeline per batch,
 before the batch's offsets are committed.
@@ -33,6 +33,7 @@ from vigil.detectors.bank import (
     ADDED_IN_V3,
     ADDED_IN_V4,
     ADDED_IN_V5,
+    ADDED_IN_V6,
     STATE_DTYPE,
     StateBank,
     new_state_bank,
@@ -55,9 +56,9 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"VGS"
 UPGRADED_DRIFT_SPREAD = 1.0  # see _upgrade
-# 5: the open incident's family and direction; 4: drift state; 3: burst state; 2: rarity and
-# recurrence state
-FORMAT_VERSION = 5
+# 6: operators' teaching; 5: the open incident's family and direction; 4: drift state;
+# 3: burst state; 2: rarity and recurrence state
+FORMAT_VERSION = 6
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 RECORD_BYTES = STATE_DTYPE.itemsize
 VALUE_BYTES = len(HEADER) + RECORD_BYTES
@@ -69,9 +70,10 @@ def _without(*added: tuple[str, ...]) -> np.dtype:
 
 
 _LEGACY = {
-    2: _without(ADDED_IN_V3, ADDED_IN_V4, ADDED_IN_V5),
-    3: _without(ADDED_IN_V4, ADDED_IN_V5),
-    4: _without(ADDED_IN_V5),
+    2: _without(ADDED_IN_V3, ADDED_IN_V4, ADDED_IN_V5, ADDED_IN_V6),
+    3: _without(ADDED_IN_V4, ADDED_IN_V5, ADDED_IN_V6),
+    4: _without(ADDED_IN_V5, ADDED_IN_V6),
+    5: _without(ADDED_IN_V6),
 }
 
 

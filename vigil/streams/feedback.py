@@ -1,0 +1,131 @@
+"""``vigil feedback``: operators' verdicts given from the command line, and what is taught.
+
+* ``not-anomaly INCIDENT`` and ``acknowledge INCIDENT`` publish a
+  :class:`~vigil.events.Feedback` record on the feedback topic, as a Telegram button does:
+  the worker turns a ``not_anomaly`` into a lesson for the series' detector state, the
+  notifier stops an acknowledged incident's escalations. The incident is looked up on the
+  anomalies topic (its series, type, direction, peak score and opening).
+* ``forget SERIES…`` publishes ``forget`` records: the worker undoes what the series was
+  taught.
+* ``list`` reads the series' states from Redis and prints the patterns in force.
+
+See docs/feedback.md.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+import uuid
+
+import orjson
+import redis
+
+from vigil.detectors.teaching import Pattern, taught_patterns
+from vigil.events import AnomalyEvent, Feedback, incident_pattern, stable_id
+from vigil.streams.settings import Settings
+from vigil.streams.state import StateFormatError, unpack
+from vigil.streams.topic_reader import read_to_end
+from vigil.times import iso
+
+__all__ = ["find_incident", "forget_feedback", "publish_feedback", "taught", "verdict"]
+
+
+def find_incident(settings: Settings, incident_id: str, timeout_s: float = 60.0
+                  ) -> list[AnomalyEvent]:
+    """The events of ``incident_id`` on the anomalies topic, oldest first ([] if none)."""
+    found = []
+    needle = incident_id.encode()
+    for _, _, value in read_to_end(settings, settings.anomalies_topic, timeout_s):
+        if needle not in value:  # most records: skip without decoding
+            continue
+        try:
+            data = orjson.loads(value)
+            data.pop("__faust", None)
+            event = AnomalyEvent(**data)
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+            continue
+        if event.incident_id == incident_id:
+            found.append(event)
+    return sorted(found, key=lambda e: e.ts_ms)
+
+
+def verdict(action: str, events: list[AnomalyEvent], user: str) -> Feedback:
+    """The feedback record of ``action`` (``not_anomaly`` or ``acknowledge``) on the
+    incident whose ``events`` are given, from ``user`` at the command line."""
+    now_ms = int(time.time() * 1000)
+    first = events[0]
+    return Feedback(
+        feedback_id=stable_id("cli", action, first.incident_id, uuid.uuid4().hex),
+        action=action,
+        incident_id=first.incident_id,
+        series=first.series,
+        notification_id="",
+        receiver="",
+        user_id=0,
+        user_name=user,
+        chat_id=0,
+        ts_ms=now_ms,
+        ts=iso(now_ms),
+        source="cli",
+        pattern=incident_pattern(events) if action == "not_anomaly" else None,
+    )
+
+
+def forget_feedback(series: str, user: str) -> Feedback:
+    """A ``forget`` record: undo what ``series`` was taught."""
+    now_ms = int(time.time() * 1000)
+    return Feedback(
+        feedback_id=stable_id("cli", "forget", series, uuid.uuid4().hex), action="forget",
+        incident_id="", series=series, notification_id="", receiver="", user_id=0,
+        user_name=user, chat_id=0, ts_ms=now_ms, ts=iso(now_ms), source="cli",
+    )
+
+
+def publish_feedback(settings: Settings, records: list[Feedback], timeout_s: float = 30.0
+                     ) -> None:
+    """Write ``records`` to the feedback topic (key: incident id, else series) and wait."""
+    from confluent_kafka import KafkaException, Producer
+
+    producer = Producer(settings.kafka_client_config())
+    errors: list[str] = []
+
+    def delivered(err, _msg) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    for record in records:
+        producer.produce(settings.feedback_topic, key=(record.incident_id or record.series),
+                         value=orjson.dumps(record.asdict()), on_delivery=delivered)
+    left = producer.flush(timeout_s)
+    if left or errors:
+        raise KafkaException(f"feedback not written to {settings.feedback_topic}: "
+                             f"{errors[0] if errors else f'{left} record(s) still queued'}")
+
+
+def taught(settings: Settings, selector: str = "*", now_ms: int | None = None
+           ) -> list[tuple[str, list[Pattern]]]:
+    """The series matching ``selector`` (a glob on the series id) with the patterns taught
+    to them and still in force, read from Redis (``SCAN`` over the state keys)."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    client = redis.Redis.from_url(settings.redis_url)
+    prefix = f"{settings.redis_prefix}state:"
+    out = []
+    try:
+        keys = [k for k in client.scan_iter(match=prefix + "*", count=1000)
+                if fnmatch.fnmatchcase(k.decode()[len(prefix):], selector)]
+        for lo in range(0, len(keys), 1000):
+            chunk = keys[lo : lo + 1000]
+            for key, value in zip(chunk, client.mget(chunk), strict=True):
+                if value is None:
+                    continue
+                try:
+                    bank, _ = unpack([value])
+                except StateFormatError:
+                    continue
+                patterns = taught_patterns(bank.records[0], now_ms)
+                if patterns:
+                    out.append((key.decode()[len(prefix):], patterns))
+    finally:
+        client.close()
+    return sorted(out)
