@@ -26,7 +26,7 @@ def _event(n: int, kind: str = "open") -> dict:
         "name": "cpu", "labels": {"host": "a"}, "ts": "", "ts_ms": NOW + n * 60_000,
         "value": 9.0, "expected": 1.0, "lower": 0.5, "upper": 1.5, "score": 12.0,
         "severity": "major", "anomaly_type": "point", "detectors": ["seasonal"],
-        "reason": "way up", "context": {"ts_ms": [1], "value": [1.0]},
+        "reason": "way up", "context": {"ts_ms": [1], "value": [1.0]}, "z": 16.0,
     }
 
 
@@ -73,11 +73,16 @@ async def client():
     feed = AnomalyFeed("unused:9092", "anomalies", backlog=10, client_queue=3,
                        seed=store.recent_events)
     await feed._seed()
-    dashboard = Dashboard(TOKEN, feed, store)
+    published = []
+
+    async def publish(record) -> None:
+        published.append(record)
+
+    dashboard = Dashboard(TOKEN, feed, store, publish=publish)
     app = web.Application()
     dashboard.install(app)
     async with TestClient(TestServer(app)) as c:
-        c.store, c.feed, c.dashboard = store, feed, dashboard
+        c.store, c.feed, c.dashboard, c.published = store, feed, dashboard, published
         yield c
     dashboard.close()
 
@@ -125,6 +130,27 @@ async def test_series_steps_incident_json_from_the_store(client):
     assert (await client.get("/dashboard/api/incidents/nope", headers=AUTH)).status == 404
     bad = await client.get("/dashboard/api/series?hours=abc", headers=AUTH)
     assert bad.status == 400
+
+
+async def test_verdicts_from_the_incident_view_are_published_as_feedback(client):
+    url = "/dashboard/api/incidents/inc1/feedback"
+    refused = await client.post(url, data=b'{"action": "not_anomaly"}')
+    assert refused.status == 401 and client.published == []
+    done = await client.post(url, headers=AUTH, data=b'{"action": "not_anomaly", "user": "ann"}')
+    assert done.status == 200
+    (record,) = client.published
+    assert (record.action, record.incident_id, record.user_name, record.source) == (
+        "not_anomaly", "inc1", "ann", "dashboard")
+    assert record.pattern == {"anomaly_type": "point", "direction": 1, "peak_score": 16.0,
+                              "opened_ms": NOW + 60_000}
+    ack = await client.post(url, headers=AUTH, data=b'{"action": "acknowledge"}')
+    assert ack.status == 200 and client.published[-1].pattern is None
+    assert client.published[-1].user_name == "dashboard"
+    for body, status in ((b'{"action": "mute"}', 400), (b"junk", 400)):
+        assert (await client.post(url, headers=AUTH, data=body)).status == status
+    missing = await client.post("/dashboard/api/incidents/nope/feedback", headers=AUTH,
+                                data=b'{"action": "acknowledge"}')
+    assert missing.status == 404 and len(client.published) == 2
 
 
 async def test_chart_is_a_png_of_the_stored_steps(client):

@@ -21,7 +21,8 @@ from vigil.detectors.bank import new_state_bank
 from vigil.detectors.online import ANOMALY_TYPES, OnlineDetector
 from vigil.detectors.teaching import Pattern, forget, pattern_from_incident, taught_patterns, teach
 from vigil.devtools.embedded import TopicCollector
-from vigil.streams.feedback import find_incident, publish_feedback, taught, verdict
+from vigil.events import verdict
+from vigil.streams.feedback import find_incident, publish_feedback, taught
 from vigil.streams.pipeline import DetectionPipeline
 from vigil.streams.settings import Settings
 from vigil.streams.state import RedisStateStore

@@ -17,11 +17,10 @@ from aiosmtpd.controller import Controller
 
 from vigil.devtools.botapi import BotAPIServer
 from vigil.devtools.embedded import free_port
-from vigil.events import AnomalyEvent, stable_id
+from vigil.events import AnomalyEvent, stable_id, verdict
 from vigil.sinks.alerts import AlertingConfig, RateLimiter
 from vigil.sinks.delivery import Notifier, NotifierStore, build_channels
 from vigil.sinks.telegram import TelegramBot
-from vigil.streams.feedback import verdict
 
 pytestmark = pytest.mark.integration
 

@@ -186,7 +186,8 @@ def feedback_not_anomaly(
 ) -> None:
     """Teach the incident's series that this pattern is normal (as the Telegram button)."""
     from vigil.detectors.teaching import FAMILY_NAMES, family_of
-    from vigil.streams.feedback import publish_feedback, verdict
+    from vigil.events import verdict
+    from vigil.streams.feedback import publish_feedback
 
     settings = _startup_settings()
     record = verdict("not_anomaly", _incident_events(settings, incident), user)
@@ -202,7 +203,8 @@ def feedback_acknowledge(
     incident: str = typer.Argument(..., help="Incident id."), user: str = _USER,
 ) -> None:
     """Take the incident on: the notifier sends no more escalations of it."""
-    from vigil.streams.feedback import publish_feedback, verdict
+    from vigil.events import verdict
+    from vigil.streams.feedback import publish_feedback
 
     settings = _startup_settings()
     record = verdict("acknowledge", _incident_events(settings, incident), user)

@@ -11,8 +11,12 @@ read them: all of them use these classes (and :data:`EVENT_FIELDS`), never a cop
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 
 import faust
+
+from vigil.times import iso
 
 __all__ = [
     "EVENT_FIELDS",
@@ -22,6 +26,7 @@ __all__ = [
     "Feedback",
     "incident_pattern",
     "severity_rank",
+    "verdict",
     "stable_id",
 ]
 
@@ -159,6 +164,31 @@ def incident_pattern(events: list[AnomalyEvent], earlier: dict | None = None,
     pattern["peak_score"] = max([float(pattern["peak_score"]),
                                  *(float(e.z) for e in events if e.kind != "resolve")])
     return pattern
+
+
+def verdict(action: str, events: list[AnomalyEvent], user: str, source: str = "cli"
+            ) -> Feedback:
+    """An operator's ``action`` (``not_anomaly`` or ``acknowledge``) on the incident whose
+    ``events`` (oldest first) are given, as a feedback record: given by ``user`` from
+    ``source`` (``cli``, ``dashboard``) now; a ``not_anomaly`` carries the incident's
+    pattern (:func:`incident_pattern`)."""
+    now_ms = int(time.time() * 1000)
+    first = events[0]
+    return Feedback(
+        feedback_id=stable_id(source, action, first.incident_id, uuid.uuid4().hex),
+        action=action,
+        incident_id=first.incident_id,
+        series=first.series,
+        notification_id="",
+        receiver="",
+        user_id=0,
+        user_name=user,
+        chat_id=0,
+        ts_ms=now_ms,
+        ts=iso(now_ms),
+        source=source,
+        pattern=incident_pattern(events) if action == "not_anomaly" else None,
+    )
 
 
 #: The fields of :class:`AnomalyEvent`, in order.

@@ -11,6 +11,8 @@
 * ``/dashboard/api/…`` — JSON read from ClickHouse (the contract of
   :class:`vigil.sinks.clickhouse.ClickHouseStore`); the store's calls are synchronous and run
   in a thread.
+* ``POST /dashboard/api/incidents/{id}/feedback`` — an operator's verdict (*Not an anomaly*,
+  *Acknowledge*) published to the feedback topic, as the Telegram buttons do.
 * ``/dashboard/chart.png`` — a series' steps drawn by :func:`vigil.sinks.charts.render_chart`
   in a separate process (drawing is CPU-bound and would hold the GIL against the loop).
 
@@ -29,7 +31,7 @@ import hmac
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from importlib import resources
@@ -38,6 +40,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from vigil.events import EVENT_FIELDS, AnomalyEvent, Feedback, verdict
 from vigil.sinks import metrics
 from vigil.sinks.charts import chart_process_pool, render_chart
 
@@ -255,6 +258,7 @@ class Dashboard:
         feed: AnomalyFeed,
         store: Any | None = None,
         z_marked: float = 6.0,
+        publish: Callable[[Feedback], Awaitable[Any]] | None = None,
     ) -> None:
         if not token:
             raise ValueError("the dashboard needs a non-empty token")
@@ -263,6 +267,7 @@ class Dashboard:
         self.feed = feed
         self.store = store
         self.z_marked = z_marked
+        self.publish = publish  # operators' verdicts to the feedback topic
         self._chart_pool: ProcessPoolExecutor | None = None
 
     def install(self, app: web.Application) -> None:
@@ -280,6 +285,8 @@ class Dashboard:
         ]
         for path, handler in routes:
             app.router.add_get(path, self._guarded(handler))
+        app.router.add_post("/dashboard/api/incidents/{incident_id}/feedback",
+                            self._guarded(self.feedback))
         app.on_shutdown.append(self._on_shutdown)
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -432,6 +439,31 @@ class Dashboard:
             raise web.HTTPNotFound(text='{"error": "no such incident"}',
                                    content_type="application/json")
         return self._json(incident)
+
+    async def feedback(self, request: web.Request) -> web.StreamResponse:
+        """``POST {"action": "not_anomaly" | "acknowledge", "user": "…"}``: an operator's
+        verdict on the incident, published as the Telegram buttons do (docs/feedback.md)."""
+        if self.publish is None:
+            raise web.HTTPServiceUnavailable(text='{"error": "feedback is not wired"}',
+                                             content_type="application/json")
+        try:
+            body = orjson.loads(await request.read())
+            action, user = body["action"], str(body.get("user") or "dashboard")[:100]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise web.HTTPBadRequest(text='{"error": "send {\\"action\\": …}"}',
+                                     content_type="application/json") from None
+        if action not in ("not_anomaly", "acknowledge"):
+            raise web.HTTPBadRequest(text='{"error": "action: not_anomaly or acknowledge"}',
+                                     content_type="application/json")
+        incident = await self._read("incident", request.match_info["incident_id"])
+        if incident is None or not incident.get("events"):
+            raise web.HTTPNotFound(text='{"error": "no such incident"}',
+                                   content_type="application/json")
+        events = [AnomalyEvent(**{k: e[k] for k in EVENT_FIELDS if k in e})
+                  for e in incident["events"]]
+        record = verdict(action, events, user, source="dashboard")
+        await self.publish(record)
+        return self._json(record.asdict())
 
     async def chart(self, request: web.Request) -> web.StreamResponse:
         series = self._series_arg(request)

@@ -37,6 +37,7 @@ from faust.types import EventT, TopicT
 from mode import CrashingSupervisor
 
 from vigil.detectors.online import warm_up
+from vigil.events import Feedback
 from vigil.retrying import STORE_OUTAGE
 from vigil.sinks import metrics
 from vigil.streams.input_health import InputHealth, reason_class
@@ -281,7 +282,13 @@ def add_dashboard(app: faust.App, settings: Settings) -> None:
         seed=store.recent_events if store is not None else None,
         security=settings.kafka_aiokafka_security(),
     )
-    dashboard = Dashboard(token, feed, store, z_marked=settings.detector.z_open)
+    feedback_topic = app.topic(settings.feedback_topic, internal=True, key_serializer="raw")
+
+    async def publish(record: Feedback) -> None:
+        await (await feedback_topic.send(key=record.incident_id.encode(), value=record))
+
+    dashboard = Dashboard(token, feed, store, z_marked=settings.detector.z_open,
+                          publish=publish)
     dashboard.install(app.web.web_app)
 
     @app.task

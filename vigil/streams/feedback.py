@@ -22,13 +22,13 @@ import orjson
 import redis
 
 from vigil.detectors.teaching import Pattern, taught_patterns
-from vigil.events import AnomalyEvent, Feedback, incident_pattern, stable_id
+from vigil.events import AnomalyEvent, Feedback, stable_id
 from vigil.streams.settings import Settings
 from vigil.streams.state import StateFormatError, unpack
 from vigil.streams.topic_reader import read_to_end
 from vigil.times import iso
 
-__all__ = ["find_incident", "forget_feedback", "publish_feedback", "taught", "verdict"]
+__all__ = ["find_incident", "forget_feedback", "publish_feedback", "taught"]
 
 
 def find_incident(settings: Settings, incident_id: str, timeout_s: float = 60.0
@@ -48,28 +48,6 @@ def find_incident(settings: Settings, incident_id: str, timeout_s: float = 60.0
         if event.incident_id == incident_id:
             found.append(event)
     return sorted(found, key=lambda e: e.ts_ms)
-
-
-def verdict(action: str, events: list[AnomalyEvent], user: str) -> Feedback:
-    """The feedback record of ``action`` (``not_anomaly`` or ``acknowledge``) on the
-    incident whose ``events`` are given, from ``user`` at the command line."""
-    now_ms = int(time.time() * 1000)
-    first = events[0]
-    return Feedback(
-        feedback_id=stable_id("cli", action, first.incident_id, uuid.uuid4().hex),
-        action=action,
-        incident_id=first.incident_id,
-        series=first.series,
-        notification_id="",
-        receiver="",
-        user_id=0,
-        user_name=user,
-        chat_id=0,
-        ts_ms=now_ms,
-        ts=iso(now_ms),
-        source="cli",
-        pattern=incident_pattern(events) if action == "not_anomaly" else None,
-    )
 
 
 def forget_feedback(series: str, user: str) -> Feedback:
