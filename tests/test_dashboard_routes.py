@@ -75,8 +75,9 @@ async def client():
     await feed._seed()
     published = []
 
-    async def publish(record) -> None:
+    async def publish(record) -> str:
         published.append(record)
+        return "an offer" if record.action == "not_anomaly" else ""
 
     dashboard = Dashboard(TOKEN, feed, store, publish=publish)
     app = web.Application()
@@ -137,7 +138,7 @@ async def test_verdicts_from_the_incident_view_are_published_as_feedback(client)
     refused = await client.post(url, data=b'{"action": "not_anomaly"}')
     assert refused.status == 401 and client.published == []
     done = await client.post(url, headers=AUTH, data=b'{"action": "not_anomaly", "user": "ann"}')
-    assert done.status == 200
+    assert done.status == 200 and (await done.json())["offer"] == "an offer"
     (record,) = client.published
     assert (record.action, record.incident_id, record.user_name, record.source) == (
         "not_anomaly", "inc1", "ann", "dashboard")

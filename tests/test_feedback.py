@@ -22,7 +22,7 @@ from vigil.detectors.online import ANOMALY_TYPES, OnlineDetector
 from vigil.detectors.teaching import Pattern, forget, pattern_from_incident, taught_patterns, teach
 from vigil.devtools.embedded import TopicCollector
 from vigil.events import verdict
-from vigil.streams.feedback import find_incident, publish_feedback, taught
+from vigil.streams.feedback import find_incident, publish_feedback, series_of_metric, taught
 from vigil.streams.pipeline import DetectionPipeline
 from vigil.streams.settings import Settings
 from vigil.streams.state import RedisStateStore
@@ -128,6 +128,24 @@ def test_teaching_again_renews_and_a_full_record_reuses_the_slot_expiring_first(
     assert len(taught_patterns(record, 2_500)) == 4
     assert len(taught_patterns(record, 3_001)) == 3  # expired ones are not in force
     assert forget(record) == 4 and taught_patterns(record, 0) == []
+
+
+def test_the_series_of_a_metric_are_found_by_their_state_keys(redis_url: str):
+    import redis
+
+    prefix = "vigil-test-metric:"
+    settings = Settings(redis_url=redis_url, redis_prefix=prefix)
+    client = redis.Redis.from_url(redis_url)
+    ids = ['cpu{host="a"}', 'cpu{host="b"}', "cpu", 'cpu_total{host="a"}', 'cp*u{host="a"}']
+    try:
+        for s in ids:
+            client.set(f"{prefix}state:{s}", b"x")
+        assert series_of_metric(settings, 'cpu{host="z"}') == ["cpu", 'cpu{host="a"}',
+                                                                'cpu{host="b"}']
+        assert series_of_metric(settings, "cp*u") == ['cp*u{host="a"}']
+    finally:
+        client.delete(*[f"{prefix}state:{s}" for s in ids])
+        client.close()
 
 
 # --- end to end: a real worker, broker and Redis ------------------------------------------------

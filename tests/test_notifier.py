@@ -637,6 +637,23 @@ async def test_buttons_publish_feedback_and_mute_silences(redis_url, botapi):
     assert len(later) == 1 and "db-2" in later[0].text
 
 
+async def test_the_third_series_of_a_metric_marked_offers_to_teach_the_metric(redis_url, botapi):
+    async with Harness(redis_url, telegram_config(botapi)) as h:
+        alerts = []
+        for host in ("db-1", "db-2", "db-3"):
+            await h.send(make_event(series=f'disk_io{{host="{host}"}}'))
+            await h.settle()
+            alerts.append(botapi.sent()[-1])
+        presses = h.bot.presses()
+        for alert in alerts:
+            botapi.press(alert, 2, username="bob")  # Not an anomaly
+            await h.notifier.handle_press(await asyncio.wait_for(anext(presses), 10), h.bot)
+        await presses.aclose()
+    answers = [a["text"] for a in botapi.answers]
+    assert ["--metric" in a for a in answers] == [False, False, True]
+    assert "3 series of disk_io have been marked" in answers[2]
+
+
 async def test_acknowledge_stops_escalations_but_not_the_resolve(redis_url, botapi):
     async with Harness(redis_url, telegram_config(botapi)) as h:
         opened = make_event()

@@ -183,19 +183,27 @@ def _incident_events(settings, incident_id: str) -> list:
 def feedback_not_anomaly(
     incident: str = typer.Argument(..., help="Incident id (in the alert and the dashboard)."),
     user: str = _USER,
+    metric: bool = typer.Option(
+        False, "--metric", help="Teach the pattern to every series of the incident's metric "
+        "(those with a state in Redis), not only to its own."),
 ) -> None:
     """Teach the incident's series that this pattern is normal (as the Telegram button)."""
     from vigil.detectors.teaching import FAMILY_NAMES, family_of
-    from vigil.events import verdict
-    from vigil.streams.feedback import publish_feedback
+    from vigil.events import stable_id, verdict
+    from vigil.streams.feedback import publish_feedback, series_of_metric
 
     settings = _startup_settings()
     record = verdict("not_anomaly", _incident_events(settings, incident), user)
-    publish_feedback(settings, [record])
+    records = [record]
+    if metric:
+        records += [record.derive(series=s, feedback_id=stable_id(record.feedback_id, s))
+                    for s in series_of_metric(settings, record.series) if s != record.series]
+    publish_feedback(settings, records)
     pattern = record.pattern
-    typer.echo(f"{record.series}: {FAMILY_NAMES[family_of(pattern['anomaly_type'])]} "
-               f"({pattern['anomaly_type']}, peak {pattern['peak_score']:.1f}σ) marked not an "
-               f"anomaly for {settings.feedback_ttl_days:g} days")
+    for r in records:
+        typer.echo(f"{r.series}: {FAMILY_NAMES[family_of(pattern['anomaly_type'])]} "
+                   f"({pattern['anomaly_type']}, peak {pattern['peak_score']:.1f}σ) marked not "
+                   f"an anomaly for {settings.feedback_ttl_days:g} days")
 
 
 @feedback_app.command("acknowledge")

@@ -258,7 +258,7 @@ class Dashboard:
         feed: AnomalyFeed,
         store: Any | None = None,
         z_marked: float = 6.0,
-        publish: Callable[[Feedback], Awaitable[Any]] | None = None,
+        publish: Callable[[Feedback], Awaitable[str]] | None = None,
     ) -> None:
         if not token:
             raise ValueError("the dashboard needs a non-empty token")
@@ -267,7 +267,8 @@ class Dashboard:
         self.feed = feed
         self.store = store
         self.z_marked = z_marked
-        self.publish = publish  # operators' verdicts to the feedback topic
+        # Operators' verdicts to the feedback topic; answers the offer to teach the metric.
+        self.publish = publish
         self._chart_pool: ProcessPoolExecutor | None = None
 
     def install(self, app: web.Application) -> None:
@@ -462,8 +463,8 @@ class Dashboard:
         events = [AnomalyEvent(**{k: e[k] for k in EVENT_FIELDS if k in e})
                   for e in incident["events"]]
         record = verdict(action, events, user, source="dashboard")
-        await self.publish(record)
-        return self._json(record.asdict())
+        offer = await self.publish(record)  # where many series of the metric are marked
+        return self._json({**record.asdict(), "offer": offer or ""})
 
     async def chart(self, request: web.Request) -> web.StreamResponse:
         series = self._series_arg(request)

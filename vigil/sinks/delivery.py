@@ -50,6 +50,7 @@ from tenacity import (
 
 from vigil.events import AlertDeadLetter, AnomalyEvent, Feedback, incident_pattern, stable_id
 from vigil.retrying import STORE_OUTAGE, redis_retrying
+from vigil.series import parse_series
 from vigil.sinks import metrics
 from vigil.sinks.alertmanager import AlertmanagerChannel
 from vigil.sinks.alerts import (
@@ -92,6 +93,14 @@ __all__ = [
 log = logging.getLogger("vigil.notifier")
 
 RECORD_TTL_S = 30 * 86_400
+#: Series of one metric marked "not an anomaly" from which the whole metric is offered.
+METRIC_OFFER_SERIES = 3
+
+
+def metric_offer_text(name: str, marked: int, incident_id: str) -> str:
+    """The offer to teach a pattern to every series of a metric (message and dashboard)."""
+    return (f"{marked} series of {name} have been marked not an anomaly: "
+            f"`vigil feedback not-anomaly {incident_id} --metric` teaches every {name} series.")
 MUTE_S = 3_600
 SILENCE_KEEP_S = 7 * 86_400  # expired silences stay listable (`--all`) this long
 
@@ -106,7 +115,9 @@ class NotifierStore:
     * ``notify:open:<receiver>`` — the alerts posted to an Alertmanager receiver and not yet
       ended (re-posted while open), by incident;
     * ``notify:redelivered:<notification>:<channel>`` — dead letters sent again by
-      ``vigil alerts redeliver`` (so a second run sends nothing twice).
+      ``vigil alerts redeliver`` (so a second run sends nothing twice);
+    * ``notify:marked:<metric name>`` — the series of that metric operators marked "not an
+      anomaly" in the last 30 days (the offer to teach the whole metric).
     """
 
     def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
@@ -129,6 +140,18 @@ class NotifierStore:
     async def put_incident(self, receiver: str, incident_id: str, record: dict) -> None:
         key = f"{self.prefix}incident:{receiver}:{incident_id}"
         await self._call(lambda: self.client.set(key, orjson.dumps(record), ex=RECORD_TTL_S))
+
+    async def mark_not_anomaly(self, name: str, series: str) -> int:
+        """Remember that ``series`` (of metric ``name``) was marked "not an anomaly"; how many
+        series of that metric were, in the last 30 days."""
+        key = f"{self.prefix}marked:{name}"
+
+        async def mark() -> int:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.sadd(key, series).expire(key, RECORD_TTL_S).scard(key)
+                return (await pipe.execute())[-1]
+
+        return int(await self._call(mark))
 
     async def get_notification(self, notification_id: str) -> dict | None:
         raw = await self._call(
@@ -889,6 +912,17 @@ class Notifier:
 
     # --- feedback from Telegram buttons -----------------------------------------------------
 
+    async def metric_offer(self, incidents: list[dict]) -> str:
+        """After a "not an anomaly": where :data:`METRIC_OFFER_SERIES` or more series of one
+        metric have been marked so, the command that teaches every series of the metric."""
+        offers = []
+        for incident in incidents:
+            name = parse_series(incident["series"])[0]
+            marked = await self.store.mark_not_anomaly(name, incident["series"])
+            if marked >= METRIC_OFFER_SERIES:
+                offers.append(metric_offer_text(name, marked, incident["incident_id"]))
+        return "".join(f" {o}" for o in dict.fromkeys(offers))
+
     async def acknowledge(self, receiver: str, incident_id: str, who: str, now_ms: int) -> bool:
         """Record that ``who`` took the incident on: its escalations are no longer sent to
         ``receiver`` (its resolve still is). False when the incident is unknown or was
@@ -955,6 +989,7 @@ class Notifier:
             text = ("Recorded as not an anomaly: vigil will not alert on this pattern of "
                     f"{', '.join(series)} again unless it is clearly larger "
                     "(`vigil feedback forget` undoes it).")
+            text += await self.metric_offer(record["incidents"])
         log.info("%s pressed %s on %s", press.user_name, press.action, press.notification_id)
         await bot.answer(press.callback_id, text)
 

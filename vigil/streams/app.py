@@ -39,6 +39,7 @@ from mode import CrashingSupervisor
 from vigil.detectors.online import warm_up
 from vigil.events import Feedback
 from vigil.retrying import STORE_OUTAGE
+from vigil.series import parse_series
 from vigil.sinks import metrics
 from vigil.streams.input_health import InputHealth, reason_class
 from vigil.streams.lstm_scorer import LstmScorer
@@ -252,7 +253,7 @@ def add_remote_write(app: faust.App, settings: Settings, topic: TopicT) -> None:
              settings.web_host, settings.web_port, topic.get_topic_name())
 
 
-def add_dashboard(app: faust.App, settings: Settings) -> None:
+def add_dashboard(app: faust.App, settings: Settings, redis_client: aioredis.Redis) -> None:
     """The live dashboard under ``/dashboard`` when ``dashboard_token`` is set."""
     token = settings.dashboard_token.get_secret_value() if settings.dashboard_token else ""
     if not token:
@@ -265,6 +266,7 @@ def add_dashboard(app: faust.App, settings: Settings) -> None:
         log.warning("the dashboard token is short (%d characters); use a random one, e.g. "
                     "openssl rand -hex 16", len(token))
     from vigil.sinks.dashboard import AnomalyFeed, Dashboard
+    from vigil.sinks.delivery import METRIC_OFFER_SERIES, NotifierStore, metric_offer_text
 
     store = None
     if settings.clickhouse_url:
@@ -284,8 +286,17 @@ def add_dashboard(app: faust.App, settings: Settings) -> None:
     )
     feedback_topic = app.topic(settings.feedback_topic, internal=True, key_serializer="raw")
 
-    async def publish(record: Feedback) -> None:
+    marks = NotifierStore(redis_client, settings.redis_prefix)
+
+    async def publish(record: Feedback) -> str:
+        """Publish the verdict; after a "not an anomaly", the offer to teach the metric."""
         await (await feedback_topic.send(key=record.incident_id.encode(), value=record))
+        if record.action != "not_anomaly":
+            return ""
+        name = parse_series(record.series)[0]
+        marked = await marks.mark_not_anomaly(name, record.series)
+        return (metric_offer_text(name, marked, record.incident_id)
+                if marked >= METRIC_OFFER_SERIES else "")
 
     dashboard = Dashboard(token, feed, store, z_marked=settings.detector.z_open,
                           publish=publish)
@@ -503,7 +514,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             settings.remote_write_topic or topics[0], value_serializer="raw",
             key_serializer="raw"))
     track_consumer_lag(app, settings.lag_refresh_s)
-    add_dashboard(app, settings)
+    add_dashboard(app, settings, redis_client)
 
     if lstm is not None:
 

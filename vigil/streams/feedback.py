@@ -23,12 +23,14 @@ import redis
 
 from vigil.detectors.teaching import Pattern, taught_patterns
 from vigil.events import AnomalyEvent, Feedback, stable_id
+from vigil.series import parse_series
 from vigil.streams.settings import Settings
 from vigil.streams.state import StateFormatError, unpack
 from vigil.streams.topic_reader import read_to_end
 from vigil.times import iso
 
-__all__ = ["find_incident", "forget_feedback", "publish_feedback", "taught"]
+__all__ = ["find_incident", "forget_feedback", "publish_feedback", "series_of_metric",
+           "taught"]
 
 
 def find_incident(settings: Settings, incident_id: str, timeout_s: float = 60.0
@@ -81,6 +83,28 @@ def publish_feedback(settings: Settings, records: list[Feedback], timeout_s: flo
                              f"{errors[0] if errors else f'{left} record(s) still queued'}")
 
 
+def _state_keys(client: redis.Redis, settings: Settings, match: str) -> list[str]:
+    """The series ids whose state keys match ``match`` (a Redis glob on the series id)."""
+    prefix = f"{settings.redis_prefix}state:"
+    return [k.decode()[len(prefix):] for k in client.scan_iter(match=prefix + match, count=1000)]
+
+
+def series_of_metric(settings: Settings, series: str) -> list[str]:
+    """Every series with a state in Redis whose metric name is ``series``'s."""
+    name = parse_series(series)[0]
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        found = _state_keys(client, settings, _redis_glob(name) + "*")
+    finally:
+        client.close()
+    return sorted(s for s in found if parse_series(s)[0] == name)
+
+
+def _redis_glob(text: str) -> str:
+    """``text`` as a literal in a Redis glob."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 def taught(settings: Settings, selector: str = "*", now_ms: int | None = None
            ) -> list[tuple[str, list[Pattern]]]:
     """The series matching ``selector`` (a glob on the series id) with the patterns taught
@@ -90,11 +114,11 @@ def taught(settings: Settings, selector: str = "*", now_ms: int | None = None
     prefix = f"{settings.redis_prefix}state:"
     out = []
     try:
-        keys = [k for k in client.scan_iter(match=prefix + "*", count=1000)
-                if fnmatch.fnmatchcase(k.decode()[len(prefix):], selector)]
-        for lo in range(0, len(keys), 1000):
-            chunk = keys[lo : lo + 1000]
-            for key, value in zip(chunk, client.mget(chunk), strict=True):
+        series = [s for s in _state_keys(client, settings, "*")
+                  if fnmatch.fnmatchcase(s, selector)]
+        for lo in range(0, len(series), 1000):
+            chunk = series[lo : lo + 1000]
+            for s, value in zip(chunk, client.mget([prefix + c for c in chunk]), strict=True):
                 if value is None:
                     continue
                 try:
@@ -103,7 +127,7 @@ def taught(settings: Settings, selector: str = "*", now_ms: int | None = None
                     continue
                 patterns = taught_patterns(bank.records[0], now_ms)
                 if patterns:
-                    out.append((key.decode()[len(prefix):], patterns))
+                    out.append((s, patterns))
     finally:
         client.close()
     return sorted(out)
