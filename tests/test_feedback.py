@@ -223,3 +223,36 @@ def test_marked_not_an_anomaly_through_the_worker_survives_a_restart(stack: Stac
     finally:
         collector.close()
     assert [(e["ts_ms"] - t0) // MIN for e in opens] == [150, 350]
+
+
+# --- the second opinion (item 3): verdicts collected, a model trained and used ----------------
+
+
+def test_train_feedback_fits_the_verdicts_and_writes_a_model(redis_url, tmp_path):
+    import redis
+    from typer.testing import CliRunner
+
+    from vigil.cli import app
+    from vigil.detectors.second_opinion import SecondOpinion, opening_features
+
+    prefix = f"vigil-test-train-{time.time_ns()}:"
+    client = redis.Redis.from_url(redis_url)
+    rng = np.random.default_rng(0)
+    try:
+        for k in range(30):  # real anomalies score higher and come rarely
+            real = k % 3 == 0
+            features = opening_features(14.0 + rng.normal() if real else 7.0 + rng.normal(),
+                                        T0 + k * 3_600_000, [], MIN, [1.0, 2.0])
+            client.hset(f"{prefix}notify:verdicts", f"inc{k}", orjson.dumps(
+                {"ts_ms": T0 + k, "features": features.tolist(), "label": int(real)}))
+        out = tmp_path / "model.json"
+        result = CliRunner().invoke(app, ["train", "--feedback", "--out", str(out)], env={
+            "VIGIL_REDIS_URL": redis_url, "VIGIL_REDIS_PREFIX": prefix})
+    finally:
+        client.delete(f"{prefix}notify:verdicts")
+        client.close()
+    assert result.exit_code == 0, result.output
+    assert "trained on 30 verdicts (10 real, 20 not an anomaly)" in result.output
+    model = SecondOpinion.from_dict(orjson.loads(out.read_bytes()))
+    low, high = (opening_features(z, T0, [], MIN, [1.0, 2.0]) for z in (7.0, 14.0))
+    assert model.probability(low)[0] < 0.5 < model.probability(high)[0]

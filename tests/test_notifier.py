@@ -11,6 +11,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiosmtpd.controller import Controller
@@ -694,6 +695,54 @@ async def test_an_acknowledgement_from_the_command_line_stops_escalations(redis_
         stored = await h.store.get_incident("ops-tg", opened.incident_id)
     assert len(botapi.sent()) == 1
     assert stored["acked_by"] == "dave"
+
+
+# --- the second opinion (docs/feedback.md) -----------------------------------------------------
+
+
+def _model_file(tmp_path, z_middle: float) -> str:
+    """A hand-written model (no training): P(real) rises with z, 0.5 at ``z_middle``."""
+    from vigil.detectors.second_opinion import FEATURES
+
+    n = len(FEATURES)
+    data = {"kind": "logistic", "version": 1, "features": list(FEATURES), "mean": [0.0] * n,
+            "scale": [1.0] * n, "coef": [2.0] + [0.0] * (n - 1), "intercept": -2.0 * z_middle,
+            "l2": 1.0, "n_verdicts": 40}
+    path = tmp_path / "second-opinion.json"
+    path.write_bytes(orjson.dumps(data))
+    return str(path)
+
+
+async def test_the_notifier_keeps_verdicts_and_a_model_holds_back_confident_false_openings(
+        redis_url, botapi, tmp_path):
+    config = telegram_config(botapi, second_opinion_model=_model_file(tmp_path, 10.0),
+                             second_opinion_hold_below=0.2)
+    async with Harness(redis_url, config) as h:
+        weak = make_event(series='jobs{host="a"}')
+        weak.z = 7.0  # P(real) = 0.0025: held back with the rest of its incident
+        strong = make_event(series='jobs{host="b"}')
+        strong.z = 12.0  # 0.98: told, with the opinion
+        await h.send(weak, strong)
+        await h.settle()
+        await h.send(make_event(series='jobs{host="a"}', incident=weak.incident_id,
+                                kind="update", severity="critical",
+                                ts_ms=weak.ts_ms + 2 * STEP_MS))
+        await h.send(make_event(series='jobs{host="a"}', incident=weak.incident_id,
+                                kind="resolve", ts_ms=weak.ts_ms + 40 * STEP_MS, context=False))
+        await h.settle()
+        # Operators' verdicts on what the notifier saw become training rows.
+        for incident, action in ((weak.incident_id, "not_anomaly"),
+                                 (strong.incident_id, "acknowledge")):
+            record = verdict(action, [strong if incident == strong.incident_id else weak], "op")
+            await h.notifier.apply_feedback(record)
+        rows = {k.decode(): orjson.loads(v) for k, v in
+                (await h.client.hgetall(f"{h.prefix}notify:verdicts")).items()}
+    (sent,) = botapi.sent()
+    assert 'jobs{host="b"}' in sent.text and 'jobs{host="a"}' not in sent.text
+    assert "second opinion: 98 % likely a real anomaly (learned from 40" in sent.text
+    assert {k: r["label"] for k, r in rows.items()} == {weak.incident_id: 0,
+                                                      strong.incident_id: 1}
+    assert rows[weak.incident_id]["features"][0] == 7.0
 
 
 async def test_telegram_errors_retry_then_dead_letter(redis_url, botapi):

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import typer
 
 from vigil.streams.settings import Settings
@@ -506,6 +507,27 @@ def score(
                f"into {out} in {run.seconds:.1f} s")
 
 
+def _train_second_opinion(out: Path) -> None:
+    from vigil.detectors.second_opinion import SecondOpinion
+    from vigil.streams.feedback import verdicts
+
+    X, y = verdicts(_startup_settings())
+    if len(y) < 10 or y.min() == y.max():
+        typer.echo(f"{len(y)} verdicts ({int(y.sum())} real, {int(len(y) - y.sum())} not): "
+                   "the second opinion needs at least 10, of both kinds", err=True)
+        raise typer.Exit(1)
+    model = SecondOpinion().fit(X, y)
+    out.write_bytes(orjson.dumps(model.to_dict(), option=orjson.OPT_INDENT_2))
+    p = model.probability(X)
+    typer.echo(f"trained on {len(y)} verdicts ({int(y.sum())} real, {int(len(y) - y.sum())} "
+               f"not an anomaly); wrote {out}")
+    for threshold in (0.1, 0.25, 0.5):
+        held = p < threshold
+        typer.echo(f"  below {threshold:g} (on the verdicts it learned from): "
+                   f"{int((held & (y == 0)).sum())} false and {int((held & (y == 1)).sum())} "
+                   "real openings")
+
+
 @app.command()
 def train(
     data: Path = _DATA,
@@ -525,8 +547,15 @@ def train(
     step: int = typer.Option(0, min=0, help="Resampling step in seconds (0: the data's own)."),
     seed: int = typer.Option(0, help="Seed of weights, split and order (same seed, same model)."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda[:n]."),
+    feedback: bool = typer.Option(
+        False, "--feedback", help="Train the second opinion on operators' verdicts instead "
+        "(docs/feedback.md); --out is its model file (default second-opinion.json)."),
 ) -> None:
-    """Train the global LSTM on what the online detector considers normal; save weights."""
+    """Train the global LSTM on what the online detector considers normal; save weights.
+    With --feedback, the second opinion on incident openings from operators' verdicts."""
+    if feedback:
+        _train_second_opinion(Path("second-opinion.json") if out == Path("lstm.pt") else out)
+        return
     from tqdm import tqdm
 
     import vigil

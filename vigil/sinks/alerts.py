@@ -431,6 +431,12 @@ class AlertingConfig(_Model):
         100, ge=2, description="Messages a receiver holds while it cannot deliver; when "
         "full, the queued ones become one digest per kind (firing, resolved)."
     )
+    second_opinion_model: str | None = Field(
+        None, description="A model file from `vigil train --feedback`: each opening's message "
+        "says how likely operators would call it real (docs/feedback.md).")
+    second_opinion_hold_below: float = Field(
+        0.0, ge=0, lt=1, description="Hold back openings the second opinion gives a "
+        "probability under this (and the rest of their incident); 0 = never.")
     send_resolved: bool = True
     max_event_age_s: float = Field(
         6 * 3600, gt=0, description="Older events (a backfill, a long outage) are not sent."
@@ -517,6 +523,8 @@ class IncidentAlert:
     escalation: bool = False  # an earlier message already reported this incident
     resolved_ms: int | None = None  # resolved before its first message went out
     opened_ms: int | None = None  # when the incident started (resolve messages)
+    # The second opinion (docs/feedback.md): P(a real anomaly) and the verdicts it learned from.
+    opinion: tuple[float, int] | None = None
 
     @property
     def severity(self) -> str:
@@ -668,12 +676,17 @@ def _incident_lines(alert: IncidentAlert, kind: str, compact: bool = False) -> l
             f"• {e.series} — {tag}{e.severity}, {_kind_words(e.anomaly_type)}{extra}: "
             f"{_fmt(e.value)} (expected {_fmt(e.lower)} … {_fmt(e.upper)})"
         ]
-    return [
+    lines = [
         f"• {e.series} — {tag}{e.severity}, {_kind_words(e.anomaly_type)}{extra}",
         f"  value {_fmt(e.value)}, expected {_fmt(e.expected)} "
         f"[{_fmt(e.lower)} … {_fmt(e.upper)}] at {e.ts}",
         f"  {e.reason}",
     ]
+    if alert.opinion is not None:
+        p, verdicts = alert.opinion
+        lines.append(f"  second opinion: {100 * p:.0f} % likely a real anomaly (learned from "
+                     f"{verdicts} operators' verdicts)")
+    return lines
 
 
 @dataclass

@@ -39,6 +39,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from aiogram.exceptions import TelegramRetryAfter
@@ -48,6 +49,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from vigil.detectors.second_opinion import SecondOpinion, opening_features
 from vigil.events import AlertDeadLetter, AnomalyEvent, Feedback, incident_pattern, stable_id
 from vigil.retrying import STORE_OUTAGE, redis_retrying
 from vigil.series import parse_series
@@ -95,6 +97,22 @@ log = logging.getLogger("vigil.notifier")
 RECORD_TTL_S = 30 * 86_400
 #: Series of one metric marked "not an anomaly" from which the whole metric is offered.
 METRIC_OFFER_SERIES = 3
+#: An operator's verdict as a label: acknowledged = a real anomaly.
+VERDICTS = {"acknowledge": 1, "not_anomaly": 0}
+#: Openings kept per series for the second opinion's features (a week and a day).
+OPENINGS_KEPT_MS = 8 * 86_400_000
+#: Operators' verdicts kept for `vigil train --feedback` (the oldest goes first).
+MAX_VERDICTS = 10_000
+
+
+def load_second_opinion(path: str | None) -> SecondOpinion | None:
+    """The model of ``alerts.second_opinion_model`` (None when unset)."""
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        model = SecondOpinion.from_dict(orjson.loads(f.read()))
+    log.info("second opinion from %s (%d verdicts)", path, model.n_verdicts_)
+    return model
 
 
 def metric_offer_text(name: str, marked: int, incident_id: str) -> str:
@@ -117,7 +135,11 @@ class NotifierStore:
     * ``notify:redelivered:<notification>:<channel>`` — dead letters sent again by
       ``vigil alerts redeliver`` (so a second run sends nothing twice);
     * ``notify:marked:<metric name>`` — the series of that metric operators marked "not an
-      anomaly" in the last 30 days (the offer to teach the whole metric).
+      anomaly" in the last 30 days (the offer to teach the whole metric);
+    * ``notify:opens:<series>`` — the series' openings of the last 8 days (a sorted set), and
+      ``notify:opening:<incident>`` the features of an opening (30 days), from which
+      ``notify:verdicts`` (a hash by incident: features and the operator's 0/1 verdict, at
+      most :data:`MAX_VERDICTS`) collects what ``vigil train --feedback`` learns from.
     """
 
     def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
@@ -152,6 +174,48 @@ class NotifierStore:
                 return (await pipe.execute())[-1]
 
         return int(await self._call(mark))
+
+    async def note_opening(self, series: str, incident_id: str, ts_ms: int,
+                           features: list[float]) -> None:
+        """Remember an opening: its time among the series' openings, and its features."""
+        opens, key = f"{self.prefix}opens:{series}", f"{self.prefix}opening:{incident_id}"
+
+        async def note() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.zadd(opens, {incident_id: ts_ms})
+                pipe.zremrangebyscore(opens, "-inf", ts_ms - OPENINGS_KEPT_MS)
+                pipe.expire(opens, OPENINGS_KEPT_MS // 1000)
+                pipe.set(key, orjson.dumps({"ts_ms": ts_ms, "features": features}),
+                         ex=RECORD_TTL_S)
+                await pipe.execute()
+
+        await self._call(note)
+
+    async def previous_openings(self, series: str, before_ms: int) -> list[int]:
+        """The series' openings in the 8 days before ``before_ms``, oldest first."""
+        found = await self._call(lambda: self.client.zrangebyscore(
+            f"{self.prefix}opens:{series}", before_ms - OPENINGS_KEPT_MS, f"({before_ms}",
+            withscores=True))
+        return [int(score) for _, score in found]
+
+    async def add_verdict(self, incident_id: str, label: int) -> bool:
+        """Keep an operator's verdict on an opening this notifier saw (False if unseen)."""
+        raw = await self._call(lambda: self.client.get(f"{self.prefix}opening:{incident_id}"))
+        if raw is None:
+            return False
+        record = {**orjson.loads(raw), "label": int(label)}
+        key = f"{self.prefix}verdicts"
+
+        async def add() -> None:
+            await self.client.hset(key, incident_id, orjson.dumps(record))
+            if await self.client.hlen(key) > MAX_VERDICTS:
+                oldest = min(((k, orjson.loads(v)["ts_ms"])
+                              for k, v in (await self.client.hgetall(key)).items()),
+                             key=lambda kv: kv[1])[0]
+                await self.client.hdel(key, oldest)
+
+        await self._call(add)
+        return True
 
     async def get_notification(self, notification_id: str) -> dict | None:
         raw = await self._call(
@@ -392,6 +456,7 @@ class Notifier:
         self._busy: dict[str, asyncio.Event] = {}  # receiver → set when its delivery is done
         self._silences: list[Silence] = []
         self._silences_read = -1.0
+        self.opinion = load_second_opinion(config.second_opinion_model)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -510,6 +575,16 @@ class Notifier:
             if not receivers:
                 metrics.EVENTS_SUPPRESSED.labels(reason=muted).inc()
                 return
+        opinion = None
+        if event.kind == "open" and not await self._sent_anywhere(receivers, event):
+            opinion = await self._second_opinion(event)
+            if opinion is not None and opinion[0] < self.config.second_opinion_hold_below:
+                for receiver in receivers:  # held: this incident tells nothing from now on
+                    await self.store.put_incident(receiver, event.incident_id, {
+                        "severity_rank": 99, "resolved": True, "held": True,
+                        "opened_ms": event.ts_ms, "series": event.series})
+                metrics.EVENTS_SUPPRESSED.labels(reason="second_opinion").inc()
+                return
         for receiver in receivers:
             if event.kind == "resolve":
                 placed = await self._place_resolve(receiver, event, tracker)
@@ -517,6 +592,33 @@ class Notifier:
                 placed = await self._place_firing(receiver, event, tracker)
             if not placed:
                 metrics.EVENTS_SUPPRESSED.labels(reason="duplicate").inc()
+            elif opinion is not None:
+                alert = self.grouper.find(receiver, "firing", event.incident_id)
+                if alert is not None:
+                    alert.opinion = opinion
+
+    async def _sent_anywhere(self, receivers: list[str], event: AnomalyEvent) -> bool:
+        """An opening already handled (a redelivered event): no second note of it."""
+        for receiver in receivers:
+            if (self.grouper.find(receiver, "firing", event.incident_id) is not None
+                    or await self._sent(receiver, event.incident_id) is not None):
+                return True
+        return False
+
+    async def _second_opinion(self, event: AnomalyEvent) -> tuple[float, int] | None:
+        """Note the opening (its features, for operators' verdicts to train on) and, with a
+        model, how likely operators would call it real: ``(probability, verdicts)``."""
+        context = event.context or {}
+        stamps = context.get("ts_ms") or []
+        step_ms = int(np.median(np.diff(stamps))) if len(stamps) > 1 else 60_000
+        previous = await self.store.previous_openings(event.series, event.ts_ms)
+        features = opening_features(event.z, event.ts_ms, previous, max(step_ms, 1),
+                                    context.get("value") or [])
+        await self.store.note_opening(event.series, event.incident_id, event.ts_ms,
+                                      features.tolist())
+        if self.opinion is None:
+            return None
+        return float(self.opinion.probability(features)[0]), self.opinion.n_verdicts_
 
     async def _place_firing(self, receiver: str, event: AnomalyEvent, tracker: _Ack) -> bool:
         if self.grouper.find(receiver, "firing", event.incident_id) is not None:
@@ -528,6 +630,8 @@ class Notifier:
         told = severity_rank(event.severity) <= record["severity_rank"] if record else False
         if told and not event.change:
             return False
+        if record and record.get("held"):
+            return True  # held back by the second opinion: none of its events is told
         if record and record.get("acked_by"):
             # Someone took the incident on: no more escalations (its resolve is still told).
             metrics.EVENTS_SUPPRESSED.labels(reason="acknowledged").inc()
@@ -940,6 +1044,9 @@ class Notifier:
     async def apply_feedback(self, feedback: Feedback) -> None:
         """Feedback given elsewhere (``vigil feedback``, another notifier's button): an
         acknowledgement stops the incident's escalations for every receiver that told it."""
+        if feedback.action in VERDICTS:
+            # What `vigil train --feedback` learns from (openings this notifier saw).
+            await self.store.add_verdict(feedback.incident_id, VERDICTS[feedback.action])
         if feedback.action != "acknowledge":
             return
         for receiver in self.channels:

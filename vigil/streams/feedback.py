@@ -18,6 +18,7 @@ import fnmatch
 import time
 import uuid
 
+import numpy as np
 import orjson
 import redis
 
@@ -30,7 +31,7 @@ from vigil.streams.topic_reader import read_to_end
 from vigil.times import iso
 
 __all__ = ["find_incident", "forget_feedback", "publish_feedback", "series_of_metric",
-           "taught"]
+           "taught", "verdicts"]
 
 
 def find_incident(settings: Settings, incident_id: str, timeout_s: float = 60.0
@@ -131,3 +132,17 @@ def taught(settings: Settings, selector: str = "*", now_ms: int | None = None
     finally:
         client.close()
     return sorted(out)
+
+
+def verdicts(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """The operators' verdicts the notifier collected (``notify:verdicts``): feature rows and
+    0/1 labels (1: acknowledged, a real anomaly; 0: not an anomaly)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        records = [orjson.loads(v) for v in
+                   client.hgetall(f"{settings.redis_prefix}notify:verdicts").values()]
+    finally:
+        client.close()
+    records.sort(key=lambda r: r["ts_ms"])
+    X = np.array([r["features"] for r in records], np.float64).reshape(len(records), -1)
+    return X, np.array([r["label"] for r in records], np.float64)
