@@ -300,7 +300,9 @@ async def test_a_ten_minute_smtp_outage_loses_no_alert(redis_url):
         controller = Controller(sink, hostname="127.0.0.1", port=port)
         controller.start()  # back on the same port
         try:
-            await h.settle()
+            # 40 messages with their charts: a generous bound for a busy machine (the
+            # virtual clock makes no wait real).
+            await h.settle(timeout=180)
         finally:
             controller.stop()
     told = hosts_in(sink.messages)
