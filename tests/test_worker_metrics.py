@@ -60,7 +60,9 @@ def test_metrics_move_when_points_flow_and_health_reports_the_assignment(stack: 
 
     report = wait_until(assigned, 60, "/health with partitions assigned")
     assert report["redis"] is True and "clickhouse" not in report  # not configured here
-    owned = {stack.input_topic, stack.points_topic}
+    # The worker owns its input, the internal points topic and the feedback topic (operators'
+    # lessons, vigil.teach).
+    owned = {stack.input_topic, stack.points_topic, stack.feedback_topic}
     assert {a.split("/")[0] for a in report["kafka_assigned"]} == owned
     before = scrape(port)
 
