@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # extras. torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench lint setup clean
+.PHONY: demo test bench chaos lint setup clean
 
 $(BIN)/vigil: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(BIN)/vigil
 
 test: $(BIN)/vigil
 	$(BIN)/python -m pytest
+
+# The fault suite: every fault scenario (the slow ones too), then a table of what each sent,
+# expected, lost and duplicated (docs/operations.md).
+chaos: $(BIN)/vigil
+	$(BIN)/python -m pytest -m chaos -q
 
 bench: $(BIN)/vigil
 	$(BIN)/vigil bench

@@ -204,6 +204,34 @@ class Stack:
             self.redis.delete(*keys[i : i + 1000])
 
 
+# --- the fault suite's table (`make chaos`, docs/operations.md) --------------------------------
+
+CHAOS_ROWS: list[dict] = []
+CHAOS_COLUMNS = ("sent", "expected", "lost", "duplicated")
+
+
+@pytest.fixture
+def chaos(request) -> Callable[..., None]:
+    """``chaos(sent=…, expected=…, lost=…, duplicated=…, unit="points")``: a fault scenario's
+    figures, printed as one row of the fault suite's table at the end of the run."""
+    def report(unit: str = "events", **figures: int) -> None:
+        CHAOS_ROWS.append({"scenario": request.node.name, "unit": unit, **figures})
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not CHAOS_ROWS:
+        return
+    terminalreporter.section("fault suite: what each scenario sent, expected, lost, duplicated")
+    width = max(len(r["scenario"]) for r in CHAOS_ROWS)
+    terminalreporter.line(f"{'scenario':{width}}  " + "  ".join(f"{c:>10}" for c in CHAOS_COLUMNS)
+                          + "  unit")
+    for row in CHAOS_ROWS:
+        cells = "  ".join(f"{row.get(c, '–')!s:>10}" for c in CHAOS_COLUMNS)
+        terminalreporter.line(f"{row['scenario']:{width}}  {cells}  {row['unit']}")
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield

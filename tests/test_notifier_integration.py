@@ -107,9 +107,10 @@ def test_worker_events_become_alerts_once_per_incident(stack: Stack, botapi: Bot
     assert resolved and any("already over (resolved after" in m.text for m in botapi.sent())
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("stop", ["graceful", "kill"])
 def test_restart_after_half_the_alerts_alerts_every_incident_once(
-    stack: Stack, botapi: BotAPIServer, stop: str
+    stack: Stack, botapi: BotAPIServer, stop: str, chaos
 ):
     hosts = [f"node-{i:02d}" for i in range(40)]
     events = [make_event(series=f'cpu_usage{{host="{h}"}}') for h in hosts]
@@ -125,6 +126,8 @@ def test_restart_after_half_the_alerts_alerts_every_incident_once(
     time.sleep(2)  # room for a stray repeat to show up
     told = hosts_told(botapi)
     repeated = {h: n for h, n in told.items() if n > 1}
+    chaos(unit="alerts", sent=len(events), expected=len(hosts),
+          lost=len(set(hosts) - set(told)), duplicated=sum(n - 1 for n in told.values()))
     if stop == "graceful":
         assert not repeated, f"a graceful restart repeated alerts: {repeated}"
     else:

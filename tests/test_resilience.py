@@ -30,7 +30,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def test_an_800kb_bad_record_is_dead_lettered_bounded_and_its_batch_is_kept(stack: Stack):
+@pytest.mark.chaos
+def test_an_800kb_bad_record_is_dead_lettered_bounded_and_its_batch_is_kept(stack: Stack, chaos):
     collector = TopicCollector(stack.broker, [stack.deadletter_topic])
     producer = Producer({"bootstrap.servers": stack.broker, "message.max.bytes": 2_000_000})
     start = _now_ms() - 3_600_000
@@ -52,6 +53,7 @@ def test_an_800kb_bad_record_is_dead_lettered_bounded_and_its_batch_is_kept(stac
     finally:
         collector.close()
     assert worker.alive(), worker.log_tail()
+    chaos(unit="points", sent=good, expected=good, lost=good - stack.processed(), duplicated=0)
     assert stack.processed() == good
     record = orjson.loads(letters[0])
     assert len(letters[0]) < 100_000  # bounded: a prefix, not the whole record
@@ -60,7 +62,8 @@ def test_an_800kb_bad_record_is_dead_lettered_bounded_and_its_batch_is_kept(stac
     assert bad.startswith(base64.b64decode(record["raw_b64"]))
 
 
-def test_5000_points_with_long_series_ids_are_routed_without_loss(stack: Stack):
+@pytest.mark.chaos
+def test_5000_points_with_long_series_ids_are_routed_without_loss(stack: Stack, chaos):
     # 316-character series ids that all land on points partition 0: one routed batch of
     # ~1.7 MB if split by count, over the producer's 1,000,000-byte limit.
     pad = "x" * 290
@@ -90,6 +93,7 @@ def test_5000_points_with_long_series_ids_are_routed_without_loss(stack: Stack):
     worker = stack.start_worker()
     stack.wait_processed(sent, worker, timeout=120)
     time.sleep(1)
+    chaos(unit="points", sent=sent, expected=sent, lost=sent - stack.processed(), duplicated=0)
     assert stack.processed() == sent
     assert worker.alive()
 
@@ -103,9 +107,10 @@ def _health(worker) -> tuple[int, dict]:
         return e.code, orjson.loads(e.read())
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("failure", ["oom", "readonly"])
 def test_a_redis_that_cannot_write_is_waited_out_without_losing_points_or_events(
-    stack: Stack, failure: str
+    stack: Stack, failure: str, chaos
 ):
     server = start_redis()
     url = f"redis://127.0.0.1:{server.port}/0"
@@ -151,13 +156,17 @@ def test_a_redis_that_cannot_write_is_waited_out_without_losing_points_or_events
         collector.close()
         server.stop()
     ids = [e["event_id"] for e in events]
+    chaos(sent=sent, expected=len(wanted), lost=len(wanted - set(ids)),
+          duplicated=len(ids) - len(set(ids)))
     assert set(ids) == wanted
     assert len(ids) == len(set(ids)), "waiting out Redis must not repeat any event"
     error = {"oom": "OutOfMemoryError", "readonly": "ReadOnlyError"}[failure]
     assert f"Redis failing ({error}" in worker.log_path.read_text()
 
 
-def test_a_store_error_it_cannot_ride_out_stops_the_worker_without_committing(stack: Stack):
+@pytest.mark.chaos
+def test_a_store_error_it_cannot_ride_out_stops_the_worker_without_committing(stack: Stack,
+                                                                              chaos):
     server = start_redis()
     url = f"redis://127.0.0.1:{server.port}/0"
     admin = sync_redis.Redis.from_url(url)
@@ -187,6 +196,8 @@ def test_a_store_error_it_cannot_ride_out_stops_the_worker_without_committing(st
         worker = stack.start_worker(VIGIL_REDIS_URL=url)
         wait_until(lambda: processed() >= sent, 90, "the uncommitted points, redelivered")
         time.sleep(1)
+        chaos(unit="points", sent=sent, expected=sent, lost=max(sent - processed(), 0),
+              duplicated=max(processed() - sent, 0))
         assert processed() == sent
     finally:
         server.stop()
@@ -223,7 +234,8 @@ def test_worker_and_notifier_listen_on_the_configured_address_only(stack: Stack)
         assert _listening(port) == {"127.0.0.1"}
 
 
-def test_a_point_from_tomorrow_is_dead_lettered_and_blinds_nothing(stack: Stack):
+@pytest.mark.chaos
+def test_a_point_from_tomorrow_is_dead_lettered_and_blinds_nothing(stack: Stack, chaos):
     collector = TopicCollector(stack.broker, [stack.deadletter_topic])
     producer = Producer({"bootstrap.servers": stack.broker})
     now = _now_ms()
@@ -244,10 +256,12 @@ def test_a_point_from_tomorrow_is_dead_lettered_and_blinds_nothing(stack: Stack)
         collector.close()
     assert "in the future" in orjson.loads(letters[0])["reason"]
     time.sleep(1)
+    chaos(unit="points", sent=101, expected=100, lost=100 - stack.processed(), duplicated=0)
     assert stack.processed() == 100
 
 
-def test_a_redis_that_comes_back_empty_is_noticed_and_counted(stack: Stack):
+@pytest.mark.chaos
+def test_a_redis_that_comes_back_empty_is_noticed_and_counted(stack: Stack, chaos):
     server = start_redis()
     port = server.port
     url = f"redis://127.0.0.1:{port}/0"
@@ -276,12 +290,61 @@ def test_a_redis_that_comes_back_empty_is_noticed_and_counted(stack: Stack):
         worker = stack.start_worker(VIGIL_REDIS_URL=url)
         second = send(range(30, 60))
         wait_until(lambda: processed() >= second, 90, "points after the restart")
+        after = processed()
         port_web = int(worker.env["VIGIL_WEB_PORT"])
         text = urllib.request.urlopen(f"http://127.0.0.1:{port_web}/metrics").read().decode()
     finally:
         server.stop()
+    # The learned states are gone with Redis (by design: noticed and counted below); the
+    # points sent after its restart are all applied.
+    chaos(unit="points", sent=second, expected=second, lost=max(second - after, 0),
+          duplicated=max(after - second, 0))
     log = worker.log_path.read_text()
     assert "Redis has lost its data" in log, log[-3000:]
     restarted = [line for line in text.splitlines()
                  if line.startswith("vigil_series_restarted_total ")]
     assert restarted and float(restarted[0].split()[1]) == len(hosts)
+
+
+@pytest.mark.chaos
+@pytest.mark.slow
+def test_repeated_sigkills_of_one_of_three_workers_lose_no_event(stack: Stack, chaos):
+    """Three workers share the stream; after each of three slices of it one of them is killed
+    (SIGKILL, mid-batch) and a new one joins, so every slice ends in a rebalance. Every event
+    the pipeline computes must come out; repeats (at-least-once) are counted and must be the
+    very same records. `make chaos` runs it (minutes on two cores), not every test run."""
+    from tests.test_worker_integration import _assert_repeats_are_identical
+
+    telemetry = _month(days=8, seed=13)
+    rest, parts = telemetry, []
+    for fraction in (0.25, 1 / 3, 0.5):
+        head, rest = _split(rest, fraction)
+        parts.append(head)
+    parts.append(rest)
+    collector = TopicCollector(stack.broker, [stack.anomalies_topic])
+    workers = [stack.start_worker() for _ in range(3)]
+    try:
+        wait_until(lambda: all("Setting newly assigned partitions" in w.log_path.read_text()
+                               for w in workers), 60, "three workers to be assigned partitions")
+        sent = 0
+        for k, part in enumerate(parts):
+            sent += replay(part, stack.broker, stack.input_topic, batch=100)
+            if k < len(parts) - 1:
+                wait_until(lambda s=sent: stack.processed() >= s // 2, 120, "work under way")
+                workers[k].stop(kill=True)
+                workers[k] = stack.start_worker()
+        wait_until(lambda: stack.processed() >= sent, 300, f"{sent} points processed")
+        expected = _expected_events(telemetry, stack)
+        wanted = {e["event_id"] for e in expected}
+        wait_until(lambda: wanted <= {e["event_id"] for e in _events(
+            collector, stack.anomalies_topic)}, 120, "the expected events")
+        time.sleep(2)
+        events = _events(collector, stack.anomalies_topic)
+    finally:
+        collector.close()
+    ids = [e["event_id"] for e in events]
+    chaos(sent=sent, expected=len(wanted), lost=len(wanted - set(ids)),
+          duplicated=len(ids) - len(set(ids)))
+    assert wanted <= set(ids), "an event was lost"
+    assert set(ids) == wanted, "kills changed what was detected"
+    _assert_repeats_are_identical(events)

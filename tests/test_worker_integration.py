@@ -142,8 +142,9 @@ def test_replayed_month_yields_events_inside_the_labelled_anomalies(stack: Stack
             assert ctx["z"][-1] >= 6
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("stop", ["graceful", "kill"])
-def test_restart_mid_stream_keeps_state_and_duplicates_no_event(stack: Stack, stop: str):
+def test_restart_mid_stream_keeps_state_and_duplicates_no_event(stack: Stack, stop: str, chaos):
     telemetry = _month(days=14, seed=5)
     first, second = _split(telemetry, 0.6)
     collector = TopicCollector(stack.broker, [stack.anomalies_topic])
@@ -168,7 +169,10 @@ def test_restart_mid_stream_keeps_state_and_duplicates_no_event(stack: Stack, st
         collector.close()
 
     ids = [e["event_id"] for e in events]
-    assert set(ids) == {e["event_id"] for e in expected}, "restart changed what was detected"
+    wanted = {e["event_id"] for e in expected}
+    chaos(sent=sent, expected=len(wanted), lost=len(wanted - set(ids)),
+          duplicated=len(ids) - len(set(ids)))
+    assert set(ids) == wanted, "restart changed what was detected"
     if stop == "graceful":
         assert len(ids) == len(set(ids)), "a graceful restart must not repeat any event"
     else:
@@ -267,7 +271,8 @@ def test_topic_pattern_subscribes_to_every_matching_topic(stack: Stack):
     assert stack.processed() == 2  # the topic that does not match was not read
 
 
-def test_worker_rides_out_a_redis_restart_without_losing_points(stack: Stack):
+@pytest.mark.chaos
+def test_worker_rides_out_a_redis_restart_without_losing_points(stack: Stack, chaos):
     from vigil.devtools.embedded import start_redis
 
     server = start_redis()
@@ -312,6 +317,9 @@ def test_worker_rides_out_a_redis_restart_without_losing_points(stack: Stack):
         # The state learned before the outage: 120 minutes, less the open step and the steps
         # held back for late points.
         lateness = Settings().allowed_lateness_steps
+        applied = processed()
+        chaos(unit="points", sent=second, expected=second, lost=max(second - applied, 0),
+              duplicated=max(applied - second, 0))
         assert found.all() and bank["n_steps"][0] >= 119 - lateness
         assert worker.alive()
     finally:
