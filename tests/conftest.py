@@ -167,6 +167,12 @@ class Stack:
             env, alerts, self.tmp_path / f"vigil-{n}.yaml", self.tmp_path / f"notifier-{n}.log"
         )
         self.workers.append(notifier)
+        # A test's own waits start once the notifier consumes: importing aiogram alone took
+        # 13 s of a 2-core box shared with other jobs, and a restart after a SIGKILL joins
+        # its group only once the dead member's session has expired.
+        wait_until(lambda: "[^Worker]: Ready" in notifier.log_path.read_text(errors="replace")
+                   or not notifier.alive(), 180, "the notifier to be ready")
+        assert notifier.alive(), notifier.log_tail()
         return notifier
 
     def offsets(self, topic: str, partitions: int) -> list[int]:
