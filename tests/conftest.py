@@ -31,6 +31,10 @@ from vigil.devtools.embedded import (
 
 ARTIFACTS = Path(os.environ.get("VIGIL_TEST_ARTIFACTS", "artifacts"))
 
+# A fuzz target run by hand (atheris, an optional install), not a test module: the doctest
+# collection would import it.
+collect_ignore = ["fuzz_parsers.py"]
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Compile the detector's step kernel once for the session (or load it from numba's
