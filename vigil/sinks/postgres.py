@@ -231,13 +231,22 @@ class PostgresStore(FoldedUpserts):
     def execute(self, sql: str, params: Any = None) -> list[tuple] | None:
         """Run one statement (``{db}`` is the schema); its rows, or None if it returns none."""
         with self._lock:
+            reused = self._conn is not None
+            conn = self._connection()
+            alone = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             try:
-                with self._connection().cursor() as cur:
+                with conn.cursor() as cur:
                     cur.execute(self._sql(sql), params)
                     return cur.fetchall() if cur.description else None
             except psycopg.OperationalError:
                 self._drop_connection()
-                raise
+                if not (reused and alone):
+                    raise
+            # A kept connection that the server (or the network) closed meanwhile: once
+            # more on a new one, outside any transaction.
+            with self._connection().cursor() as cur:
+                cur.execute(self._sql(sql), params)
+                return cur.fetchall() if cur.description else None
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
