@@ -154,6 +154,11 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, EOFError, *_TRANSIENT))
 
 
+#: The COPY's binary types of the temporary table's columns.
+_BINARY = {"text": "text", "bigint": "int8", "double precision": "float8", "smallint": "int2",
+           "integer": "int4", "text[]": "text[]"}
+
+
 def _stage_type(column: str) -> str:
     """The column's type in the COPY's temporary table (times as epoch seconds)."""
     definition = PG_COLUMNS[column]
@@ -406,7 +411,9 @@ class PostgresStore(FoldedUpserts):
                 target = ", ".join(map(_q, names))
                 with conn.transaction():
                     with conn.cursor() as cur:
-                        with cur.copy(f"COPY {stage} ({target}) FROM STDIN") as copy:
+                        with cur.copy(f"COPY {stage} ({target}) FROM STDIN "
+                                      "(FORMAT BINARY)") as copy:
+                            copy.set_types([_BINARY[_stage_type(c)] for c in names])
                             for row in zip(*columns, strict=True):
                                 copy.write_row(row)
                         if table == "incidents":
