@@ -100,6 +100,19 @@ def measure(url: str, kind: str, series: int, steps: int, batch: int) -> list[Fi
                               (writer.written["events"] + writer.written["incidents"]) / spent,
                               "rows/s"))
 
+        if kind == "postgres":
+            size = store.execute("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_inherits i "
+                                 "JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON "
+                                 "p.oid = i.inhparent JOIN pg_namespace n ON "
+                                 "n.oid = p.relnamespace WHERE n.nspname = %s AND "
+                                 "p.relname = 'steps'", (store.schema,))[0][0]
+        else:
+            size = store.execute("SELECT sum(bytes_on_disk) FROM system.parts WHERE active "
+                                 "AND database = %(d)s AND table = 'steps'",
+                                 {"d": store.database})[0][0]
+        figures.append(Figure(f"history_store_{kind}_bytes_per_step",
+                              float(size) / writer.written["steps"], "bytes"))
+
         chosen = store.series_matching(["*"])[:10]
         started = time.perf_counter()
         read = sum(len(ts) for _, ts, _, _ in store.read_points(chosen, 0))

@@ -706,3 +706,30 @@ def test_a_graceful_stop_writes_what_is_buffered(stack: Stack, base_url: str,
         assert _count(store, "steps") >= sent * 0.95
     finally:
         _drop(store)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_take_one_store_and_never_print_its_password(monkeypatch):
+    from pydantic import ValidationError
+
+    from vigil.redact import describe_validation_error
+    from vigil.sinks.store import open_store
+    from vigil.streams.settings import Settings
+
+    for name in ("VIGIL_CLICKHOUSE_URL", "VIGIL_POSTGRES_URL"):
+        monkeypatch.delenv(name, raising=False)
+    pg = "postgresql://vigil:PGSECRET42@db:5432/vigil?schema=history"
+    settings = Settings(postgres_url=pg)
+    assert settings.store_url == pg and "PGSECRET42" in settings.secrets()
+    assert isinstance(open_store(settings), PostgresStore)
+    assert open_store(Settings()) is None  # storage off
+    with pytest.raises(ValidationError) as both:
+        Settings(postgres_url=pg, clickhouse_url="clickhouse://default:CHSECRET42@ch:9000/v")
+    text = describe_validation_error(both.value)
+    assert "not both" in text and "SECRET42" not in text
+    with pytest.raises(ValidationError) as scheme:
+        Settings(postgres_url="mysql://vigil:PGSECRET42@db/vigil")
+    text = describe_validation_error(scheme.value)
+    assert "postgresql://" in text and "PGSECRET42" not in text
