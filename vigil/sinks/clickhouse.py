@@ -22,7 +22,9 @@ reads use ``FINAL``.
 its methods in an executor. It implements :class:`vigil.sinks.store.HistoryStore`, as
 :class:`vigil.sinks.postgres.PostgresStore` does on the same columns (:data:`TABLES`, the one
 column list of both stores); the worker's buffered writer is
-:class:`vigil.sinks.store.HistoryWriter` (``ClickHouseWriter`` is its old name).
+:class:`vigil.sinks.store.HistoryWriter` (it was ``ClickHouseWriter`` here).
+:class:`FoldedUpserts` — the incidents and the series catalogue merged with what is stored —
+is shared by both stores.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ import numpy as np
 from clickhouse_driver import Client
 from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
 
+from vigil.events import severity_rank
 from vigil.series import parse_series
-from vigil.sinks.store import FoldedUpserts, HistoryWriter, finite, label_lists, parts
 from vigil.times import iso as _iso
 
 __all__ = [
@@ -50,8 +52,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TABLES",
     "ClickHouseStore",
-    "ClickHouseWriter",
-    "HistoryWriter",
+    "FoldedUpserts",
     "event_row",
     "feedback_row",
 ]
@@ -131,6 +132,24 @@ TABLES: dict[str, tuple[str, ...]] = {
 PARTITIONED = ("steps", "events", "incidents", "feedback", "labels")
 
 
+def _parts(items: Sequence[str], max_chars: int = 100_000) -> Iterable[tuple[str, ...]]:
+    """``items`` in tuples of at most ~``max_chars`` characters (one ``IN`` list each).
+
+    >>> [len(p) for p in _parts(["x" * 10] * 25, max_chars=100)]
+    [7, 7, 7, 4]
+    """
+    part: list[str] = []
+    size = 0
+    for item in items:
+        if part and size + len(item) + 4 > max_chars:
+            yield tuple(part)
+            part, size = [], 0
+        part.append(item)
+        size += len(item) + 4
+    if part:
+        yield tuple(part)
+
+
 #: Server error codes worth retrying: timeouts, network, memory, too many parts or queries,
 #: and a table or database that is gone (the schema is then created again).
 _TRANSIENT_CODES = {3, 159, 160, 164, 202, 209, 210, 241, 252, 285, 319, 425, 60, 81}
@@ -155,9 +174,13 @@ def _seconds(ts_ms: int) -> int:
     return min(max(int(ts_ms) // 1000, 0), 2**32 - 1)
 
 
-_finite = finite
-_labels = label_lists
-_parts = parts
+def _finite(x: float) -> float:
+    return float(x) if x == x else float("nan")
+
+
+def _labels(labels: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    keys = sorted(labels)
+    return keys, [str(labels[k]) for k in keys]
 
 
 def event_row(event: Any) -> tuple:
@@ -188,6 +211,106 @@ def feedback_row(feedback: Any) -> tuple:
 
 
 # --------------------------------------------------------------------------- store
+
+
+class FoldedUpserts:
+    """Writes that merge with what is stored, the same on every store: the series catalogue
+    (first seen kept, last seen moved on) and each incident's latest state folded from its
+    events (a replayed event counted once). A store provides :meth:`insert`,
+    :meth:`_stored_first_seen` and :meth:`_incident_rows`, and sets ``_incidents``,
+    ``_first_seen`` and ``cache_limit`` (a bounded cache of what is stored)."""
+
+    _incidents: dict[str, dict]
+    _first_seen: dict[str, int]
+    cache_limit: int
+
+    def insert(self, table: str, rows: Sequence[tuple]) -> int:
+        raise NotImplementedError
+
+    def _stored_first_seen(self, series: Sequence[str]) -> list[tuple[str, int]]:
+        raise NotImplementedError
+
+    def _incident_rows(self, ids: Sequence[str]) -> list[dict]:
+        """Stored incidents as dicts of their columns, ``updated_ms`` in ms and
+        ``event_ids`` (the set of their stored events' ids)."""
+        raise NotImplementedError
+
+    def upsert_series(self, seen: Mapping[str, tuple[int, int]]) -> int:
+        """Update the catalogue from ``series → (first_ms, last_ms)`` seen in a batch."""
+        unknown = [s for s in seen if s not in self._first_seen]
+        if unknown:
+            stored = []
+            for part in _parts(unknown):  # queries stay under the servers' size limits
+                stored += self._stored_first_seen(part)
+            if len(self._first_seen) + len(unknown) > self.cache_limit:
+                self._first_seen.clear()
+            self._first_seen.update(dict(stored))
+        rows = []
+        for series, (first, last) in seen.items():
+            first = min(first, self._first_seen.get(series, first))
+            self._first_seen[series] = first
+            name, labels = parse_series(series)
+            rows.append((series, name, *_labels(labels), int(first), int(last)))
+        return self.insert("series", rows)
+
+    def upsert_incidents(self, events: Sequence[tuple]) -> int:
+        """Fold ``events`` rows (in time order) into the incidents' latest state and write
+        one row per incident touched."""
+        index = {c: i for i, c in enumerate(TABLES["events"])}
+        ids = list(dict.fromkeys(e[index["incident_id"]] for e in events))
+        unknown = [i for i in ids if i not in self._incidents]
+        if unknown:
+            for part in _parts(unknown):
+                for found in self._incident_rows(part):
+                    self._incidents[found["incident_id"]] = found
+        touched = {}
+        for e in sorted(events, key=lambda e: e[index["ts_ms"]]):
+            iid = e[index["incident_id"]]
+            ts_ms, kind = e[index["ts_ms"]], e[index["kind"]]
+            row = touched.get(iid)
+            if row is None and iid in self._incidents:
+                # Work on a copy: the cache changes only once the insert succeeded.
+                row = dict(self._incidents[iid])
+                row["event_ids"] = set(row.get("event_ids", ()))
+            if row is None:
+                row = {
+                    "incident_id": iid, "series": e[index["series"]], "name": e[index["name"]],
+                    "label_keys": e[index["label_keys"]],
+                    "label_values": e[index["label_values"]], "opened_ms": ts_ms,
+                    "resolved_ms": None, "severity": "none", "anomaly_type": "",
+                    "peak_score": 0.0, "events": 0, "event_ids": set(),
+                }
+            row.setdefault("event_ids", set())
+            if e[index["event_id"]] in row["event_ids"]:
+                continue  # a replayed event
+            row["event_ids"].add(e[index["event_id"]])
+            row["events"] += 1
+            row["opened_ms"] = min(row["opened_ms"], ts_ms)
+            if kind == "resolve":
+                row["resolved_ms"] = ts_ms
+            else:
+                if severity_rank(e[index["severity"]]) >= severity_rank(row["severity"]):
+                    row["severity"] = e[index["severity"]]
+                if not row["anomaly_type"] or kind == "open":
+                    row["anomaly_type"] = e[index["anomaly_type"]]
+            row["peak_score"] = max(row["peak_score"], _finite(e[index["score"]]))
+            row["updated_ms"] = max(row.get("updated_ms", 0), ts_ms)
+            touched[iid] = row
+        rows = [
+            (r["incident_id"], r["series"], r["name"], r["label_keys"], r["label_values"],
+             r["opened_ms"] // 1000, r["opened_ms"], r["resolved_ms"], r["severity"],
+             r["anomaly_type"], r["peak_score"], r["events"],
+             # the version column: later state wins, also for two writes of one event time
+             r["updated_ms"] * 1000 + min(r["events"], 999))
+            for r in touched.values()
+        ]
+        written = self.insert("incidents", rows)
+        if len(self._incidents) + len(touched) > self.cache_limit:
+            self._incidents.clear()
+        self._incidents.update(touched)
+        return written
+
+
 
 
 class ClickHouseStore(FoldedUpserts):
@@ -520,9 +643,3 @@ class ClickHouseStore(FoldedUpserts):
              "hi": int(until_ms) if until_ms is not None else 2**62},
         )
         return [(s, int(a), int(b), k, t) for s, a, b, k, t in rows]
-
-
-# --------------------------------------------------------------------------- writer
-
-#: The worker's buffered writer, store-agnostic now (:class:`vigil.sinks.store.HistoryWriter`).
-ClickHouseWriter = HistoryWriter

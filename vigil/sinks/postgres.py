@@ -37,8 +37,8 @@ from psycopg import errors as pge
 
 from vigil.redact import redact_url
 from vigil.series import parse_series
-from vigil.sinks.clickhouse import TABLES
-from vigil.sinks.store import FoldedUpserts, label_lists
+from vigil.sinks.clickhouse import TABLES, FoldedUpserts
+from vigil.sinks.clickhouse import _labels as label_lists
 from vigil.times import iso as _iso
 
 __all__ = ["MIGRATIONS", "PG_COLUMNS", "SCHEMA_VERSION", "PostgresStore"]

@@ -10,8 +10,11 @@
 * :class:`HistoryWriter` — the worker's bounded, batched, non-blocking path into either store:
   detection never waits on storage; when the store is slow or down the oldest rows are
   dropped, counted.
-* :class:`FoldedUpserts` — the incidents' latest state folded from their events, and the
-  series catalogue's first/last seen, merged with what is stored (shared by both stores).
+
+What both stores share lives beside ClickHouse's schema, in :mod:`vigil.sinks.clickhouse`
+(which imports neither this module nor PostgreSQL's): the column lists ``TABLES``, the row
+makers ``event_row`` / ``feedback_row``, and ``FoldedUpserts`` (the incidents' latest state
+folded from their events, the series catalogue's first/last seen, merged with what is stored).
 """
 
 from __future__ import annotations
@@ -28,12 +31,10 @@ from urllib.parse import urlsplit
 import numpy as np
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
-from vigil.events import severity_rank
-from vigil.series import parse_series
+from vigil.sinks.clickhouse import ClickHouseStore, event_row, feedback_row
 
 __all__ = [
     "TABLE_NAMES",
-    "FoldedUpserts",
     "HistoryStore",
     "HistoryWriter",
     "open_store",
@@ -109,8 +110,6 @@ def store_for_url(url: str) -> HistoryStore:
         from vigil.sinks.postgres import PostgresStore
 
         return PostgresStore(url)
-    from vigil.sinks.clickhouse import ClickHouseStore
-
     return ClickHouseStore(url)
 
 
@@ -119,136 +118,6 @@ def open_store(settings: Any) -> HistoryStore | None:
     refuse both), or None when history storage is off."""
     url = getattr(settings, "postgres_url", "") or getattr(settings, "clickhouse_url", "")
     return store_for_url(url) if url else None
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def parts(items: Sequence[str], max_chars: int = 100_000) -> Iterable[tuple[str, ...]]:
-    """``items`` in tuples of at most ~``max_chars`` characters (one ``IN`` list each).
-
-    >>> [len(p) for p in parts(["x" * 10] * 25, max_chars=100)]
-    [7, 7, 7, 4]
-    """
-    part: list[str] = []
-    size = 0
-    for item in items:
-        if part and size + len(item) + 4 > max_chars:
-            yield tuple(part)
-            part, size = [], 0
-        part.append(item)
-        size += len(item) + 4
-    if part:
-        yield tuple(part)
-
-
-def finite(x: float) -> float:
-    return float(x) if x == x else float("nan")
-
-
-def label_lists(labels: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    keys = sorted(labels)
-    return keys, [str(labels[k]) for k in keys]
-
-
-class FoldedUpserts:
-    """Writes that merge with what is stored, the same on every store: the series catalogue
-    (first seen kept, last seen moved on) and each incident's latest state folded from its
-    events (a replayed event counted once). A store provides :meth:`insert`,
-    :meth:`_stored_first_seen` and :meth:`_incident_rows`, and sets ``_incidents``,
-    ``_first_seen`` and ``cache_limit`` (a bounded cache of what is stored)."""
-
-    _incidents: dict[str, dict]
-    _first_seen: dict[str, int]
-    cache_limit: int
-
-    def insert(self, table: str, rows: Sequence[tuple]) -> int:
-        raise NotImplementedError
-
-    def _stored_first_seen(self, series: Sequence[str]) -> list[tuple[str, int]]:
-        raise NotImplementedError
-
-    def _incident_rows(self, ids: Sequence[str]) -> list[dict]:
-        """Stored incidents as dicts of their columns, ``updated_ms`` in ms and
-        ``event_ids`` (the set of their stored events' ids)."""
-        raise NotImplementedError
-
-    def upsert_series(self, seen: Mapping[str, tuple[int, int]]) -> int:
-        """Update the catalogue from ``series → (first_ms, last_ms)`` seen in a batch."""
-        unknown = [s for s in seen if s not in self._first_seen]
-        if unknown:
-            stored = []
-            for part in parts(unknown):  # queries stay under the servers' size limits
-                stored += self._stored_first_seen(part)
-            if len(self._first_seen) + len(unknown) > self.cache_limit:
-                self._first_seen.clear()
-            self._first_seen.update(dict(stored))
-        rows = []
-        for series, (first, last) in seen.items():
-            first = min(first, self._first_seen.get(series, first))
-            self._first_seen[series] = first
-            name, labels = parse_series(series)
-            rows.append((series, name, *label_lists(labels), int(first), int(last)))
-        return self.insert("series", rows)
-
-    def upsert_incidents(self, events: Sequence[tuple]) -> int:
-        """Fold ``events`` rows (in time order) into the incidents' latest state and write
-        one row per incident touched."""
-        from vigil.sinks.clickhouse import TABLES
-
-        index = {c: i for i, c in enumerate(TABLES["events"])}
-        ids = list(dict.fromkeys(e[index["incident_id"]] for e in events))
-        unknown = [i for i in ids if i not in self._incidents]
-        if unknown:
-            for part in parts(unknown):
-                for found in self._incident_rows(part):
-                    self._incidents[found["incident_id"]] = found
-        touched = {}
-        for e in sorted(events, key=lambda e: e[index["ts_ms"]]):
-            iid = e[index["incident_id"]]
-            ts_ms, kind = e[index["ts_ms"]], e[index["kind"]]
-            row = touched.get(iid)
-            if row is None and iid in self._incidents:
-                # Work on a copy: the cache changes only once the insert succeeded.
-                row = dict(self._incidents[iid])
-                row["event_ids"] = set(row.get("event_ids", ()))
-            if row is None:
-                row = {
-                    "incident_id": iid, "series": e[index["series"]], "name": e[index["name"]],
-                    "label_keys": e[index["label_keys"]],
-                    "label_values": e[index["label_values"]], "opened_ms": ts_ms,
-                    "resolved_ms": None, "severity": "none", "anomaly_type": "",
-                    "peak_score": 0.0, "events": 0, "event_ids": set(),
-                }
-            row.setdefault("event_ids", set())
-            if e[index["event_id"]] in row["event_ids"]:
-                continue  # a replayed event
-            row["event_ids"].add(e[index["event_id"]])
-            row["events"] += 1
-            row["opened_ms"] = min(row["opened_ms"], ts_ms)
-            if kind == "resolve":
-                row["resolved_ms"] = ts_ms
-            else:
-                if severity_rank(e[index["severity"]]) >= severity_rank(row["severity"]):
-                    row["severity"] = e[index["severity"]]
-                if not row["anomaly_type"] or kind == "open":
-                    row["anomaly_type"] = e[index["anomaly_type"]]
-            row["peak_score"] = max(row["peak_score"], finite(e[index["score"]]))
-            row["updated_ms"] = max(row.get("updated_ms", 0), ts_ms)
-            touched[iid] = row
-        rows = [
-            (r["incident_id"], r["series"], r["name"], r["label_keys"], r["label_values"],
-             r["opened_ms"] // 1000, r["opened_ms"], r["resolved_ms"], r["severity"],
-             r["anomaly_type"], r["peak_score"], r["events"],
-             # the version column: later state wins, also for two writes of one event time
-             r["updated_ms"] * 1000 + min(r["events"], 999))
-            for r in touched.values()
-        ]
-        written = self.insert("incidents", rows)
-        if len(self._incidents) + len(touched) > self.cache_limit:
-            self._incidents.clear()
-        self._incidents.update(touched)
-        return written
 
 
 # --------------------------------------------------------------------------- writer
@@ -388,13 +257,9 @@ class HistoryWriter:
         ])
 
     def add_events(self, events: Iterable[Any]) -> None:
-        from vigil.sinks.clickhouse import event_row
-
         self.add("events", [event_row(e) for e in events])
 
     def add_feedback(self, records: Iterable[Any]) -> None:
-        from vigil.sinks.clickhouse import feedback_row
-
         self.add("feedback", [feedback_row(f) for f in records])
 
     # ---- flushing (executor thread)
