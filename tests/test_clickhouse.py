@@ -177,7 +177,7 @@ async def _write(writer: ClickHouseWriter) -> None:
 
 def test_schema_is_created_at_the_latest_version_and_is_idempotent(store: HistoryStore):
     latest = {"clickhouse": SCHEMA_VERSION, "postgres": postgres.SCHEMA_VERSION}[store.kind]
-    assert (SCHEMA_VERSION, postgres.SCHEMA_VERSION) == (4, 2)
+    assert (SCHEMA_VERSION, postgres.SCHEMA_VERSION) == (4, 3)
     assert store.schema_version() == latest
     assert set(store.tables()) >= {"steps", "events", "incidents", "feedback", "series",
                                     "labels", "schema_version"}
@@ -209,8 +209,8 @@ def test_postgres_migrates_from_v1_keeping_the_data(postgres_url: str):
         series = 'cpu{host="db-1"}'
         s.insert("steps", [(series, T0 // 1000, 1.0, 1.0, 0.0, 2.0, 0.1, 0)])
         s.insert("events", [_row_of(_event(series, "i1", "open", T0))])
-        assert s.ensure_schema() == [2]
-        assert s.schema_version() == 2 and s.ensure_schema() == []
+        assert s.ensure_schema() == [2, 3]
+        assert s.schema_version() == 3 and s.ensure_schema() == []
         assert s.series_steps(series, T0, T0)["value"] == [1.0]
         assert [e["event_id"] for e in s.recent_events(5)] == [f"i1-open-{T0}"]
         indexes = {name for (name,) in s.execute(
@@ -225,17 +225,17 @@ def test_postgres_adds_a_new_column_in_a_migration(postgres_url: str, monkeypatc
     # its definition in PG_COLUMNS, a migration add_columns(table, column).
     monkeypatch.setitem(TABLES, "events", (*TABLES["events"], "extra"))
     monkeypatch.setitem(postgres.PG_COLUMNS, "extra", "text NOT NULL DEFAULT ''")
-    monkeypatch.setitem(postgres.MIGRATIONS, 3, [postgres.add_columns("events", "extra")])
+    monkeypatch.setitem(postgres.MIGRATIONS, 4, [postgres.add_columns("events", "extra")])
     s = PostgresStore(_url(postgres_url))
     try:
-        assert s.ensure_schema(target=2) == [1, 2]
+        assert s.ensure_schema(target=3) == [1, 2, 3]
         columns = lambda: [c for (c,) in s.execute(  # noqa: E731
             "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
             "AND table_name = 'events' ORDER BY ordinal_position", (s.schema,))]
         assert "extra" not in columns()  # version 1 leaves out what a later one adds
         s._ensure_partitions("events", [int(time.time())])
         s.execute("INSERT INTO {db}.events (series, ts, event_id) VALUES ('cpu', now(), 'e')")
-        assert s.ensure_schema(target=3) == [3]
+        assert s.ensure_schema(target=4) == [4]
         assert columns()[-1] == "extra"
         assert s.execute("SELECT event_id, extra FROM {db}.events") == [("e", "")]
     finally:
@@ -733,3 +733,57 @@ def test_settings_take_one_store_and_never_print_its_password(monkeypatch):
         Settings(postgres_url="mysql://vigil:PGSECRET42@db/vigil")
     text = describe_validation_error(scheme.value)
     assert "postgresql://" in text and "PGSECRET42" not in text
+
+
+# --------------------------------------------------------------------------- notifier state
+
+
+async def test_silences_and_acknowledgements_survive_a_redis_wipe(postgres_url: str,
+                                                                  redis_url: str):
+    import redis.asyncio as aioredis
+
+    from vigil.sinks.alerts import Silence
+    from vigil.sinks.delivery import NotifierStore
+    from vigil.sinks.postgres import NotifierState
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    pg = PostgresStore(_url(postgres_url))
+    client = aioredis.from_url(redis_url)
+    try:
+        store = NotifierStore(client, prefix, NotifierState(pg))
+        now = int(time.time() * 1000)
+        silence = await store.add_silence(Silence(matchers={"host": "db-5"}, starts_ms=now,
+                                                  ends_ms=now + 3_600_000, created_by="ann"))
+        record = {"severity_rank": 2, "acked_by": "ann", "acked_ms": now, "refs": {"t": 1}}
+        await store.put_incident("oncall", "inc-1", record)
+        assert pg.count("notifier_state") == 2
+
+        # Redis loses everything (FLUSHDB, a new instance): a fresh notifier still knows.
+        wiped = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        await client.delete(*wiped)
+        again = NotifierStore(client, prefix, NotifierState(PostgresStore(pg.url)))
+        assert [s.id for s in await again.silences()] == [silence.id]
+        assert (await again.get_incident("oncall", "inc-1")) == record
+        assert await again.get_incident("oncall", "inc-2") is None
+        # ... and Redis has them back.
+        assert await client.exists(f"{prefix}notify:incident:oncall:inc-1")
+        assert await client.hexists(f"{prefix}notify:silences", silence.id)
+
+        # Expired a week ago: gone from both.
+        await again.add_silence(Silence(matchers={"host": "db-6"}, id="old", starts_ms=0,
+                                        ends_ms=now - 8 * DAY_MS))
+        assert [s.id for s in await again.silences()] == [silence.id]
+        assert pg.count("notifier_state") == 2
+
+        # PostgreSQL unreachable: Redis alone, nothing fails.
+        down = NotifierStore(client, prefix, NotifierState(PostgresStore(
+            "postgresql://postgres@127.0.0.1:1/test?schema=nowhere", connect_timeout=1)))
+        await down.put_incident("oncall", "inc-3", record)
+        assert await down.get_incident("oncall", "inc-3") == record
+        assert [s.id for s in await down.silences()] == [silence.id]
+    finally:
+        leftover = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if leftover:
+            await client.delete(*leftover)
+        await client.aclose()
+        _drop(pg)

@@ -73,9 +73,11 @@ def _silence_store():
     import redis.asyncio as aioredis
 
     from vigil.sinks.delivery import NotifierStore
+    from vigil.sinks.store import notifier_state
 
     settings = Settings()
-    return NotifierStore(aioredis.from_url(settings.redis_url), settings.redis_prefix)
+    return NotifierStore(aioredis.from_url(settings.redis_url), settings.redis_prefix,
+                         notifier_state(settings))
 
 
 @silence_app.command("add")

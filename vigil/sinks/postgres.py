@@ -26,6 +26,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -41,7 +42,7 @@ from vigil.sinks.clickhouse import TABLES, FoldedUpserts
 from vigil.sinks.clickhouse import _labels as label_lists
 from vigil.times import iso as _iso
 
-__all__ = ["MIGRATIONS", "PG_COLUMNS", "SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["MIGRATIONS", "PG_COLUMNS", "SCHEMA_VERSION", "NotifierState", "PostgresStore"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,12 @@ MIGRATIONS: dict[int, list[str | Callable[[PostgresStore], None]]] = {
         "CREATE INDEX IF NOT EXISTS incidents_id ON {db}.incidents (incident_id)",
         "CREATE INDEX IF NOT EXISTS incidents_opened ON {db}.incidents (opened_ms, series)",
         "CREATE INDEX IF NOT EXISTS feedback_incident ON {db}.feedback (incident_id, ts_ms)",
+    ],
+    # v3: the notifier's memory kept besides Redis (silences; what it told of each incident,
+    # acknowledgements included), so that it survives a Redis wipe (:class:`NotifierState`).
+    3: [
+        "CREATE TABLE IF NOT EXISTS {db}.notifier_state (kind text NOT NULL, key text NOT NULL, "
+        "value text NOT NULL, updated_ms bigint NOT NULL, PRIMARY KEY (kind, key))",
     ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -463,13 +470,15 @@ class PostgresStore(FoldedUpserts):
     # ---- retention
 
     def drop_expired(self, retention_days: int, now_ms: int | None = None) -> list[str]:
-        """Drop the monthly partitions whose every day is older than ``retention_days``.
-        Returns ``table/YYYYMM`` of what was dropped."""
+        """Drop the monthly partitions whose every day is older than ``retention_days`` (and
+        the notifier's incident records not updated since; silences go when they have been
+        expired a week). Returns ``table/YYYYMM`` of what was
+        dropped."""
         if retention_days <= 0:
             return []
-        import time
-
         now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        self.execute("DELETE FROM {db}.notifier_state WHERE kind = 'incident' AND "
+                     "updated_ms < %s", (now_ms - retention_days * 86_400_000,))
         cutoff_month = _month((now_ms - retention_days * 86_400_000) // 1000)
         dropped = []
         for table, month in self.partitions():
@@ -619,3 +628,40 @@ class PostgresStore(FoldedUpserts):
             out.append((series, name, *label_lists(labels), int(first), int(last)))
         self.insert("series", out)
 
+
+class NotifierState:
+    """The notifier's memory in PostgreSQL, beside Redis (``notifier_state``: kind, key, text
+    value): silences (``silence``) and what it told of each incident, acknowledgements
+    included (``incident``, key ``receiver:incident``). Redis stays the notifier's working
+    copy; :class:`vigil.sinks.delivery.NotifierStore` writes here too and reads back what
+    Redis lost. Synchronous (call it in a thread); the schema is applied at first use."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self._ready = False
+
+    def _schema(self) -> PostgresStore:
+        if not self._ready:
+            self.store.ensure_schema()
+            self._ready = True
+        return self.store
+
+    def put(self, kind: str, key: str, value: str) -> None:
+        self._schema().execute(
+            "INSERT INTO {db}.notifier_state (kind, key, value, updated_ms) VALUES "
+            "(%s, %s, %s, %s) ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value, "
+            "updated_ms = EXCLUDED.updated_ms", (kind, key, value, time.time_ns() // 1_000_000))
+
+    def get(self, kind: str, key: str) -> str | None:
+        rows = self._schema().execute(
+            "SELECT value FROM {db}.notifier_state WHERE kind = %s AND key = %s", (kind, key))
+        return rows[0][0] if rows else None
+
+    def all(self, kind: str) -> dict[str, str]:
+        return dict(self._schema().execute(
+            "SELECT key, value FROM {db}.notifier_state WHERE kind = %s", (kind,)))
+
+    def delete(self, kind: str, keys: Sequence[str]) -> None:
+        if keys:
+            self._schema().execute("DELETE FROM {db}.notifier_state WHERE kind = %s AND "
+                                   "key = ANY(%s)", (kind, list(keys)))

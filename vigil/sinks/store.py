@@ -37,6 +37,7 @@ __all__ = [
     "TABLE_NAMES",
     "HistoryStore",
     "HistoryWriter",
+    "notifier_state",
     "open_store",
     "store_for_url",
     "store_kind",
@@ -118,6 +119,18 @@ def open_store(settings: Any) -> HistoryStore | None:
     refuse both), or None when history storage is off."""
     url = getattr(settings, "postgres_url", "") or getattr(settings, "clickhouse_url", "")
     return store_for_url(url) if url else None
+
+
+def notifier_state(settings: Any) -> Any:
+    """Where the notifier keeps silences and incident records beside Redis: a
+    :class:`~vigil.sinks.postgres.NotifierState` when ``postgres_url`` is set, else None
+    (Redis only)."""
+    url = getattr(settings, "postgres_url", "")
+    if not url:
+        return None
+    from vigil.sinks.postgres import NotifierState, PostgresStore
+
+    return NotifierState(PostgresStore(url))
 
 
 # --------------------------------------------------------------------------- writer
