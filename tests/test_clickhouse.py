@@ -729,6 +729,11 @@ def test_settings_take_one_store_and_never_print_its_password(monkeypatch):
         Settings(postgres_url=pg, clickhouse_url="clickhouse://default:CHSECRET42@ch:9000/v")
     text = describe_validation_error(both.value)
     assert "not both" in text and "SECRET42" not in text
+    query = Settings(postgres_url="postgresql://vigil@db/vigil?password=PGSECRET43&schema=h")
+    assert "PGSECRET43" in query.secrets()
+    from vigil.redact import redact_url
+
+    assert "PGSECRET43" not in redact_url(query.postgres_url)  # what logs and errors show
     with pytest.raises(ValidationError) as scheme:
         Settings(postgres_url="mysql://vigil:PGSECRET42@db/vigil")
     text = describe_validation_error(scheme.value)

@@ -326,7 +326,7 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret these settings hold (SecretStr fields at any depth, URL passwords),
         for :func:`vigil.redact.install_log_redaction`."""
-        from urllib.parse import unquote, urlsplit
+        from urllib.parse import parse_qsl, unquote, urlsplit
 
         found: list[str] = []
 
@@ -348,6 +348,8 @@ class Settings(BaseSettings):
                 password = None
             if password:
                 found += [password, unquote(password)]
+        # libpq also takes the password as a parameter: postgresql://u@h/db?password=…
+        found += [v for k, v in parse_qsl(urlsplit(self.postgres_url).query) if k == "password"]
         return [s for s in found if s]
 
     @field_validator("directions", mode="before")
