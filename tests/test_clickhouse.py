@@ -792,3 +792,32 @@ async def test_silences_and_acknowledgements_survive_a_redis_wipe(postgres_url: 
             await client.delete(*leftover)
         await client.aclose()
         _drop(pg)
+
+
+def test_feedback_finds_a_stored_incident_gone_from_the_topic(stack: Stack, base_url: str,
+                                                             store_kind: str):
+    from vigil.events import verdict
+    from vigil.streams.feedback import find_incident
+    from vigil.streams.settings import Settings
+
+    url = _url(base_url)
+    store = store_for_url(url)
+    try:
+        store.ensure_schema()
+        writer = HistoryWriter(store)
+        writer.add_events([_event("cpu", "inc-s", "open", T0, 7.0),
+                           {**_event("cpu", "inc-s", "update", T0 + 60_000, 12.0),
+                            "z": 12.0, "change": "kind"}])
+        asyncio.run(writer.flush_with_retry(stop_after=20))
+        settings = Settings(kafka_bootstrap=stack.broker, anomalies_topic=stack.anomalies_topic,
+                            **{URL_ENV[store_kind][6:].lower(): url})
+        # The (empty) topic has nothing: the store answers.
+        events = find_incident(settings, "inc-s", timeout_s=30)
+        assert [(e.kind, e.ts_ms, e.z, e.change) for e in events] == [
+            ("open", T0, 0.0, ""), ("update", T0 + 60_000, 12.0, "kind")]
+        assert events[0].labels == {"host": "db-1"} and events[0].context is None
+        record = verdict("not_anomaly", events, "op")
+        assert record.series == "cpu" and record.pattern["anomaly_type"] == "point"
+        assert find_incident(settings, "nope", timeout_s=30) == []
+    finally:
+        _drop(store)

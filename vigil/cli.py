@@ -177,7 +177,8 @@ def _incident_events(settings, incident_id: str) -> list:
 
     events = find_incident(settings, incident_id)
     if not events:
-        typer.echo(f"no incident {incident_id} on {settings.anomalies_topic}", err=True)
+        where = " or in the history store" if settings.store_url else ""
+        typer.echo(f"no incident {incident_id} on {settings.anomalies_topic}{where}", err=True)
         raise typer.Exit(1)
     return events
 
