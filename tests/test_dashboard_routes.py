@@ -261,4 +261,4 @@ async def test_a_failed_clickhouse_read_answers_502_without_internals(client):
     assert response.status == 502
     body = await response.text()
     assert "DB::Exception" not in body and "vigil_internal" not in body
-    assert "ClickHouse" in body
+    assert "history store read failed" in body

@@ -44,7 +44,7 @@ def test_train_refuses_too_little_data_and_asks_for_one_source(tmp_path):
     assert result.exit_code != 0 and "too little" in result.output
     assert not (tmp_path / "m.pt").exists()
     result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "m.pt")])
-    assert result.exit_code != 0 and "--data or --clickhouse" in result.output
+    assert result.exit_code != 0 and "--data or --store" in result.output
 
 
 def test_train_from_clickhouse_history(clickhouse_url: str, tmp_path):

@@ -73,9 +73,11 @@ def _silence_store():
     import redis.asyncio as aioredis
 
     from vigil.sinks.delivery import NotifierStore
+    from vigil.sinks.store import notifier_state
 
     settings = Settings()
-    return NotifierStore(aioredis.from_url(settings.redis_url), settings.redis_prefix)
+    return NotifierStore(aioredis.from_url(settings.redis_url), settings.redis_prefix,
+                         notifier_state(settings))
 
 
 @silence_app.command("add")
@@ -175,7 +177,8 @@ def _incident_events(settings, incident_id: str) -> list:
 
     events = find_incident(settings, incident_id)
     if not events:
-        typer.echo(f"no incident {incident_id} on {settings.anomalies_topic}", err=True)
+        where = " or in the history store" if settings.store_url else ""
+        typer.echo(f"no incident {incident_id} on {settings.anomalies_topic}{where}", err=True)
         raise typer.Exit(1)
     return events
 
@@ -307,11 +310,22 @@ def replay(
     typer.echo(f"sent {sent:,} points of {len(dataset.series)} series to {topic}")
 
 
-def _clickhouse_url(url: str | None) -> str:
-    url = url or Settings().clickhouse_url
+def _store_url(url: str | None) -> str:
+    from vigil.sinks.store import store_kind
+
+    url = url or Settings().store_url
     if not url:
-        raise typer.BadParameter("give --clickhouse or set VIGIL_CLICKHOUSE_URL")
+        raise typer.BadParameter("give --store or set VIGIL_POSTGRES_URL or VIGIL_CLICKHOUSE_URL")
+    try:
+        store_kind(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     return url
+
+
+# The history store of backfill, export, evaluate and train: clickhouse:// or postgresql://.
+_STORE_HELP = ("History store URL, clickhouse:// or postgresql:// (default: VIGIL_POSTGRES_URL "
+               "or VIGIL_CLICKHOUSE_URL).")
 
 
 def _since_ms(text: str | None) -> int | None:
@@ -328,17 +342,17 @@ def _since_ms(text: str | None) -> int | None:
 @app.command()
 def backfill(
     path: Path = typer.Argument(..., help="A CSV file, a NAB folder or a generator folder."),
-    clickhouse: str = typer.Option(None, help="clickhouse:// URL (default: "
-                                   "VIGIL_CLICKHOUSE_URL)."),
+    clickhouse: str = typer.Option(None, "--store", "--clickhouse", help=_STORE_HELP),
     step: int = typer.Option(0, min=0, help="Detector step in seconds (0: the data's own)."),
 ) -> None:
-    """Run the online detector over recorded telemetry and store it in ClickHouse."""
+    """Run the online detector over recorded telemetry and store it (ClickHouse or
+    PostgreSQL)."""
     from tqdm import tqdm
 
     from vigil.lab.datasets import infer_step_s, load_dataset
     from vigil.streams.backfill import backfill as run_backfill
 
-    url = _clickhouse_url(clickhouse)
+    url = _store_url(clickhouse)
     try:
         dataset = load_dataset(path)
     except ValueError as exc:
@@ -357,42 +371,43 @@ def export(
     until: str = typer.Option(None, help="ISO 8601 time or an age (default: now)."),
     fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
     out: Path = typer.Option(..., help="File to write."),
-    clickhouse: str = typer.Option(None, help="clickhouse:// URL (default: "
-                                   "VIGIL_CLICKHOUSE_URL)."),
+    clickhouse: str = typer.Option(None, "--store", "--clickhouse", help=_STORE_HELP),
 ) -> None:
     """Write a snapshot of stored steps: timestamp, value, series, label."""
     from vigil.lab.history import export as run_export
 
     if fmt not in ("parquet", "csv"):
         raise typer.BadParameter("--format must be parquet or csv")
-    rows = run_export(_clickhouse_url(clickhouse), series, _since_ms(since), _since_ms(until),
+    rows = run_export(_store_url(clickhouse), series, _since_ms(since), _since_ms(until),
                       fmt, out)
     typer.echo(f"wrote {rows:,} rows to {out}")
 
 
-# Where `vigil evaluate` and `vigil train` read history from: files or ClickHouse.
+# Where `vigil evaluate` and `vigil train` read history from: files or a history store.
 _DATA = typer.Option(None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a "
-                     "folder of them (or --clickhouse).")
-_CLICKHOUSE = typer.Option(None, help="Read the history stored at this clickhouse:// URL "
-                           "instead of --data.")
-_SERIES = typer.Option([], "--series", help="With --clickhouse: series id or glob (repeatable; "
+                     "folder of them (or --store).")
+_CLICKHOUSE = typer.Option(None, "--store", "--clickhouse", help="Read the history stored at "
+                           "this clickhouse:// or postgresql:// URL instead of --data.")
+_SERIES = typer.Option([], "--series", help="With --store: series id or glob (repeatable; "
                        "default all).")
-_SINCE = typer.Option("0", help="With --clickhouse: ISO time or age (30d); default: all history.")
-_UNTIL = typer.Option(None, help="With --clickhouse: ISO time or age.")
+_SINCE = typer.Option("0", help="With --store: ISO time or age (30d); default: all history.")
+_UNTIL = typer.Option(None, help="With --store: ISO time or age.")
 
 
 def _history_source(data, clickhouse, series, since, until):
-    """``data`` as given, or the Dataset of the history stored in ClickHouse."""
+    """``data`` as given, or the Dataset of the history stored in ClickHouse or PostgreSQL."""
+    from vigil.redact import redact_url
+
     if (data is None) == (clickhouse is None):
-        raise typer.BadParameter("give either --data or --clickhouse")
+        raise typer.BadParameter("give either --data or --store")
     if clickhouse is None:
         return data
     from vigil.lab.history import load_history
 
-    dataset = load_history(clickhouse, series, _since_ms(since), _since_ms(until))
+    dataset = load_history(_store_url(clickhouse), series, _since_ms(since), _since_ms(until))
     if not dataset.series:
         raise typer.BadParameter(f"no stored steps match --series {series or ['*']} "
-                                 f"in that time range at {clickhouse}")
+                                 f"in that time range at {redact_url(clickhouse)}")
     return dataset
 
 
@@ -401,7 +416,7 @@ def _history_source(data, clickhouse, series, since, until):
 def evaluate(
     data: list[Path] = typer.Option(
         None, help="A NAB folder, a generator folder, a CSV or Parquet file, or a folder of "
-        "them (or --clickhouse). Repeat it to judge on several corpora at once: each gets "
+        "them (or --store). Repeat it to judge on several corpora at once: each gets "
         "its own report under --out, and --out/report.html shows them side by side with "
         "their mean."),
     clickhouse: str = _CLICKHOUSE,
@@ -441,7 +456,7 @@ def evaluate(
     names = [d.strip() for d in detectors.split(",") if d.strip()]
     data = data or []
     if len(data) > 1 and clickhouse is not None:
-        raise typer.BadParameter("give several --data or --clickhouse, not both")
+        raise typer.BadParameter("give several --data or --store, not both")
     try:
         clip = None if clip_outliers.strip().lower() == "none" else float(clip_outliers)
         preparation = Preparation(clip_quantile=clip, normalise=normalise)

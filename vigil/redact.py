@@ -14,16 +14,19 @@ from collections.abc import Iterable
 __all__ = ["describe_validation_error", "install_log_redaction", "redact", "redact_url"]
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s/]+@")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&\s]+")
 _SECRETS: set[str] = set()
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``.
+    """``url`` with its password replaced by ``***`` (also a libpq ``password=`` parameter).
 
     >>> redact_url("tcp://default:s3cret@db:9000/vigil")
     'tcp://default:***@db:9000/vigil'
+    >>> redact_url("postgresql://vigil@db/vigil?password=s3cret&schema=h")
+    'postgresql://vigil@db/vigil?password=***&schema=h'
     """
-    return _URL_PASSWORD.sub(r"\g<head>***@", url)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>***@", url))
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

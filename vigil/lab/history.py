@@ -1,5 +1,5 @@
 """History stored by the worker, read back for the lab: ``vigil export`` and the
-``--clickhouse`` source of ``vigil evaluate`` / ``vigil train``."""
+``--store`` source of ``vigil evaluate`` / ``vigil train``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import numpy as np
 
 from vigil.detectors.resample import step_of
 from vigil.lab.datasets import AnomalyLabel, Dataset, SeriesData
+from vigil.redact import redact_url
 from vigil.series import parse_series
-from vigil.sinks.clickhouse import ClickHouseStore
+from vigil.sinks.store import HistoryStore, store_for_url
 
 __all__ = ["export", "load_history"]
 
 
-def _points_table(store: ClickHouseStore, selectors: Sequence[str], since_ms: int,
+def _points_table(store: HistoryStore, selectors: Sequence[str], since_ms: int,
                   until_ms: int | None):
     """The selected series' stored steps (missing values left out) as a pyarrow table in the
     shared snapshot layout: ``timestamp`` (ms, UTC), ``value``, ``series``, ``label`` (0/1 from
@@ -50,7 +51,7 @@ def export(url: str, selectors: Sequence[str], since_ms: int, until_ms: int | No
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    store = ClickHouseStore(url)
+    store = store_for_url(url)
     try:
         table = _points_table(store, selectors, since_ms, until_ms)
     finally:
@@ -68,9 +69,10 @@ def load_history(url: str, selectors: Sequence[str] = (), since_ms: int = 0,
                  until_ms: int | None = None):
     """The stored steps of the selected series as the same in-memory
     :class:`~vigil.lab.datasets.Dataset` the file loaders return (``source``
-    ``clickhouse``); labels are the stored labelled windows (from backfilled data sets)."""
+    ``clickhouse`` or ``postgres``: the store's kind); labels are the stored labelled
+    windows (from backfilled data sets)."""
 
-    store = ClickHouseStore(url)
+    store = store_for_url(url)
     try:
         series = {}
         for s, ts, value, _ in store.read_points(
@@ -93,6 +95,6 @@ def load_history(url: str, selectors: Sequence[str] = (), since_ms: int = 0,
             labels.append(AnomalyLabel(s, int(ts[max(lo, 0)]), int(ts[max(hi, 0)]), k, t))
     finally:
         store.close()
-    return Dataset(series, labels, source="clickhouse",
-                   meta={"path": url.split("@")[-1], "since_ms": since_ms,
+    return Dataset(series, labels, source=store.kind,
+                   meta={"path": redact_url(url), "since_ms": since_ms,
                          "until_ms": until_ms})

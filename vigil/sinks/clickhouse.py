@@ -19,22 +19,21 @@ a row unique, so a replayed batch (Kafka is at-least-once) replaces rather than 
 reads use ``FINAL``.
 
 :class:`ClickHouseStore` is synchronous (clickhouse-driver, native protocol); async callers run
-its methods in an executor. :class:`ClickHouseWriter` is the worker's side: it buffers rows in
-memory (bounded), flushes them in batches off the event loop, retries while ClickHouse is
-down and drops the oldest rows — counted — when the bound is reached, so detection never waits
-for storage.
+its methods in an executor. It implements :class:`vigil.sinks.store.HistoryStore`, as
+:class:`vigil.sinks.postgres.PostgresStore` does on the same columns (:data:`TABLES`, the one
+column list of both stores); the worker's buffered writer is
+:class:`vigil.sinks.store.HistoryWriter` (it was ``ClickHouseWriter`` here).
+:class:`FoldedUpserts` — the incidents and the series catalogue merged with what is stored —
+is shared by both stores.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -42,7 +41,6 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from clickhouse_driver import Client
 from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
-from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 from vigil.events import severity_rank
 from vigil.series import parse_series
@@ -54,7 +52,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TABLES",
     "ClickHouseStore",
-    "ClickHouseWriter",
+    "FoldedUpserts",
     "event_row",
     "feedback_row",
 ]
@@ -215,7 +213,107 @@ def feedback_row(feedback: Any) -> tuple:
 # --------------------------------------------------------------------------- store
 
 
-class ClickHouseStore:
+class FoldedUpserts:
+    """Writes that merge with what is stored, the same on every store: the series catalogue
+    (first seen kept, last seen moved on) and each incident's latest state folded from its
+    events (a replayed event counted once). A store provides :meth:`insert`,
+    :meth:`_stored_first_seen` and :meth:`_incident_rows`, and sets ``_incidents``,
+    ``_first_seen`` and ``cache_limit`` (a bounded cache of what is stored)."""
+
+    _incidents: dict[str, dict]
+    _first_seen: dict[str, int]
+    cache_limit: int
+
+    def insert(self, table: str, rows: Sequence[tuple]) -> int:
+        raise NotImplementedError
+
+    def _stored_first_seen(self, series: Sequence[str]) -> list[tuple[str, int]]:
+        raise NotImplementedError
+
+    def _incident_rows(self, ids: Sequence[str]) -> list[dict]:
+        """Stored incidents as dicts of their columns, ``updated_ms`` in ms and
+        ``event_ids`` (the set of their stored events' ids)."""
+        raise NotImplementedError
+
+    def upsert_series(self, seen: Mapping[str, tuple[int, int]]) -> int:
+        """Update the catalogue from ``series → (first_ms, last_ms)`` seen in a batch."""
+        unknown = [s for s in seen if s not in self._first_seen]
+        if unknown:
+            stored = []
+            for part in _parts(unknown):  # queries stay under the servers' size limits
+                stored += self._stored_first_seen(part)
+            if len(self._first_seen) + len(unknown) > self.cache_limit:
+                self._first_seen.clear()
+            self._first_seen.update(dict(stored))
+        rows = []
+        for series, (first, last) in seen.items():
+            first = min(first, self._first_seen.get(series, first))
+            self._first_seen[series] = first
+            name, labels = parse_series(series)
+            rows.append((series, name, *_labels(labels), int(first), int(last)))
+        return self.insert("series", rows)
+
+    def upsert_incidents(self, events: Sequence[tuple]) -> int:
+        """Fold ``events`` rows (in time order) into the incidents' latest state and write
+        one row per incident touched."""
+        index = {c: i for i, c in enumerate(TABLES["events"])}
+        ids = list(dict.fromkeys(e[index["incident_id"]] for e in events))
+        unknown = [i for i in ids if i not in self._incidents]
+        if unknown:
+            for part in _parts(unknown):
+                for found in self._incident_rows(part):
+                    self._incidents[found["incident_id"]] = found
+        touched = {}
+        for e in sorted(events, key=lambda e: e[index["ts_ms"]]):
+            iid = e[index["incident_id"]]
+            ts_ms, kind = e[index["ts_ms"]], e[index["kind"]]
+            row = touched.get(iid)
+            if row is None and iid in self._incidents:
+                # Work on a copy: the cache changes only once the insert succeeded.
+                row = dict(self._incidents[iid])
+                row["event_ids"] = set(row.get("event_ids", ()))
+            if row is None:
+                row = {
+                    "incident_id": iid, "series": e[index["series"]], "name": e[index["name"]],
+                    "label_keys": e[index["label_keys"]],
+                    "label_values": e[index["label_values"]], "opened_ms": ts_ms,
+                    "resolved_ms": None, "severity": "none", "anomaly_type": "",
+                    "peak_score": 0.0, "events": 0, "event_ids": set(),
+                }
+            row.setdefault("event_ids", set())
+            if e[index["event_id"]] in row["event_ids"]:
+                continue  # a replayed event
+            row["event_ids"].add(e[index["event_id"]])
+            row["events"] += 1
+            row["opened_ms"] = min(row["opened_ms"], ts_ms)
+            if kind == "resolve":
+                row["resolved_ms"] = ts_ms
+            else:
+                if severity_rank(e[index["severity"]]) >= severity_rank(row["severity"]):
+                    row["severity"] = e[index["severity"]]
+                if not row["anomaly_type"] or kind == "open":
+                    row["anomaly_type"] = e[index["anomaly_type"]]
+            row["peak_score"] = max(row["peak_score"], _finite(e[index["score"]]))
+            row["updated_ms"] = max(row.get("updated_ms", 0), ts_ms)
+            touched[iid] = row
+        rows = [
+            (r["incident_id"], r["series"], r["name"], r["label_keys"], r["label_values"],
+             r["opened_ms"] // 1000, r["opened_ms"], r["resolved_ms"], r["severity"],
+             r["anomaly_type"], r["peak_score"], r["events"],
+             # the version column: later state wins, also for two writes of one event time
+             r["updated_ms"] * 1000 + min(r["events"], 999))
+            for r in touched.values()
+        ]
+        written = self.insert("incidents", rows)
+        if len(self._incidents) + len(touched) > self.cache_limit:
+            self._incidents.clear()
+        self._incidents.update(touched)
+        return written
+
+
+
+
+class ClickHouseStore(FoldedUpserts):
     """Reads and writes vigil's tables over ClickHouse's native protocol (synchronous).
 
     ``url`` is ``clickhouse://user:password@host:9000/database``; the database is created by
@@ -269,6 +367,35 @@ class ClickHouseStore:
     def close(self) -> None:
         with self._lock:
             self.client.disconnect()
+
+    kind = "clickhouse"
+
+    def transient(self, exc: BaseException) -> bool:
+        return transient(exc)
+
+    def schema_gone(self, exc: BaseException) -> bool:
+        return isinstance(exc, ServerException) and exc.code in _SCHEMA_GONE
+
+    def ping(self) -> bool:
+        try:
+            return self.execute("SELECT 1") == [(1,)]
+        except Exception:  # noqa: BLE001 - reachable or not, nothing else
+            with self._lock:
+                self.client.disconnect()
+            return False
+
+    def count(self, table: str) -> int:
+        """Rows of ``table`` (replaced rows counted once); 0 when it does not exist yet."""
+        try:
+            return int(self.execute(f"SELECT count() FROM {{db}}.{table} FINAL")[0][0])
+        except ServerException as exc:
+            if exc.code in _SCHEMA_GONE:
+                return 0
+            raise
+
+    def drop(self) -> None:
+        """Drop the database and everything in it (tests, benchmarks)."""
+        self.execute(f"DROP DATABASE IF EXISTS {self.database}")
 
     # ---- schema
 
@@ -333,85 +460,10 @@ class ClickHouseStore:
 
     # ---- writes that merge with what is stored
 
-    def upsert_series(self, seen: Mapping[str, tuple[int, int]]) -> int:
-        """Update the catalogue from ``series → (first_ms, last_ms)`` seen in a batch."""
-
-        unknown = [s for s in seen if s not in self._first_seen]
-        if unknown:
-            stored = []
-            for part in _parts(unknown):  # queries stay under max_query_size (256 KiB)
-                stored += self.execute(
-                    "SELECT series, min(first_seen_ms) FROM {db}.series WHERE series IN %(s)s "
-                    "GROUP BY series", {"s": part},
-                )
-            if len(self._first_seen) + len(unknown) > self.cache_limit:
-                self._first_seen.clear()
-            self._first_seen.update(dict(stored))
-        rows = []
-        for series, (first, last) in seen.items():
-            first = min(first, self._first_seen.get(series, first))
-            self._first_seen[series] = first
-            name, labels = parse_series(series)
-            rows.append((series, name, *_labels(labels), int(first), int(last)))
-        return self.insert("series", rows)
-
-    def upsert_incidents(self, events: Sequence[tuple]) -> int:
-        """Fold ``events`` rows (in time order) into the incidents' latest state and write
-        one row per incident touched."""
-        cols = TABLES["events"]
-        index = {c: i for i, c in enumerate(cols)}
-        ids = list(dict.fromkeys(e[index["incident_id"]] for e in events))
-        unknown = [i for i in ids if i not in self._incidents]
-        if unknown:
-            for part in _parts(unknown):
-                for found in self._incident_rows(part):
-                    self._incidents[found["incident_id"]] = found
-        touched = {}
-        for e in sorted(events, key=lambda e: e[index["ts_ms"]]):
-            iid = e[index["incident_id"]]
-            ts_ms, kind = e[index["ts_ms"]], e[index["kind"]]
-            row = touched.get(iid)
-            if row is None and iid in self._incidents:
-                # Work on a copy: the cache changes only once the insert succeeded.
-                row = dict(self._incidents[iid])
-                row["event_ids"] = set(row.get("event_ids", ()))
-            if row is None:
-                row = {
-                    "incident_id": iid, "series": e[index["series"]], "name": e[index["name"]],
-                    "label_keys": e[index["label_keys"]],
-                    "label_values": e[index["label_values"]], "opened_ms": ts_ms,
-                    "resolved_ms": None, "severity": "none", "anomaly_type": "",
-                    "peak_score": 0.0, "events": 0, "event_ids": set(),
-                }
-            row.setdefault("event_ids", set())
-            if e[index["event_id"]] in row["event_ids"]:
-                continue  # a replayed event
-            row["event_ids"].add(e[index["event_id"]])
-            row["events"] += 1
-            row["opened_ms"] = min(row["opened_ms"], ts_ms)
-            if kind == "resolve":
-                row["resolved_ms"] = ts_ms
-            else:
-                if severity_rank(e[index["severity"]]) >= severity_rank(row["severity"]):
-                    row["severity"] = e[index["severity"]]
-                if not row["anomaly_type"] or kind == "open":
-                    row["anomaly_type"] = e[index["anomaly_type"]]
-            row["peak_score"] = max(row["peak_score"], _finite(e[index["score"]]))
-            row["updated_ms"] = max(row.get("updated_ms", 0), ts_ms)
-            touched[iid] = row
-        rows = [
-            (r["incident_id"], r["series"], r["name"], r["label_keys"], r["label_values"],
-             r["opened_ms"] // 1000, r["opened_ms"], r["resolved_ms"], r["severity"],
-             r["anomaly_type"], r["peak_score"], r["events"],
-             # the version column: later state wins, also for two writes of one event time
-             r["updated_ms"] * 1000 + min(r["events"], 999))
-            for r in touched.values()
-        ]
-        written = self.insert("incidents", rows)
-        if len(self._incidents) + len(touched) > self.cache_limit:
-            self._incidents.clear()
-        self._incidents.update(touched)
-        return written
+    def _stored_first_seen(self, series: Sequence[str]) -> list[tuple[str, int]]:
+        return self.execute(
+            "SELECT series, min(first_seen_ms) FROM {db}.series WHERE series IN %(s)s "
+            "GROUP BY series", {"s": tuple(series)})
 
     def _incident_rows(self, ids: Sequence[str]) -> list[dict]:
         cols = TABLES["incidents"]
@@ -591,310 +643,3 @@ class ClickHouseStore:
              "hi": int(until_ms) if until_ms is not None else 2**62},
         )
         return [(s, int(a), int(b), k, t) for s, a, b, k, t in rows]
-
-
-# --------------------------------------------------------------------------- writer
-
-
-@dataclass
-class _Chunk:
-    """Rows of one table, column by column (inserted as they are: ``columnar=True``)."""
-
-    table: str
-    columns: list[list]
-
-    def __len__(self) -> int:
-        return len(self.columns[0]) if self.columns else 0
-
-    def rows(self) -> list[tuple]:
-        return list(zip(*self.columns, strict=True))
-
-
-class ClickHouseWriter:
-    """The worker's bounded, batched, non-blocking path into a :class:`ClickHouseStore`.
-
-    ``add_*`` only append to an in-memory buffer (no I/O, never waits). :meth:`run` — a
-    background task — flushes when ``batch_rows`` rows are waiting or ``flush_s`` seconds
-    have passed, in an executor thread; a failed flush puts its rows back and is retried with
-    exponential backoff (tenacity) while new rows keep arriving. Beyond ``max_rows`` buffered
-    rows the oldest are dropped, counted in ``dropped`` (and the ``on_drop`` callback) and
-    logged once per burst.
-    """
-
-    def __init__(
-        self,
-        store: ClickHouseStore,
-        batch_rows: int = 20_000,
-        flush_s: float = 2.0,
-        max_rows: int = 1_000_000,
-        on_written: Callable[[str, int], None] | None = None,
-        on_drop: Callable[[int], None] | None = None,
-        on_error: Callable[[], None] | None = None,
-        on_buffer: Callable[[int], None] | None = None,
-    ) -> None:
-        self.store = store
-        self.batch_rows = max(1, batch_rows)
-        self.flush_s = flush_s
-        self.max_rows = max(1, max_rows)
-        self.on_written = on_written or (lambda table, n: None)
-        self.on_drop = on_drop or (lambda n: None)
-        self.on_error = on_error or (lambda: None)
-        self.on_buffer = on_buffer or (lambda n: None)
-        self._chunks: deque[_Chunk] = deque()
-        self.buffered = 0
-        self.dropped = 0
-        self.written: dict[str, int] = dict.fromkeys(TABLES, 0)
-        self.errors = 0
-        self._wake = asyncio.Event()
-        self._last_flush = time.monotonic()
-        self._dropping_logged = False
-        self._closing = False
-        self.schema_ready = False
-        self._lost: list[tuple[str, int, BaseException]] = []
-        self._in_flight = 0
-
-    @property
-    def pending(self) -> int:
-        """Rows not stored yet: buffered plus those of the insert under way (the gauge)."""
-        return self.buffered + self._in_flight
-
-    # ---- adding rows (event loop, no I/O)
-
-    def add(self, table: str, rows: list[tuple]) -> None:
-        """Buffer row tuples (columns as in :data:`TABLES`)."""
-        if rows:
-            self.add_columns(table, [list(c) for c in zip(*rows, strict=True)])
-
-    def add_columns(self, table: str, columns: list[list]) -> None:
-        """Buffer rows given column by column (equal-length lists)."""
-        chunk = _Chunk(table, columns)
-        if not len(chunk):
-            return
-        self._chunks.append(chunk)
-        self.buffered += len(chunk)
-        over = self.pending - self.max_rows
-        if over > 0:
-            self._drop_oldest(over)
-        self.on_buffer(self.pending)
-        if self.buffered >= self.batch_rows:
-            self._wake.set()
-
-    def _drop_oldest(self, count: int) -> None:
-        dropped = 0
-        while dropped < count and self._chunks:
-            chunk = self._chunks[0]
-            take = min(count - dropped, len(chunk))
-            if take == len(chunk):
-                self._chunks.popleft()
-            else:
-                for column in chunk.columns:
-                    del column[:take]
-            dropped += take
-        self.buffered -= dropped
-        self.dropped += dropped
-        self.on_drop(dropped)
-        if not self._dropping_logged:
-            log.warning("ClickHouse buffer full (%d rows): dropping the oldest rows "
-                        "(%d dropped so far)", self.max_rows, self.dropped)
-            self._dropping_logged = True
-
-    def add_steps(self, touched: Sequence[str], results: Any) -> None:
-        """A batch's scored steps (a :class:`~vigil.detectors.online.StepResults` whose
-        ``steps.index`` points into ``touched``) and the series catalogue's update."""
-        steps = results.steps
-        n = len(steps.ts_ms)
-        if n == 0:
-            return
-        index = np.asarray(steps.index)
-        names = np.asarray(touched, dtype=object)
-        ts_s = (np.asarray(steps.ts_ms, np.int64) // 1000).tolist()
-        anomalous = (np.asarray(results.anomaly_type) > 0).astype(np.uint8).tolist()
-        self.add_columns("steps", [
-            names[index].tolist(), ts_s, np.asarray(steps.value, float).tolist(),
-            np.asarray(results.expected, float).tolist(),
-            np.asarray(results.lower, float).tolist(), np.asarray(results.upper, float).tolist(),
-            np.asarray(results.z, float).tolist(), anomalous])
-        # Steps come by series then time: first and last step of each series.
-        starts = np.r_[0, np.flatnonzero(np.diff(index)) + 1]
-        ends = np.r_[starts[1:], n] - 1
-        ts = np.asarray(steps.ts_ms, np.int64)
-        self.add("series", [
-            (touched[i], int(ts[a]), int(ts[b]))
-            for i, a, b in zip(index[starts].tolist(), starts.tolist(), ends.tolist(),
-                               strict=True)
-        ])
-
-    def add_events(self, events: Iterable[Any]) -> None:
-        self.add("events", [event_row(e) for e in events])
-
-    def add_feedback(self, records: Iterable[Any]) -> None:
-        self.add("feedback", [feedback_row(f) for f in records])
-
-    # ---- flushing (executor thread)
-
-    def _take(self) -> list[_Chunk]:
-        chunks = list(self._chunks)
-        self._chunks.clear()
-        self.buffered = 0
-        return chunks
-
-    def _put_back(self, chunks: list[_Chunk]) -> None:
-        self._chunks.extendleft(reversed(chunks))
-        self.buffered += sum(len(c) for c in chunks)
-        over = self.pending - self.max_rows
-        if over > 0:
-            self._drop_oldest(over)
-        self.on_buffer(self.pending)
-
-    def _write(self, chunks: list[_Chunk]) -> list[_Chunk]:
-        """Insert the chunks table by table (steps, series, events, incidents, feedback);
-        returns the chunks of tables that failed (and re-raises the first error after)."""
-        if not self.schema_ready:
-            # At the first write, not at start: ClickHouse may be down when the worker starts.
-            self.store.ensure_schema()
-            self.schema_ready = True
-        self._lost: list[tuple[str, int, BaseException]] = []
-        by_table: dict[str, _Chunk] = {}
-        for c in chunks:
-            merged = by_table.get(c.table)
-            if merged is None:
-                by_table[c.table] = _Chunk(c.table, [list(col) for col in c.columns])
-            else:
-                for into, col in zip(merged.columns, c.columns, strict=True):
-                    into.extend(col)
-        failed: list[_Chunk] = []
-        error: Exception | None = None
-        for table in ("steps", "series", "events", "feedback", "labels"):
-            chunk = by_table.get(table)
-            if chunk is None or not len(chunk):
-                continue
-            if error is not None:
-                failed.append(chunk)
-                continue
-            try:
-                if table == "series":
-                    seen: dict[str, tuple[int, int]] = {}
-                    for s, first, last in chunk.rows():
-                        old = seen.get(s)
-                        seen[s] = (first, last) if old is None else (
-                            min(old[0], first), max(old[1], last))
-                    self.store.upsert_series(seen)
-                elif table == "events":
-                    # Incidents first: their merge reads which events are already stored.
-                    incidents = self.store.upsert_incidents(chunk.rows())
-                    self.written["incidents"] += incidents
-                    self.on_written("incidents", incidents)
-                    self.store.insert_columns("events", chunk.columns)
-                else:
-                    self.store.insert_columns(table, chunk.columns)
-                self.written[table] += len(chunk)
-                self.on_written(table, len(chunk))
-            except Exception as exc:  # noqa: BLE001 - kept and re-raised for the retry
-                if not transient(exc):
-                    # Retrying cannot help (a bad row, a query the server refuses): give the
-                    # rows up — counted — rather than block every later write.
-                    self._lost.append((table, len(chunk), exc))
-                    continue
-                if isinstance(exc, ServerException) and exc.code in _SCHEMA_GONE:
-                    self.schema_ready = False
-                error = exc
-                failed.append(chunk)
-        if error is not None:
-            raise _PartialFlush(failed) from error
-        return failed
-
-    def _count_lost(self) -> None:
-        for table, n, exc in self._lost:
-            self.dropped += n
-            self.on_drop(n)
-            self.errors += 1
-            self.on_error()
-            log.error("ClickHouse refused %d %s rows, dropped (not retried): %s", n, table,
-                      str(exc).splitlines()[0][:300])
-        self._lost = []
-
-    async def flush(self) -> None:
-        """Write everything buffered now (one attempt); on failure the rows go back."""
-        chunks = self._take()
-        if not chunks:
-            return
-        self._in_flight = sum(len(c) for c in chunks)
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, self._write, chunks)
-        except _PartialFlush as partial:
-            self._in_flight = 0
-            self._count_lost()
-            self.errors += 1
-            self.on_error()
-            self._put_back(partial.failed)
-            raise partial.__cause__ from None
-        except BaseException as exc:
-            self._in_flight = 0
-            if isinstance(exc, Exception):
-                self.errors += 1
-                self.on_error()
-            self._put_back(chunks)
-            if isinstance(exc, Exception) and not transient(exc):
-                log.error("ClickHouse schema could not be applied: %s", exc)
-            raise
-        self._in_flight = 0
-        self.on_buffer(self.pending)
-        self._count_lost()
-        self._last_flush = time.monotonic()
-        if self._dropping_logged and self.buffered < self.max_rows:
-            self._dropping_logged = False
-
-    async def flush_with_retry(self, stop_after: float | None = None) -> None:
-        """Flush, retrying with exponential backoff (0.2 s up to 30 s) on errors."""
-        deadline = None if stop_after is None else time.monotonic() + stop_after
-
-        def give_up(state) -> bool:
-            return deadline is not None and time.monotonic() >= deadline
-
-        async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(max=30.0, jitter=0.2, multiplier=0.2),
-            retry=retry_if_exception(transient),
-            stop=give_up, reraise=True,
-            before_sleep=lambda state: log.warning(
-                "ClickHouse write failed (%s); %d rows buffered, retrying in %.1f s",
-                state.outcome.exception(), self.buffered, state.next_action.sleep),
-        ):
-            with attempt:
-                await self.flush()
-
-    async def run(self) -> None:
-        """The background task: flush by size or time, forever (until cancelled)."""
-        while not self._closing:
-            timeout = max(0.0, self._last_flush + self.flush_s - time.monotonic())
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            if self.buffered:
-                try:
-                    await self.flush_with_retry()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - storage must never stop the worker
-                    log.exception("ClickHouse flush failed; rows stay buffered")
-            else:
-                self._last_flush = time.monotonic()
-
-    async def close(self, timeout: float = 10.0) -> None:
-        """Flush what is left (trying for up to ``timeout`` seconds), then stop."""
-        self._closing = True
-        self._wake.set()
-        if self.buffered:
-            try:
-                await self.flush_with_retry(stop_after=timeout)
-            except Exception as exc:  # noqa: BLE001
-                log.error("ClickHouse unreachable at shutdown: %d rows not written (%s)",
-                          self.buffered, exc)
-
-
-class _PartialFlush(Exception):
-    def __init__(self, failed: list[_Chunk]) -> None:
-        super().__init__(f"{len(failed)} tables not written")
-        self.failed = failed

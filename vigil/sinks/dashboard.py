@@ -8,8 +8,8 @@
   the end), so every worker's dashboard sees every event, and fans each event out to the
   connected browsers through bounded queues: a browser that falls behind is disconnected
   (its ``EventSource`` reconnects) rather than slowing anything down.
-* ``/dashboard/api/…`` — JSON read from ClickHouse (the contract of
-  :class:`vigil.sinks.clickhouse.ClickHouseStore`); the store's calls are synchronous and run
+* ``/dashboard/api/…`` — JSON read from the history store (the contract of
+  :class:`vigil.sinks.store.HistoryStore`); the store's calls are synchronous and run
   in a thread.
 * ``POST /dashboard/api/incidents/{id}/feedback`` — an operator's verdict (*Not an anomaly*,
   *Acknowledge*) published to the feedback topic, as the Telegram buttons do.
@@ -378,12 +378,13 @@ class Dashboard:
         events = [orjson.loads(d) for d in self.feed.recent]
         return web.json_response({"events": events[::-1], "feed_running": self.feed.running})
 
-    # -- ClickHouse reads -----------------------------------------------------------------
+    # -- history store reads (ClickHouse or PostgreSQL) -------------------------------------
 
     def _need_store(self) -> None:
         if self.store is None:
             raise web.HTTPServiceUnavailable(
-                text='{"error": "ClickHouse is not configured (VIGIL_CLICKHOUSE_URL)"}',
+                text='{"error": "no history store is configured (VIGIL_CLICKHOUSE_URL or '
+                     'VIGIL_POSTGRES_URL)"}',
                 content_type="application/json",
             )
 
@@ -392,10 +393,10 @@ class Dashboard:
         try:
             return await asyncio.to_thread(getattr(self.store, method), *args)
         except Exception as exc:  # noqa: BLE001 - say what failed, keep serving
-            log.warning("ClickHouse read %s failed: %s", method, exc)
+            log.warning("history store read %s failed: %s", method, exc)
             # The details stay in the worker's log: no server internals to the browser.
             raise web.HTTPBadGateway(
-                text=orjson.dumps({"error": "ClickHouse read failed (details in the worker's "
+                text=orjson.dumps({"error": "history store read failed (details in the worker's "
                                             "log)"}).decode(),
                 content_type="application/json",
             ) from None

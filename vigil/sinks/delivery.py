@@ -142,9 +142,23 @@ class NotifierStore:
       most :data:`MAX_VERDICTS`) collects what ``vigil train --feedback`` learns from.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "vigil:",
+                 durable: Any = None) -> None:
         self.client = client
         self.prefix = f"{prefix}notify:"
+        # With PostgreSQL configured (:class:`vigil.sinks.postgres.NotifierState`): silences
+        # and incident records (acknowledgements) are written there too, and what Redis lost
+        # is read back from it.
+        self.durable = durable
+
+    async def _durable(self, method: str, *args: Any, default: Any = None) -> Any:
+        if self.durable is None:
+            return default
+        try:
+            return await asyncio.to_thread(getattr(self.durable, method), *args)
+        except Exception as exc:  # noqa: BLE001 - Redis stays the working copy
+            log.warning("notifier state in PostgreSQL: %s failed (%s)", method, exc)
+            return default
 
     async def _call(self, fn: Callable[[], Awaitable[Any]]) -> Any:
         async for attempt in redis_retrying():
@@ -154,14 +168,19 @@ class NotifierStore:
         return result
 
     async def get_incident(self, receiver: str, incident_id: str) -> dict | None:
-        raw = await self._call(
-            lambda: self.client.get(f"{self.prefix}incident:{receiver}:{incident_id}")
-        )
+        key = f"{self.prefix}incident:{receiver}:{incident_id}"
+        raw = await self._call(lambda: self.client.get(key))
+        if raw is None and self.durable is not None:
+            raw = await self._durable("get", "incident", f"{receiver}:{incident_id}")
+            if raw is not None:  # lost by Redis: put back
+                await self._call(lambda: self.client.set(key, raw, ex=RECORD_TTL_S))
         return orjson.loads(raw) if raw else None
 
     async def put_incident(self, receiver: str, incident_id: str, record: dict) -> None:
         key = f"{self.prefix}incident:{receiver}:{incident_id}"
-        await self._call(lambda: self.client.set(key, orjson.dumps(record), ex=RECORD_TTL_S))
+        value = orjson.dumps(record)
+        await self._call(lambda: self.client.set(key, value, ex=RECORD_TTL_S))
+        await self._durable("put", "incident", f"{receiver}:{incident_id}", value.decode())
 
     async def mark_not_anomaly(self, name: str, series: str) -> int:
         """Remember that ``series`` (of metric ``name``) was marked "not an anomaly"; how many
@@ -271,15 +290,22 @@ class NotifierStore:
     async def add_silence(self, silence: Silence) -> Silence:
         if not silence.id:
             silence.id = stable_id(*(str(m) for m in silence.matchers), silence.starts_ms)
-        await self._call(lambda: self.client.hset(
-            f"{self.prefix}silences", silence.id, silence.model_dump_json(by_alias=True)
-        ))
+        value = silence.model_dump_json(by_alias=True)
+        await self._call(lambda: self.client.hset(f"{self.prefix}silences", silence.id, value))
+        await self._durable("put", "silence", silence.id, value)
         return silence
 
     async def silences(self) -> list[Silence]:
         """Every stored silence; those expired more than a week ago are deleted."""
         key = f"{self.prefix}silences"
         raw = await self._call(lambda: self.client.hgetall(key))
+        if self.durable is not None:
+            known = {k.decode() if isinstance(k, bytes) else k for k in raw}
+            lost = {k: v for k, v in (await self._durable("all", "silence", default={})).items()
+                    if k not in known}
+            if lost:  # lost by Redis: put back
+                await self._call(lambda: self.client.hset(key, mapping=lost))
+                raw = {**raw, **lost}
         out, old = [], []
         horizon = _now_ms() - SILENCE_KEEP_S * 1000
         for value in raw.values():
@@ -291,6 +317,7 @@ class NotifierStore:
             (old if silence.ends_ms < horizon else out).append(silence)
         if old:
             await self._call(lambda: self.client.hdel(key, *(s.id for s in old)))
+            await self._durable("delete", "silence", [s.id for s in old])
         return sorted(out, key=lambda s: s.ends_ms)
 
     async def expire_silence(self, silence_id: str, now_ms: int | None = None) -> bool:

@@ -131,12 +131,12 @@ def add_web_pages(
     app: faust.App,
     redis_client: aioredis.Redis,
     details: Callable[[], dict],
-    clickhouse_url: str = "",
+    store_url: str = "",
 ) -> None:
     """``/metrics`` (Prometheus) and ``/health``: Redis reachable, the Kafka partitions this
-    process owns, ClickHouse reachable (when configured), plus ``details()``. Both stay open
+    process owns, the history store reachable (when configured), plus ``details()``. Both stay open
     without the dashboard token, as Prometheus scrapers and probes expect."""
-    clickhouse_ping = _clickhouse_ping(clickhouse_url) if clickhouse_url else None
+    store_name, store_ping = _store_ping(store_url) if store_url else ("", None)
 
     @app.page("/metrics")
     async def prometheus_metrics(web, request):
@@ -161,10 +161,21 @@ def add_web_pages(
         if STORE_OUTAGE.error is not None:  # waiting out a Redis that cannot write
             report["store_error"] = STORE_OUTAGE.error
             healthy = False
-        if clickhouse_ping is not None:
-            report["clickhouse"] = await asyncio.to_thread(clickhouse_ping)
-            healthy = healthy and report["clickhouse"]
+        if store_ping is not None:
+            report[store_name] = await asyncio.to_thread(store_ping)
+            healthy = healthy and report[store_name]
         return web.json({**report, **details()}, status=200 if healthy else 503)
+
+
+def _store_ping(url: str) -> tuple[str, Callable[[], bool]]:
+    """``/health``'s name and check of the history store (``clickhouse`` or ``postgres``)."""
+    from vigil.sinks.store import store_kind
+
+    if store_kind(url) == "postgres":
+        from vigil.sinks.postgres import PostgresStore
+
+        return "postgres", PostgresStore(url, connect_timeout=2, statement_timeout_s=5).ping
+    return "clickhouse", _clickhouse_ping(url)
 
 
 def _clickhouse_ping(url: str) -> Callable[[], bool]:
@@ -269,12 +280,12 @@ def add_dashboard(app: faust.App, settings: Settings, redis_client: aioredis.Red
     from vigil.sinks.delivery import METRIC_OFFER_SERIES, NotifierStore, metric_offer_text
 
     store = None
-    if settings.clickhouse_url:
-        from vigil.sinks.clickhouse import ClickHouseStore
+    if settings.store_url:
+        from vigil.sinks.store import open_store
 
-        store = ClickHouseStore(settings.clickhouse_url)
+        store = open_store(settings)
     else:
-        log.warning("dashboard without ClickHouse (VIGIL_CLICKHOUSE_URL unset): "
+        log.warning("dashboard without history (VIGIL_CLICKHOUSE_URL, VIGIL_POSTGRES_URL unset): "
                     "live feed only, no series, charts or incidents")
     feed = AnomalyFeed(
         settings.kafka_bootstrap,
@@ -361,7 +372,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         lateness_steps=settings.allowed_lateness_steps,
     )
 
-    history = attach_storage(app, settings)  # ClickHouse, when configured
+    history = attach_storage(app, settings)  # ClickHouse or PostgreSQL, when configured
     # Compile the detector's step kernel (or load it from numba's cache) now, at start, not
     # on the first batch.
     warm_up()
@@ -509,7 +520,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             report["degraded_inputs"] = dict(degraded)
         return report
 
-    add_web_pages(app, redis_client, details, settings.clickhouse_url)
+    add_web_pages(app, redis_client, details, settings.store_url)
     if settings.remote_write_enabled and settings.web_enabled:
         add_remote_write(app, settings, app.topic(
             settings.remote_write_topic or topics[0], value_serializer="raw",

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 
 from vigil.detectors.resample import iter_points_in_time_order, step_of
-from vigil.sinks.clickhouse import ClickHouseStore, ClickHouseWriter
+from vigil.sinks.store import HistoryWriter, store_for_url
 from vigil.streams.pipeline import DetectionPipeline
 from vigil.streams.settings import Settings
 
@@ -42,7 +42,8 @@ def backfill(
 ) -> dict[str, int]:
     """Run the worker's detection code causally over ``dataset`` (a
     :class:`~vigil.lab.datasets.Dataset`) and store its steps, events, incidents, series
-    and labelled windows in ClickHouse at ``url``. Returns row counts per table.
+    and labelled windows in the history store at ``url`` (``clickhouse://`` or
+    ``postgresql://``). Returns row counts per table.
 
     The points go through :class:`~vigil.streams.pipeline.DetectionPipeline` in time order,
     ``chunk`` points at a time, from fresh states — exactly what a worker would have stored
@@ -53,9 +54,9 @@ def backfill(
 
     settings = settings or Settings()
     params = settings.detector if step_s is None else replace(settings.detector, step_s=step_s)
-    store = ClickHouseStore(url)
+    store = store_for_url(url)
     store.ensure_schema()
-    writer = ClickHouseWriter(store, batch_rows=10**9, max_rows=10**9)
+    writer = HistoryWriter(store, batch_rows=10**9, max_rows=10**9)
     pipeline = DetectionPipeline(_MemoryStates(), params, directions=settings.directions,
                                  history_steps=0)
 

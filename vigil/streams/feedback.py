@@ -4,7 +4,8 @@
   :class:`~vigil.events.Feedback` record on the feedback topic, as a Telegram button does:
   the worker turns a ``not_anomaly`` into a lesson for the series' detector state, the
   notifier stops an acknowledged incident's escalations. The incident is looked up on the
-  anomalies topic (its series, type, direction, peak score and opening).
+  anomalies topic (its series, type, direction, peak score and opening), or in the history
+  store when the topic no longer has it.
 * ``forget SERIES…`` publishes ``forget`` records: the worker undoes what the series was
   taught.
 * ``list`` reads the series' states from Redis and prints the patterns in force.
@@ -23,7 +24,7 @@ import orjson
 import redis
 
 from vigil.detectors.teaching import Pattern, taught_patterns
-from vigil.events import AnomalyEvent, Feedback, stable_id
+from vigil.events import EVENT_FIELDS, AnomalyEvent, Feedback, stable_id
 from vigil.series import parse_series
 from vigil.streams.settings import Settings
 from vigil.streams.state import StateFormatError, unpack
@@ -31,12 +32,36 @@ from vigil.streams.topic_reader import read_to_end
 from vigil.times import iso
 
 __all__ = ["find_incident", "forget_feedback", "publish_feedback", "series_of_metric",
-           "taught", "verdicts"]
+           "stored_incident", "taught", "verdicts"]
 
 
 def find_incident(settings: Settings, incident_id: str, timeout_s: float = 60.0
                   ) -> list[AnomalyEvent]:
-    """The events of ``incident_id`` on the anomalies topic, oldest first ([] if none)."""
+    """The events of ``incident_id`` on the anomalies topic, oldest first ([] if none); when
+    the topic no longer has them (its retention) and a history store is configured, the
+    stored ones (ClickHouse or PostgreSQL)."""
+    found = _incident_on_topic(settings, incident_id, timeout_s)
+    if not found and settings.store_url:
+        found = stored_incident(settings, incident_id)
+    return sorted(found, key=lambda e: e.ts_ms)
+
+
+def stored_incident(settings: Settings, incident_id: str) -> list[AnomalyEvent]:
+    """The incident's events as the history store keeps them (no chart context)."""
+    from vigil.sinks.store import open_store
+
+    store = open_store(settings)
+    try:
+        incident = store.incident(incident_id)
+    finally:
+        store.close()
+    fields = set(EVENT_FIELDS)
+    return [AnomalyEvent(**{k: v for k, v in e.items() if k in fields})
+            for e in (incident or {}).get("events", [])]
+
+
+def _incident_on_topic(settings: Settings, incident_id: str, timeout_s: float
+                       ) -> list[AnomalyEvent]:
     found = []
     needle = incident_id.encode()
     for _, _, value in read_to_end(settings, settings.anomalies_topic, timeout_s):
@@ -50,7 +75,7 @@ def find_incident(settings: Settings, incident_id: str, timeout_s: float = 60.0
             continue
         if event.incident_id == incident_id:
             found.append(event)
-    return sorted(found, key=lambda e: e.ts_ms)
+    return found
 
 
 def forget_feedback(series: str, user: str) -> Feedback:

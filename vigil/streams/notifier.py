@@ -25,6 +25,7 @@ from mode import CrashingSupervisor
 from vigil.events import AlertDeadLetter, AnomalyEvent, Feedback
 from vigil.sinks import metrics
 from vigil.sinks.delivery import InOrderAcks, Notifier, NotifierStore, build_channels
+from vigil.sinks.store import notifier_state
 from vigil.sinks.telegram import (
     TelegramBot,
 )
@@ -59,7 +60,7 @@ def create_notifier_app(settings: Settings | None = None) -> faust.App:
     dead_letters = app.topic(settings.alerts_deadletter_topic, internal=True,
                              key_serializer="raw")
     redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
-    store = NotifierStore(redis_client, settings.redis_prefix)
+    store = NotifierStore(redis_client, settings.redis_prefix, notifier_state(settings))
     uses_telegram = any(r.telegram for r in config.receivers)
     bot = TelegramBot(config.telegram, config.telegram_chats()) if uses_telegram else None
 

@@ -170,6 +170,12 @@ class Settings(BaseSettings):
         "", description="clickhouse://user:password@host:9000/database — history storage "
         "(steps, events, incidents, feedback); empty = off."
     )
+    postgres_url: str = Field(
+        "", description="postgresql://user:password@host:5432/database?schema=vigil — history "
+        "in PostgreSQL instead of ClickHouse (docs/storage.md); not with clickhouse_url. The "
+        "clickhouse_batch_rows, _flush_s, _buffer_max_rows and retention_days settings apply "
+        "to it too."
+    )
     clickhouse_batch_rows: int = Field(
         20_000, ge=1, description="Rows buffered before a ClickHouse insert is started."
     )
@@ -294,10 +300,33 @@ class Settings(BaseSettings):
                              f"{redact_url(url)!r})")
         return url
 
+    @field_validator("postgres_url")
+    @classmethod
+    def _postgres_scheme(cls, url: str) -> str:
+        from urllib.parse import urlsplit
+
+        from vigil.redact import redact_url
+
+        if url and urlsplit(url).scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"must start with postgresql:// (got {redact_url(url)!r})")
+        return url
+
+    @model_validator(mode="after")
+    def _one_history_store(self) -> Settings:
+        if self.postgres_url and self.clickhouse_url:
+            raise ValueError("set VIGIL_POSTGRES_URL or VIGIL_CLICKHOUSE_URL, not both: "
+                             "history is kept in one store")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        """The history store's URL (PostgreSQL or ClickHouse); empty = storage off."""
+        return self.postgres_url or self.clickhouse_url
+
     def secrets(self) -> list[str]:
         """Every secret these settings hold (SecretStr fields at any depth, URL passwords),
         for :func:`vigil.redact.install_log_redaction`."""
-        from urllib.parse import unquote, urlsplit
+        from urllib.parse import parse_qsl, unquote, urlsplit
 
         found: list[str] = []
 
@@ -312,13 +341,15 @@ class Settings(BaseSettings):
                     walk(item)
 
         walk(self)
-        for url in (self.redis_url, self.clickhouse_url, self.broker_url):
+        for url in (self.redis_url, self.clickhouse_url, self.postgres_url, self.broker_url):
             try:
                 password = urlsplit(url).password
             except ValueError:
                 password = None
             if password:
                 found += [password, unquote(password)]
+        # libpq also takes the password as a parameter: postgresql://u@h/db?password=…
+        found += [v for k, v in parse_qsl(urlsplit(self.postgres_url).query) if k == "password"]
         return [s for s in found if s]
 
     @field_validator("directions", mode="before")

@@ -1,10 +1,10 @@
-"""The worker's hook into history storage (ClickHouse), when ``clickhouse_url`` is set.
+"""The worker's hook into history storage (ClickHouse or PostgreSQL), when ``clickhouse_url``
+or ``postgres_url`` is set.
 
 :func:`attach_storage` gives the detect agent a :class:`History` to hand each batch to (steps,
 events — a memory append, never a wait), and adds to the app: the writer's background flush
 task, an agent that stores operators' feedback, and a daily retention timer. The writer
-itself — bounded buffer, retries, drop-oldest — is :class:`vigil.sinks.clickhouse.
-ClickHouseWriter`.
+itself — bounded buffer, retries, drop-oldest — is :class:`vigil.sinks.store.HistoryWriter`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ import faust
 import orjson
 
 from vigil.events import AnomalyEvent
+from vigil.redact import redact_url
 from vigil.sinks import metrics
-from vigil.sinks.clickhouse import ClickHouseStore, ClickHouseWriter, feedback_row
+from vigil.sinks.clickhouse import feedback_row
+from vigil.sinks.store import HistoryStore, HistoryWriter, open_store
 from vigil.streams.settings import Settings
 
 __all__ = ["History", "attach_storage", "new_writer"]
@@ -27,10 +29,11 @@ __all__ = ["History", "attach_storage", "new_writer"]
 log = logging.getLogger("vigil.storage")
 
 
-def new_writer(settings: Settings, store: ClickHouseStore | None = None) -> ClickHouseWriter:
-    """A writer with the settings' bounds whose counts feed the worker's metrics."""
-    return ClickHouseWriter(
-        store or ClickHouseStore(settings.clickhouse_url),
+def new_writer(settings: Settings, store: HistoryStore | None = None) -> HistoryWriter:
+    """A writer with the settings' bounds whose counts feed the worker's metrics (named
+    ``vigil_clickhouse_*`` for either store)."""
+    return HistoryWriter(
+        store or open_store(settings),
         batch_rows=settings.clickhouse_batch_rows,
         flush_s=settings.clickhouse_flush_s,
         max_rows=settings.clickhouse_buffer_max_rows,
@@ -44,7 +47,7 @@ def new_writer(settings: Settings, store: ClickHouseStore | None = None) -> Clic
 class History:
     """What the detect agent calls once per batch."""
 
-    def __init__(self, writer: ClickHouseWriter) -> None:
+    def __init__(self, writer: HistoryWriter) -> None:
         self.writer = writer
 
     def record(self, series: Sequence[str], results, events: Sequence[AnomalyEvent]) -> None:
@@ -55,9 +58,10 @@ class History:
 
 
 def attach_storage(app: faust.App, settings: Settings) -> History | None:
-    """Wire ClickHouse storage into ``app``; None when ``clickhouse_url`` is empty."""
-    if not settings.clickhouse_url:
-        log.info("ClickHouse storage is off (VIGIL_CLICKHOUSE_URL is not set)")
+    """Wire history storage into ``app``; None when no store is configured."""
+    if not settings.store_url:
+        log.info("history storage is off (neither VIGIL_CLICKHOUSE_URL nor VIGIL_POSTGRES_URL "
+                 "is set)")
         return None
     writer = new_writer(settings)
     history = History(writer)
@@ -67,8 +71,8 @@ def attach_storage(app: faust.App, settings: Settings) -> History | None:
 
     @app.task
     async def clickhouse_writer() -> None:
-        log.info("ClickHouse storage on: %s (batches of %d rows or %.1f s, buffer bound %d)",
-                 writer.store.url.split("@")[-1], writer.batch_rows, writer.flush_s,
+        log.info("%s storage on: %s (batches of %d rows or %.1f s, buffer bound %d)",
+                 writer.name, redact_url(writer.store.url), writer.batch_rows, writer.flush_s,
                  writer.max_rows)
         try:
             await writer.run()
@@ -103,6 +107,6 @@ def attach_storage(app: faust.App, settings: Settings) -> History | None:
                 None, writer.store.drop_expired, settings.retention_days)
             last_retention[0] = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - retried at the next check
-            log.warning("ClickHouse retention failed: %s", exc)
+            log.warning("%s retention failed: %s", writer.name, exc)
 
     return history
