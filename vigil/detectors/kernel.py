@@ -16,7 +16,9 @@ shape (many series × few steps, few series × many steps). The maths is describ
 * :func:`drift`, :func:`contextual` — drift opening, a point normal at another hour;
 * :func:`taught`, :func:`withhold` — a pattern operators marked "not an anomaly" opens nothing;
 * :func:`learn_level_and_scale`, :func:`learn_baseline`, :func:`learn_spreads` — learning;
-* :func:`incident` — incidents with hysteresis.
+* :func:`incident` — incidents with hysteresis;
+* :func:`learn_trend` — the capacity forecast's trend (:mod:`vigil.detectors.forecast`); it
+  only writes fields of its own and changes no detection.
 
 Every operation is the one the former numpy version did, in the same order and precision
 (float32 profile slots included), so both give the same results to the last bit
@@ -151,6 +153,7 @@ class KernelConstants(NamedTuple):
     stdtr_address: int
     ndtri_address: int
     first_alert_steps: float
+    fit_decay: float  # the forecast fit's per-step weight decay, 0.5^(step / half-life)
     rarity_decays: np.ndarray  # per rarity level
     levels: np.ndarray  # the rarity levels z_open·√2^k
 
@@ -717,6 +720,38 @@ def change(s, w, c):
 
 
 @part
+def learn_trend(s, w, c):
+    """The capacity forecast's trend: an exponentially weighted least-squares line through
+    the observed steps' deseasonalised values (the value less the seasonal profiles the
+    detector applies, so a daily peak is no climb) against time in hours. Kept as the
+    weights, means and co-moments of (t, y), updated in the incremental (Welford) form; a
+    switch of the applied seasonality starts the fit afresh (the values change meaning)."""
+    if not w.observed:
+        return
+    season = w.new_d + 2 * w.new_w
+    decay = c.fit_decay
+    if season != s.fit_season:
+        s.fit_season = season
+        decay = 0.0
+    w_old = decay * s.fit_weight
+    w_new = w_old + 1.0
+    dt = w.t / 3_600_000.0 - s.fit_t_mean
+    dy = (w.y - w.season) - s.fit_y_mean
+    if w_old == 0.0:
+        dt, dy = w.t / 3_600_000.0, w.y - w.season
+        s.fit_t_mean, s.fit_y_mean = 0.0, 0.0
+    r = 1.0 / w_new
+    keep = w_old * r
+    s.fit_t_mean += r * dt
+    s.fit_y_mean += r * dy
+    s.fit_tt = decay * s.fit_tt + keep * dt * dt
+    s.fit_ty = decay * s.fit_ty + keep * dt * dy
+    s.fit_yy = decay * s.fit_yy + keep * dy * dy
+    s.fit_weight = w_new
+    s.fit_weight2 = decay * decay * s.fit_weight2 + 1.0
+
+
+@part
 def step(s, w, c):
     """Score one closed step of one series, then learn from it."""
     if s.n_steps == 0:
@@ -744,6 +779,7 @@ def step(s, w, c):
     learn_baseline(s, w, c, calm)
     learn_spreads(s, w, c, calm)
     incident(s, w, c, is_open)
+    learn_trend(s, w, c)
 
 
 @njit(cache=True)

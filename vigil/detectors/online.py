@@ -274,6 +274,12 @@ class DetectorParams:
         "below which extreme steps are a burst (news even where single ones are not).")
     burst_min_hits: float = _knob(
         3.0, "Fewest extreme steps (EW count) in the burst window that can be a burst.")
+    forecast_halflife_s: float = _knob(
+        6 * 3_600.0, "Half-life in seconds of the capacity forecast's trend: an EW linear fit "
+        "of the deseasonalised value against time (docs/forecasts.md).")
+    forecast_min_days: float = _knob(
+        1.5, "Age in days a series needs before it is forecast (the daily profile is applied "
+        "from daily_min_days: before, a daily peak would look like a climb).")
 
     @property
     def step_ms(self) -> int:
@@ -462,6 +468,7 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
         stdtr_address=STDTR_ADDRESS,
         ndtri_address=NDTRI_ADDRESS,
         first_alert_steps=float(p.first_alert_steps),
+        fit_decay=0.5 ** (s / p.forecast_halflife_s),
         rarity_decays=np.array([
             0.5 ** (s / (p.rarity_halflife_s * p.rarity_growth**k)) for k in range(RARITY_LEVELS)
         ]),

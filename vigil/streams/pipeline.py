@@ -51,6 +51,7 @@ from vigil.streams.state import (
 from vigil.times import iso
 
 if TYPE_CHECKING:
+    from vigil.streams.forecasts import ForecastWatch
     from vigil.streams.lstm_scorer import LstmScorer
 
 __all__ = [
@@ -425,9 +426,11 @@ class DetectionPipeline:
         history_steps: int = 0,
         lstm: LstmScorer | None = None,
         lateness_steps: int = 0,
+        forecasts: ForecastWatch | None = None,
     ) -> None:
         self.store = store
         self.lateness_steps = lateness_steps
+        self.forecasts = forecasts  # capacity forecasts (vigil.streams.forecasts), optional
         # The global LSTM (optional): its score contributes to the seasonal detector's
         # events and opens incidents of its own where the seasonal detector has none.
         self.lstm = lstm
@@ -513,9 +516,11 @@ class DetectionPipeline:
         dropped_by_reason = {"late": late, "duplicate": duplicate, "not_finite": not_finite}
         if held is None:
             dropped_by_reason["late"] = results.steps.dropped
+        forecast_events = ([] if self.forecasts is None else  # before pack: they update bank
+                           self.forecasts.events(bank, touched, results, self.history.context))
         states = pack(bank)
         lstm_z = None if self.lstm is None else await self.lstm.score(touched, results)
-        events = self._events(results, touched, lstm_z)
+        events = self._events(results, touched, lstm_z) + forecast_events
         self.history.record(touched, results)  # after the events: they read earlier batches
         return Batch(
             events=events,
