@@ -96,7 +96,7 @@ async def _write(writer: ClickHouseWriter) -> None:
 
 
 def test_schema_is_created_at_the_latest_version_and_is_idempotent(store: ClickHouseStore):
-    assert store.schema_version() == SCHEMA_VERSION == 4
+    assert store.schema_version() == SCHEMA_VERSION == 5
     assert set(store.tables()) >= {"steps", "events", "incidents", "feedback", "series",
                                     "labels", "schema_version"}
     assert store.ensure_schema() == []  # nothing left to apply
@@ -116,18 +116,19 @@ def test_migration_from_v1_keeps_the_data_and_fills_the_new_columns(clickhouse_u
         s.execute("INSERT INTO {db}.steps (series, ts, value, expected, lower, upper, score) "
                   "VALUES", [(series, T0 // 1000, 1.0, 1.0, 0.0, 2.0, 0.1),
                              (series, T0 // 1000 + 60, 9.0, 1.0, 0.0, 2.0, 8.0)])
-        v1_columns = ", ".join(c for c in TABLES["events"] if c not in ("change", "z"))
+        v1_columns = ", ".join(c for c in TABLES["events"] if c not in ("change", "z", "forecast"))
         s.execute(f"INSERT INTO {{db}}.events ({v1_columns}) VALUES",
-                  [_row_of(_event(series, "i1", "open", T0 + 60_000))[:-2]])
+                  [_row_of(_event(series, "i1", "open", T0 + 60_000))[:-3]])
 
-        assert s.ensure_schema() == [2, 3, 4]
-        assert s.schema_version() == 4
+        assert s.ensure_schema() == [2, 3, 4, 5]
+        assert s.schema_version() == 5
         steps = s.series_steps(series, T0, T0 + 60_000)
         assert steps["value"] == [1.0, 9.0] and steps["z"] == [0.1, 8.0]
         assert steps["anomalous"] == [0, 1]  # v1 rows: outside the band
         assert s.execute("SELECT count() FROM {db}.events")[0][0] == 1
         assert s.recent_events(1)[0]["change"] == ""  # v3's column, on a v1 row
         assert s.recent_events(1)[0]["z"] == 0.0  # and v4's
+        assert s.recent_events(1)[0]["forecast"] is None  # and v5's
         assert s.execute("SELECT series, name, label_keys, label_values, first_seen_ms, "
                          "last_seen_ms FROM {db}.series") == [
             (series, "cpu", ["host"], ["db-1"], T0, T0 + 60_000)]
@@ -140,6 +141,17 @@ def _row_of(event: dict) -> tuple:
     from vigil.sinks.clickhouse import event_row
 
     return event_row(event)
+
+
+def test_a_forecast_event_keeps_its_forecast(store: ClickHouseStore):
+    forecast = {"limit": 100.0, "side": "upper", "rate_per_h": 2.1, "hours": 5.2,
+                "hours_low": 4.1, "hours_high": None, "eta_ms": T0 + 18_720_000}
+    event = {**_event('disk_used_percent{host="db-1"}', "f1", "open", T0),
+             "anomaly_type": "forecast", "forecast": forecast}
+    store.insert("events", [_row_of(event), _row_of(_event("cpu", "i2", "open", T0 - 1))])
+    newest, older = store.recent_events(2)
+    assert newest["forecast"] == forecast and newest["anomaly_type"] == "forecast"
+    assert older["forecast"] is None
 
 
 # --------------------------------------------------------------------------- round trip

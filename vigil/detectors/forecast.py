@@ -45,18 +45,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vigil.detectors.online import LONG_FIT_FACTOR
+
 __all__ = [
     "BAND_Z",
+    "LONG_AGREEMENT",
     "RESOLVE_FACTOR",
     "Forecast",
     "ForecastLimits",
     "LimitRule",
+    "Transition",
     "decide",
+    "follow",
     "forecast",
 ]
 
 #: Half-width of the band in standard errors (about a 95 % interval for each of rate and level).
 BAND_Z = 2.0
+#: The long fit's rate must be at least this share of the short fit's (the same sign).
+LONG_AGREEMENT = 0.5
 #: A warning resolves once the lower bound of the time to the limit is past this many warning
 #: horizons (hysteresis: a forecast hovering at the horizon does not flap).
 RESOLVE_FACTOR = 1.25
@@ -88,25 +95,21 @@ def forecast(
 ) -> Forecast:
     """The forecasts of state ``records`` towards their limits ``low`` / ``high`` (NaN = none).
 
+    Only where the long fit (``LONG_FIT_FACTOR`` × the half-life) confirms the trend: its
+    rate at least :data:`LONG_AGREEMENT` of the short fit's. Over a day or more the ramp of
+    a daily cycle averages out against its drop, while a fill that lasts does not.
+
     Series younger than ``min_steps`` observed steps, or whose fit holds less than
     ``min_fit_weight`` (the fit restarts when the applied seasonality switches; half of the
     steady-state weight ``1 / (1 − decay)`` is one half-life of steps), get none.
     """
     n = len(records)
-    w = records["fit_weight"].astype(np.float64)
-    w2 = np.maximum(records["fit_weight2"].astype(np.float64), 1e-300)
-    tt = records["fit_tt"].astype(np.float64)
-    ty = records["fit_ty"].astype(np.float64)
-    yy = records["fit_yy"].astype(np.float64)
     now_ms = records["last_step_ms"].astype(np.int64)
+    w, w2, rate, var_rate, var_res, t_mean, y_mean = _line(records, "fit_")
+    w_long, _, rate_long, _, _, _, _ = _line(records, "fit_long_")
     with np.errstate(divide="ignore", invalid="ignore"):
-        n_eff = w * w / w2
-        rate = np.where(tt > 0, ty / tt, 0.0)
-        sse = np.maximum(yy - rate * ty, 0.0)
-        var_res = sse / np.maximum(w, 1e-300) * n_eff / np.maximum(n_eff - 2.0, 1.0)
-        var_rate = np.where(tt > 0, var_res * (w2 / np.maximum(w, 1e-300)) / tt, np.inf)
-        ahead = now_ms / HOUR_MS - records["fit_t_mean"]
-        level = records["fit_y_mean"] + rate * ahead
+        ahead = now_ms / HOUR_MS - t_mean
+        level = y_mean + rate * ahead
         var_level = var_res * w2 / np.maximum(w * w, 1e-300) + ahead * ahead * var_rate
     se_rate, se_level = np.sqrt(var_rate), np.sqrt(var_level)
     # The limit is reached when the trend plus the applied daily profile's extreme gets there.
@@ -114,9 +117,12 @@ def forecast(
     on = records["daily_on"] != 0
     peak = np.where(on, daily.max(axis=1), 0.0)
     trough = np.where(on, daily.min(axis=1), 0.0)
-    ready = (records["n_steps"] >= min_steps) & (w >= max(min_fit_weight, 4.0)) & (tt > 0)
-    up = ready & np.isfinite(high) & (rate > 0) & (level + peak < high)
-    down = ready & np.isfinite(low) & (rate < 0) & (level + trough > low) & ~up
+    ready = ((records["n_steps"] >= min_steps) & (w >= max(min_fit_weight, 4.0))
+             & (w_long >= max(LONG_FIT_FACTOR * min_fit_weight, 4.0)) & np.isfinite(var_rate))
+    # The trend holds over the long fit's day too (a daily cycle's ramp does not).
+    held = rate_long * rate >= LONG_AGREEMENT * rate * rate
+    up = ready & held & np.isfinite(high) & (rate > 0) & (level + peak < high)
+    down = ready & held & np.isfinite(low) & (rate < 0) & (level + trough > low) & ~up
     side = np.where(up, 1, np.where(down, -1, 0)).astype(np.int8)
     limit = np.where(up, high, np.where(down, low, np.nan))
     target = np.where(up, high - peak, np.where(down, low - trough, np.nan))
@@ -135,6 +141,24 @@ def forecast(
         hours_low[s] = near / fast
         hours_high[s] = np.where(slow > 0, far / np.where(slow > 0, slow, 1.0), np.inf)
     return Forecast(side, limit, rate, level, hours, hours_low, hours_high, now_ms)
+
+
+def _line(records: np.ndarray, prefix: str) -> tuple[np.ndarray, ...]:
+    """A stored EW line's weight Σw, Σw², rate, the rate's variance, the residual variance
+    and the means of t and y (``prefix`` ``fit_`` or ``fit_long_``)."""
+    w = records[prefix + "weight"].astype(np.float64)
+    w2 = np.maximum(records[prefix + "weight2"].astype(np.float64), 1e-300)
+    tt = records[prefix + "tt"].astype(np.float64)
+    ty = records[prefix + "ty"].astype(np.float64)
+    yy = records[prefix + "yy"].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n_eff = w * w / w2
+        rate = np.where(tt > 0, ty / tt, 0.0)
+        sse = np.maximum(yy - rate * ty, 0.0)
+        var_res = sse / np.maximum(w, 1e-300) * n_eff / np.maximum(n_eff - 2.0, 1.0)
+        var_rate = np.where(tt > 0, var_res * (w2 / np.maximum(w, 1e-300)) / tt, np.inf)
+    return (w, w2, rate, var_rate, var_res, records[prefix + "t_mean"],
+            records[prefix + "y_mean"])
 
 
 def decide(
@@ -245,3 +269,43 @@ class ForecastLimits:
             low, high = high, None
         return (math.nan if low is None else low), (math.nan if high is None else high)
 
+
+
+@dataclass(slots=True)
+class Transition:
+    """A forecast warning's transition in :func:`follow` (``event`` 1 open, 2 update,
+    3 resolve) with the forecast at that time."""
+
+    ts_ms: int
+    event: int
+    severity: int
+    hours: float
+    hours_low: float
+    hours_high: float
+
+
+def follow(ts_ms, values, low: float, high: float, params=None, warning_h: float = 24.0,
+           critical_h: float = 4.0, batch_steps: int = 15) -> list[Transition]:
+    """Run one series through the detector in batches of ``batch_steps`` points, as a worker
+    does, and return its forecast warnings' transitions (for tests and benchmarks)."""
+    from vigil.detectors.bank import StateBank
+    from vigil.detectors.online import DetectorParams, OnlineDetector  # noqa: PLC0415
+
+    p = params or DetectorParams()
+    detector, bank = OnlineDetector(p), StateBank.empty(1)
+    min_steps = p.forecast_min_days * 86_400 / p.step_s
+    min_fit_weight = 0.5 / (1.0 - 0.5 ** (p.step_s / p.forecast_halflife_s))
+    ts_ms, values = np.asarray(ts_ms, np.int64), np.asarray(values, np.float64)
+    severity = np.zeros(1, np.int64)
+    out = []
+    for lo in range(0, len(ts_ms), batch_steps):
+        hi = min(lo + batch_steps, len(ts_ms))
+        detector.process(bank, np.zeros(hi - lo, np.int64), ts_ms[lo:hi], values[lo:hi])
+        f = forecast(bank.records, np.array([low]), np.array([high]), min_steps,
+                     min_fit_weight)
+        severity, event = decide(severity, f, warning_h, critical_h)
+        if event[0]:
+            out.append(Transition(int(f.now_ms[0]), int(event[0]), int(severity[0]),
+                                  float(f.hours[0]), float(f.hours_low[0]),
+                                  float(f.hours_high[0])))
+    return out

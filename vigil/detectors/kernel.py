@@ -154,6 +154,7 @@ class KernelConstants(NamedTuple):
     ndtri_address: int
     first_alert_steps: float
     fit_decay: float  # the forecast fit's per-step weight decay, 0.5^(step / half-life)
+    fit_long_decay: float  # and its long fit's (LONG_FIT_FACTOR × the half-life)
     rarity_decays: np.ndarray  # per rarity level
     levels: np.ndarray  # the rarity levels z_open·√2^k
 
@@ -720,35 +721,39 @@ def change(s, w, c):
 
 
 @part
+def ew_line(decay, weight, weight2, t_mean, y_mean, tt, ty, yy, t, y):
+    """One point more in an EW least-squares line's sums (incremental, Welford form)."""
+    w_old = decay * weight
+    if w_old == 0.0:
+        return 1.0, 1.0, t, y, 0.0, 0.0, 0.0
+    r = 1.0 / (w_old + 1.0)
+    keep = w_old * r
+    dt, dy = t - t_mean, y - y_mean
+    return (w_old + 1.0, decay * decay * weight2 + 1.0, t_mean + r * dt, y_mean + r * dy,
+            decay * tt + keep * dt * dt, decay * ty + keep * dt * dy, decay * yy + keep * dy * dy)
+
+
+@part
 def learn_trend(s, w, c):
-    """The capacity forecast's trend: an exponentially weighted least-squares line through
-    the observed steps' deseasonalised values (the value less the seasonal profiles the
-    detector applies, so a daily peak is no climb) against time in hours. Kept as the
-    weights, means and co-moments of (t, y), updated in the incremental (Welford) form; a
-    switch of the applied seasonality starts the fit afresh (the values change meaning)."""
+    """The capacity forecast's trend: exponentially weighted least-squares lines through the
+    observed steps' deseasonalised values (the value less the seasonal profiles the detector
+    applies, so a daily peak is no climb) against time in hours, over two half-lives. A
+    switch of the applied seasonality starts them afresh (the values change meaning)."""
     if not w.observed:
         return
     season = w.new_d + 2 * w.new_w
-    decay = c.fit_decay
+    decay, decay_long = c.fit_decay, c.fit_long_decay
     if season != s.fit_season:
         s.fit_season = season
-        decay = 0.0
-    w_old = decay * s.fit_weight
-    w_new = w_old + 1.0
-    dt = w.t / 3_600_000.0 - s.fit_t_mean
-    dy = (w.y - w.season) - s.fit_y_mean
-    if w_old == 0.0:
-        dt, dy = w.t / 3_600_000.0, w.y - w.season
-        s.fit_t_mean, s.fit_y_mean = 0.0, 0.0
-    r = 1.0 / w_new
-    keep = w_old * r
-    s.fit_t_mean += r * dt
-    s.fit_y_mean += r * dy
-    s.fit_tt = decay * s.fit_tt + keep * dt * dt
-    s.fit_ty = decay * s.fit_ty + keep * dt * dy
-    s.fit_yy = decay * s.fit_yy + keep * dy * dy
-    s.fit_weight = w_new
-    s.fit_weight2 = decay * decay * s.fit_weight2 + 1.0
+        decay, decay_long = 0.0, 0.0
+    t, y = w.t / 3_600_000.0, w.y - w.season
+    (s.fit_weight, s.fit_weight2, s.fit_t_mean, s.fit_y_mean, s.fit_tt, s.fit_ty,
+     s.fit_yy) = ew_line(decay, s.fit_weight, s.fit_weight2, s.fit_t_mean, s.fit_y_mean,
+                         s.fit_tt, s.fit_ty, s.fit_yy, t, y)
+    (s.fit_long_weight, s.fit_long_weight2, s.fit_long_t_mean, s.fit_long_y_mean,
+     s.fit_long_tt, s.fit_long_ty, s.fit_long_yy) = ew_line(
+        decay_long, s.fit_long_weight, s.fit_long_weight2, s.fit_long_t_mean,
+        s.fit_long_y_mean, s.fit_long_tt, s.fit_long_ty, s.fit_long_yy, t, y)
 
 
 @part

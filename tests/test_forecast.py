@@ -1,0 +1,91 @@
+"""Capacity forecasts (issue 20): the forecast maths on generated series, the limits'
+configuration, and a fill through a real worker that yields a ``forecast`` event."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vigil.detectors.forecast import ForecastLimits, LimitRule, follow
+from vigil.detectors.online import DetectorParams
+
+T0 = 1_700_438_400_000  # Monday 2023-11-20 00:00 UTC
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_STEPS = 1440
+
+
+def _fill(days_to_full: float, noise: float, base: float, seed: int) -> tuple[np.ndarray, ...]:
+    """A disk filling linearly from ``base`` % to 100 % in ``days_to_full`` days (then full),
+    with Gaussian noise; one point a minute."""
+    n = int((days_to_full + 0.25) * DAY_STEPS)
+    i = np.arange(n)
+    rate = (100.0 - base) / (days_to_full * DAY_STEPS)
+    noisy = base + rate * i + noise * np.random.default_rng(seed).standard_normal(n)
+    return T0 + MINUTE_MS * i, np.minimum(noisy, 100.0), T0 + days_to_full * 86_400_000
+
+
+FILLS = [(days, noise, base) for days in (4.0, 5.0, 7.0) for noise in (0.1, 0.5, 1.0, 2.0)
+         for base in (20.0, 50.0)]
+
+
+def test_linear_fills_warn_inside_the_horizon_with_the_true_time_in_the_band():
+    inside = 0
+    for seed, (days, noise, base) in enumerate(FILLS):
+        ts, values, full_ms = _fill(days, noise, base, seed)
+        transitions = follow(ts, values, 0.0, 100.0)
+        assert transitions, f"no warning for a fill over {days} days, noise {noise}"
+        first = transitions[0]
+        true_h = (full_ms - first.ts_ms) / HOUR_MS
+        assert first.event == 1 and first.severity == 1
+        # It warns inside the horizon (24 h), and long before the disk is full.
+        assert 19.2 <= true_h <= 24.0 + 2.0, (days, noise, base, true_h)
+        inside += first.hours_low <= true_h <= first.hours_high
+        # ... and it is critical before the limit, within the critical horizon (4 h).
+        critical = [t for t in transitions if t.severity == 2]
+        assert critical and 0 < (full_ms - critical[0].ts_ms) / HOUR_MS <= 4.0 + 1.0
+    assert inside >= 0.9 * len(FILLS), f"the true time in the band {inside}/{len(FILLS)}"
+
+
+@pytest.mark.parametrize("noise", [0.3, 1.0])
+def test_a_daily_sawtooth_peaking_at_90_never_warns(noise: float):
+    # Up from 40 % to 90 % every day, then back (a nightly rotation): no climb to 100 %.
+    i = np.arange(10 * DAY_STEPS)
+    values = 40.0 + 50.0 * (i % DAY_STEPS) / DAY_STEPS
+    values += noise * np.random.default_rng(3).standard_normal(len(i))
+    assert follow(T0 + MINUTE_MS * i, values, 0.0, 100.0) == []
+
+
+def test_a_cleanup_resolves_the_warning():
+    ts, values, full_ms = _fill(5.0, 0.5, 20.0, 11)
+    cleanup = int(4.25 * DAY_STEPS)  # 18 h before the disk would be full
+    values = values.copy()
+    values[cleanup:] = 30.0 + 0.5 * np.random.default_rng(12).standard_normal(
+        len(values) - cleanup)
+    transitions = follow(ts, values, 0.0, 100.0)
+    assert [t.event for t in transitions] == [1, 3]  # opened, then resolved: nothing more
+    resolved_after_h = (transitions[1].ts_ms - ts[cleanup]) / HOUR_MS
+    assert 0 <= resolved_after_h <= 2.0
+
+
+def test_a_young_series_is_not_forecast():
+    # Filling fast from the start: nothing until the series is forecast_min_days old.
+    ts, values, _ = _fill(3.0, 0.5, 60.0, 5)
+    first = follow(ts, values, 0.0, 100.0)[0]
+    age_days = (first.ts_ms - ts[0]) / 86_400_000
+    assert age_days >= DetectorParams().forecast_min_days
+
+
+def test_limits_come_from_the_first_matching_rule():
+    limits = ForecastLimits({"disk_used_percent*": "100", "memory_used_bytes": "label mem_total",
+                             "*_percent": "0/100", "disk_free_bytes": "0"})
+    assert limits.limits("disk_used_percent", {}, 40.0)[1] == 100.0
+    assert limits.limits("memory_used_bytes", {"mem_total": "8e9"}, 1e9)[1] == 8e9
+    assert np.isnan(limits.limits("memory_used_bytes", {}, 1e9)).all()  # no label: no limit
+    assert limits.limits("cpu_idle_percent", {}, 40.0) == (0.0, 100.0)
+    assert limits.limits("disk_free_bytes", {}, 5e9) == (0.0, np.nan) or \
+        limits.limits("disk_free_bytes", {}, 5e9)[0] == 0.0  # above a single limit: lower
+    assert np.isnan(limits.limits("cpu_seconds", {}, 1.0)).all()
+    for bad in ("lots", "100/0", "label ", "1/2/3"):
+        with pytest.raises(ValueError):
+            LimitRule.parse(bad)
