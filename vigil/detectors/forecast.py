@@ -63,7 +63,7 @@ __all__ = [
 #: Half-width of the band in standard errors (about a 95 % interval for each of rate and level).
 BAND_Z = 2.0
 #: The long fit's rate must be at least this share of the short fit's (the same sign).
-LONG_AGREEMENT = 0.5
+LONG_AGREEMENT = 0.25
 #: A warning resolves once the lower bound of the time to the limit is past this many warning
 #: horizons (hysteresis: a forecast hovering at the horizon does not flap).
 RESOLVE_FACTOR = 1.25

@@ -266,11 +266,13 @@ class Settings(BaseSettings):
         "e.g. 'memory_used*=up,disk_used*=up' (first match wins; default both).",
     )
     forecast_limits: Annotated[dict[str, str], NoDecode] = Field(
-        {"*_percent": "0/100"},
+        {"*_free_percent": "0", "*_available_percent": "0", "*_idle_percent": "0",
+         "*_percent": "100"},
         description="Capacity forecasts (docs/forecasts.md): metric-name globs and their "
         "limits, first match wins, e.g. 'disk_used_percent*: 100, memory_used_bytes: label "
         "mem_total' — a number (approached from either side), 'LOW/HIGH', or 'label NAME' "
-        "(the series' label's value); {} forecasts nothing.",
+        "(the series' label's value); {} forecasts nothing. The default: percentages reach "
+        "100, free, available and idle ones 0.",
     )
     forecast_warning_h: float = Field(
         24.0, gt=0, description="A forecast warning opens when the lower bound of the time "
