@@ -89,3 +89,63 @@ def test_limits_come_from_the_first_matching_rule():
     for bad in ("lots", "100/0", "label ", "1/2/3"):
         with pytest.raises(ValueError):
             LimitRule.parse(bad)
+
+
+@pytest.mark.integration
+def test_a_filling_disk_yields_a_forecast_event_through_a_worker(stack):
+    import time
+    from copy import copy
+
+    import orjson
+
+    from tests.conftest import wait_until
+    from vigil.devtools.embedded import TopicCollector
+    from vigil.devtools.replay import replay
+    from vigil.lab.synthetic import generate_telemetry
+
+    start = time.time_ns() // 1_000_000 - 8 * 86_400_000
+    start -= start % MINUTE_MS
+    # web-01's disk grows slowly; db-01's fills over 3 days to 100 % half a day before the end.
+    telemetry = generate_telemetry(hosts=1, metrics=["disk_used_percent"], days=8, seed=3,
+                                   start_ms=start, capacity_fill=True)
+    fill = telemetry.params["capacity_fill"]
+    # The history at full speed, the last 36 h before the disk is full at an hour of data a
+    # second: the worker then forecasts every few minutes of data (once per batch), as live.
+    cut = fill["full_ms"] - 36 * HOUR_MS
+    parts = []
+    for keep in (lambda ts: ts < cut, lambda ts: ts >= cut):
+        part = copy(telemetry)
+        part.series = {sid: type(s)(s.name, s.labels, s.ts_ms[keep(s.ts_ms)],
+                                    s.values[keep(s.ts_ms)])
+                       for sid, s in telemetry.series.items()}
+        parts.append(part)
+    collector = TopicCollector(stack.broker, [stack.anomalies_topic])
+    worker = stack.start_worker()
+    try:
+        sent = replay(parts[0], stack.broker, stack.input_topic, batch=100)
+        stack.wait_processed(sent, worker)
+        sent += replay(parts[1], stack.broker, stack.input_topic, batch=2, speed=3600.0)
+        stack.wait_processed(sent, worker)
+
+        def forecasts() -> list[dict]:
+            events = [orjson.loads(v) for v in collector.values(stack.anomalies_topic)]
+            return [e for e in events if e["anomaly_type"] == "forecast"]
+
+        wait_until(lambda: len(forecasts()) >= 2, 60, "the forecast's open and escalation")
+        time.sleep(1)
+        events = forecasts()
+    finally:
+        collector.close()
+    assert {e["series"] for e in events} == {fill["series"]}  # web-01's disk: no warning
+    opened, escalated = events[0], events[1]
+    assert [e["kind"] for e in events] == ["open", "update"]  # full: it stays open
+    assert (opened["severity"], escalated["severity"]) == ("warning", "critical")
+    assert opened["incident_id"] == escalated["incident_id"]
+    f = opened["forecast"]
+    true_h = (fill["full_ms"] - opened["ts_ms"]) / HOUR_MS
+    assert f["limit"] == 100.0 and f["side"] == "upper" and f["hours_low"] < 24.0
+    assert 19.2 <= true_h <= 26.0 and abs(f["hours"] - true_h) <= 0.1 * true_h
+    assert 0 < (fill["full_ms"] - escalated["ts_ms"]) / HOUR_MS <= 5.0
+    assert f["rate_per_h"] > 0 and opened["detectors"] == ["forecast"]
+    assert "db-01 will reach 100 % in about" in opened["reason"]
+    assert opened["context"]["ts_ms"][-1] == opened["ts_ms"]  # the chart's recent steps

@@ -17,7 +17,7 @@ reached when the trend *plus the daily peak* reaches it, so ``L`` is lowered by 
 highest slot (raised by its lowest, for a lower limit).
 
 A warning opens when the *lower* bound of T falls under the warning horizon while the rate
-points at the limit; it is critical under the critical horizon, and resolves once the lower
+points at the limit (T is 0 once the level is at the limit: a full disk stays told); it is critical under the critical horizon, and resolves once the lower
 bound is past :data:`RESOLVE_FACTOR` × the warning horizon (hysteresis) or the trend turns
 away (a cleanup). The open warning lives in the state record (``forecast_severity``,
 ``forecast_start_ms``), so it survives restarts.
@@ -123,6 +123,10 @@ def forecast(
     held = rate_long * rate >= LONG_AGREEMENT * rate * rate
     up = ready & held & np.isfinite(high) & (rate > 0) & (level + peak < high)
     down = ready & held & np.isfinite(low) & (rate < 0) & (level + trough > low) & ~up
+    # At the limit already (a full disk): the forecast has come true, time 0.
+    at_high = ready & np.isfinite(high) & (level + peak >= high)
+    at_low = ready & np.isfinite(low) & (level + trough <= low) & ~at_high
+    up, down = up | at_high, down | at_low
     side = np.where(up, 1, np.where(down, -1, 0)).astype(np.int8)
     limit = np.where(up, high, np.where(down, low, np.nan))
     target = np.where(up, high - peak, np.where(down, low - trough, np.nan))
@@ -140,6 +144,10 @@ def forecast(
         hours[s] = distance / approach
         hours_low[s] = near / fast
         hours_high[s] = np.where(slow > 0, far / np.where(slow > 0, slow, 1.0), np.inf)
+        reached = (at_high | at_low)[s]
+        hours[s] = np.where(reached, 0.0, hours[s])
+        hours_low[s] = np.where(reached, 0.0, hours_low[s])
+        hours_high[s] = np.where(reached, 0.0, hours_high[s])
     return Forecast(side, limit, rate, level, hours, hours_low, hours_high, now_ms)
 
 

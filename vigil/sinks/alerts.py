@@ -696,6 +696,8 @@ def forecast_sentence(name: str, labels: Mapping[str, str], forecast: Mapping[st
                 f"{_duration_words(forecast.get('horizon_h'))}: now "
                 f"{_duration_words(forecast.get('hours'))}")
     rate = float(forecast.get("rate_per_h") or 0.0)
+    if forecast.get("hours") == 0:
+        return f"{name}{where} has reached {limit_text}"
     return (f"{name}{where} will reach {limit_text} in about "
             f"{_duration_words(forecast.get('hours'))} (between "
             f"{_duration_words(forecast.get('hours_low'))} and "
