@@ -132,7 +132,8 @@ ADDED_IN_V6 = ("taught_family", "taught_direction", "taught_z", "taught_minute",
 #: Fields added in state format 7 (the capacity forecast's trend and warning).
 ADDED_IN_V7 = ("fit_weight", "fit_weight2", "fit_t_mean", "fit_y_mean", "fit_tt", "fit_ty",
                "fit_yy", "fit_long_weight", "fit_long_weight2", "fit_long_t_mean",
-               "fit_long_y_mean", "fit_long_tt", "fit_long_ty", "fit_long_yy", "fit_season", "forecast_severity", "forecast_start_ms")
+               "fit_long_y_mean", "fit_long_tt", "fit_long_ty", "fit_long_yy", "fit_season",
+               "forecast_severity", "forecast_start_ms")
 
 # -1 = none yet
 _UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms",

@@ -14,12 +14,16 @@ standard errors of ``b`` and ``ŷ``: the band of T runs from the fastest plausib
 (``ŷ + k·se(ŷ)`` at ``b + k·se(b)``, ``k`` = :data:`BAND_Z`) to the slowest (infinite where
 ``b − k·se(b)`` no longer approaches). Where the daily profile is applied, the limit is
 reached when the trend *plus the daily peak* reaches it, so ``L`` is lowered by the profile's
-highest slot (raised by its lowest, for a lower limit).
+highest slot (raised by its lowest, for a lower limit). A second line over
+``LONG_FIT_FACTOR`` × the half-life (a day) must agree: its rate at least
+:data:`LONG_AGREEMENT` of the first one's — a daily cycle's ramp averages out over a day, a
+lasting fill does not.
 
 A warning opens when the *lower* bound of T falls under the warning horizon while the rate
-points at the limit (T is 0 once the level is at the limit: a full disk stays told); it is critical under the critical horizon, and resolves once the lower
-bound is past :data:`RESOLVE_FACTOR` × the warning horizon (hysteresis) or the trend turns
-away (a cleanup). The open warning lives in the state record (``forecast_severity``,
+points at the limit (T is 0 once the level is at the limit: a full disk stays told); it is
+critical under the critical horizon, and resolves once the lower bound is past
+:data:`RESOLVE_FACTOR` × the warning horizon (hysteresis) or the trend turns away (a
+cleanup). The open warning lives in the state record (``forecast_severity``,
 ``forecast_start_ms``), so it survives restarts.
 
 >>> from vigil.detectors.bank import StateBank
@@ -221,7 +225,8 @@ class LimitRule:
         try:
             values = [float(p) for p in parts]
         except ValueError:
-            raise ValueError(f"a limit is a number, 'LOW/HIGH' or 'label NAME', not {text!r}")
+            raise ValueError(
+                f"a limit is a number, 'LOW/HIGH' or 'label NAME', not {text!r}") from None
         if len(values) == 1 and math.isfinite(values[0]):
             return cls(high=values[0])  # one value: its side is decided by the series' value
         if len(values) == 2 and all(map(math.isfinite, values)) and values[0] < values[1]:
@@ -230,7 +235,7 @@ class LimitRule:
                          f"not {text!r}")
 
     def limits(self, labels: Mapping[str, str]) -> tuple[float | None, float | None]:
-        """``(low, high)``; one fixed value is returned as ``high`` (see :class:`ForecastLimits`)."""
+        """``(low, high)``; one fixed value comes as ``high`` (see :class:`ForecastLimits`)."""
         if self.label is None:
             return self.low, self.high
         try:

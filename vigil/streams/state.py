@@ -57,8 +57,8 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"VGS"
 UPGRADED_DRIFT_SPREAD = 1.0  # see _upgrade
-# 7: the capacity forecast's trend fit and warning; 6: operators' teaching; 5: the open incident's family and direction; 4: drift state;
-# 3: burst state; 2: rarity and recurrence state
+# 7: the capacity forecast's trend lines and warning; 6: operators' teaching; 5: the open
+# incident's family and direction; 4: drift state; 3: burst state; 2: rarity and recurrence
 FORMAT_VERSION = 7
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 RECORD_BYTES = STATE_DTYPE.itemsize
