@@ -76,6 +76,21 @@ def test_a_young_series_is_not_forecast():
     assert age_days >= DetectorParams().forecast_min_days
 
 
+def test_the_generator_adds_a_filling_disk_on_db_01():
+    from vigil.lab.synthetic import generate_telemetry
+
+    t = generate_telemetry(hosts=1, metrics=["cpu_usage_percent"], days=10, start_ms=T0,
+                           capacity_fill=True)
+    fill = t.params["capacity_fill"]
+    disk = t.series[fill["series"]]
+    assert fill["series"] == 'disk_used_percent{host="db-01"}' and len(t.series) == 2
+    assert (fill["full_ms"] - fill["start_ms"]) / 86_400_000 == pytest.approx(3.0)
+    before = disk.values[disk.ts_ms < fill["start_ms"]]
+    assert before.max() < 50 and disk.values[disk.ts_ms >= fill["full_ms"]].min() >= 99.5
+    assert generate_telemetry(hosts=1, metrics=["cpu_usage_percent"], days=10,
+                              start_ms=T0).params.get("capacity_fill") is None
+
+
 def test_limits_come_from_the_first_matching_rule():
     limits = ForecastLimits({"disk_used_percent*": "100", "memory_used_bytes": "label mem_total",
                              "*_percent": "0/100", "disk_free_bytes": "0"})
