@@ -136,8 +136,10 @@ class ForecastWatch:
             level = _SEVERITIES[int(records["forecast_severity"][k] if kind == "resolve"
                                     else severity[k])]
             horizon = self.critical_h if severity[k] == 2 else self.warning_h
+            # A resolve whose trend no longer heads anywhere names the limit it was warned of.
+            fallback = high[k] if np.isfinite(high[k]) else low[k]
             out.append(self._event(touched[row], names[k], kind, level, start, ts,
-                                   float(values[k]), f, k, horizon,
+                                   float(values[k]), f, k, horizon, fallback,
                                    None if context is None or kind == "resolve"
                                    else context(touched[row], results, steps[k])))
         bank.records["forecast_severity"][rows] = severity
@@ -147,9 +149,11 @@ class ForecastWatch:
 
     def _event(self, series: str, parsed: tuple[str, dict], kind: str, severity: str,
                start: int, ts: int, value: float, f: Forecast, k: int, horizon: float,
-               context: dict | None) -> AnomalyEvent:
+               fallback_limit: float, context: dict | None) -> AnomalyEvent:
         name, labels = parsed
         record = forecast_record(f, k, horizon)
+        if record["limit"] is None and np.isfinite(fallback_limit):
+            record["limit"] = float(fallback_limit)
         level = float(f.level[k])
         low = self.warning_h
         return AnomalyEvent(
