@@ -164,3 +164,27 @@ def test_a_filling_disk_yields_a_forecast_event_through_a_worker(stack):
     assert f["rate_per_h"] > 0 and opened["detectors"] == ["forecast"]
     assert "db-01 will reach 100 % in about" in opened["reason"]
     assert opened["context"]["ts_ms"][-1] == opened["ts_ms"]  # the chart's recent steps
+
+
+def test_the_worker_side_reads_a_label_limit_and_keeps_the_warning_in_the_state():
+    from vigil.detectors.bank import StateBank
+    from vigil.detectors.online import OnlineDetector
+    from vigil.streams.forecasts import ForecastWatch
+
+    watch = ForecastWatch({"memory_used_bytes": "label mem_total", "*_percent": "100"})
+    touched = ['memory_used_bytes{host="a",mem_total="8000"}', 'cpu_seconds{host="a"}']
+    detector, bank = OnlineDetector(), StateBank.empty(2)
+    n = 5 * DAY_STEPS
+    memory = 2000.0 + 6000.0 * np.arange(n) / n + np.random.default_rng(1).normal(0, 5, n)
+    events = []
+    for lo in range(0, n, 15):
+        ts = T0 + MINUTE_MS * np.arange(lo, min(lo + 15, n))
+        results = detector.process(bank, np.repeat([0, 1], len(ts)), np.r_[ts, ts],
+                                   np.r_[memory[lo:lo + 15], np.full(len(ts), 3.0)])
+        events += watch.events(bank, touched, results)
+    assert [(e.kind, e.severity) for e in events] == [("open", "warning"), ("update", "critical")]
+    opened = events[0]
+    assert opened.series == touched[0] and opened.forecast["limit"] == 8000.0
+    assert "memory_used_bytes on a will reach 8000 in about" in opened.reason
+    assert bank["forecast_severity"].tolist() == [2, 0]
+    assert bank["forecast_start_ms"][0] == opened.ts_ms and bank["forecast_start_ms"][1] == -1

@@ -85,15 +85,23 @@ class ForecastWatch:
         # steady state 1 / (1 − decay) before it is trusted.
         self.min_fit_weight = 0.5 / (1.0 - 0.5 ** (p.step_s / p.forecast_halflife_s))
         self.max_cached_series = max_cached_series
-        self._parsed: dict[str, tuple[str, dict] | None] = {}
+        self._parsed: dict[str, tuple[str, dict, float, float, bool] | None] = {}
 
-    def _series(self, series: str) -> tuple[str, dict] | None:
-        """The name and labels of ``series`` if a rule covers it (cached), else None."""
+    def _series(self, series: str) -> tuple[str, dict, float, float, bool] | None:
+        """The name, labels and limits (low, high: NaN none; whether a single one) of
+        ``series`` if a rule covers it, else None; cached, so a rule is matched once."""
         if series not in self._parsed:
             if len(self._parsed) >= self.max_cached_series:
                 self._parsed.clear()
             name, labels = parse_series(series)
-            self._parsed[series] = (name, labels) if self.limits.rule(name) else None
+            rule = self.limits.rule(name)
+            found = None
+            if rule is not None:
+                low, high = rule.limits(labels)
+                if low is not None or high is not None:
+                    found = (name, labels, math.nan if low is None else low,
+                             math.nan if high is None else high, rule.single)
+            self._parsed[series] = found
         return self._parsed[series]
 
     def events(self, bank: StateBank, touched: list[str], results: StepResults,
@@ -116,9 +124,11 @@ class ForecastWatch:
         if not rows:
             return []
         values = results.steps.value[steps]
-        low, high = np.full(len(rows), np.nan), np.full(len(rows), np.nan)
-        for k, ((name, labels), value) in enumerate(zip(names, values, strict=True)):
-            low[k], high[k] = self.limits.limits(name, labels, float(value))
+        low = np.array([p[2] for p in names])
+        high = np.array([p[3] for p in names])
+        # A single limit is an upper one below it and a lower one above it.
+        above = np.array([p[4] for p in names]) & (values > high)
+        low, high = np.where(above, high, low), np.where(above, np.nan, high)
         records = bank.records[rows]
         f = forecast(records, low, high, self.min_steps, self.min_fit_weight)
         severity, event = decide(records["forecast_severity"], f, self.warning_h,
@@ -147,10 +157,10 @@ class ForecastWatch:
         bank.records["forecast_start_ms"][closed] = -1
         return out
 
-    def _event(self, series: str, parsed: tuple[str, dict], kind: str, severity: str,
+    def _event(self, series: str, parsed: tuple, kind: str, severity: str,
                start: int, ts: int, value: float, f: Forecast, k: int, horizon: float,
                fallback_limit: float, context: dict | None) -> AnomalyEvent:
-        name, labels = parsed
+        name, labels = parsed[0], parsed[1]
         record = forecast_record(f, k, horizon)
         if record["limit"] is None and np.isfinite(fallback_limit):
             record["limit"] = float(fallback_limit)
