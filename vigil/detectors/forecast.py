@@ -95,7 +95,7 @@ class Forecast:
 
 def forecast(
     records: np.ndarray, low: np.ndarray, high: np.ndarray, min_steps: float,
-    min_fit_weight: float = 4.0, band_z: float = BAND_Z,
+    min_fit_weight: float = 4.0, band_z: float = BAND_Z, now_ms: np.ndarray | None = None,
 ) -> Forecast:
     """The forecasts of state ``records`` towards their limits ``low`` / ``high`` (NaN = none).
 
@@ -105,10 +105,11 @@ def forecast(
 
     Series younger than ``min_steps`` observed steps, or whose fit holds less than
     ``min_fit_weight`` (the fit restarts when the applied seasonality switches; half of the
-    steady-state weight ``1 / (1 − decay)`` is one half-life of steps), get none.
+    steady-state weight ``1 / (1 − decay)`` is one half-life of steps), get none. ``now_ms``
+    is each series' last learned step (default: the records' ``last_step_ms``).
     """
     n = len(records)
-    now_ms = records["last_step_ms"].astype(np.int64)
+    now_ms = np.asarray(records["last_step_ms"] if now_ms is None else now_ms, np.int64)
     w, w2, rate, var_rate, var_res, t_mean, y_mean = _line(records, "fit_")
     w_long, _, rate_long, _, _, _, _ = _line(records, "fit_long_")
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -12,6 +12,7 @@ docs/forecasts.md describes it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -19,7 +20,8 @@ import numpy as np
 
 from vigil.detectors.bank import StateBank
 from vigil.detectors.forecast import Forecast, ForecastLimits, decide, forecast
-from vigil.detectors.online import DetectorParams, StepResults
+from vigil.detectors.online import DetectorParams, OnlineDetector, StepResults
+from vigil.detectors.resample import Steps, resample_batch
 from vigil.events import AnomalyEvent, stable_id
 from vigil.series import parse_series
 from vigil.sinks.alerts import forecast_sentence
@@ -28,6 +30,9 @@ from vigil.times import iso
 __all__ = ["ForecastWatch", "forecast_record"]
 
 _KINDS = ("", "open", "update", "resolve")
+#: A batch that brings more than this much data time (a replay, a backfill, a worker catching
+#: up) is detected window by window, forecasting after each, as live batches would.
+WINDOW_MS = 15 * 60_000
 _SEVERITIES = ("none", "warning", "critical")
 
 
@@ -104,6 +109,31 @@ class ForecastWatch:
             self._parsed[series] = found
         return self._parsed[series]
 
+    def process(self, detector: OnlineDetector, bank: StateBank, touched: list[str], index,
+                ts_ms, values, direction=None, context=None
+                ) -> tuple[StepResults, list[AnomalyEvent]]:
+        """:meth:`OnlineDetector.process` on a batch, with the forecast events: the batch's
+        steps are scored window by window (:data:`WINDOW_MS` of data time; one window
+        live), forecasting after each. The detector's results do not depend on how its
+        steps are batched: they are the same as one call's."""
+        p = detector.params
+        steps = resample_batch(bank, np.asarray(index), np.asarray(ts_ms), np.asarray(values),
+                               p.step_ms, p.max_fill_steps)
+        window = steps.ts_ms // WINDOW_MS
+        if not len(steps) or window.min() == window.max():
+            results = detector.process_steps(bank, steps, direction)
+            return results, self.events(bank, touched, results, context)
+        events: list[AnomalyEvent] = []
+        parts = []
+        for w in np.unique(window):
+            at = np.flatnonzero(window == w)  # still ordered by series, then time
+            part = Steps(steps.index[at], steps.ts_ms[at], steps.value[at], steps.filled[at],
+                         steps.after_gap[at])
+            results = detector.process_steps(bank, part, direction)
+            events += self.events(bank, touched, results, context)
+            parts.append((at, results))
+        return _merge(steps, parts), events
+
     def events(self, bank: StateBank, touched: list[str], results: StepResults,
                context=None) -> list[AnomalyEvent]:
         """The forecast events of a batch whose steps ``results`` updated ``bank`` (rows as
@@ -130,7 +160,8 @@ class ForecastWatch:
         above = np.array([p[4] for p in names]) & (values > high)
         low, high = np.where(above, high, low), np.where(above, np.nan, high)
         records = bank.records[rows]
-        f = forecast(records, low, high, self.min_steps, self.min_fit_weight)
+        f = forecast(records, low, high, self.min_steps, self.min_fit_weight,
+                     now_ms=results.steps.ts_ms[steps])
         severity, event = decide(records["forecast_severity"], f, self.warning_h,
                                  self.critical_h)
         out = []
@@ -187,3 +218,17 @@ class ForecastWatch:
             context=context,
             forecast=record,
         )
+
+
+def _merge(steps: Steps, parts: list[tuple[np.ndarray, StepResults]]) -> StepResults:
+    """One batch's results from its windows' (``at``: the windows' positions in ``steps``)."""
+    merged = {}
+    for field in dataclasses.fields(StepResults):
+        if field.name == "steps":
+            continue
+        first = getattr(parts[0][1], field.name)
+        column = np.empty(len(steps), first.dtype)
+        for at, results in parts:
+            column[at] = getattr(results, field.name)
+        merged[field.name] = column
+    return StepResults(steps=steps, **merged)

@@ -509,15 +509,19 @@ class DetectionPipeline:
             )
             index, ts_ms, values = release.index, release.ts_ms, release.values
             held = self._pack_held(len(touched), still)
-        results = self.detector.process(bank, index, ts_ms, values, direction)
+        forecast_events: list[AnomalyEvent] = []
+        if self.forecasts is None:
+            results = self.detector.process(bank, index, ts_ms, values, direction)
+        else:  # the same results, with the capacity forecasts (vigil.streams.forecasts)
+            results, forecast_events = self.forecasts.process(
+                self.detector, bank, touched, index, ts_ms, values, direction,
+                self.history.context)
         # After hold_back, what the resampler drops is only not finite (the rest is newer
         # than the watermark and unique); without it, the watermark rule covers all reasons.
         not_finite = results.steps.dropped if held is not None else 0
         dropped_by_reason = {"late": late, "duplicate": duplicate, "not_finite": not_finite}
         if held is None:
             dropped_by_reason["late"] = results.steps.dropped
-        forecast_events = ([] if self.forecasts is None else  # before pack: they update bank
-                           self.forecasts.events(bank, touched, results, self.history.context))
         states = pack(bank)
         lstm_z = None if self.lstm is None else await self.lstm.score(touched, results)
         events = self._events(results, touched, lstm_z) + forecast_events
