@@ -188,3 +188,23 @@ def test_the_worker_side_reads_a_label_limit_and_keeps_the_warning_in_the_state(
     assert "memory_used_bytes on a will reach 8000 in about" in opened.reason
     assert bank["forecast_severity"].tolist() == [2, 0]
     assert bank["forecast_start_ms"][0] == opened.ts_ms and bank["forecast_start_ms"][1] == -1
+
+
+def test_an_alert_says_when_the_limit_is_reached():
+    from vigil.events import AnomalyEvent
+    from vigil.sinks.alerts import IncidentAlert, Notification
+
+    forecast = {"limit": 100.0, "side": "upper", "rate_per_h": 2.1, "hours": 5.2,
+                "hours_low": 4.1, "hours_high": 7.4, "horizon_h": 24.0}
+    event = AnomalyEvent(
+        event_id="e", incident_id="i", kind="open", series='disk_used_percent{host="db-01"}',
+        name="disk_used_percent", labels={"host": "db-01"}, ts="2026-12-05T08:00:00Z",
+        ts_ms=0, value=89.0, expected=89.1, lower=89.1, upper=89.1, score=0.9,
+        severity="warning", anomaly_type="forecast", detectors=["forecast"],
+        reason="disk_used_percent on db-01 will reach 100 % in about 5 h (between 4 h and 7 h)"
+               " at +2.1 %/h", forecast=forecast)
+    message = Notification("oncall", "firing", ("db-01",), [IncidentAlert(event)])
+    assert message.subject() == "[vigil] WARNING db-01: disk_used_percent (forecast)"
+    text = message.text()
+    assert "will reach 100 % in about 5 h (between 4 h and 7 h) at +2.1 %/h" in text
+    assert "expected" not in text  # a forecast has no expected band to tell
