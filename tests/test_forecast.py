@@ -47,7 +47,7 @@ def test_linear_fills_warn_inside_the_horizon_with_the_true_time_in_the_band():
     assert inside >= 0.9 * len(FILLS), f"the true time in the band {inside}/{len(FILLS)}"
 
 
-@pytest.mark.parametrize("noise", [0.3, 1.0])
+@pytest.mark.parametrize("noise", [0.3, 1.0, 3.0])
 def test_a_daily_sawtooth_peaking_at_90_never_warns(noise: float):
     # Up from 40 % to 90 % every day, then back (a nightly rotation): no climb to 100 %.
     i = np.arange(10 * DAY_STEPS)

@@ -54,6 +54,7 @@ from vigil.detectors.online import LONG_FIT_FACTOR
 __all__ = [
     "BAND_Z",
     "LONG_AGREEMENT",
+    "LONG_WEIGHT",
     "RESOLVE_FACTOR",
     "Forecast",
     "ForecastLimits",
@@ -68,6 +69,10 @@ __all__ = [
 BAND_Z = 2.0
 #: The long fit's rate must be at least this share of the short fit's (the same sign).
 LONG_AGREEMENT = 0.25
+#: The long line must hold this many times half of its steady-state weight: 1.5 is three
+#: quarters, two of its half-lives (two days) of data — a daily cycle's drop, not its ramp
+#: alone, also after the applied seasonality switched and restarted it.
+LONG_WEIGHT = 1.5
 #: A warning resolves once the lower bound of the time to the limit is past this many warning
 #: horizons (hysteresis: a forecast hovering at the horizon does not flap).
 RESOLVE_FACTOR = 1.25
@@ -123,7 +128,8 @@ def forecast(
     peak = np.where(on, daily.max(axis=1), 0.0)
     trough = np.where(on, daily.min(axis=1), 0.0)
     ready = ((records["n_steps"] >= min_steps) & (w >= max(min_fit_weight, 4.0))
-             & (w_long >= max(LONG_FIT_FACTOR * min_fit_weight, 4.0)) & np.isfinite(var_rate))
+             & (w_long >= max(LONG_WEIGHT * LONG_FIT_FACTOR * min_fit_weight, 4.0))
+             & np.isfinite(var_rate))
     # The trend holds over the long fit's day too (a daily cycle's ramp does not).
     held = rate_long * rate >= LONG_AGREEMENT * rate * rate
     up = ready & held & np.isfinite(high) & (rate > 0) & (level + peak < high)
