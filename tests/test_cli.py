@@ -23,7 +23,7 @@ def test_generate_writes_a_loadable_labelled_dataset(tmp_path: Path):
     out = tmp_path / "telemetry"
     result = CliRunner().invoke(
         app, ["generate", "--out", str(out), "--hosts", "2", "--days", "9",
-              "--metrics", "cpu_usage_percent,load1", "--seed", "3"],
+              "--metrics", "cpu_usage_percent,load1", "--seed", "3", "--no-capacity-fill"],
     )
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {"points.csv", "labels.csv", "manifest.json"}

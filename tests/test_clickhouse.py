@@ -177,7 +177,7 @@ async def _write(writer: ClickHouseWriter) -> None:
 
 def test_schema_is_created_at_the_latest_version_and_is_idempotent(store: HistoryStore):
     latest = {"clickhouse": SCHEMA_VERSION, "postgres": postgres.SCHEMA_VERSION}[store.kind]
-    assert (SCHEMA_VERSION, postgres.SCHEMA_VERSION) == (4, 3)
+    assert (SCHEMA_VERSION, postgres.SCHEMA_VERSION) == (5, 4)
     assert store.schema_version() == latest
     assert set(store.tables()) >= {"steps", "events", "incidents", "feedback", "series",
                                     "labels", "schema_version"}
@@ -221,21 +221,21 @@ def test_postgres_migrates_from_v1_keeping_the_data(postgres_url: str):
 
 
 def test_postgres_adds_a_new_column_in_a_migration(postgres_url: str, monkeypatch):
-    # What adding a column (say ClickHouse v5's events.forecast) takes: its name in TABLES,
+    # What adding a column (as ClickHouse v5's events.forecast did) takes: its name in TABLES,
     # its definition in PG_COLUMNS, a migration add_columns(table, column).
     monkeypatch.setitem(TABLES, "events", (*TABLES["events"], "extra"))
     monkeypatch.setitem(postgres.PG_COLUMNS, "extra", "text NOT NULL DEFAULT ''")
-    monkeypatch.setitem(postgres.MIGRATIONS, 4, [postgres.add_columns("events", "extra")])
+    monkeypatch.setitem(postgres.MIGRATIONS, 5, [postgres.add_columns("events", "extra")])
     s = PostgresStore(_url(postgres_url))
     try:
-        assert s.ensure_schema(target=3) == [1, 2, 3]
+        assert s.ensure_schema(target=4) == [1, 2, 3, 4]
         columns = lambda: [c for (c,) in s.execute(  # noqa: E731
             "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
             "AND table_name = 'events' ORDER BY ordinal_position", (s.schema,))]
         assert "extra" not in columns()  # version 1 leaves out what a later one adds
         s._ensure_partitions("events", [int(time.time())])
         s.execute("INSERT INTO {db}.events (series, ts, event_id) VALUES ('cpu', now(), 'e')")
-        assert s.ensure_schema(target=4) == [4]
+        assert s.ensure_schema(target=5) == [5]
         assert columns()[-1] == "extra"
         assert s.execute("SELECT event_id, extra FROM {db}.events") == [("e", "")]
     finally:
@@ -252,18 +252,19 @@ def test_migration_from_v1_keeps_the_data_and_fills_the_new_columns(clickhouse_u
         s.execute("INSERT INTO {db}.steps (series, ts, value, expected, lower, upper, score) "
                   "VALUES", [(series, T0 // 1000, 1.0, 1.0, 0.0, 2.0, 0.1),
                              (series, T0 // 1000 + 60, 9.0, 1.0, 0.0, 2.0, 8.0)])
-        v1_columns = ", ".join(c for c in TABLES["events"] if c not in ("change", "z"))
+        v1_columns = ", ".join(c for c in TABLES["events"] if c not in ("change", "z", "forecast"))
         s.execute(f"INSERT INTO {{db}}.events ({v1_columns}) VALUES",
-                  [_row_of(_event(series, "i1", "open", T0 + 60_000))[:-2]])
+                  [_row_of(_event(series, "i1", "open", T0 + 60_000))[:-3]])
 
-        assert s.ensure_schema() == [2, 3, 4]
-        assert s.schema_version() == 4
+        assert s.ensure_schema() == [2, 3, 4, 5]
+        assert s.schema_version() == 5
         steps = s.series_steps(series, T0, T0 + 60_000)
         assert steps["value"] == [1.0, 9.0] and steps["z"] == [0.1, 8.0]
         assert steps["anomalous"] == [0, 1]  # v1 rows: outside the band
         assert s.execute("SELECT count() FROM {db}.events")[0][0] == 1
         assert s.recent_events(1)[0]["change"] == ""  # v3's column, on a v1 row
         assert s.recent_events(1)[0]["z"] == 0.0  # and v4's
+        assert s.recent_events(1)[0]["forecast"] is None  # and v5's
         assert s.execute("SELECT series, name, label_keys, label_values, first_seen_ms, "
                          "last_seen_ms FROM {db}.series") == [
             (series, "cpu", ["host"], ["db-1"], T0, T0 + 60_000)]
@@ -276,6 +277,17 @@ def _row_of(event: dict) -> tuple:
     from vigil.sinks.clickhouse import event_row
 
     return event_row(event)
+
+
+def test_a_forecast_event_keeps_its_forecast(store: ClickHouseStore):
+    forecast = {"limit": 100.0, "side": "upper", "rate_per_h": 2.1, "hours": 5.2,
+                "hours_low": 4.1, "hours_high": None, "eta_ms": T0 + 18_720_000}
+    event = {**_event('disk_used_percent{host="db-1"}', "f1", "open", T0),
+             "anomaly_type": "forecast", "forecast": forecast}
+    store.insert("events", [_row_of(event), _row_of(_event("cpu", "i2", "open", T0 - 1))])
+    newest, older = store.recent_events(2)
+    assert newest["forecast"] == forecast and newest["anomaly_type"] == "forecast"
+    assert older["forecast"] is None
 
 
 # --------------------------------------------------------------------------- round trip

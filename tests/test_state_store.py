@@ -15,6 +15,7 @@ from vigil.detectors.bank import (
     ADDED_IN_V4,
     ADDED_IN_V5,
     ADDED_IN_V6,
+    ADDED_IN_V7,
     STATE_DTYPE,
     new_state_bank,
 )
@@ -89,9 +90,10 @@ def _as_version(value: bytes, version: int, added: tuple[str, ...]) -> bytes:
 
 
 @pytest.mark.parametrize(("version", "added"), [
-    (2, ADDED_IN_V3 + ADDED_IN_V4 + ADDED_IN_V5 + ADDED_IN_V6),
-    (3, ADDED_IN_V4 + ADDED_IN_V5 + ADDED_IN_V6), (4, ADDED_IN_V5 + ADDED_IN_V6),
-    (5, ADDED_IN_V6),
+    (2, ADDED_IN_V3 + ADDED_IN_V4 + ADDED_IN_V5 + ADDED_IN_V6 + ADDED_IN_V7),
+    (3, ADDED_IN_V4 + ADDED_IN_V5 + ADDED_IN_V6 + ADDED_IN_V7),
+    (4, ADDED_IN_V5 + ADDED_IN_V6 + ADDED_IN_V7),
+    (5, ADDED_IN_V6 + ADDED_IN_V7), (6, ADDED_IN_V7),
 ])
 def test_older_formats_are_read_with_the_new_fields_fresh(version, added):
     bank = _learned_bank(2)
@@ -101,8 +103,11 @@ def test_older_formats_are_read_with_the_new_fields_fresh(version, added):
     bank["incident_family"][:] = 2
     bank["taught_family"][:] = 1
     bank["taught_until_ms"][:] = T0
+    bank["fit_weight"][:] = 3.0
+    bank["forecast_severity"][:] = 1
+    bank["forecast_start_ms"][:] = T0
     old = [_as_version(v, version, added) for v in pack(bank)]
-    assert FORMAT_VERSION == 6 and len(old[0]) < VALUE_BYTES and readable(old[0])
+    assert FORMAT_VERSION == 7 and len(old[0]) < VALUE_BYTES and readable(old[0])
     restored, found = unpack([old[0], None, old[1]])
     assert found.tolist() == [True, False, True]
     fresh = new_state_bank(2)

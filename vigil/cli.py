@@ -266,6 +266,8 @@ def generate(
     step: int = typer.Option(60, min=1, help="Seconds between points."),
     seed: int = typer.Option(7, help="Random seed (same seed, same data)."),
     anomalies: float = typer.Option(3.0, help="Labelled anomalies per series."),
+    capacity_fill: bool = typer.Option(
+        True, help="Add host db-01 whose disk fills towards 100 % (docs/forecasts.md)."),
 ) -> None:
     """Write realistic labelled telemetry: points.csv, labels.csv, manifest.json."""
     from vigil.lab.datasets import write_telemetry
@@ -274,7 +276,7 @@ def generate(
     chosen = ALL_METRICS if metrics == "all" else [m.strip() for m in metrics.split(",")]
     t = generate_telemetry(
         hosts=hosts, metrics=chosen, days=days, step_s=step, seed=seed,
-        anomalies_per_series=anomalies,
+        anomalies_per_series=anomalies, capacity_fill=capacity_fill,
     )
     folder = write_telemetry(t, out)
     typer.echo(

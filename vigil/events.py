@@ -90,6 +90,10 @@ class AnomalyEvent(faust.Record, serializer="json", include_metadata=False):
     # The step's score as an equivalent Gaussian z (σ; ``score`` is its likelihood, which
     # reads 1.0 for every z past about 5); 0 in events written before it existed.
     z: float = 0.0
+    # A capacity forecast (anomaly_type "forecast", docs/forecasts.md): the limit, the
+    # trend's rate per hour, the time to the limit with its band (hours, hours_low,
+    # hours_high; eta_ms, eta_low_ms, eta_high_ms; null = not at this rate); None otherwise.
+    forecast: dict | None = None
 
 
 class Feedback(faust.Record, serializer="json", include_metadata=False):

@@ -18,6 +18,7 @@ __all__ = [
     "ADDED_IN_V4",
     "ADDED_IN_V5",
     "ADDED_IN_V6",
+    "ADDED_IN_V7",
     "DAILY_SLOTS",
     "RARITY_LEVELS",
     "STATE_DTYPE",
@@ -91,6 +92,26 @@ STATE_DTYPE = np.dtype(
         ("taught_until_ms", "i8", (TAUGHT_SLOTS,)),  # forgotten from this data time on
         ("quiet_calm", "i4"),  # a withheld excursion: calm steps left until it is over
         ("quiet_z", "f4"),  # and the size of the pattern that withheld it
+        # the capacity forecast's trend (kernel.learn_trend, forecast.py): an EW linear fit
+        # of the deseasonalised value against time in hours (weights, means, co-moments)
+        ("fit_weight", "f8"),  # Σw
+        ("fit_weight2", "f8"),  # Σw² (the fit's effective sample size is (Σw)²/Σw²)
+        ("fit_t_mean", "f8"),  # EW mean time, hours since the epoch
+        ("fit_y_mean", "f8"),  # EW mean deseasonalised value
+        ("fit_tt", "f8"),  # Σw(t − t̄)²
+        ("fit_ty", "f8"),  # Σw(t − t̄)(y − ȳ)
+        ("fit_yy", "f8"),  # Σw(y − ȳ)²
+        # the same over a 4× longer half-life: the trend must hold over a day, not only hours
+        ("fit_long_weight", "f8"),
+        ("fit_long_weight2", "f8"),
+        ("fit_long_t_mean", "f8"),
+        ("fit_long_y_mean", "f8"),
+        ("fit_long_tt", "f8"),
+        ("fit_long_ty", "f8"),
+        ("fit_long_yy", "f8"),
+        ("fit_season", "u1"),  # the seasonality removed (1 daily + 2 weekly); a switch resets
+        ("forecast_severity", "u1"),  # the open forecast warning: 0 none, 1 warning, 2 critical
+        ("forecast_start_ms", "i8"),  # and when it opened (−1 none)
         # seasonal profiles
         ("daily", "f4", (DAILY_SLOTS,)),
         ("weekly", "f4", (WEEKLY_SLOTS,)),
@@ -108,9 +129,15 @@ ADDED_IN_V5 = ("incident_family", "incident_direction")
 #: Fields added in state format 6 (operators' teaching).
 ADDED_IN_V6 = ("taught_family", "taught_direction", "taught_z", "taught_minute",
                "taught_until_ms", "quiet_calm", "quiet_z")
+#: Fields added in state format 7 (the capacity forecast's trend and warning).
+ADDED_IN_V7 = ("fit_weight", "fit_weight2", "fit_t_mean", "fit_y_mean", "fit_tt", "fit_ty",
+               "fit_yy", "fit_long_weight", "fit_long_weight2", "fit_long_t_mean",
+               "fit_long_y_mean", "fit_long_tt", "fit_long_ty", "fit_long_yy", "fit_season",
+               "forecast_severity", "forecast_start_ms")
 
 # -1 = none yet
-_UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms")
+_UNSET = ("watermark_ms", "bucket_ms", "last_step_ms", "incident_start_ms", "rare_ts_ms",
+          "forecast_start_ms")
 
 
 class StateBank:

@@ -16,7 +16,9 @@ shape (many series × few steps, few series × many steps). The maths is describ
 * :func:`drift`, :func:`contextual` — drift opening, a point normal at another hour;
 * :func:`taught`, :func:`withhold` — a pattern operators marked "not an anomaly" opens nothing;
 * :func:`learn_level_and_scale`, :func:`learn_baseline`, :func:`learn_spreads` — learning;
-* :func:`incident` — incidents with hysteresis.
+* :func:`incident` — incidents with hysteresis;
+* :func:`learn_trend` — the capacity forecast's trend (:mod:`vigil.detectors.forecast`); it
+  only writes fields of its own and changes no detection.
 
 Every operation is the one the former numpy version did, in the same order and precision
 (float32 profile slots included), so both give the same results to the last bit
@@ -151,6 +153,8 @@ class KernelConstants(NamedTuple):
     stdtr_address: int
     ndtri_address: int
     first_alert_steps: float
+    fit_decay: float  # the forecast fit's per-step weight decay, 0.5^(step / half-life)
+    fit_long_decay: float  # and its long fit's (LONG_FIT_FACTOR × the half-life)
     rarity_decays: np.ndarray  # per rarity level
     levels: np.ndarray  # the rarity levels z_open·√2^k
 
@@ -717,6 +721,42 @@ def change(s, w, c):
 
 
 @part
+def ew_line(decay, weight, weight2, t_mean, y_mean, tt, ty, yy, t, y):
+    """One point more in an EW least-squares line's sums (incremental, Welford form)."""
+    w_old = decay * weight
+    if w_old == 0.0:
+        return 1.0, 1.0, t, y, 0.0, 0.0, 0.0
+    r = 1.0 / (w_old + 1.0)
+    keep = w_old * r
+    dt, dy = t - t_mean, y - y_mean
+    return (w_old + 1.0, decay * decay * weight2 + 1.0, t_mean + r * dt, y_mean + r * dy,
+            decay * tt + keep * dt * dt, decay * ty + keep * dt * dy, decay * yy + keep * dy * dy)
+
+
+@part
+def learn_trend(s, w, c):
+    """The capacity forecast's trend: exponentially weighted least-squares lines through the
+    observed steps' deseasonalised values (the value less the seasonal profiles the detector
+    applies, so a daily peak is no climb) against time in hours, over two half-lives. A
+    switch of the applied seasonality starts them afresh (the values change meaning)."""
+    if not w.observed:
+        return
+    season = w.new_d + 2 * w.new_w
+    decay, decay_long = c.fit_decay, c.fit_long_decay
+    if season != s.fit_season:
+        s.fit_season = season
+        decay, decay_long = 0.0, 0.0
+    t, y = w.t / 3_600_000.0, w.y - w.season
+    (s.fit_weight, s.fit_weight2, s.fit_t_mean, s.fit_y_mean, s.fit_tt, s.fit_ty,
+     s.fit_yy) = ew_line(decay, s.fit_weight, s.fit_weight2, s.fit_t_mean, s.fit_y_mean,
+                         s.fit_tt, s.fit_ty, s.fit_yy, t, y)
+    (s.fit_long_weight, s.fit_long_weight2, s.fit_long_t_mean, s.fit_long_y_mean,
+     s.fit_long_tt, s.fit_long_ty, s.fit_long_yy) = ew_line(
+        decay_long, s.fit_long_weight, s.fit_long_weight2, s.fit_long_t_mean,
+        s.fit_long_y_mean, s.fit_long_tt, s.fit_long_ty, s.fit_long_yy, t, y)
+
+
+@part
 def step(s, w, c):
     """Score one closed step of one series, then learn from it."""
     if s.n_steps == 0:
@@ -744,6 +784,7 @@ def step(s, w, c):
     learn_baseline(s, w, c, calm)
     learn_spreads(s, w, c, calm)
     incident(s, w, c, is_open)
+    learn_trend(s, w, c)
 
 
 @njit(cache=True)

@@ -95,6 +95,7 @@ __all__ = [
     "WEEKLY_SLOTS",
     "EVENT_CHANGES",
     "EVENT_KINDS",
+    "LONG_FIT_FACTOR",
     "MAX_FILL_S",
     "SEVERITIES",
     "DetectorParams",
@@ -122,6 +123,9 @@ def _alpha(step_s: float, halflife_s: float) -> float:
     """Per-step weight of an exponential average with the given half-life."""
     return float(1.0 - 0.5 ** (step_s / halflife_s))
 
+
+#: The forecast's long fit has this many times forecast_halflife_s (vigil.detectors.forecast).
+LONG_FIT_FACTOR = 4.0
 
 #: Gaps of up to this many seconds are filled with the last value (the default of
 #: :attr:`DetectorParams.max_fill_s`, and of the lab models that resample a series alike).
@@ -274,6 +278,13 @@ class DetectorParams:
         "below which extreme steps are a burst (news even where single ones are not).")
     burst_min_hits: float = _knob(
         3.0, "Fewest extreme steps (EW count) in the burst window that can be a burst.")
+    forecast_halflife_s: float = _knob(
+        6 * 3_600.0, "Half-life in seconds of the capacity forecast's trend: an EW linear fit "
+        "of the deseasonalised value against time (docs/forecasts.md).")
+    forecast_min_days: float = _knob(
+        2.5, "Age in days a series needs before it is forecast (the daily profile is applied "
+        "from daily_min_days, once it proves to explain the variance: before, a daily peak "
+        "would look like a climb).")
 
     @property
     def step_ms(self) -> int:
@@ -462,6 +473,8 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
         stdtr_address=STDTR_ADDRESS,
         ndtri_address=NDTRI_ADDRESS,
         first_alert_steps=float(p.first_alert_steps),
+        fit_decay=0.5 ** (s / p.forecast_halflife_s),
+        fit_long_decay=0.5 ** (s / (LONG_FIT_FACTOR * p.forecast_halflife_s)),
         rarity_decays=np.array([
             0.5 ** (s / (p.rarity_halflife_s * p.rarity_growth**k)) for k in range(RARITY_LEVELS)
         ]),

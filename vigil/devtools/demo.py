@@ -6,8 +6,9 @@
 3. Start a ``vigil worker`` and a ``vigil notifier`` process (alerting a local Telegram Bot
    API server), replay the month into the ``metrics`` topic as fast as the broker takes it,
    and wait until the worker has processed every point and the notifier has sent.
-4. Print the incidents next to the labels: found, missed, false alarms; and the alerts, with
-   their charts saved as PNG files.
+4. Print the capacity forecasts (db-01's filling disk: its warning's lead time), the
+   incidents next to the labels: found, missed, false alarms; and the alerts, with their
+   charts saved as PNG files.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
         )
 
         print(f"generating {days:g} days of 1-minute telemetry for {hosts} hosts × 7 metrics ...")
-        telemetry = generate_telemetry(hosts=hosts, days=days, seed=seed)
+        telemetry = generate_telemetry(hosts=hosts, days=days, seed=seed, capacity_fill=True)
         print(
             f"  {len(telemetry.series)} series, {telemetry.n_points:,} points, "
             f"{len(telemetry.labels)} labelled anomalies"
@@ -175,7 +176,28 @@ def _print_alerts(alerts, alerted: int, opened: int, run_id: str) -> None:
     print(f"  texts and charts: {folder}")
 
 
+def _print_forecasts(telemetry, events: list[dict]) -> list[dict]:
+    """Report the capacity forecasts (docs/forecasts.md): db-01's filling disk's warning and
+    its lead time; the events left for the anomaly report (not the forecasts, nor the
+    filling disk's: it is no labelled anomaly)."""
+    fill = telemetry.params.get("capacity_fill")
+    forecasts = [e for e in events if e["anomaly_type"] == "forecast"]
+    warned = [e for e in forecasts if e["kind"] == "open"]
+    print(f"capacity forecasts: {len(warned)} warnings ({len(forecasts)} events)")
+    for e in warned:
+        f = e["forecast"]
+        line = f"  {e['series']}: {e['severity']} at {e['ts']}, {e['reason']}"
+        if fill and e["series"] == fill["series"]:
+            line += f"; lead time {(fill['full_ms'] - e['ts_ms']) / 3_600_000:.1f} h"
+            line += f" (horizon {f['horizon_h']:g} h)"
+        print(line)
+    skip = fill["series"] if fill else None
+    return [e for e in events if e["anomaly_type"] != "forecast" and e["series"] != skip]
+
+
 def _print_report(telemetry, events: list[dict], seconds: float) -> None:
+    print()
+    events = _print_forecasts(telemetry, events)
     opens = [(e["series"], e["ts_ms"]) for e in events if e["kind"] == "open"]
     resolves = sum(1 for e in events if e["kind"] == "resolve")
     report = match_incidents(opens, telemetry.labels, tolerance_ms=15 * 60_000)

@@ -145,13 +145,16 @@ def generate_telemetry(
     seed: int = 7,
     anomalies_per_series: float = 3.0,
     missing_rate: float = 0.002,
+    capacity_fill: bool = False,
 ) -> Telemetry:
     """A fleet of ``hosts`` × ``metrics`` series over ``days``, one point per ``step_s``.
 
     ``start_ms`` defaults to the month ending at the current minute (UTC, floored to the step),
     so a replay looks recent; pass it explicitly for reproducible output. Each series gets
     ``anomalies_per_series`` anomalies on average (exactly that many when it is whole), as
-    room allows after the first :data:`LEARNING_DAYS` days.
+    room allows after the first :data:`LEARNING_DAYS` days. ``capacity_fill`` adds a host
+    ``db-01`` whose ``disk_used_percent`` fills towards 100 % (:func:`_capacity_fill`; its
+    times in ``params["capacity_fill"]``): a capacity forecast's case, no anomaly label.
     """
     unknown = [m for m in metrics if m not in _METRICS]
     if unknown:
@@ -198,6 +201,11 @@ def generate_telemetry(
             state.metric, {"host": state.host}, clock.ts[keep], values[keep]
         )
     labels.sort(key=lambda lab: (lab.start_ms, lab.series))
+    fill = _capacity_fill(clock, np.random.default_rng([seed, 6_000])) if capacity_fill else None
+    if fill is not None:
+        values, fill_params = fill
+        sid = series_id("disk_used_percent", {"host": "db-01"})
+        series[sid] = SeriesData("disk_used_percent", {"host": "db-01"}, clock.ts, values)
     params = {
         "generator": "vigil.lab.synthetic",
         "hosts": hosts,
@@ -220,6 +228,10 @@ def generate_telemetry(
         },
         "outages": outages,
     }
+    if fill is not None:
+        params["capacity_fill"] = fill_params
+        params["series"][sid] = {"metric": "disk_used_percent", "host": "db-01",
+                                 "unit": "percent", "seasonal": False}
     return Telemetry(series=dict(sorted(series.items())), labels=labels, params=params)
 
 
@@ -344,6 +356,23 @@ def _disk(clock: _Clock, traffic: np.ndarray, host: int, rng: Generator) -> _Ser
     state = _SeriesState(clean, sd * rng.standard_normal(len(clean)), sd, seasonal=False)
     state.breaks = np.searchsorted(elapsed, cleanups)
     return state
+
+
+def _capacity_fill(clock: _Clock, rng: Generator) -> tuple[np.ndarray, dict]:
+    """A database's disk that fills: its usual slow growth, then, from 3.5 days before the end,
+    a fill that would reach 100 % half a day before the end (it stays full then)."""
+    elapsed = clock.days_elapsed
+    start_day = max(elapsed[-1] - 3.5, 0.0)
+    base = rng.uniform(35, 45) + 0.3 * elapsed
+    level_at_start = float(np.interp(start_day, elapsed, base))
+    rate_per_day = (100.0 - level_at_start) / 3.0
+    clean = base + np.where(elapsed >= start_day, rate_per_day * (elapsed - start_day) - 0.3
+                            * (elapsed - start_day), 0.0)
+    values = np.round(np.clip(clean + 0.05 * rng.standard_normal(len(clean)), 0, 100), 3)
+    start_ms = int(clock.ts[0] + start_day * DAY_MS)
+    full_ms = int(clock.ts[0] + (start_day + 3.0) * DAY_MS)
+    return values, {"series": series_id("disk_used_percent", {"host": "db-01"}),
+                    "start_ms": start_ms, "full_ms": full_ms, "limit": 100.0}
 
 
 def _network(clock: _Clock, traffic: np.ndarray, host: int, rng: Generator) -> _SeriesState:

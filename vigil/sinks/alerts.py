@@ -663,6 +663,47 @@ def _resolved_words(alert: IncidentAlert) -> str:
     return f"resolved after {minutes} min"
 
 
+def _duration_words(hours: float | None) -> str:
+    """``45 min``, ``5 h``, ``3.5 days``; ``never at this rate`` for None.
+
+    >>> [_duration_words(h) for h in (0.75, 5.2, 84.0, None)]
+    ['45 min', '5 h', '3.5 days', 'never at this rate']
+    """
+    if hours is None or not math.isfinite(hours):
+        return "never at this rate"
+    if hours < 1.0:
+        return f"{max(1, round(hours * 60))} min"
+    if hours < 48.0:
+        return f"{round(hours)} h"
+    return f"{hours / 24:.1f} days"
+
+
+def forecast_sentence(name: str, labels: Mapping[str, str], forecast: Mapping[str, Any],
+                      resolved: bool = False) -> str:
+    """What a capacity forecast (``AnomalyEvent.forecast``) says, for a person.
+
+    >>> f = {"limit": 100.0, "hours": 5.2, "hours_low": 4.1, "hours_high": 7.3,
+    ...      "rate_per_h": 2.1, "horizon_h": 24.0}
+    >>> forecast_sentence("disk_used_percent", {"host": "db-01"}, f)
+    'disk_used_percent on db-01 will reach 100 % in about 5 h (between 4 h and 7 h) at +2.1 %/h'
+    """
+    where = f" on {labels['host']}" if labels.get("host") else ""
+    unit = " %" if name.endswith("_percent") else ""
+    limit = forecast.get("limit")
+    limit_text = f"{_fmt(limit)}{unit}" if limit is not None else "its limit"
+    if resolved:
+        return (f"{name}{where} no longer heads for {limit_text} within "
+                f"{_duration_words(forecast.get('horizon_h'))}: now "
+                f"{_duration_words(forecast.get('hours'))}")
+    rate = float(forecast.get("rate_per_h") or 0.0)
+    if forecast.get("hours") == 0:
+        return f"{name}{where} has reached {limit_text}"
+    return (f"{name}{where} will reach {limit_text} in about "
+            f"{_duration_words(forecast.get('hours'))} (between "
+            f"{_duration_words(forecast.get('hours_low'))} and "
+            f"{_duration_words(forecast.get('hours_high'))}) at {rate:+.2g}{unit}/h")
+
+
 def _incident_lines(alert: IncidentAlert, kind: str, compact: bool = False) -> list[str]:
     e = alert.event
     if kind == "resolved":
@@ -671,6 +712,9 @@ def _incident_lines(alert: IncidentAlert, kind: str, compact: bool = False) -> l
     extra = ""
     if alert.resolved_ms is not None:
         extra = f" — already over ({_resolved_words(alert)})"
+    if getattr(e, "forecast", None):  # a capacity forecast: its sentence says it all
+        head = f"• {e.series} — {tag}{e.severity}, forecast{extra}"
+        return [f"{head}: {e.reason}"] if compact else [head, f"  {e.reason} (at {e.ts})"]
     if compact:
         return [
             f"• {e.series} — {tag}{e.severity}, {_kind_words(e.anomaly_type)}{extra}: "

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
+import orjson
 from clickhouse_driver import Client
 from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
 
@@ -110,6 +111,8 @@ MIGRATIONS: dict[int, list[str | Callable[[ClickHouseStore], None]]] = {
     3: [lambda store: store.add_column("events", "change", "String DEFAULT ''")],
     # v4: the step's score as an equivalent z (AnomalyEvent.z, issue 19).
     4: [lambda store: store.add_column("events", "z", "Float64 DEFAULT 0")],
+    # v5: a capacity forecast's details as JSON (AnomalyEvent.forecast, issue 20; '' none).
+    5: [lambda store: store.add_column("events", "forecast", "String DEFAULT ''")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -119,7 +122,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "events": ("event_id", "incident_id", "kind", "series", "name", "label_keys",
                "label_values", "ts", "ts_ms", "value", "expected", "lower", "upper", "score",
                "severity", "anomaly_type", "detectors", "reason", "event_schema", "change",
-               "z"),
+               "z", "forecast"),
     "incidents": ("incident_id", "series", "name", "label_keys", "label_values", "opened",
                   "opened_ms", "resolved_ms", "severity", "anomaly_type", "peak_score",
                   "events", "updated_ms"),
@@ -194,6 +197,7 @@ def event_row(event: Any) -> tuple:
         float(get("lower")), float(get("upper")), float(get("score")), get("severity"),
         get("anomaly_type"), [str(d) for d in get("detectors") or []], get("reason") or "",
         int(get("schema_version", 1) or 1), get("change") or "", float(get("z", 0.0) or 0.0),
+        orjson.dumps(get("forecast")).decode() if get("forecast") else "",
     )
 
 
@@ -593,6 +597,7 @@ class ClickHouseStore(FoldedUpserts):
             keys, values = row.pop("label_keys"), row.pop("label_values")
             row["labels"] = dict(zip(keys, values, strict=True))
             row["schema_version"] = row.pop("event_schema")
+            row["forecast"] = orjson.loads(row["forecast"]) if row["forecast"] else None
             row["ts"] = _iso(row["ts_ms"])
             out.append(row)
         return out

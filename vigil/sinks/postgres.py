@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
+import orjson
 import psycopg
 from psycopg import errors as pge
 
@@ -63,7 +64,7 @@ PG_COLUMNS: dict[str, str] = {
     "event_id": _TEXT, "incident_id": _TEXT, "kind": _TEXT, "label_keys": _TEXTS,
     "label_values": _TEXTS, "ts_ms": _BIGINT, "severity": _TEXT, "anomaly_type": _TEXT,
     "detectors": _TEXTS, "reason": _TEXT, "event_schema": "integer NOT NULL DEFAULT 1",
-    "change": _TEXT, "z": "double precision NOT NULL DEFAULT 0",
+    "change": _TEXT, "z": "double precision NOT NULL DEFAULT 0", "forecast": _TEXT,
     "opened": _TIME, "opened_ms": _BIGINT, "resolved_ms": "bigint", "peak_score": _FLOAT,
     "events": "integer NOT NULL DEFAULT 0", "updated_ms": _BIGINT,
     "feedback_id": _TEXT, "action": _TEXT, "notification_id": _TEXT, "receiver": _TEXT,
@@ -125,7 +126,7 @@ def add_columns(table: str, column: str) -> Callable[[PostgresStore], None]:
 #: Each version's steps (SQL with ``{db}`` for the schema, or a function of the store),
 #: applied in order, one transaction per version.
 MIGRATIONS: dict[int, list[str | Callable[[PostgresStore], None]]] = {
-    # v1: the tables of ClickHouse's schema v4.
+    # v1: the tables of ClickHouse's schema v4 (the columns later versions add left out).
     1: [_create_tables],
     # v2: indexes for the reads by incident, by time and the dashboard's summary.
     2: [
@@ -141,6 +142,8 @@ MIGRATIONS: dict[int, list[str | Callable[[PostgresStore], None]]] = {
         "CREATE TABLE IF NOT EXISTS {db}.notifier_state (kind text NOT NULL, key text NOT NULL, "
         "value text NOT NULL, updated_ms bigint NOT NULL, PRIMARY KEY (kind, key))",
     ],
+    # v4: ClickHouse's v5, the capacity forecast of a forecast event (JSON, docs/forecasts.md).
+    4: [add_columns("events", "forecast")],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -570,6 +573,7 @@ class PostgresStore(FoldedUpserts):
             keys, values = row.pop("label_keys"), row.pop("label_values")
             row["labels"] = dict(zip(keys, values, strict=True))
             row["schema_version"] = row.pop("event_schema")
+            row["forecast"] = orjson.loads(row["forecast"]) if row["forecast"] else None
             row["ts"] = _iso(row["ts_ms"])
             out.append(row)
         return out

@@ -41,6 +41,7 @@ from vigil.events import Feedback
 from vigil.retrying import STORE_OUTAGE
 from vigil.series import parse_series
 from vigil.sinks import metrics
+from vigil.streams.forecasts import ForecastWatch
 from vigil.streams.input_health import InputHealth, reason_class
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
@@ -370,6 +371,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         history_steps=settings.chart_history_steps,
         lstm=lstm,
         lateness_steps=settings.allowed_lateness_steps,
+        forecasts=ForecastWatch(settings.forecast_limits, settings.forecast_warning_h,
+                                settings.forecast_critical_h, settings.detector,
+                                settings.max_cached_series),
     )
 
     history = attach_storage(app, settings)  # ClickHouse or PostgreSQL, when configured

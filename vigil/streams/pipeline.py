@@ -52,6 +52,7 @@ from vigil.streams.state import (
 from vigil.times import iso
 
 if TYPE_CHECKING:
+    from vigil.streams.forecasts import ForecastWatch
     from vigil.streams.lstm_scorer import LstmScorer
 
 __all__ = [
@@ -428,9 +429,11 @@ class DetectionPipeline:
         history_steps: int = 0,
         lstm: LstmScorer | None = None,
         lateness_steps: int = 0,
+        forecasts: ForecastWatch | None = None,
     ) -> None:
         self.store = store
         self.lateness_steps = lateness_steps
+        self.forecasts = forecasts  # capacity forecasts (vigil.streams.forecasts), optional
         # The global LSTM (optional): its score contributes to the seasonal detector's
         # events and opens incidents of its own where the seasonal detector has none.
         self.lstm = lstm
@@ -509,8 +512,14 @@ class DetectionPipeline:
             )
             index, ts_ms, values = release.index, release.ts_ms, release.values
             held = self._pack_held(len(touched), still)
+        forecast_events: list[AnomalyEvent] = []
         cpu_started = time.thread_time()
-        results = self.detector.process(bank, index, ts_ms, values, direction)
+        if self.forecasts is None:
+            results = self.detector.process(bank, index, ts_ms, values, direction)
+        else:  # the same results, with the capacity forecasts (vigil.streams.forecasts)
+            results, forecast_events = self.forecasts.process(
+                self.detector, bank, touched, index, ts_ms, values, direction,
+                self.history.context)
         detector_cpu_s = time.thread_time() - cpu_started
         # After hold_back, what the resampler drops is only not finite (the rest is newer
         # than the watermark and unique); without it, the watermark rule covers all reasons.
@@ -520,7 +529,7 @@ class DetectionPipeline:
             dropped_by_reason["late"] = results.steps.dropped
         states = pack(bank)
         lstm_z = None if self.lstm is None else await self.lstm.score(touched, results)
-        events = self._events(results, touched, lstm_z)
+        events = self._events(results, touched, lstm_z) + forecast_events
         self.history.record(touched, results)  # after the events: they read earlier batches
         return Batch(
             events=events,

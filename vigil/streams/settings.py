@@ -271,6 +271,20 @@ class Settings(BaseSettings):
         description="Metric-name globs whose anomalies count in one direction only, "
         "e.g. 'memory_used*=up,disk_used*=up' (first match wins; default both).",
     )
+    forecast_limits: Annotated[dict[str, str], NoDecode] = Field(
+        {"*_free_percent": "0", "*_available_percent": "0", "*_idle_percent": "0",
+         "*_percent": "100"},
+        description="Capacity forecasts (docs/forecasts.md): metric-name globs and their "
+        "limits, first match wins, e.g. 'disk_used_percent*: 100, memory_used_bytes: label "
+        "mem_total' — a number (approached from either side), 'LOW/HIGH', or 'label NAME' "
+        "(the series' label's value); {} forecasts nothing. The default: percentages reach "
+        "100, free, available and idle ones 0.",
+    )
+    forecast_warning_h: float = Field(
+        24.0, gt=0, description="A forecast warning opens when the lower bound of the time "
+        "to the limit falls under this many hours.")
+    forecast_critical_h: float = Field(
+        4.0, gt=0, description="... and is critical under this many hours.")
 
     @classmethod
     def settings_customise_sources(
@@ -364,6 +378,27 @@ class Settings(BaseSettings):
             if any(len(pair) != 2 for pair in pairs):
                 raise ValueError("expected glob=up|down|both, comma-separated")
             return {k.strip(): v.strip() for k, v in pairs}
+        return value
+
+    @field_validator("forecast_limits", mode="before")
+    @classmethod
+    def _parse_forecast_limits(cls, value):
+        # From the environment: "glob: limit, glob2: limit" or a JSON object.
+        from vigil.detectors.forecast import LimitRule
+
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                value = json.loads(text)
+            else:
+                pairs = [item.split(":", 1) for item in text.split(",") if item.strip()]
+                if any(len(pair) != 2 for pair in pairs):
+                    raise ValueError("expected 'glob: limit', comma-separated")
+                value = {k.strip(): v.strip() for k, v in pairs}
+        if isinstance(value, dict):
+            value = {str(k): str(v) for k, v in value.items()}
+            for rule in value.values():
+                LimitRule.parse(rule)  # a bad rule fails at start, with its reason
         return value
 
     @field_validator("input_topics", "json_label_fields", "graphite_templates", "rate_metrics",

@@ -1,7 +1,7 @@
 """Series state in Redis: one compact binary key per series, read and written in batches.
 
 Key ``{prefix}state:{series id}`` holds ``b"VGS" + version byte + one STATE_DTYPE record``
-(about 1.8 KB). Records of the previous formats (versions 2 to 5) are read too: the fields
+(about 1.8 KB). Records of the previous formats (versions 2 to 6) are read too: the fields
 they have are kept and the ones added since start fresh. The record carries the series'
 watermark, so the state and the watermark are written together, in one pipeline per batch,
 before the batch's offsets are committed.
@@ -34,6 +34,7 @@ from vigil.detectors.bank import (
     ADDED_IN_V4,
     ADDED_IN_V5,
     ADDED_IN_V6,
+    ADDED_IN_V7,
     STATE_DTYPE,
     StateBank,
     new_state_bank,
@@ -56,9 +57,9 @@ log = logging.getLogger(__name__)
 
 MAGIC = b"VGS"
 UPGRADED_DRIFT_SPREAD = 1.0  # see _upgrade
-# 6: operators' teaching; 5: the open incident's family and direction; 4: drift state;
-# 3: burst state; 2: rarity and recurrence state
-FORMAT_VERSION = 6
+# 7: the capacity forecast's trend lines and warning; 6: operators' teaching; 5: the open
+# incident's family and direction; 4: drift state; 3: burst state; 2: rarity and recurrence
+FORMAT_VERSION = 7
 HEADER = MAGIC + bytes([FORMAT_VERSION])
 RECORD_BYTES = STATE_DTYPE.itemsize
 VALUE_BYTES = len(HEADER) + RECORD_BYTES
@@ -70,10 +71,11 @@ def _without(*added: tuple[str, ...]) -> np.dtype:
 
 
 _LEGACY = {
-    2: _without(ADDED_IN_V3, ADDED_IN_V4, ADDED_IN_V5, ADDED_IN_V6),
-    3: _without(ADDED_IN_V4, ADDED_IN_V5, ADDED_IN_V6),
-    4: _without(ADDED_IN_V5, ADDED_IN_V6),
-    5: _without(ADDED_IN_V6),
+    2: _without(ADDED_IN_V3, ADDED_IN_V4, ADDED_IN_V5, ADDED_IN_V6, ADDED_IN_V7),
+    3: _without(ADDED_IN_V4, ADDED_IN_V5, ADDED_IN_V6, ADDED_IN_V7),
+    4: _without(ADDED_IN_V5, ADDED_IN_V6, ADDED_IN_V7),
+    5: _without(ADDED_IN_V6, ADDED_IN_V7),
+    6: _without(ADDED_IN_V7),
 }
 
 
