@@ -159,6 +159,10 @@ OPENINGS_WITHHELD = Counter(
     "vigil_openings_withheld",
     "Incident openings withheld because operators taught the pattern is normal",
 )
+SILENT_SERIES = Gauge("vigil_silent_series", "Series of this worker with an open no_data incident")
+TRACKED_SERIES = Gauge(
+    "vigil_tracked_series", "Series whose last data time this worker watches (stopped series)"
+)
 ACTIVE_SILENCES = Gauge("vigil_active_silences", "Silences in force")
 
 

@@ -56,6 +56,7 @@ from vigil.streams.rates import CounterRates
 from vigil.streams.records import Reject, dead_letter_record
 from vigil.streams.remote_write import RemoteWriteError, decode_write_request, to_messages
 from vigil.streams.settings import Settings
+from vigil.streams.silence import attach_stopped_series
 from vigil.streams.state import RedisStateStore
 from vigil.streams.storage import attach_storage
 from vigil.streams.transport import VigilApp
@@ -343,7 +344,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     deadletter_topic = app.topic(settings.deadletter_topic, internal=True, key_serializer="raw")
 
     redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
-    store = RedisStateStore(redis_client, settings.redis_prefix)
+    store = RedisStateStore(redis_client, settings.redis_prefix,
+                            idle_expiry_ms=int(settings.idle_expiry_days * 86_400_000))
     lstm = None
     if settings.lstm_model:
         lstm = LstmScorer(settings.lstm_model, settings.lstm_device, settings.lstm_batch,
@@ -362,6 +364,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     )
 
     history = attach_storage(app, settings)  # ClickHouse, when configured
+    # Stopped series: a wall-clock check publishes no_data events (docs/stopped-series.md).
+    stopped = attach_stopped_series(app, settings, redis_client, anomalies_topic,
+                                    on_forgotten=pipeline.forget)
     # Compile the detector's step kernel (or load it from numba's cache) now, at start, not
     # on the first batch.
     warm_up()
@@ -432,6 +437,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         for n, reason in bad:
             event = events[n]
             await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
+        if stopped is not None:
+            stopped.observe(series, ts_ms, _now_ms())
         # A first batch past offset 0 continues a stream processed before this start.
         resumed = any((e.message.offset or 0) > 0 for e in events)
         if lessons:
