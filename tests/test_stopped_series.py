@@ -296,3 +296,20 @@ def test_state_keys_expire_after_the_idle_time_and_each_write_renews_it(settings
         assert 3_000_000 < sync_redis.pttl(f"{prefix}{key}") <= 3_600_000, key
     never = RedisStateStore(None, prefix)
     assert never.idle_expiry_ms == 0
+
+
+def test_the_generator_adds_a_host_that_stops_and_leaves_the_others_alone():
+    from vigil.lab.synthetic import generate_telemetry
+
+    start = 1_704_067_200_000
+    plain = generate_telemetry(hosts=2, days=2, start_ms=start, seed=5)
+    with_gone = generate_telemetry(hosts=2, days=2, start_ms=start, seed=5, gone_host=True)
+    gone = with_gone.params["gone"]
+    assert gone["host"] == "gone-01" and len(gone["series"]) == 7
+    end = start + 2 * 86_400_000 - 60_000
+    assert gone["last_ms"] == end - 15 * MIN  # 15 minutes without a point at the end
+    for sid in gone["series"]:
+        assert int(with_gone.series[sid].ts_ms[-1]) == gone["last_ms"]
+    for sid, s in plain.series.items():
+        assert np.array_equal(s.values, with_gone.series[sid].values)
+    assert plain.labels == with_gone.labels and plain.params["gone"] is None

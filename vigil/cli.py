@@ -286,6 +286,8 @@ def generate(
     step: int = typer.Option(60, min=1, help="Seconds between points."),
     seed: int = typer.Option(7, help="Random seed (same seed, same data)."),
     anomalies: float = typer.Option(3.0, help="Labelled anomalies per series."),
+    gone: bool = typer.Option(
+        True, help="Add host gone-01, which stops reporting 15 min before the end."),
 ) -> None:
     """Write realistic labelled telemetry: points.csv, labels.csv, manifest.json."""
     from vigil.lab.datasets import write_telemetry
@@ -294,7 +296,7 @@ def generate(
     chosen = ALL_METRICS if metrics == "all" else [m.strip() for m in metrics.split(",")]
     t = generate_telemetry(
         hosts=hosts, metrics=chosen, days=days, step_s=step, seed=seed,
-        anomalies_per_series=anomalies,
+        anomalies_per_series=anomalies, gone_host=gone,
     )
     folder = write_telemetry(t, out)
     typer.echo(

@@ -69,7 +69,7 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
         )
 
         print(f"generating {days:g} days of 1-minute telemetry for {hosts} hosts × 7 metrics ...")
-        telemetry = generate_telemetry(hosts=hosts, days=days, seed=seed)
+        telemetry = generate_telemetry(hosts=hosts, days=days, seed=seed, gone_host=True)
         print(
             f"  {len(telemetry.series)} series, {telemetry.n_points:,} points, "
             f"{len(telemetry.labels)} labelled anomalies"
@@ -84,6 +84,7 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
             "VIGIL_INPUT_TOPICS": INPUT_TOPIC,
             "VIGIL_WEB_PORT": str(free_port()),
             "VIGIL_LOG_LEVEL": "warning",
+            "VIGIL_NODATA_CHECK_S": "5",  # notice gone-01 soon after the replay
             # Memory and disk *used* matter when they rise; a drop (restart, cleanup) is news,
             # not an incident. Override with VIGIL_DIRECTIONS.
             "VIGIL_DIRECTIONS": os.environ.get("VIGIL_DIRECTIONS", DEMO_DIRECTIONS),
@@ -115,10 +116,13 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
                     bar.update(now - done)
                     done, last_progress = now, time.monotonic()
         time.sleep(1.5)  # let the last events arrive
+        _wait_for_no_data(collector, settings.anomalies_topic, telemetry.params.get("gone"))
         events = [orjson.loads(v) for v in collector.values(settings.anomalies_topic)]
         alerts, alerted, opened = _wait_for_alerts(botapi, notifier, events, client, prefix)
 
-    _print_report(telemetry, events, time.monotonic() - started)
+    _print_report(telemetry, [e for e in events if e["anomaly_type"] != "no_data"],
+                  time.monotonic() - started)
+    _print_stopped(telemetry.params.get("gone"), events)
     _print_alerts(alerts, alerted, opened, run_id)
     return 0
 
@@ -158,6 +162,36 @@ def _wait_for_alerts(botapi, notifier, events, client, prefix, timeout_s: float 
             break
         time.sleep(0.5)
     return botapi.sent(), len(alerted & opened), len(opened)
+
+
+def _wait_for_no_data(collector, topic: str, gone: dict | None, timeout_s: float = 45.0):
+    """Wait until the stopped host's series have their no_data events (or timeout)."""
+    if not gone:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        told = {e["series"] for e in map(orjson.loads, collector.values(topic))
+                if e["anomaly_type"] == "no_data"}
+        if set(gone["series"]) <= told:
+            return
+        time.sleep(0.5)
+
+
+def _print_stopped(gone: dict | None, events: list[dict]) -> None:
+    """How the host that stopped reporting was noticed (docs/stopped-series.md)."""
+    if not gone:
+        return
+    opens = [e for e in events if e["anomaly_type"] == "no_data" and e["kind"] == "open"]
+    noticed = [e for e in opens if e["series"] in set(gone["series"])]
+    others = len(opens) - len(noticed)
+    print()
+    if not noticed:
+        print(f"stopped host {gone['host']}: not noticed (0 of {len(gone['series'])} series)")
+        return
+    delay_min = (min(e["ts_ms"] for e in noticed) - gone["last_ms"]) / 60_000
+    print(f"stopped host {gone['host']}: {len(noticed)} of {len(gone['series'])} series "
+          f"noticed (no_data), {delay_min:.1f} min after its last point; other no_data "
+          f"incidents: {others}")
 
 
 def _print_alerts(alerts, alerted: int, opened: int, run_id: str) -> None:

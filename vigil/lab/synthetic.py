@@ -58,6 +58,9 @@ __all__ = [
 ]
 
 MINUTE_MS = 60_000
+#: ``gone-01`` stops this many minutes before the end of the recording (``gone_host``).
+GONE_BEFORE_END_MIN = 15.0
+GONE_HOST = "gone-01"
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 LEARNING_DAYS = 7  # no anomaly before this: a detector needs a full week to learn weekly shape
@@ -145,6 +148,8 @@ def generate_telemetry(
     seed: int = 7,
     anomalies_per_series: float = 3.0,
     missing_rate: float = 0.002,
+    gone_host: bool = False,
+    gone_before_end_min: float = GONE_BEFORE_END_MIN,
 ) -> Telemetry:
     """A fleet of ``hosts`` × ``metrics`` series over ``days``, one point per ``step_s``.
 
@@ -152,6 +157,11 @@ def generate_telemetry(
     so a replay looks recent; pass it explicitly for reproducible output. Each series gets
     ``anomalies_per_series`` anomalies on average (exactly that many when it is whole), as
     room allows after the first :data:`LEARNING_DAYS` days.
+
+    ``gone_host`` adds a host ``gone-01`` (the same metrics, no labelled anomalies) that
+    stops reporting for good ``gone_before_end_min`` minutes before the end: a stopped host
+    for the ``no_data`` check (docs/stopped-series.md). ``params["gone"]`` tells its series
+    and last point; the other hosts are the same with or without it.
     """
     unknown = [m for m in metrics if m not in _METRICS]
     if unknown:
@@ -198,6 +208,10 @@ def generate_telemetry(
             state.metric, {"host": state.host}, clock.ts[keep], values[keep]
         )
     labels.sort(key=lambda lab: (lab.start_ms, lab.series))
+    gone = _gone_host(clock, metrics, hosts, seed, gone_before_end_min) if gone_host else None
+    if gone is not None:
+        gone_series, gone = gone
+        series = {**series, **gone_series}
     params = {
         "generator": "vigil.lab.synthetic",
         "hosts": hosts,
@@ -219,6 +233,7 @@ def generate_telemetry(
             for s in sorted(states, key=lambda s: s.sid)
         },
         "outages": outages,
+        "gone": gone,
     }
     return Telemetry(series=dict(sorted(series.items())), labels=labels, params=params)
 
@@ -585,6 +600,27 @@ _ANOMALY_SHAPES: dict[str, Callable[..., np.ndarray | None]] = {
 
 
 # --------------------------------------------------------------------------- gaps
+
+
+
+def _gone_host(
+    clock: _Clock, metrics: Sequence[str], index: int, seed: int, before_end_min: float
+) -> tuple[dict[str, SeriesData], dict[str, Any]] | None:
+    """The series of a host that stops reporting for good ``before_end_min`` before the end."""
+    stop = len(clock.ts) - clock.steps(before_end_min)  # last point: that long before the end
+    if stop < 1:
+        return None
+    traffic = _host_traffic(clock, np.random.default_rng([seed, index, 1_000]))
+    out = {}
+    for metric in metrics:
+        rng = np.random.default_rng([seed, index, ALL_METRICS.index(metric)])
+        state = _METRIC_SHAPES[metric](clock, traffic, index, rng)
+        spec = _METRICS[metric]
+        values = np.round(np.clip(state.values[:stop], 0.0, spec.upper), spec.decimals)
+        sid = series_id(metric, {"host": GONE_HOST})
+        out[sid] = SeriesData(metric, {"host": GONE_HOST}, clock.ts[:stop], values)
+    last_ms = int(clock.ts[stop - 1])
+    return out, {"host": GONE_HOST, "last_ms": last_ms, "series": sorted(out)}
 
 
 def _outages(
