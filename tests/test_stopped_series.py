@@ -313,3 +313,30 @@ def test_the_generator_adds_a_host_that_stops_and_leaves_the_others_alone():
     for sid, s in plain.series.items():
         assert np.array_equal(s.values, with_gone.series[sid].values)
     assert plain.labels == with_gone.labels and plain.params["gone"] is None
+
+
+def test_a_backlog_batch_teaches_the_spacing_of_its_points_not_its_span():
+    t = tracker()
+    for b in range(5):  # batches of 100 one-minute points, as when a replay catches up
+        ts = LIVE + (b * 100 + np.arange(100)) * MIN
+        t.observe(["a"] * 100, ts, [0] * 100, wall_ms=int(ts[-1]))
+    assert int(t.interval_ms[0]) == MIN
+    last = LIVE + 499 * MIN
+    assert [s.series for s in t.check(last + 6 * MIN).opened] == ["a"]
+
+
+def test_a_caught_up_partition_takes_the_most_advanced_clock_but_never_past_the_wall():
+    t = tracker()
+    # Partition 1's newest point is the stopped series' own: alone, its clock would wait.
+    wall = LIVE + 30 * MIN  # a replay: 25 minutes of data arrive within a second
+    for m in range(25):
+        if m < 10:
+            t.observe(["stops"], [LIVE + m * MIN], [1], wall_ms=wall)
+        t.observe(["live"], [LIVE + m * MIN], [0], wall_ms=wall)
+    wall += MIN
+    assert t.check(wall).opened == []
+    assert [s.series for s in t.check(wall, caught_up={0, 1}).opened] == ["stops"]
+    skewed = tracker()
+    feed(skewed, ["ahead"], LIVE + 4 * MIN, 10, partition_of=lambda s: 0, lag_ms=-4 * MIN)
+    feed(skewed, ["normal"], LIVE, 10, partition_of=lambda s: 1)
+    assert skewed.check(LIVE + 10 * MIN, caught_up={0, 1}).opened == []

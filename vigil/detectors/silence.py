@@ -15,6 +15,9 @@ flood. A partition is judged only once its owner has seen *recent* data on it si
 assigned (newest data time within ``recent_ms`` of the wall clock when it arrived): replays
 of history are never judged.
 
+A partition with nothing left to read (no consumer lag) takes the clock of the worker's most
+advanced judged partition: it is as live as they are.
+
 A series is judged once it has shown a regular interval (two gaps between points seen, or an
 interval restored from the store). Its ``no_data`` incident opens once and resolves when a
 newer point arrives. Series idle for longer than ``expiry_ms`` are dropped, and
@@ -192,12 +195,14 @@ class SilenceTracker:
         rows, ts = rows[order], ts[order]
         last = np.flatnonzero(np.r_[rows[1:] != rows[:-1], True])
         first = np.r_[0, last[:-1] + 1]
-        # One gap per series and batch: from its previous newest point to this batch's first
-        # newer one (points within one batch are often a backlog, not the cadence).
+        # One gap per series and batch: the mean spacing of its new points since its previous
+        # newest one (a batch of a backlog holds many points of a series).
         prev = self.last_ms[rows[first]]
         newest = ts[last]
         newer = np.maximum(newest, prev)
-        gap = (newest - prev).astype(np.float64)
+        fresh = np.add.reduceat((ts > np.repeat(prev, last - first + 1)).astype(np.int64),
+                                first)
+        gap = (newest - prev) / np.maximum(fresh, 1)
         u = rows[last]
         learn = (prev >= 0) & (gap > 0)
         interval = self.interval_ms[u]
@@ -214,19 +219,30 @@ class SilenceTracker:
         return np.maximum(self.silent_steps * np.asarray(interval_ms, np.float64),
                           self.min_silent_ms)
 
-    def clocks(self, wall_ms: int) -> dict[int, int]:
-        """The clock of each judged partition (see the module's docstring)."""
-        return {p: newest + max(0, wall_ms - seen) for p, (newest, seen) in self._clock.items()
-                if p in self._gated}
+    def clocks(self, wall_ms: int, caught_up: Iterable[int] = ()) -> dict[int, int]:
+        """The clock of each judged partition (see the module's docstring). A partition with
+        nothing left to read (``caught_up``) is as live as the worker's most advanced one,
+        and takes its clock: a partition whose newest point came from a series that then
+        stopped would otherwise wait for the wall clock alone."""
+        clocks = {p: newest + max(0, wall_ms - seen) for p, (newest, seen)
+                  in self._clock.items() if p in self._gated}
+        if clocks:
+            # Never past the wall clock: one source's clock running ahead must not make
+            # every other series look quieter than it is.
+            ahead = min(max(clocks.values()), wall_ms)
+            for p in caught_up:
+                clocks[p] = max(clocks.get(p, ahead), ahead)
+        return clocks
 
-    def check(self, wall_ms: int) -> SilenceCheck:
+    def check(self, wall_ms: int, caught_up: Iterable[int] = ()) -> SilenceCheck:
         """The series gone silent since the last check, those that came back, and those
-        dropped after ``expiry_ms`` idle."""
+        dropped after ``expiry_ms`` idle. ``caught_up``: the partitions whose owner has read
+        everything there is (no consumer lag)."""
         found = SilenceCheck([], [], [])
         n = len(self._names)
         if not n:
             return found
-        clocks = self.clocks(wall_ms)
+        clocks = self.clocks(wall_ms, caught_up)
         if not clocks:
             return found
         by_partition = np.full(int(self.partition[:n].max()) + 1 if n else 0, -1, np.int64)

@@ -141,9 +141,11 @@ class StoppedSeries:
         self.tracker.revoke(partitions)
         self._loaded -= partitions
 
-    async def check(self, wall_ms: int | None = None) -> tuple[list[AnomalyEvent], int]:
+    async def check(self, wall_ms: int | None = None, caught_up: Iterable[int] = ()
+                    ) -> tuple[list[AnomalyEvent], int]:
         """The ``no_data`` events to publish now, and how many series were forgotten on
-        purpose since the last check (the caller drops their cached states)."""
+        purpose since the last check (the caller drops their cached states). ``caught_up``:
+        the partitions with no consumer lag."""
         wall_ms = int(time.time() * 1000) if wall_ms is None else wall_ms
         silences: list[tuple[Silence, str]] = []
         forgotten = 0
@@ -156,7 +158,7 @@ class StoppedSeries:
                     silences.append((s, "resolve"))
                     self._closed.setdefault(s.partition, []).append(s.series)
                 forgotten += before - len(self.tracker)
-        found = self.tracker.check(wall_ms)
+        found = self.tracker.check(wall_ms, caught_up)
         for s in found.opened:
             silences.append((s, "open"))
             self._opened.setdefault(s.partition, {})[s.series] = s.last_ms
@@ -207,13 +209,16 @@ def attach_stopped_series(app: faust.App, settings: Settings, client: aioredis.R
 
     @app.timer(settings.nodata_check_s)
     async def stopped_series() -> None:
+        consumer = app.consumer
         try:
-            assigned = {tp.partition for tp in app.consumer.assignment()
-                        if tp.topic == settings.points_topic}
-        except Exception:  # noqa: BLE001 - no consumer yet (starting)
+            owned = [tp for tp in consumer.assignment() if tp.topic == settings.points_topic]
+            ends = await consumer.highwaters(*owned) if owned else {}
+        except Exception:  # noqa: BLE001 - no consumer yet (starting), or a broker hiccup
             return
-        await stopped.load(assigned)
-        events, forgotten = await stopped.check()
+        caught_up = {tp.partition for tp, end in ends.items()
+                     if end is not None and (consumer._committed_offset.get(tp) or 0) >= end}
+        await stopped.load(tp.partition for tp in owned)
+        events, forgotten = await stopped.check(caught_up=caught_up)
         sent = [await anomalies_topic.send(key=e.series.encode(), value=e) for e in events]
         for e in events:
             metrics.EVENTS_OUT.labels(kind=e.kind, severity=e.severity).inc()
