@@ -96,6 +96,8 @@ def test_demo_runs_end_to_end_on_embedded_services(tmp_path: Path):
     found = int(out.split("found:")[1].split("of")[0])
     assert found >= 1
     assert "stopped host gone-01: 7 of 7 series noticed (no_data)" in out, out
+    assert "other no_data incidents: 0" in out, out
+    assert "stopped series: WARNING gone-01: 7 series stopped reporting" in out, out
 
 
 @pytest.mark.integration

@@ -328,15 +328,33 @@ def test_a_backlog_batch_teaches_the_spacing_of_its_points_not_its_span():
 def test_a_caught_up_partition_takes_the_most_advanced_clock_but_never_past_the_wall():
     t = tracker()
     # Partition 1's newest point is the stopped series' own: alone, its clock would wait.
-    wall = LIVE + 30 * MIN  # a replay: 25 minutes of data arrive within a second
+    wall = LIVE + 27 * MIN  # a replay: 25 minutes of data arrive within a second
     for m in range(25):
         if m < 10:
             t.observe(["stops"], [LIVE + m * MIN], [1], wall_ms=wall)
         t.observe(["live"], [LIVE + m * MIN], [0], wall_ms=wall)
-    wall += MIN
+    wall += 2 * MIN
     assert t.check(wall).opened == []
-    assert [s.series for s in t.check(wall, caught_up={0, 1}).opened] == ["stops"]
+    # Partition 2 is behind in data time but points keep arriving: it keeps its own clock.
+    for m in range(15):
+        t.observe(["behind", "behind2"], [LIVE + m * MIN] * 2, [2, 2], wall_ms=wall)
+    t.observe(["behind"], [LIVE + 15 * MIN], [2], wall_ms=wall)
+    assert [s.series for s in t.check(wall, caught_up={0, 1, 2}).opened] == ["stops"]
     skewed = tracker()
     feed(skewed, ["ahead"], LIVE + 4 * MIN, 10, partition_of=lambda s: 0, lag_ms=-4 * MIN)
     feed(skewed, ["normal"], LIVE, 10, partition_of=lambda s: 1)
     assert skewed.check(LIVE + 10 * MIN, caught_up={0, 1}).opened == []
+
+
+def test_a_series_still_arriving_from_a_lagging_source_is_not_silent():
+    t = tracker()
+    wall = LIVE + 2 * 86_400_000
+    # One input partition is read up to now; another lags two days behind (a backlog read
+    # unevenly): its series keep arriving, with old data. Both land on partition 0.
+    for k in range(10):
+        t.observe(["fresh"], [wall - (10 - k) * MIN], [0], wall_ms=wall + k * 1_000)
+        t.observe(["lagging"], [LIVE + k * MIN], [0], wall_ms=wall + k * 1_000)
+    assert t.check(wall + 10_000).opened == []
+    # Once it stops arriving for long enough (and its data is old), it is silent.
+    t.observe(["fresh"], [wall + 5 * MIN], [0], wall_ms=wall + 5 * MIN)
+    assert [s.series for s in t.check(wall + 5 * MIN).opened] == ["lagging"]

@@ -15,8 +15,13 @@ flood. A partition is judged only once its owner has seen *recent* data on it si
 assigned (newest data time within ``recent_ms`` of the wall clock when it arrived): replays
 of history are never judged.
 
-A partition with nothing left to read (no consumer lag) takes the clock of the worker's most
-advanced judged partition: it is as live as they are.
+A partition with nothing left to read (no consumer lag) and no point for ``idle_partition_ms``
+takes the clock of the worker's most advanced judged partition (at most the wall clock): it is
+as live as they are, and every series on it may have stopped.
+
+A partition mixes series read from several input partitions, which a backlog can bring in
+unevenly (days apart in data time, seconds apart on the wall clock): a series is silent only
+if, besides, none of its points has *arrived* for ``arrival_quiet_ms`` of wall-clock time.
 
 A series is judged once it has shown a regular interval (two gaps between points seen, or an
 interval restored from the store). Its ``no_data`` incident opens once and resolves when a
@@ -99,10 +104,19 @@ class SilenceTracker:
         arrived) has been seen on it since it was assigned.
     expiry_ms
         Series idle for longer than this are dropped (0 = never).
+    idle_partition_ms
+        A partition with nothing left to read and no point for this long takes the clock of
+        the worker's most advanced partition.
+    arrival_quiet_ms
+        A series is silent only if no point of it has *arrived* for this long either (wall
+        clock): one still being read from a backlog is not silent, however old its data.
     """
 
     def __init__(self, step_ms: int = 60_000, silent_steps: float = 5, min_silent_ms: int = 300_000,
-                 recent_ms: int = 3_600_000, expiry_ms: int = 30 * 86_400_000) -> None:
+                 recent_ms: int = 300_000, expiry_ms: int = 30 * 86_400_000,
+                 idle_partition_ms: int = 30_000, arrival_quiet_ms: int = 60_000) -> None:
+        self.idle_partition_ms = int(idle_partition_ms)
+        self.arrival_quiet_ms = int(arrival_quiet_ms)
         self.step_ms = int(step_ms)
         self.silent_steps = float(silent_steps)
         self.min_silent_ms = int(min_silent_ms)
@@ -118,7 +132,7 @@ class SilenceTracker:
 
     _COLUMNS = (("last_ms", np.int64, -1), ("interval_ms", np.float64, 0.0),
                 ("gaps", np.int8, 0), ("partition", np.int32, -1), ("open_ms", np.int64, -1),
-                ("dirty", bool, False))
+                ("dirty", bool, False), ("arrival_ms", np.int64, -1))
 
     def _allocate(self, capacity: int) -> None:
         """Room for ``capacity`` series (existing rows kept)."""
@@ -213,6 +227,7 @@ class SilenceTracker:
         self.gaps[u] = np.where(learn, np.minimum(self.gaps[u] + 1, 100), self.gaps[u])
         self.dirty[u] |= newer != prev
         self.last_ms[u] = newer
+        self.arrival_ms[u] = wall_ms
 
     def threshold_ms(self, interval_ms: np.ndarray | float) -> np.ndarray:
         """How long a series with this usual interval may be quiet."""
@@ -231,7 +246,9 @@ class SilenceTracker:
             # every other series look quieter than it is.
             ahead = min(max(clocks.values()), wall_ms)
             for p in caught_up:
-                clocks[p] = max(clocks.get(p, ahead), ahead)
+                seen = self._clock.get(p, (0, -self.idle_partition_ms))[1]
+                if wall_ms - seen >= self.idle_partition_ms:  # and no point came for a while
+                    clocks[p] = max(clocks.get(p, ahead), ahead)
         return clocks
 
     def check(self, wall_ms: int, caught_up: Iterable[int] = ()) -> SilenceCheck:
@@ -260,7 +277,8 @@ class SilenceTracker:
             found.resolved.append(self._silence(row, int(clock[row]), why="data"))
             self.open_ms[row] = -1
         silent = (judged & ~open_ & (self.gaps[:n] >= GAPS_TO_JUDGE)
-                  & (quiet > self.threshold_ms(self.interval_ms[:n])))
+                  & (quiet > self.threshold_ms(self.interval_ms[:n]))
+                  & (wall_ms - self.arrival_ms[:n] > self.arrival_quiet_ms))
         for row in np.flatnonzero(silent).tolist():
             self.open_ms[row] = last[row]
             found.opened.append(self._silence(row, int(clock[row])))
@@ -320,12 +338,14 @@ class SilenceTracker:
         return out
 
     def restore(self, partition: int, seen: dict[str, tuple[int, int]],
-                open_since: dict[str, int] | None = None) -> None:
+                open_since: dict[str, int] | None = None, wall_ms: int = 0) -> None:
         """Series of ``partition`` as persisted (``series → (newest data ms, interval ms)``)
-        and their open silences (``series → silent since ms``); newer knowledge in memory
-        wins. A restored interval counts as learned."""
+        and their open silences (``series → silent since ms``), restored at ``wall_ms`` (it
+        counts as their last arrival); newer knowledge in memory wins. A restored interval
+        counts as learned."""
         names = list(seen)
         rows = self._rows(names, [partition] * len(names))
+        self.arrival_ms[rows] = np.maximum(self.arrival_ms[rows], wall_ms)
         for row, s in zip(rows.tolist(), names, strict=True):
             last, interval = seen[s]
             if last > self.last_ms[row]:

@@ -35,7 +35,7 @@ from vigil.devtools.embedded import (
 )
 from vigil.devtools.replay import replay
 from vigil.lab.evaluation import match_incidents
-from vigil.lab.synthetic import generate_telemetry
+from vigil.lab.synthetic import GONE_BEFORE_END_MIN, generate_telemetry
 from vigil.streams.settings import Settings
 
 __all__ = ["run_demo"]
@@ -134,7 +134,7 @@ def _start_notifier(stack: ExitStack, env: dict[str, str], run_id: str):
     alerts = {
         "receivers": [{"name": "oncall", "telegram": {"chat_ids": [1]}}],
         "default_receivers": ["oncall"],
-        "group_wait_s": 2.0,
+        "group_wait_s": 6.0,  # more than the no_data check interval (5 s): one message
         "rate_limit_per_minute": 600,
         "max_event_age_s": 40 * 86_400,  # the replayed month is history: alert on all of it
         "telegram": {"token": "1:DEMO", "api_url": botapi.url, "poll_updates": False},
@@ -190,8 +190,9 @@ def _print_stopped(gone: dict | None, events: list[dict]) -> None:
         return
     delay_min = (min(e["ts_ms"] for e in noticed) - gone["last_ms"]) / 60_000
     print(f"stopped host {gone['host']}: {len(noticed)} of {len(gone['series'])} series "
-          f"noticed (no_data), {delay_min:.1f} min after its last point; other no_data "
-          f"incidents: {others}")
+          f"noticed (no_data), {delay_min:.1f} min after its last point (it stopped "
+          f"{GONE_BEFORE_END_MIN:.0f} min before the recording's end; silent after 5 min); "
+          f"other no_data incidents: {others}")
 
 
 def _print_alerts(alerts, alerted: int, opened: int, run_id: str) -> None:
@@ -206,6 +207,9 @@ def _print_alerts(alerts, alerted: int, opened: int, run_id: str) -> None:
           f"{opened} incidents")
     if alerts:
         print(f"  first: {alerts[0].text.splitlines()[0]}")
+    for message in alerts:
+        if "stopped reporting" in message.text.splitlines()[0]:
+            print(f"  stopped series: {message.text.splitlines()[0]}")
     print(f"  texts and charts: {folder}")
 
 

@@ -49,6 +49,8 @@ from vigil.series import series_id
 
 __all__ = [
     "ALL_METRICS",
+    "GONE_BEFORE_END_MIN",
+    "GONE_HOST",
     "LABEL_KINDS",
     "LABEL_TYPES",
     "LEARNING_DAYS",

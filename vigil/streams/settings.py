@@ -245,9 +245,10 @@ class Settings(BaseSettings):
         300.0, ge=0, description="…and at least this long without a point."
     )
     nodata_recent_s: float = Field(
-        3_600.0, gt=0, description="A partition's series are judged only once its owner has "
-        "seen data on it at most this old when it arrived: history replays and old backlogs "
-        "are not judged."
+        300.0, gt=0, description="A partition's series are judged only once its owner has "
+        "seen data on it at most this old when it arrived (after a start or a rebalance): "
+        "history replays and backlogs are not judged until they reach live data. Raise it "
+        "for sources that deliver their points later than this."
     )
     idle_expiry_days: float = Field(
         30.0, ge=0, description="Series without a point for this long are dropped: their "

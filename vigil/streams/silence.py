@@ -78,7 +78,10 @@ class StoppedSeries:
             step_ms=settings.detector.step_ms, silent_steps=settings.nodata_steps,
             min_silent_ms=int(settings.nodata_min_s * 1000),
             recent_ms=int(settings.nodata_recent_s * 1000),
-            expiry_ms=int(settings.idle_expiry_days * DAY_MS))
+            expiry_ms=int(settings.idle_expiry_days * DAY_MS),
+            idle_partition_ms=int(2_000 * settings.nodata_check_s),
+            arrival_quiet_ms=int(1000 * min(settings.nodata_min_s,
+                                            max(2 * settings.nodata_check_s, 30))))
         self._partition_of: dict[str, int] = {}
         self._loaded: set[int] = set()
         self._forgotten: dict[bytes, int] = {}
@@ -128,7 +131,8 @@ class StoppedSeries:
             for k, v in seen.items():
                 last, _, interval = v.partition(b":")
                 parsed[k.decode()] = (int(last), int(interval or 0))
-            self.tracker.restore(p, parsed, {k.decode(): int(v) for k, v in nodata.items()})
+            self.tracker.restore(p, parsed, {k.decode(): int(v) for k, v in nodata.items()},
+                                 wall_ms=int(time.time() * 1000))
             self._loaded.add(p)
             if parsed:
                 log.info("partition %d: %d series' last data times restored (%d silent)", p,
