@@ -48,8 +48,9 @@ Pure logic: the caller persists :meth:`SilenceTracker.dirty` / :meth:`SilenceTra
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -129,6 +130,7 @@ class SilenceTracker:
         # partition → (newest data ms seen since assigned, wall ms when it arrived)
         self._clock: dict[int, tuple[int, int]] = {}
         self._gated: set[int] = set()  # partitions whose data has been recent
+        self._shrunk: set[int] = set()  # partitions that lost series since take_dirty
 
     _COLUMNS = (("last_ms", np.int64, -1), ("interval_ms", np.float64, 0.0),
                 ("gaps", np.int8, 0), ("partition", np.int32, -1), ("open_ms", np.int64, -1),
@@ -143,14 +145,16 @@ class SilenceTracker:
                 column[: len(old)] = old
             setattr(self, name, column)
 
-    def _rows(self, series: Sequence[str], partitions: Sequence[int]) -> np.ndarray:
-        rows = np.fromiter((self._row.get(s, -1) for s in series), np.int64, len(series))
-        missing = np.flatnonzero(rows < 0)
-        for k in missing:
+    def _rows(self, series: Sequence[str],
+              partitions: Sequence[int] | Callable[[str], int]) -> np.ndarray:
+        """The rows of ``series`` (added where new, in the partition ``partitions`` gives:
+        one per entry, or a function of the series id, called for new series only)."""
+        rows = np.array(list(map(self._row.get, series, repeat(-1))), np.int64)
+        for k in np.flatnonzero(rows < 0).tolist():
             s = series[k]
             row = self._row.get(s)
             if row is None:
-                row = self._add(s, int(partitions[k]))
+                row = self._add(s, partitions(s) if callable(partitions) else int(partitions[k]))
             rows[k] = row
         return rows
 
@@ -173,6 +177,7 @@ class SilenceTracker:
         return row
 
     def _drop(self, row: int) -> None:
+        self._shrunk.add(int(self.partition[row]))
         name = self._names[row]
         if name is not None:
             del self._row[name]
@@ -190,13 +195,16 @@ class SilenceTracker:
         return series in self._row
 
     def observe(self, series: Sequence[str], ts_ms: Sequence[int] | np.ndarray,
-                partitions: Sequence[int] | np.ndarray, wall_ms: int) -> None:
+                partitions: Sequence[int] | np.ndarray | Callable[[str], int],
+                wall_ms: int) -> None:
         """Points arrived (one entry per point, any order): move each series' newest data
-        time, learn its interval, and move its partition's clock."""
+        time, learn its interval, and move its partition's clock. ``partitions``: each
+        point's partition, or a function of the series id (called for new series only)."""
         if not len(series):
             return
         ts = np.asarray(ts_ms, np.int64)
-        parts = np.asarray(partitions, np.int64)
+        rows = self._rows(series, partitions)
+        parts = self.partition[rows]
         for p in np.unique(parts).tolist():
             newest = int(ts[parts == p].max())
             known = self._clock.get(p)
@@ -204,7 +212,6 @@ class SilenceTracker:
                 self._clock[p] = (newest, wall_ms)
             if newest >= wall_ms - self.recent_ms:
                 self._gated.add(p)
-        rows = self._rows(series, parts)
         order = np.lexsort((ts, rows))  # per series, in time order
         rows, ts = rows[order], ts[order]
         last = np.flatnonzero(np.r_[rows[1:] != rows[:-1], True])
@@ -320,38 +327,44 @@ class SilenceTracker:
         for row in np.flatnonzero(np.isin(self.partition[: len(self._names)],
                                           list(gone))).tolist():
             self._drop(row)
+        self._shrunk -= gone  # not ours to write any more
 
     def partitions(self) -> set[int]:
         """The partitions with tracked series or a clock."""
         return set(self._clock) | {int(p) for p in np.unique(self.partition[: len(self._names)])
                                    if p >= 0}
 
-    def take_dirty(self) -> dict[int, dict[str, tuple[int, int]]]:
-        """Per partition, ``series → (newest data ms, interval ms)`` changed since the last
-        call (to persist), and clears the marks."""
-        out: dict[int, dict[str, tuple[int, int]]] = {}
+    def take_dirty(self) -> set[int]:
+        """The partitions with a series whose newest data time moved since the last call
+        (to persist with :meth:`snapshot`), and clears the marks."""
         n = len(self._names)
-        for row in np.flatnonzero(self.dirty[:n]).tolist():
-            out.setdefault(int(self.partition[row]), {})[self._names[row]] = (
-                int(self.last_ms[row]), int(self.interval_ms[row]))
+        out = {int(p) for p in np.unique(self.partition[:n][self.dirty[:n]]) if p >= 0}
+        out |= self._shrunk
+        self._shrunk = set()
         self.dirty[:n] = False
         return out
 
-    def restore(self, partition: int, seen: dict[str, tuple[int, int]],
-                open_since: dict[str, int] | None = None, wall_ms: int = 0) -> None:
-        """Series of ``partition`` as persisted (``series → (newest data ms, interval ms)``)
-        and their open silences (``series → silent since ms``), restored at ``wall_ms`` (it
-        counts as their last arrival); newer knowledge in memory wins. A restored interval
-        counts as learned."""
-        names = list(seen)
-        rows = self._rows(names, [partition] * len(names))
+    def snapshot(self, partition: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The series of ``partition`` with their newest data ms and interval ms."""
+        rows = np.flatnonzero(self.partition[: len(self._names)] == partition)
+        return ([self._names[r] for r in rows.tolist()], self.last_ms[rows].copy(),
+                self.interval_ms[rows].astype(np.int64))
+
+    def restore(self, partition: int, names: Sequence[str], last_ms: Sequence[int],
+                interval_ms: Sequence[int], open_since: dict[str, int] | None = None,
+                wall_ms: int = 0) -> None:
+        """Series of ``partition`` as persisted (:meth:`snapshot`) and their open silences
+        (``series → silent since ms``), restored at ``wall_ms`` (it counts as their last
+        arrival); newer knowledge in memory wins. A restored interval counts as learned."""
+        rows = self._rows(list(names), [partition] * len(names))
+        last = np.asarray(last_ms, np.int64)
+        newer = last > self.last_ms[rows]
+        take = rows[newer]
+        self.last_ms[take] = last[newer]
+        self.interval_ms[take] = np.maximum(np.asarray(interval_ms, np.float64)[newer],
+                                            self.step_ms)
+        self.gaps[take] = np.maximum(self.gaps[take], GAPS_TO_JUDGE)
         self.arrival_ms[rows] = np.maximum(self.arrival_ms[rows], wall_ms)
-        for row, s in zip(rows.tolist(), names, strict=True):
-            last, interval = seen[s]
-            if last > self.last_ms[row]:
-                self.last_ms[row] = last
-                self.interval_ms[row] = max(float(interval), self.step_ms)
-                self.gaps[row] = max(int(self.gaps[row]), GAPS_TO_JUDGE)
         for s, since in (open_since or {}).items():
             row = self._row.get(s)
             if row is not None and self.open_ms[row] < 0:
