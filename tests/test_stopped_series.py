@@ -141,7 +141,8 @@ def test_forget_stops_judging_resolves_and_spares_a_series_that_reported_since()
     feed(t, ["web{host=\"gone\"}", "db{host=\"gone\"}", "web{host=\"ok\"}"], LIVE, 10)
     assert len(t.check(LIVE + 30 * MIN).opened) == 3
     t.observe(['db{host="gone"}'], [LIVE + 31 * MIN], [0], wall_ms=LIVE + 31 * MIN)
-    resolved = t.forget('*host="gone"*', before_ms=LIVE + 30 * MIN)
+    resolved, forgotten = t.forget('*host="gone"*', before_ms=LIVE + 30 * MIN)
+    assert forgotten == ['web{host="gone"}']
     assert [(s.series, s.why) for s in resolved] == [('web{host="gone"}', "forgotten")]
     assert 'web{host="gone"}' not in t and 'db{host="gone"}' in t
     assert len(t) == 2

@@ -303,10 +303,12 @@ class SilenceTracker:
             last_ms=int(self.last_ms[row]), interval_ms=int(self.interval_ms[row]),
             clock_ms=clock_ms, since_ms=int(self.open_ms[row]), why=why)
 
-    def forget(self, pattern: str, before_ms: int | None = None) -> list[Silence]:
+    def forget(self, pattern: str, before_ms: int | None = None
+               ) -> tuple[list[Silence], list[str]]:
         """Stop tracking the series whose id matches the glob ``pattern`` (and whose newest
-        point is not after ``before_ms``); returns the resolves of their open silences."""
-        resolved = []
+        point is not after ``before_ms``); returns the resolves of their open silences and
+        the series forgotten."""
+        resolved, forgotten = [], []
         for series, row in list(self._row.items()):
             if not fnmatch.fnmatchcase(series, pattern):
                 continue
@@ -316,7 +318,8 @@ class SilenceTracker:
                 clock = self.last_ms[row] if before_ms is None else before_ms
                 resolved.append(self._silence(row, int(clock), why="forgotten"))
             self._drop(row)
-        return resolved
+            forgotten.append(series)
+        return resolved, forgotten
 
     def revoke(self, partitions: Iterable[int]) -> None:
         """Another worker owns these partitions now: drop their series and clocks."""

@@ -163,6 +163,12 @@ SILENT_SERIES = Gauge("vigil_silent_series", "Series of this worker with an open
 TRACKED_SERIES = Gauge(
     "vigil_tracked_series", "Series whose last data time this worker watches (stopped series)"
 )
+SERIES_REFUSED = Counter(
+    "vigil_series_refused", "New series refused by a series limit (worker or metric)", ["limit"]
+)
+POINTS_REFUSED = Counter(
+    "vigil_points_refused", "Points dead-lettered because their series was refused", ["limit"]
+)
 ACTIVE_SILENCES = Gauge("vigil_active_silences", "Silences in force")
 
 

@@ -42,12 +42,14 @@ from vigil.retrying import STORE_OUTAGE
 from vigil.series import parse_series
 from vigil.sinks import metrics
 from vigil.streams.input_health import InputHealth, reason_class
+from vigil.streams.limits import SeriesLimits
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
 from vigil.streams.pipeline import (
     DetectionPipeline,
     decode_points,
     encode_lesson,
+    encode_points,
     lesson,
     partition_for,
     route,
@@ -364,9 +366,11 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     )
 
     history = attach_storage(app, settings)  # ClickHouse, when configured
+    # Bounded growth: series beyond the limits are refused (dead-lettered, counted).
+    limits = SeriesLimits(settings.max_series_per_worker, settings.max_series_per_metric)
     # Stopped series: a wall-clock check publishes no_data events (docs/stopped-series.md).
     stopped = attach_stopped_series(app, settings, redis_client, anomalies_topic,
-                                    on_forgotten=pipeline.forget)
+                                    on_forgotten=pipeline.forget, limits=limits)
     # Compile the detector's step kernel (or load it from numba's cache) now, at start, not
     # on the first batch.
     warm_up()
@@ -437,6 +441,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         for n, reason in bad:
             event = events[n]
             await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
+        (series, ts_ms, values), refused = limits.split(series, ts_ms, values)
+        for reason, *columns in refused.values():
+            await (await dead_letter(Reject(reason, encode_points(*columns)), events[0], "limit"))
         if stopped is not None:
             stopped.observe(series, ts_ms, _now_ms())
         # A first batch past offset 0 continues a stream processed before this start.
@@ -497,6 +504,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         # Another worker may own these series now; Redis holds their latest state.
         pipeline.forget()
         rates.forget()
+        owned = {tp.partition for tp in app.consumer.assignment()
+                 if tp.topic == settings.points_topic} - {tp.partition for tp in revoked}
+        limits.revoke(lambda s: partition_for(s, settings.points_partitions) in owned)
 
     degraded: dict[str, dict] = {}
 

@@ -250,6 +250,15 @@ class Settings(BaseSettings):
         "history replays and backlogs are not judged until they reach live data. Raise it "
         "for sources that deliver their points later than this."
     )
+    max_series_per_worker: int = Field(
+        500_000, ge=0, description="New series beyond this many on one worker are refused: "
+        "their points are dead-lettered with the reason and counted (0 = no limit)."
+    )
+    max_series_per_metric: int = Field(
+        100_000, ge=0, description="New series of one metric name beyond this many on one "
+        "worker are refused, as above (0 = no limit): a label that takes endless values "
+        "(a request id) cannot grow the state without bound."
+    )
     idle_expiry_days: float = Field(
         30.0, ge=0, description="Series without a point for this long are dropped: their "
         "Redis state expires and their silence is no longer watched (0 = keep forever)."

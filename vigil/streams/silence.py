@@ -33,6 +33,7 @@ from vigil.events import AnomalyEvent, stable_id
 from vigil.retrying import STORE_OUTAGE, redis_retrying
 from vigil.series import parse_series
 from vigil.sinks import metrics
+from vigil.streams.limits import SeriesLimits
 from vigil.streams.pipeline import partition_for
 from vigil.streams.settings import Settings
 from vigil.times import iso
@@ -81,8 +82,11 @@ def read_seen(value: bytes | None) -> tuple[list[str], list[int], list[int]]:
 class StoppedSeries:
     """The tracker of the worker's partitions, kept in Redis (see the module's docstring)."""
 
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, client: aioredis.Redis, settings: Settings,
+                 limits: SeriesLimits | None = None) -> None:
         self.client = client
+        # The series limits learn the series restored here, and forget those dropped here.
+        self.limits = limits or SeriesLimits()
         self.prefix = settings.redis_prefix
         self.partitions = settings.points_partitions
         self.tracker = SilenceTracker(
@@ -141,6 +145,7 @@ class StoppedSeries:
                     return await pipe.execute()
             seen, nodata = await self._redis(read)
             names, last, interval = read_seen(seen)
+            self.limits.know(names)
             self.tracker.restore(p, names, last, interval,
                                  {k.decode(): int(v) for k, v in nodata.items()},
                                  wall_ms=int(time.time() * 1000))
@@ -168,11 +173,12 @@ class StoppedSeries:
         for pattern, at in patterns.items():
             if self._forgotten.get(pattern) != int(at):
                 self._forgotten[pattern] = int(at)
-                before = len(self.tracker)
-                for s in self.tracker.forget(pattern.decode(), before_ms=int(at)):
+                resolved, names = self.tracker.forget(pattern.decode(), before_ms=int(at))
+                for s in resolved:
                     silences.append((s, "resolve"))
                     self._closed.setdefault(s.partition, []).append(s.series)
-                forgotten += before - len(self.tracker)
+                forgotten += len(names)
+                self.limits.release(names)
         found = self.tracker.check(wall_ms, caught_up)
         for s in found.opened:
             silences.append((s, "open"))
@@ -182,6 +188,7 @@ class StoppedSeries:
             self._closed.setdefault(s.partition, []).append(s.series)
         for series in found.expired:
             self._expired.setdefault(partition_for(series, self.partitions), []).append(series)
+        self.limits.release(found.expired)
         metrics.SILENT_SERIES.set(int(np.count_nonzero(self.tracker.open_ms >= 0)))
         metrics.TRACKED_SERIES.set(len(self.tracker))
         return [no_data_event(s, kind) for s, kind in silences], forgotten
@@ -223,12 +230,12 @@ class StoppedSeries:
 
 
 def attach_stopped_series(app: faust.App, settings: Settings, client: aioredis.Redis,
-                          anomalies_topic: faust.types.TopicT,
-                          on_forgotten=None) -> StoppedSeries | None:
+                          anomalies_topic: faust.types.TopicT, on_forgotten=None,
+                          limits: SeriesLimits | None = None) -> StoppedSeries | None:
     """The ``nodata_check_s`` timer of the worker (None when ``nodata_check_s`` is 0)."""
     if settings.nodata_check_s <= 0:
         return None
-    stopped = StoppedSeries(client, settings)
+    stopped = StoppedSeries(client, settings, limits)
 
     @app.timer(settings.nodata_check_s)
     async def stopped_series() -> None:
