@@ -360,3 +360,20 @@ def test_a_series_still_arriving_from_a_lagging_source_is_not_silent():
     # Once it stops arriving for long enough (and its data is old), it is silent.
     t.observe(["fresh"], [wall + 5 * MIN], [0], wall_ms=wall + 5 * MIN)
     assert [s.series for s in t.check(wall + 5 * MIN).opened] == ["lagging"]
+
+
+def test_series_that_stop_together_open_together_across_a_check():
+    t = tracker(together_ms=30_000)
+    names = [f'm{i}{{host="h"}}' for i in range(10)]
+    feed(t, names + ["other"], LIVE, 10)
+    # The host's series stop with their last points up to 10 s apart.
+    last = LIVE + 10 * MIN
+    for i, s in enumerate(names):
+        t.observe([s], [last + i * 1_000], [0], wall_ms=last + i * 1_000)
+    feed(t, ["other"], LIVE + 11 * MIN, 5)  # the partition's clock: the wall clock
+    # m0..m4 alone are over the threshold at this check; m5..m9 within 30 s of it.
+    opened = t.check(last + 5 * MIN + 4_500).opened
+    assert sorted(s.series for s in opened) == sorted(names)
+    quiet = tracker(together_ms=30_000)
+    feed(quiet, ["x", "y"], LIVE, 10)
+    assert quiet.check(LIVE + 9 * MIN + 4 * MIN + 50_000).opened == []  # nothing crossed

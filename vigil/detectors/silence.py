@@ -111,11 +111,17 @@ class SilenceTracker:
     arrival_quiet_ms
         A series is silent only if no point of it has *arrived* for this long either (wall
         clock): one still being read from a backlog is not silent, however old its data.
+    together_ms
+        When a check finds silent series, those within this much of being silent are opened
+        with them (a host's series stop together but cross the threshold seconds apart, maybe
+        on both sides of a check).
     """
 
     def __init__(self, step_ms: int = 60_000, silent_steps: float = 5, min_silent_ms: int = 300_000,
                  recent_ms: int = 300_000, expiry_ms: int = 30 * 86_400_000,
-                 idle_partition_ms: int = 30_000, arrival_quiet_ms: int = 60_000) -> None:
+                 idle_partition_ms: int = 30_000, arrival_quiet_ms: int = 60_000,
+                 together_ms: int = 60_000) -> None:
+        self.together_ms = int(together_ms)
         self.idle_partition_ms = int(idle_partition_ms)
         self.arrival_quiet_ms = int(arrival_quiet_ms)
         self.step_ms = int(step_ms)
@@ -283,9 +289,14 @@ class SilenceTracker:
         for row in np.flatnonzero(returned).tolist():
             found.resolved.append(self._silence(row, int(clock[row]), why="data"))
             self.open_ms[row] = -1
-        silent = (judged & ~open_ & (self.gaps[:n] >= GAPS_TO_JUDGE)
-                  & (quiet > self.threshold_ms(self.interval_ms[:n]))
-                  & (wall_ms - self.arrival_ms[:n] > self.arrival_quiet_ms))
+        candidate = judged & ~open_ & (self.gaps[:n] >= GAPS_TO_JUDGE)
+        over = quiet - self.threshold_ms(self.interval_ms[:n])
+        arrival_over = wall_ms - self.arrival_ms[:n] - self.arrival_quiet_ms
+        silent = candidate & (over > 0) & (arrival_over > 0)
+        if silent.any() and self.together_ms > 0:
+            # Series that stopped together (a host) cross the threshold seconds apart; take
+            # those within ``together_ms`` of it now, so they are told in one message.
+            silent |= candidate & (over > -self.together_ms) & (arrival_over > -self.together_ms)
         for row in np.flatnonzero(silent).tolist():
             self.open_ms[row] = last[row]
             found.opened.append(self._silence(row, int(clock[row])))

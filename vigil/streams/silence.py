@@ -95,6 +95,7 @@ class StoppedSeries:
             recent_ms=int(settings.nodata_recent_s * 1000),
             expiry_ms=int(settings.idle_expiry_days * DAY_MS),
             idle_partition_ms=int(2_000 * settings.nodata_check_s),
+            together_ms=int(2_000 * settings.nodata_check_s),
             arrival_quiet_ms=int(1000 * min(settings.nodata_min_s,
                                             max(2 * settings.nodata_check_s, 30))))
         self._loaded: set[int] = set()
