@@ -243,8 +243,9 @@ def attach_stopped_series(app: faust.App, settings: Settings, client: aioredis.R
         consumer = app.consumer
         try:
             owned = [tp for tp in consumer.assignment() if tp.topic == settings.points_topic]
-            ends = await consumer.highwaters(*owned) if owned else {}
-        except Exception:  # noqa: BLE001 - no consumer yet (starting), or a broker hiccup
+            # The highwaters the fetches last saw (no request of our own to the broker).
+            ends = {tp: consumer.highwater(tp) for tp in owned}
+        except Exception:  # noqa: BLE001 - no consumer yet (starting)
             return
         caught_up = {tp.partition for tp, end in ends.items()
                      if end is not None and (consumer._committed_offset.get(tp) or 0) >= end}
