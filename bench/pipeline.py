@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 import redis
 
-from bench.report import CpuMeter, info
+from bench.report import CpuMeter, cpu_seconds, info
 from vigil.devtools.embedded import (
     WorkerProcess,
     configured_or_embedded,
@@ -318,6 +318,9 @@ class ThroughputResult:
     points: int  # points credited to the timed window
     seconds: float  # the timed window: worker awake → last point detected
     steady_rate: float  # detect counter between 10 % and 90 % (diagnostic: see below)
+    # The detector's share of the worker's CPU over the run (vigil_detector_cpu_seconds_total
+    # against the worker process' CPU time): what detection costs end to end.
+    detector_cpu_share: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -388,6 +391,8 @@ def measure_throughput(
         progress = _Progress(worker, worker.ingested(), base + total)
         progress.start()
         meter = CpuMeter({"worker": worker.process.process.pid, **svc.pids})
+        worker_cpu = cpu_seconds(worker.process.process.pid)
+        detector_cpu = _metric_total(worker, "vigil_detector_cpu_seconds_total")
 
         started = time.monotonic()
         _produce_all(producer, run.input_topic, payloads)
@@ -395,6 +400,8 @@ def measure_throughput(
         produced_s = time.monotonic() - started
         finished = worker.wait_processed(base + total)
         cpu = meter.report()
+        share = (_metric_total(worker, "vigil_detector_cpu_seconds_total") - detector_cpu) / max(
+            cpu_seconds(worker.process.process.pid) - worker_cpu, 1e-9)
         progress.join(5)
         del producer
         if extra_env and extra_env.get("VIGIL_CLICKHOUSE_URL"):
@@ -412,8 +419,8 @@ def measure_throughput(
         f"(first produce → done: {total / (finished - started):,.0f} points/s; detect counter "
         f"10–90 %: {steady:,.0f} points/s, inflated when ingest runs ahead)"
     )
-    info(f"{label}: {cpu}")
-    return ThroughputResult(credited, seconds, steady)
+    info(f"{label}: {cpu}; the detector took {share:.1%} of the worker's CPU")
+    return ThroughputResult(credited, seconds, steady, share)
 
 
 def _metric_total(worker: Worker, name: str) -> float:

@@ -15,7 +15,9 @@ The figures, in order:
    or loading it from numba's cache) and ``score_nab_dev`` (``vigil score`` on nab-dev, after
    compilation). ``detector_only=True`` (``vigil bench --detector-only``) stops there;
 2. ``e2e_batched_100_points_per_message`` / ``e2e_one_point_per_message`` — one worker
-   process end to end, saturated (:func:`bench.pipeline.measure_throughput`);
+   process end to end, saturated (:func:`bench.pipeline.measure_throughput`), and
+   ``e2e_batched_detector_cpu_share`` (the detector's CPU, ``vigil_detector_cpu_seconds_total``,
+   as a share of the worker process' CPU in the batched run);
 3. ``latency_p50`` / ``latency_p99`` — produce → anomaly event at half the batched
    saturation rate (:func:`bench.pipeline.measure_latency`), with ``latency_load`` (the rate
    actually produced) and ``latency_samples`` (spikes matched to their event);
@@ -233,6 +235,8 @@ def run_all(
                 svc, "batched", sizes.fleet_series, sizes.batched_minutes, per_message=100
             )
             _emit(Figure("e2e_batched_100_points_per_message", batched.rate, "points/s"), results)
+            _emit(Figure("e2e_batched_detector_cpu_share", 100 * batched.detector_cpu_share,
+                         "%"), results)
             stored = _with_clickhouse(svc, sizes)
             if stored is not None:
                 _emit(Figure("e2e_batched_100_points_per_message_clickhouse", stored.rate,

@@ -31,6 +31,10 @@ from vigil.devtools.embedded import (
 
 ARTIFACTS = Path(os.environ.get("VIGIL_TEST_ARTIFACTS", "artifacts"))
 
+# A fuzz target run by hand (atheris, an optional install), not a test module: the doctest
+# collection would import it.
+collect_ignore = ["fuzz_parsers.py"]
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Compile the detector's step kernel once for the session (or load it from numba's
@@ -167,6 +171,12 @@ class Stack:
             env, alerts, self.tmp_path / f"vigil-{n}.yaml", self.tmp_path / f"notifier-{n}.log"
         )
         self.workers.append(notifier)
+        # A test's own waits start once the notifier consumes: importing aiogram alone took
+        # 13 s of a 2-core box shared with other jobs, and a restart after a SIGKILL joins
+        # its group only once the dead member's session has expired.
+        wait_until(lambda: "[^Worker]: Ready" in notifier.log_path.read_text(errors="replace")
+                   or not notifier.alive(), 180, "the notifier to be ready")
+        assert notifier.alive(), notifier.log_tail()
         return notifier
 
     def offsets(self, topic: str, partitions: int) -> list[int]:

@@ -52,6 +52,11 @@ POINTS_DROPPED = Counter(
 for _reason in ("late", "duplicate", "not_finite"):
     POINTS_DROPPED.labels(reason=_reason)  # exported at 0 from the start
 STEPS_SCORED = Counter("vigil_steps_scored", "Resampled steps scored by the detector")
+DETECTOR_CPU_SECONDS = Counter(
+    "vigil_detector_cpu_seconds",
+    "CPU seconds the detector took (resampling and the compiled step): against "
+    "process_cpu_seconds_total, detection's share of the worker's CPU",
+)
 EVENTS_OUT = Counter("vigil_events_out", "Anomaly events published", ["kind", "severity"])
 STATE_LATENCY = Histogram(
     "vigil_state_store_seconds",

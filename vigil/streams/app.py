@@ -469,6 +469,7 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             history.record(batch.series, batch.results, batch.events)
         metrics.POINTS_DETECTED.inc(batch.points - batch.dropped)
         metrics.STEPS_SCORED.inc(batch.steps)
+        metrics.DETECTOR_CPU_SECONDS.inc(batch.detector_cpu_s)
         for reason, count in (batch.dropped_by_reason or {}).items():
             metrics.POINTS_DROPPED.labels(reason=reason).inc(count)
         for e in batch.events:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -403,6 +404,8 @@ class Batch:
     held: list[bytes | None] | None = None
     #: The detector's per-step outputs (``steps.index`` points into ``series``), for storage.
     results: StepResults | None = None
+    #: CPU seconds (this thread's) the detector took: resampling and the compiled step.
+    detector_cpu_s: float = 0.0
 
 
 class DetectionPipeline:
@@ -506,7 +509,9 @@ class DetectionPipeline:
             )
             index, ts_ms, values = release.index, release.ts_ms, release.values
             held = self._pack_held(len(touched), still)
+        cpu_started = time.thread_time()
         results = self.detector.process(bank, index, ts_ms, values, direction)
+        detector_cpu_s = time.thread_time() - cpu_started
         # After hold_back, what the resampler drops is only not finite (the rest is newer
         # than the watermark and unique); without it, the watermark rule covers all reasons.
         not_finite = results.steps.dropped if held is not None else 0
@@ -527,6 +532,7 @@ class DetectionPipeline:
             dropped_by_reason=dropped_by_reason,
             held=held,
             results=results,
+            detector_cpu_s=detector_cpu_s,
         )
 
     async def _states(self, touched: list[str], resumed: bool = False) -> StateBank:
