@@ -28,10 +28,18 @@ def test_generate_writes_a_loadable_labelled_dataset(tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == {"points.csv", "labels.csv", "manifest.json"}
     data = load_dataset(out)
-    assert len(data.series) == 4
-    assert data.n_points > 4 * 9 * 1440 * 0.95
+    assert len(data.series) == 6  # and gone-01's two, which stop 15 min before the end
+    assert data.n_points > 6 * 9 * 1440 * 0.95
     assert data.labels, "a 9-day recording has anomalies after the first week"
-    assert f"{data.n_points:,} points of 4 series" in result.output
+    assert f"{data.n_points:,} points of 6 series" in result.output
+    gone = [s for s in data.series.values() if s.labels == {"host": "gone-01"}]
+    web = [s for s in data.series.values() if s.labels == {"host": "web-01"}]
+    assert len(gone) == 2
+    assert max(int(s.ts_ms[-1]) for s in web) - int(gone[0].ts_ms[-1]) == 15 * 60_000
+    bare = CliRunner().invoke(
+        app, ["generate", "--out", str(tmp_path / "bare"), "--hosts", "2", "--days", "9",
+              "--metrics", "cpu_usage_percent,load1", "--seed", "3", "--no-gone"])
+    assert "points of 4 series" in bare.output
 
 
 @pytest.mark.integration
@@ -87,6 +95,9 @@ def test_demo_runs_end_to_end_on_embedded_services(tmp_path: Path):
         assert line in out, out
     found = int(out.split("found:")[1].split("of")[0])
     assert found >= 1
+    assert "stopped host gone-01: 7 of 7 series noticed (no_data)" in out, out
+    assert "other no_data incidents: 0" in out, out
+    assert "stopped series: WARNING gone-01: 7 series stopped reporting" in out, out
 
 
 @pytest.mark.integration

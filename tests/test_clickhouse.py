@@ -208,9 +208,13 @@ def test_postgres_migrates_from_v1_keeping_the_data(postgres_url: str):
         assert s.ensure_schema(target=1) == [1]
         series = 'cpu{host="db-1"}'
         s.insert("steps", [(series, T0 // 1000, 1.0, 1.0, 0.0, 2.0, 0.1, 0)])
-        s.insert("events", [_row_of(_event(series, "i1", "open", T0))])
-        assert s.ensure_schema() == [2, 3]
-        assert s.schema_version() == 3 and s.ensure_schema() == []
+        # An event as version 1 stored it (no column a later version adds).
+        s._ensure_partitions("events", [T0 // 1000])
+        s.execute("INSERT INTO {db}.events (series, ts, event_id, ts_ms) "
+                  "VALUES (%s, to_timestamp(%s), %s, %s)",
+                  (series, T0 // 1000, f"i1-open-{T0}", T0))
+        assert s.ensure_schema() == [2, 3, 4]
+        assert s.schema_version() == 4 and s.ensure_schema() == []
         assert s.series_steps(series, T0, T0)["value"] == [1.0]
         assert [e["event_id"] for e in s.recent_events(5)] == [f"i1-open-{T0}"]
         indexes = {name for (name,) in s.execute(

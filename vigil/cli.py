@@ -257,6 +257,29 @@ def feedback_list(
         typer.echo("nothing taught")
 
 
+series_app = typer.Typer(no_args_is_help=True, help="The series vigil watches.")
+app.add_typer(series_app, name="series")
+
+
+@series_app.command("forget")
+def series_forget(
+    pattern: str = typer.Argument(..., help='Glob on the series id, e.g. \'*host="gone-01"*\'.'),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List them; remove nothing."),
+) -> None:
+    """Retire series on purpose: their state is removed and their silence no longer alerts
+    (docs/stopped-series.md)."""
+    from vigil.streams.silence import forget_series
+
+    found = forget_series(_startup_settings(), pattern, dry_run=dry_run)
+    for s in found:
+        typer.echo(s)
+    if not found:
+        typer.echo(f"no series matches {pattern!r}")
+        raise typer.Exit(1)
+    verb = "would forget" if dry_run else "forgot"
+    typer.echo(f"{verb} {len(found)} series")
+
+
 @app.command()
 def generate(
     out: Path = typer.Option(Path("telemetry"), help="Folder to write."),
@@ -268,6 +291,8 @@ def generate(
     anomalies: float = typer.Option(3.0, help="Labelled anomalies per series."),
     capacity_fill: bool = typer.Option(
         True, help="Add host db-01 whose disk fills towards 100 % (docs/forecasts.md)."),
+    gone: bool = typer.Option(
+        True, help="Add host gone-01, which stops reporting 15 min before the end."),
 ) -> None:
     """Write realistic labelled telemetry: points.csv, labels.csv, manifest.json."""
     from vigil.lab.datasets import write_telemetry
@@ -276,7 +301,7 @@ def generate(
     chosen = ALL_METRICS if metrics == "all" else [m.strip() for m in metrics.split(",")]
     t = generate_telemetry(
         hosts=hosts, metrics=chosen, days=days, step_s=step, seed=seed,
-        anomalies_per_series=anomalies, capacity_fill=capacity_fill,
+        anomalies_per_series=anomalies, capacity_fill=capacity_fill, gone_host=gone,
     )
     folder = write_telemetry(t, out)
     typer.echo(

@@ -36,7 +36,7 @@ from vigil.devtools.embedded import (
 )
 from vigil.devtools.replay import replay
 from vigil.lab.evaluation import match_incidents
-from vigil.lab.synthetic import generate_telemetry
+from vigil.lab.synthetic import GONE_BEFORE_END_MIN, generate_telemetry
 from vigil.streams.settings import Settings
 
 __all__ = ["run_demo"]
@@ -70,7 +70,8 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
         )
 
         print(f"generating {days:g} days of 1-minute telemetry for {hosts} hosts × 7 metrics ...")
-        telemetry = generate_telemetry(hosts=hosts, days=days, seed=seed, capacity_fill=True)
+        telemetry = generate_telemetry(hosts=hosts, days=days, seed=seed, capacity_fill=True,
+                                       gone_host=True)
         print(
             f"  {len(telemetry.series)} series, {telemetry.n_points:,} points, "
             f"{len(telemetry.labels)} labelled anomalies"
@@ -85,6 +86,7 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
             "VIGIL_INPUT_TOPICS": INPUT_TOPIC,
             "VIGIL_WEB_PORT": str(free_port()),
             "VIGIL_LOG_LEVEL": "warning",
+            "VIGIL_NODATA_CHECK_S": "5",  # notice gone-01 soon after the replay
             # Memory and disk *used* matter when they rise; a drop (restart, cleanup) is news,
             # not an incident. Override with VIGIL_DIRECTIONS.
             "VIGIL_DIRECTIONS": os.environ.get("VIGIL_DIRECTIONS", DEMO_DIRECTIONS),
@@ -116,10 +118,13 @@ def run_demo(hosts: int = 3, days: float = 30.0, seed: int = 7) -> int:
                     bar.update(now - done)
                     done, last_progress = now, time.monotonic()
         time.sleep(1.5)  # let the last events arrive
+        _wait_for_no_data(collector, settings.anomalies_topic, telemetry.params.get("gone"))
         events = [orjson.loads(v) for v in collector.values(settings.anomalies_topic)]
         alerts, alerted, opened = _wait_for_alerts(botapi, notifier, events, client, prefix)
 
-    _print_report(telemetry, events, time.monotonic() - started)
+    _print_report(telemetry, [e for e in events if e["anomaly_type"] != "no_data"],
+                  time.monotonic() - started)
+    _print_stopped(telemetry.params.get("gone"), events)
     _print_alerts(alerts, alerted, opened, run_id)
     return 0
 
@@ -131,7 +136,7 @@ def _start_notifier(stack: ExitStack, env: dict[str, str], run_id: str):
     alerts = {
         "receivers": [{"name": "oncall", "telegram": {"chat_ids": [1]}}],
         "default_receivers": ["oncall"],
-        "group_wait_s": 2.0,
+        "group_wait_s": 6.0,  # more than the no_data check interval (5 s): one message
         "rate_limit_per_minute": 600,
         "max_event_age_s": 40 * 86_400,  # the replayed month is history: alert on all of it
         "telegram": {"token": "1:DEMO", "api_url": botapi.url, "poll_updates": False},
@@ -161,6 +166,37 @@ def _wait_for_alerts(botapi, notifier, events, client, prefix, timeout_s: float 
     return botapi.sent(), len(alerted & opened), len(opened)
 
 
+def _wait_for_no_data(collector, topic: str, gone: dict | None, timeout_s: float = 45.0):
+    """Wait until the stopped host's series have their no_data events (or timeout)."""
+    if not gone:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        told = {e["series"] for e in map(orjson.loads, collector.values(topic))
+                if e["anomaly_type"] == "no_data"}
+        if set(gone["series"]) <= told:
+            return
+        time.sleep(0.5)
+
+
+def _print_stopped(gone: dict | None, events: list[dict]) -> None:
+    """How the host that stopped reporting was noticed (docs/stopped-series.md)."""
+    if not gone:
+        return
+    opens = [e for e in events if e["anomaly_type"] == "no_data" and e["kind"] == "open"]
+    noticed = [e for e in opens if e["series"] in set(gone["series"])]
+    others = len(opens) - len(noticed)
+    print()
+    if not noticed:
+        print(f"stopped host {gone['host']}: not noticed (0 of {len(gone['series'])} series)")
+        return
+    delay_min = (min(e["ts_ms"] for e in noticed) - gone["last_ms"]) / 60_000
+    print(f"stopped host {gone['host']}: {len(noticed)} of {len(gone['series'])} series "
+          f"noticed (no_data), {delay_min:.1f} min after its last point (it stopped "
+          f"{GONE_BEFORE_END_MIN:.0f} min before the recording's end; silent after 5 min); "
+          f"other no_data incidents: {others}")
+
+
 def _print_alerts(alerts, alerted: int, opened: int, run_id: str) -> None:
     folder = Path(tempfile.gettempdir()) / f"vigil-{run_id}-alerts"
     folder.mkdir(exist_ok=True)
@@ -173,6 +209,9 @@ def _print_alerts(alerts, alerted: int, opened: int, run_id: str) -> None:
           f"{opened} incidents")
     if alerts:
         print(f"  first: {alerts[0].text.splitlines()[0]}")
+    for message in alerts:
+        if "stopped reporting" in message.text.splitlines()[0]:
+            print(f"  stopped series: {message.text.splitlines()[0]}")
     print(f"  texts and charts: {folder}")
 
 

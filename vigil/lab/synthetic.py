@@ -49,6 +49,8 @@ from vigil.series import series_id
 
 __all__ = [
     "ALL_METRICS",
+    "GONE_BEFORE_END_MIN",
+    "GONE_HOST",
     "LABEL_KINDS",
     "LABEL_TYPES",
     "LEARNING_DAYS",
@@ -58,6 +60,9 @@ __all__ = [
 ]
 
 MINUTE_MS = 60_000
+#: ``gone-01`` stops this many minutes before the end of the recording (``gone_host``).
+GONE_BEFORE_END_MIN = 15.0
+GONE_HOST = "gone-01"
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 LEARNING_DAYS = 7  # no anomaly before this: a detector needs a full week to learn weekly shape
@@ -146,6 +151,8 @@ def generate_telemetry(
     anomalies_per_series: float = 3.0,
     missing_rate: float = 0.002,
     capacity_fill: bool = False,
+    gone_host: bool = False,
+    gone_before_end_min: float = GONE_BEFORE_END_MIN,
 ) -> Telemetry:
     """A fleet of ``hosts`` × ``metrics`` series over ``days``, one point per ``step_s``.
 
@@ -155,6 +162,11 @@ def generate_telemetry(
     room allows after the first :data:`LEARNING_DAYS` days. ``capacity_fill`` adds a host
     ``db-01`` whose ``disk_used_percent`` fills towards 100 % (:func:`_capacity_fill`; its
     times in ``params["capacity_fill"]``): a capacity forecast's case, no anomaly label.
+
+    ``gone_host`` adds a host ``gone-01`` (the same metrics, no labelled anomalies) that
+    stops reporting for good ``gone_before_end_min`` minutes before the end: a stopped host
+    for the ``no_data`` check (docs/stopped-series.md). ``params["gone"]`` tells its series
+    and last point; the other hosts are the same with or without it.
     """
     unknown = [m for m in metrics if m not in _METRICS]
     if unknown:
@@ -206,6 +218,10 @@ def generate_telemetry(
         values, fill_params = fill
         sid = series_id("disk_used_percent", {"host": "db-01"})
         series[sid] = SeriesData("disk_used_percent", {"host": "db-01"}, clock.ts, values)
+    gone = _gone_host(clock, metrics, hosts, seed, gone_before_end_min) if gone_host else None
+    if gone is not None:
+        gone_series, gone = gone
+        series = {**series, **gone_series}
     params = {
         "generator": "vigil.lab.synthetic",
         "hosts": hosts,
@@ -227,6 +243,7 @@ def generate_telemetry(
             for s in sorted(states, key=lambda s: s.sid)
         },
         "outages": outages,
+        "gone": gone,
     }
     if fill is not None:
         params["capacity_fill"] = fill_params
@@ -614,6 +631,27 @@ _ANOMALY_SHAPES: dict[str, Callable[..., np.ndarray | None]] = {
 
 
 # --------------------------------------------------------------------------- gaps
+
+
+
+def _gone_host(
+    clock: _Clock, metrics: Sequence[str], index: int, seed: int, before_end_min: float
+) -> tuple[dict[str, SeriesData], dict[str, Any]] | None:
+    """The series of a host that stops reporting for good ``before_end_min`` before the end."""
+    stop = len(clock.ts) - clock.steps(before_end_min)  # last point: that long before the end
+    if stop < 1:
+        return None
+    traffic = _host_traffic(clock, np.random.default_rng([seed, index, 1_000]))
+    out = {}
+    for metric in metrics:
+        rng = np.random.default_rng([seed, index, ALL_METRICS.index(metric)])
+        state = _METRIC_SHAPES[metric](clock, traffic, index, rng)
+        spec = _METRICS[metric]
+        values = np.round(np.clip(state.values[:stop], 0.0, spec.upper), spec.decimals)
+        sid = series_id(metric, {"host": GONE_HOST})
+        out[sid] = SeriesData(metric, {"host": GONE_HOST}, clock.ts[:stop], values)
+    last_ms = int(clock.ts[stop - 1])
+    return out, {"host": GONE_HOST, "last_ms": last_ms, "series": sorted(out)}
 
 
 def _outages(

@@ -561,7 +561,12 @@ class Notification:
             head = "RESOLVED"
         else:
             head = self.severity.upper()
-        if len(self.incidents) == 1:
+        if all(a.event.anomaly_type == "no_data" for a in self.incidents):
+            # Stopped series (docs/stopped-series.md): "50 series stopped reporting".
+            n = len(self.incidents)
+            what = (f"{self.incidents[0].event.name}" if n == 1 else f"{n} series") + (
+                " reporting again" if self.kind == "resolved" else " stopped reporting")
+        elif len(self.incidents) == 1:
             event = self.incidents[0].event
             what = f"{event.name} ({_kind_words(event.anomaly_type)})"
         else:
@@ -709,6 +714,8 @@ def _incident_lines(alert: IncidentAlert, kind: str, compact: bool = False) -> l
     if kind == "resolved":
         return [f"✓ {e.series}: {_resolved_words(alert)}"]
     tag = _follow_up_words(alert)
+    if e.anomaly_type == "no_data":  # no value to show: say since when
+        return [f"• {e.series} — {e.severity}, {e.reason}"]
     extra = ""
     if alert.resolved_ms is not None:
         extra = f" — already over ({_resolved_words(alert)})"

@@ -164,6 +164,16 @@ OPENINGS_WITHHELD = Counter(
     "vigil_openings_withheld",
     "Incident openings withheld because operators taught the pattern is normal",
 )
+SILENT_SERIES = Gauge("vigil_silent_series", "Series of this worker with an open no_data incident")
+TRACKED_SERIES = Gauge(
+    "vigil_tracked_series", "Series whose last data time this worker watches (stopped series)"
+)
+SERIES_REFUSED = Counter(
+    "vigil_series_refused", "New series refused by a series limit (worker or metric)", ["limit"]
+)
+POINTS_REFUSED = Counter(
+    "vigil_points_refused", "Points dead-lettered because their series was refused", ["limit"]
+)
 ACTIVE_SILENCES = Gauge("vigil_active_silences", "Silences in force")
 
 

@@ -43,12 +43,14 @@ from vigil.series import parse_series
 from vigil.sinks import metrics
 from vigil.streams.forecasts import ForecastWatch
 from vigil.streams.input_health import InputHealth, reason_class
+from vigil.streams.limits import SeriesLimits
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
 from vigil.streams.pipeline import (
     DetectionPipeline,
     decode_points,
     encode_lesson,
+    encode_points,
     lesson,
     partition_for,
     route,
@@ -57,6 +59,7 @@ from vigil.streams.rates import CounterRates
 from vigil.streams.records import Reject, dead_letter_record
 from vigil.streams.remote_write import RemoteWriteError, decode_write_request, to_messages
 from vigil.streams.settings import Settings
+from vigil.streams.silence import attach_stopped_series
 from vigil.streams.state import RedisStateStore
 from vigil.streams.storage import attach_storage
 from vigil.streams.transport import VigilApp
@@ -355,7 +358,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     deadletter_topic = app.topic(settings.deadletter_topic, internal=True, key_serializer="raw")
 
     redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
-    store = RedisStateStore(redis_client, settings.redis_prefix)
+    store = RedisStateStore(redis_client, settings.redis_prefix,
+                            idle_expiry_ms=int(settings.idle_expiry_days * 86_400_000))
     lstm = None
     if settings.lstm_model:
         lstm = LstmScorer(settings.lstm_model, settings.lstm_device, settings.lstm_batch,
@@ -377,6 +381,11 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     )
 
     history = attach_storage(app, settings)  # ClickHouse or PostgreSQL, when configured
+    # Bounded growth: series beyond the limits are refused (dead-lettered, counted).
+    limits = SeriesLimits(settings.max_series_per_worker, settings.max_series_per_metric)
+    # Stopped series: a wall-clock check publishes no_data events (docs/stopped-series.md).
+    stopped = attach_stopped_series(app, settings, redis_client, anomalies_topic,
+                                    on_forgotten=pipeline.forget, limits=limits)
     # Compile the detector's step kernel (or load it from numba's cache) now, at start, not
     # on the first batch.
     warm_up()
@@ -447,6 +456,11 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         for n, reason in bad:
             event = events[n]
             await (await dead_letter(Reject(reason, event.value or b""), event, "route"))
+        (series, ts_ms, values), refused = limits.split(series, ts_ms, values)
+        for reason, *columns in refused.values():
+            await (await dead_letter(Reject(reason, encode_points(*columns)), events[0], "limit"))
+        if stopped is not None:
+            stopped.observe(series, ts_ms, _now_ms())
         # A first batch past offset 0 continues a stream processed before this start.
         resumed = any((e.message.offset or 0) > 0 for e in events)
         if lessons:
@@ -506,6 +520,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         # Another worker may own these series now; Redis holds their latest state.
         pipeline.forget()
         rates.forget()
+        owned = {tp.partition for tp in app.consumer.assignment()
+                 if tp.topic == settings.points_topic} - {tp.partition for tp in revoked}
+        limits.revoke(lambda s: partition_for(s, settings.points_partitions) in owned)
 
     degraded: dict[str, dict] = {}
 

@@ -238,6 +238,38 @@ class Settings(BaseSettings):
         "(24 bytes each; 0 = events carry no chart data)."
     )
 
+    # Stopped series (docs/stopped-series.md)
+    nodata_check_s: float = Field(
+        30.0, ge=0, description="How often the worker looks for series that stopped "
+        "reporting (wall clock); 0 = no no_data incidents."
+    )
+    nodata_steps: float = Field(
+        5.0, gt=0, description="A series is silent after this many of its usual intervals "
+        "(at least the detector's step) without a point…"
+    )
+    nodata_min_s: float = Field(
+        300.0, ge=0, description="…and at least this long without a point."
+    )
+    nodata_recent_s: float = Field(
+        300.0, gt=0, description="A partition's series are judged only once its owner has "
+        "seen data on it at most this old when it arrived (after a start or a rebalance): "
+        "history replays and backlogs are not judged until they reach live data. Raise it "
+        "for sources that deliver their points later than this."
+    )
+    max_series_per_worker: int = Field(
+        500_000, ge=0, description="New series beyond this many on one worker are refused: "
+        "their points are dead-lettered with the reason and counted (0 = no limit)."
+    )
+    max_series_per_metric: int = Field(
+        100_000, ge=0, description="New series of one metric name beyond this many on one "
+        "worker are refused, as above (0 = no limit): a label that takes endless values "
+        "(a request id) cannot grow the state without bound."
+    )
+    idle_expiry_days: float = Field(
+        30.0, ge=0, description="Series without a point for this long are dropped: their "
+        "Redis state expires and their silence is no longer watched (0 = keep forever)."
+    )
+
     lstm_model: str | None = Field(
         None, description="The global LSTM model file (`vigil train --out`); None = the "
         "seasonal detector alone. A missing file is picked up when it appears."

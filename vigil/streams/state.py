@@ -13,6 +13,10 @@ back (see :func:`vigil.detectors.resample.hold_back`) live beside its state, in 
 ``{prefix}held:{series id}`` (``b"VGH\x01"`` + timestamps as int64 + values as float64),
 written in the same transaction as the state; the state record itself is unchanged.
 
+With an idle expiry (``VIGIL_IDLE_EXPIRY_DAYS``, default 30), every write sets the keys'
+time to live again (one Lua script per batch, :data:`SET_WITH_EXPIRY`): a series that stops
+for good leaves Redis after that long.
+
 A Redis that restarts, drops the connection or cannot write for now (out of memory,
 READONLY, MISCONF) is retried with capped exponential backoff while ``/health`` reports 503
 (the batch waits; nothing is lost and the worker does not crash). Any other error stops the
@@ -77,6 +81,15 @@ _LEGACY = {
     5: _without(ADDED_IN_V6, ADDED_IN_V7),
     6: _without(ADDED_IN_V7),
 }
+
+
+#: ``SET key value PX ttl`` for every key: KEYS the keys, ARGV[1] the ttl in ms, then values.
+SET_WITH_EXPIRY = """
+for i = 1, #KEYS do
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+end
+return #KEYS
+"""
 
 
 class StateFormatError(ValueError):
@@ -190,11 +203,16 @@ class RedisStateStore:
         A ``redis.asyncio.Redis`` (binary responses, i.e. ``decode_responses=False``).
     prefix
         Prefix of every key, so several deployments (or tests) share one Redis.
+    idle_expiry_ms
+        Time to live of every key written, renewed by each write (0 = keys never expire).
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "vigil:") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "vigil:",
+                 idle_expiry_ms: int = 0) -> None:
         self.client = client
         self.prefix = prefix
+        self.idle_expiry_ms = int(idle_expiry_ms)
+        self._set_with_expiry = client.register_script(SET_WITH_EXPIRY) if client else None
         #: The instance marker this process has seen (``{prefix}instance``): a random id
         #: written with the first save, so a Redis that lost its data is told from a new one.
         self.instance: bytes | None = None
@@ -297,7 +315,12 @@ class RedisStateStore:
                     if self.instance is None:
                         pipe.set(self.instance_key, candidate, nx=True)
                         pipe.get(self.instance_key)
-                    pipe.mset(mapping)
+                    if self.idle_expiry_ms > 0:
+                        await self._set_with_expiry(
+                            keys=list(mapping), args=[self.idle_expiry_ms, *mapping.values()],
+                            client=pipe)
+                    else:
+                        pipe.mset(mapping)
                     if released:
                         pipe.delete(*released)
                     if points:
