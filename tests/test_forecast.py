@@ -208,3 +208,34 @@ def test_an_alert_says_when_the_limit_is_reached():
     text = message.text()
     assert "will reach 100 % in about 5 h (between 4 h and 7 h) at +2.1 %/h" in text
     assert "expected" not in text  # a forecast has no expected band to tell
+
+
+def test_a_forecast_chart_runs_on_to_the_limit():
+    from datetime import datetime, timezone
+
+    from matplotlib.dates import date2num
+
+    from vigil.sinks.charts import chart_figure, render_chart
+
+    ts = [MINUTE_MS * k for k in range(120)]
+    context = {"ts_ms": ts, "value": [80.0 + k / 120 for k in range(120)],
+               "expected": [80.0] * 120, "lower": [79.0] * 120, "upper": [82.0] * 120,
+               "z": [0.0] * 120}
+    end = ts[-1]
+    forecast = {"limit": 100.0, "level": 81.0, "origin_ms": end, "eta_ms": end + 20 * HOUR_MS,
+                "eta_low_ms": end + 10 * HOUR_MS, "eta_high_ms": end + 40 * HOUR_MS}
+    plain = chart_figure(context, "disk").axes[0]
+    ax = chart_figure(context, "disk", forecast=forecast).axes[0]
+
+    def x(ms):
+        return date2num(datetime.fromtimestamp(ms / 1000, timezone.utc))
+
+    # Without a forecast the chart ends at the last step; with one it reaches the band's end,
+    # the forecast line ends at the limit, and the limit is drawn across.
+    assert plain.get_xlim()[1] < x(end + HOUR_MS) and ax.get_xlim()[1] >= x(end + 40 * HOUR_MS)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["forecast"].get_ydata()) == [81.0, 100.0]
+    assert list(lines["limit"].get_ydata()) == [100.0, 100.0]
+    assert "forecast" not in {line.get_label() for line in plain.get_lines()}
+    png = render_chart(context, "disk", forecast=forecast)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png != render_chart(context, "disk")

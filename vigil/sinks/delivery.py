@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -757,10 +758,13 @@ class Notifier:
         if notification.kind != "firing" or not context or not context.get("ts_ms"):
             return None
         title = f"{lead.event.series} — {lead.event.severity}"
-        return asyncio.ensure_future(self._draw(context, title, lead.event.ts_ms))
+        forecast = getattr(lead.event, "forecast", None)
+        return asyncio.ensure_future(self._draw(context, title, lead.event.ts_ms, forecast))
 
-    async def _draw(self, context: dict, title: str, ts_ms: int) -> bytes | None:
-        args = (render_chart, context, title, ts_ms, self.z_marked)
+    async def _draw(self, context: dict, title: str, ts_ms: int,
+                    forecast: dict | None = None) -> bytes | None:
+        draw = functools.partial(render_chart, forecast=forecast)
+        args = (draw, context, title, ts_ms, self.z_marked)
         try:
             pool = self._chart_process()
             if pool is not None:
