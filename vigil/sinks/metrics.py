@@ -54,7 +54,7 @@ for _reason in ("late", "duplicate", "not_finite"):
 STEPS_SCORED = Counter("vigil_steps_scored", "Resampled steps scored by the detector")
 DETECTOR_CPU_SECONDS = Counter(
     "vigil_detector_cpu_seconds",
-    "CPU seconds the detector took (resampling and the compiled step): against "
+    "CPU seconds the detector took (resampling, the compiled step, capacity forecasts): against "
     "process_cpu_seconds_total, detection's share of the worker's CPU",
 )
 EVENTS_OUT = Counter("vigil_events_out", "Anomaly events published", ["kind", "severity"])
