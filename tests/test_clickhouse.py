@@ -810,6 +810,60 @@ async def test_silences_and_acknowledgements_survive_a_redis_wipe(postgres_url: 
         _drop(pg)
 
 
+async def test_taught_patterns_kept_in_postgres_survive_a_redis_wipe(postgres_url: str,
+                                                                    redis_url: str):
+    import redis.asyncio as aioredis
+
+    from vigil.detectors.teaching import Pattern, taught_patterns
+    from vigil.sinks.postgres import NotifierState
+    from vigil.streams.pipeline import TAUGHT_KIND, DetectionPipeline
+    from vigil.streams.state import RedisStateStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    pg = PostgresStore(_url(postgres_url))
+    pg.ensure_schema()
+    kept = NotifierState(pg)
+    client = aioredis.from_url(redis_url)
+    series = 'cpu{host="db-1"}'
+    ts = T0 + np.arange(240, dtype=np.int64) * 60_000
+    values = 10.0 + np.sin(np.arange(240) / 9.0)
+    try:
+        worker = DetectionPipeline(RedisStateStore(client, prefix), taught_store=kept)
+        await worker.save(await worker.process([series] * 240, ts, values))
+        lesson = {"series": series, "action": "not_anomaly", "anomaly_type": "point",
+                  "direction": 1, "peak_score": 9.0, "opened_ms": int(ts[-1]),
+                  "until_ms": int(ts[-1]) + 30 * DAY_MS}
+        assert await worker.teach([lesson]) == 1
+        stored = orjson.loads(kept.all(TAUGHT_KIND)[series])
+        assert [Pattern(**p) for p in stored] == taught_patterns(
+            (await worker._states([series])).records[0], 0)
+
+        # Redis loses everything; the next worker resumes the stream and notices.
+        wiped = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        await client.delete(*wiped)
+        without = DetectionPipeline(RedisStateStore(client, prefix))
+        assert taught_patterns((await without._states([series], True)).records[0], 0) == []
+        again = DetectionPipeline(RedisStateStore(client, prefix), taught_store=kept)
+        bank = await again._states([series], resumed=True)
+        assert again.store.data_lost
+        assert taught_patterns(bank.records[0], 0) == [Pattern(**p) for p in stored]
+        # ... and saves them to Redis with the series' next batch.
+        await again.save(await again.process([series], ts[-1:] + 60_000, values[-1:]))
+        fresh = DetectionPipeline(RedisStateStore(client, prefix))
+        assert taught_patterns((await fresh._states([series])).records[0], 0) == [
+            Pattern(**p) for p in stored]
+
+        # Forgetting removes them from PostgreSQL too.
+        await again.teach([{"series": series, "action": "forget"}])
+        assert series not in kept.all(TAUGHT_KIND)
+    finally:
+        leftover = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if leftover:
+            await client.delete(*leftover)
+        await client.aclose()
+        _drop(pg)
+
+
 def test_feedback_finds_a_stored_incident_gone_from_the_topic(stack: Stack, base_url: str,
                                                              store_kind: str):
     from vigil.events import verdict

@@ -367,6 +367,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
                           settings.lstm_z_open)
     else:
         log.info("no LSTM model configured (VIGIL_LSTM_MODEL): seasonal detector alone")
+    from vigil.sinks.store import notifier_state
+
     pipeline = DetectionPipeline(
         store,
         settings.detector,
@@ -378,6 +380,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         forecasts=ForecastWatch(settings.forecast_limits, settings.forecast_warning_h,
                                 settings.forecast_critical_h, settings.detector,
                                 settings.max_cached_series),
+        # With PostgreSQL, taught patterns are kept there too: they survive a Redis wipe.
+        taught_store=notifier_state(settings),
     )
 
     history = attach_storage(app, settings)  # ClickHouse or PostgreSQL, when configured

@@ -11,13 +11,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import fnmatch
 import logging
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -36,8 +38,8 @@ from vigil.detectors.online import (
     likelihood,
 )
 from vigil.detectors.resample import Held, hold_back
+from vigil.detectors.teaching import Pattern, pattern_from_incident, taught_patterns, teach
 from vigil.detectors.teaching import forget as forget_teaching
-from vigil.detectors.teaching import pattern_from_incident, teach
 from vigil.events import AnomalyEvent, stable_id
 from vigil.series import parse_series
 from vigil.streams.records import ParseResult
@@ -72,6 +74,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _DIRECTIONS = {"up": 1, "down": -1, "both": 0}
+#: The ``notifier_state`` kind under which a series' taught patterns are kept (key: series).
+TAUGHT_KIND = "taught"
 
 
 def partition_for(series: str, partitions: int) -> int:
@@ -417,6 +421,10 @@ class DetectionPipeline:
     memory and saved beside its state), so points up to that many steps out of order join
     their steps instead of being dropped. 0 holds nothing back: a step closes as soon as a
     later point arrives.
+
+    ``taught_store`` (optional; the PostgreSQL ``notifier_state`` table when PostgreSQL is
+    the history store) keeps each series' taught patterns beside its Redis state: after a
+    Redis that lost its data, a series starting afresh gets them back (docs/feedback.md).
     """
 
     def __init__(
@@ -430,8 +438,11 @@ class DetectionPipeline:
         lstm: LstmScorer | None = None,
         lateness_steps: int = 0,
         forecasts: ForecastWatch | None = None,
+        taught_store: Any = None,
     ) -> None:
         self.store = store
+        self.taught_store = taught_store
+        self._taught: dict[str, str] | None = None  # series → its patterns (JSON), once read
         self.lateness_steps = lateness_steps
         self.forecasts = forecasts  # capacity forecasts (vigil.streams.forecasts), optional
         # The global LSTM (optional): its score contributes to the seasonal detector's
@@ -565,7 +576,58 @@ class DetectionPipeline:
                                 s, len(value))
                     self.unreadable_states += 1
         bank, _ = unpack([self._cache.get(s) for s in touched])
+        if missing and self.taught_store is not None and self.store.data_lost:
+            await self._restore_taught(bank, touched, missing)
         return bank
+
+    async def _restore_taught(self, bank: StateBank, touched: list[str],
+                              missing: list[str]) -> None:
+        """Give the series that start afresh after Redis lost its data the patterns operators
+        taught them (kept in ``taught_store``); Redis alone when that store fails."""
+        if self._taught is None:
+            try:
+                self._taught = await asyncio.to_thread(self.taught_store.all, TAUGHT_KIND)
+            except Exception as exc:  # noqa: BLE001 - Redis stays the working copy
+                log.warning("cannot read the taught patterns from the history store: %s", exc)
+                return
+        fresh = [s for s in missing if s not in self._cache and s in self._taught]
+        if not fresh:
+            return
+        row = {s: k for k, s in enumerate(touched)}
+        for s in fresh:
+            for item in orjson.loads(self._taught[s]):
+                teach(bank.records[row[s]], Pattern(**item), 0)
+        states = pack(bank)
+        self._cache.update((s, states[row[s]]) for s in fresh)
+        log.warning("restored the taught patterns of %d series that Redis had lost", len(fresh))
+
+    async def _keep_taught(self, bank: StateBank, touched: list[str]) -> None:
+        """Write the touched series' taught patterns to ``taught_store`` (none: deleted)."""
+        if self.taught_store is None:
+            return
+        kept, gone = {}, []
+        for k, s in enumerate(touched):
+            patterns = taught_patterns(bank.records[k], 0)
+            if patterns:
+                kept[s] = orjson.dumps([dataclasses.asdict(p) for p in patterns]).decode()
+            else:
+                gone.append(s)
+
+        def write() -> None:
+            for s, value in kept.items():
+                self.taught_store.put(TAUGHT_KIND, s, value)
+            if gone:
+                self.taught_store.delete(TAUGHT_KIND, gone)
+
+        try:
+            await asyncio.to_thread(write)
+        except Exception as exc:  # noqa: BLE001 - Redis stays the working copy
+            log.warning("cannot keep the taught patterns in the history store: %s", exc)
+            return
+        if self._taught is not None:
+            self._taught.update(kept)
+            for s in gone:
+                self._taught.pop(s, None)
 
     async def teach(self, lessons: Sequence[dict], resumed: bool = False) -> int:
         """Apply operators' teaching (:func:`decode_points`' ``lessons``) to their series'
@@ -598,6 +660,7 @@ class DetectionPipeline:
         states = pack(bank)
         await self.store.save(touched, states, points=0)
         self._cache.update(zip(touched, states, strict=True))
+        await self._keep_taught(bank, touched)
         return changed
 
     def _held_points(self, touched: list[str]) -> Held:
