@@ -38,7 +38,8 @@ def test_generate_writes_a_loadable_labelled_dataset(tmp_path: Path):
     assert max(int(s.ts_ms[-1]) for s in web) - int(gone[0].ts_ms[-1]) == 15 * 60_000
     bare = CliRunner().invoke(
         app, ["generate", "--out", str(tmp_path / "bare"), "--hosts", "2", "--days", "9",
-              "--metrics", "cpu_usage_percent,load1", "--seed", "3", "--no-gone"])
+              "--metrics", "cpu_usage_percent,load1", "--seed", "3", "--no-gone",
+                  "--no-capacity-fill"])
     assert "points of 4 series" in bare.output
 
 
