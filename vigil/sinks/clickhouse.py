@@ -186,6 +186,18 @@ def _labels(labels: Mapping[str, str]) -> tuple[list[str], list[str]]:
     return keys, [str(labels[k]) for k in keys]
 
 
+def event_of_row(columns: Sequence[str], row: Sequence[Any]) -> dict:
+    """An ``events`` table row read back as AnomalyEvent fields (labels as a dict, the
+    forecast decoded, ``ts`` as ISO): the inverse of :func:`event_row`, for both stores."""
+    event = dict(zip(columns, row, strict=True))
+    keys, values = event.pop("label_keys"), event.pop("label_values")
+    event["labels"] = dict(zip(keys, values, strict=True))
+    event["schema_version"] = event.pop("event_schema")
+    event["forecast"] = orjson.loads(event["forecast"]) if event["forecast"] else None
+    event["ts"] = _iso(event["ts_ms"])
+    return event
+
+
 def event_row(event: Any) -> tuple:
     """An ``events`` row from an AnomalyEvent (or any object / dict with its fields)."""
     get = event.get if isinstance(event, Mapping) else lambda k, d=None: getattr(event, k, d)
@@ -591,16 +603,7 @@ class ClickHouseStore(FoldedUpserts):
         cols = TABLES["events"]
         rows = self.execute(f"SELECT {', '.join(cols)} FROM {{db}}.events FINAL WHERE {where}",
                             params)
-        out = []
-        for r in rows:
-            row = dict(zip(cols, r, strict=True))
-            keys, values = row.pop("label_keys"), row.pop("label_values")
-            row["labels"] = dict(zip(keys, values, strict=True))
-            row["schema_version"] = row.pop("event_schema")
-            row["forecast"] = orjson.loads(row["forecast"]) if row["forecast"] else None
-            row["ts"] = _iso(row["ts_ms"])
-            out.append(row)
-        return out
+        return [event_of_row(cols, r) for r in rows]
 
     # ---- history out (export, the lab's loader)
 

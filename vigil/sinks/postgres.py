@@ -33,13 +33,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
-import orjson
 import psycopg
 from psycopg import errors as pge
 
 from vigil.redact import redact_url
 from vigil.series import parse_series
-from vigil.sinks.clickhouse import TABLES, FoldedUpserts
+from vigil.sinks.clickhouse import TABLES, FoldedUpserts, event_of_row
 from vigil.sinks.clickhouse import _labels as label_lists
 from vigil.times import iso as _iso
 
@@ -567,16 +566,7 @@ class PostgresStore(FoldedUpserts):
         cols = TABLES["events"]
         rows = self.execute(
             f"SELECT {', '.join(map(_q, cols))} FROM {{db}}.events WHERE {where}", params)
-        out = []
-        for r in rows:
-            row = dict(zip(cols, r, strict=True))
-            keys, values = row.pop("label_keys"), row.pop("label_values")
-            row["labels"] = dict(zip(keys, values, strict=True))
-            row["schema_version"] = row.pop("event_schema")
-            row["forecast"] = orjson.loads(row["forecast"]) if row["forecast"] else None
-            row["ts"] = _iso(row["ts_ms"])
-            out.append(row)
-        return out
+        return [event_of_row(cols, r) for r in rows]
 
     # ---- history out (export, the lab's loader)
 
