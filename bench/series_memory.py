@@ -69,7 +69,7 @@ async def _measure(series: int, history_steps: int, redis_url: str) -> dict[str,
         history = pipeline.history
         parts = {
             "state": sum(len(v) for v in pipeline._cache.values()) / series,
-            "history": (history.ts.nbytes + history.data.nbytes) / series,
+            "history": sum(ring.nbytes for ring in history._rings()) / series,
             "tracker": sum(getattr(stopped.tracker, name).nbytes for name, *_ in
                            stopped.tracker._COLUMNS) / series,
         }

@@ -281,23 +281,30 @@ def _likelihood(z: float) -> float:
 class RecentSteps:
     """The last ``steps`` scored steps of every series, in worker memory, for alert charts.
 
-    A ring per series: timestamp (8 bytes) and value, expected, lower, upper, z (float32) —
-    28 bytes a step. Filled from each batch's results in a few numpy operations; read only
-    when an event is built. Not persisted: after a restart, charts start from then.
+    A ring per series, 18 bytes a step: the step's time in whole seconds (``uint32``: steps
+    are whole seconds on their grid, good until 2106), value, expected and the band's half
+    width (``float32``: the band is symmetric, lower = expected − band) and z (``float16``,
+    clipped to ±60,000: the chart only colours it). Filled from each batch's results in a
+    few numpy operations; read only when an event is built. Not persisted: after a restart,
+    charts start from then.
 
     >>> from types import SimpleNamespace as NS
     >>> rs = RecentSteps(steps=3)
-    >>> res = NS(steps=NS(index=np.array([0, 0, 0, 0]), ts_ms=np.array([1, 2, 3, 4]),
+    >>> res = NS(steps=NS(index=np.array([0, 0, 0, 0]), ts_ms=np.array([1, 2, 3, 4]) * 1000,
     ...                   value=np.array([1., 2., 3., 4.])),
-    ...          expected=np.zeros(4), lower=np.zeros(4), upper=np.ones(4), z=np.zeros(4))
+    ...          expected=np.zeros(4), lower=-np.ones(4), upper=np.ones(4), z=np.zeros(4))
     >>> rs.context("cpu", res, i=1)["ts_ms"]  # an event in the batch: the steps up to it
-    [1, 2]
+    [1000, 2000]
     >>> rs.record(["cpu"], res)
-    >>> rs.context("cpu")["value"]  # the ring keeps the newest three
-    [2.0, 3.0, 4.0]
+    >>> ctx = rs.context("cpu")  # the ring keeps the newest three
+    >>> ctx["ts_ms"], ctx["value"], ctx["lower"]
+    ([2000, 3000, 4000], [2.0, 3.0, 4.0], [-1.0, -1.0, -1.0])
     """
 
     FIELDS = ("value", "expected", "lower", "upper", "z")
+    #: Bytes one step takes in the rings (time, value, expected, band, z).
+    STEP_BYTES = 4 + 4 + 4 + 4 + 2
+    _Z_MAX = 60_000.0
 
     def __init__(self, steps: int, max_series: int = 500_000) -> None:
         self.steps = steps
@@ -307,21 +314,26 @@ class RecentSteps:
 
     def _allocate(self, capacity: int) -> None:
         self.capacity = capacity
-        self.ts = np.zeros((capacity, self.steps), np.int64)
-        self.data = np.full((len(self.FIELDS), capacity, self.steps), np.nan, np.float32)
-        self.head = np.zeros(capacity, np.int64)
-        self.length = np.zeros(capacity, np.int64)
+        shape = (capacity, self.steps)
+        self.ts_s = np.zeros(shape, np.uint32)
+        self.value = np.full(shape, np.nan, np.float32)
+        self.expected = np.full(shape, np.nan, np.float32)
+        self.band = np.full(shape, np.nan, np.float32)
+        self.z = np.full(shape, np.nan, np.float16)
+        self.head = np.zeros(capacity, np.int32)
+        self.length = np.zeros(capacity, np.int32)
+
+    def _rings(self) -> tuple[np.ndarray, ...]:
+        return self.ts_s, self.value, self.expected, self.band, self.z, self.head, self.length
 
     def _grow(self, needed: int) -> None:
         capacity = max(1024, self.capacity)
         while capacity < needed:
-            capacity *= 2
-        ts, data, head, length = self.ts, self.data, self.head, self.length
-        old = self.capacity
+            capacity += capacity // 4  # a quarter at a time: at most 25 % of the rings unused
+        old_rings, old = self._rings(), self.capacity
         self._allocate(capacity)
-        self.ts[:old], self.data[:, :old], self.head[:old], self.length[:old] = (
-            ts, data, head, length
-        )
+        for new, ring in zip(self._rings(), old_rings, strict=True):
+            new[:old] = ring
 
     def _slots(self, series: list[str]) -> np.ndarray:
         new = [s for s in series if s not in self._slot]
@@ -334,6 +346,15 @@ class RecentSteps:
         if len(self._slot) > self.capacity:
             self._grow(len(self._slot))
         return np.fromiter((self._slot[s] for s in series), np.int64, len(series))
+
+    @classmethod
+    def _compact(cls, ts_ms, value, expected, upper, z) -> tuple[np.ndarray, ...]:
+        """Steps as the rings store them (see the class docstring)."""
+        expected = np.asarray(expected, np.float64)
+        return ((np.asarray(ts_ms, np.int64) // 1000).astype(np.uint32),
+                np.asarray(value, np.float32), expected.astype(np.float32),
+                (np.asarray(upper, np.float64) - expected).astype(np.float32),
+                np.clip(np.asarray(z, np.float64), -cls._Z_MAX, cls._Z_MAX).astype(np.float16))
 
     def record(self, touched: list[str], results: StepResults) -> None:
         """Append a batch's steps (ordered by series, then time) to the rings."""
@@ -349,11 +370,10 @@ class RecentSteps:
         keep = np.flatnonzero(rank >= np.repeat(counts, counts) - self.steps)  # newest fit
         rows = slots[keep]
         pos = (self.head[rows] + rank[keep]) % self.steps
-        self.ts[rows, pos] = results.steps.ts_ms[keep]
-        columns = (results.steps.value, results.expected, results.lower, results.upper,
-                   results.z)
-        for f, column in enumerate(columns):
-            self.data[f, rows, pos] = column[keep]
+        columns = self._compact(results.steps.ts_ms[keep], results.steps.value[keep],
+                                results.expected[keep], results.upper[keep], results.z[keep])
+        for ring, column in zip(self._rings(), columns):
+            ring[rows, pos] = column
         firsts = slots[starts]
         self.head[firsts] = (self.head[firsts] + counts) % self.steps
         self.length[firsts] = np.minimum(self.length[firsts] + counts, self.steps)
@@ -361,8 +381,7 @@ class RecentSteps:
     def context(self, series: str, results: StepResults | None = None, i: int = -1) -> dict | None:
         """The series' last ``steps`` steps up to step ``i`` of ``results`` (a batch not yet
         recorded), oldest first, as JSON-ready lists; None if there are none."""
-        columns = ("ts_ms", *self.FIELDS)
-        parts: list[dict[str, np.ndarray]] = []
+        parts: list[tuple[np.ndarray, ...]] = []  # (ts_s, value, expected, band, z) as stored
         wanted = self.steps
         if results is not None and i >= 0:
             index = results.steps.index
@@ -370,22 +389,22 @@ class RecentSteps:
             while lo > 0 and index[lo - 1] == index[i] and i - lo + 1 < wanted:
                 lo -= 1  # this batch's earlier steps of the series (contiguous: ordered by series)
             own = slice(lo, i + 1)
-            batch = (results.steps.ts_ms, results.steps.value, results.expected, results.lower,
-                     results.upper, results.z)
-            parts.append({c: np.asarray(col[own]) for c, col in zip(columns, batch, strict=True)})
+            parts.append(self._compact(results.steps.ts_ms[own], results.steps.value[own],
+                                       results.expected[own], results.upper[own],
+                                       results.z[own]))
             wanted -= i + 1 - lo
         slot = self._slot.get(series)
         if slot is not None and wanted > 0 and self.length[slot]:
             length = int(min(self.length[slot], wanted))
             idx = (self.head[slot] - length + np.arange(length)) % self.steps
-            ring = {"ts_ms": self.ts[slot, idx]}
-            ring.update({name: self.data[f, slot, idx] for f, name in enumerate(self.FIELDS)})
-            parts.insert(0, ring)
+            parts.insert(0, tuple(ring[slot, idx] for ring in self._rings()[:5]))
         if not parts or self.steps == 0:
             return None
-        out: dict = {"ts_ms": np.concatenate([p["ts_ms"] for p in parts]).tolist()}
-        for name in self.FIELDS:
-            column = np.concatenate([p[name] for p in parts]).astype(np.float32).tolist()
+        ts_s, value, expected, band, z = (np.concatenate([p[k] for p in parts]) for k in range(5))
+        out: dict = {"ts_ms": (ts_s.astype(np.int64) * 1000).tolist()}
+        columns = (value, expected, expected - band, expected + band, z)
+        for name, column in zip(self.FIELDS, columns, strict=True):
+            column = column.astype(np.float32).tolist()
             out[name] = [None if v != v else float(f"{v:.6g}") for v in column]  # NaN → null
         return out
 

@@ -235,7 +235,7 @@ class Settings(BaseSettings):
     )
     chart_history_steps: int = Field(
         120, ge=0, description="Recent steps per series kept in worker memory for alert charts "
-        "(24 bytes each; 0 = events carry no chart data)."
+        "(18 bytes each; 0 = events carry no chart data)."
     )
 
     # Stopped series (docs/stopped-series.md)
