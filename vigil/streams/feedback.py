@@ -27,7 +27,7 @@ from vigil.detectors.teaching import Pattern, taught_patterns
 from vigil.events import EVENT_FIELDS, AnomalyEvent, Feedback, stable_id
 from vigil.series import parse_series
 from vigil.streams.settings import Settings
-from vigil.streams.state import StateFormatError, unpack
+from vigil.streams.state import StateFormatError, connect_sync, unpack
 from vigil.streams.topic_reader import read_to_end
 from vigil.times import iso
 
@@ -111,14 +111,15 @@ def publish_feedback(settings: Settings, records: list[Feedback], timeout_s: flo
 
 def _state_keys(client: redis.Redis, settings: Settings, match: str) -> list[str]:
     """The series ids whose state keys match ``match`` (a Redis glob on the series id)."""
-    prefix = f"{settings.redis_prefix}state:"
-    return [k.decode()[len(prefix):] for k in client.scan_iter(match=prefix + match, count=1000)]
+    keys = settings.state_keys()
+    return [keys.series_of(k)
+            for k in client.scan_iter(match=keys.state_pattern(match), count=1000)]
 
 
 def series_of_metric(settings: Settings, series: str) -> list[str]:
     """Every series with a state in Redis whose metric name is ``series``'s."""
     name = parse_series(series)[0]
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_sync(settings.redis_url, settings.redis_cluster)
     try:
         found = _state_keys(client, settings, _redis_glob(name) + "*")
     finally:
@@ -136,15 +137,16 @@ def taught(settings: Settings, selector: str = "*", now_ms: int | None = None
     """The series matching ``selector`` (a glob on the series id) with the patterns taught
     to them and still in force, read from Redis (``SCAN`` over the state keys)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    client = redis.Redis.from_url(settings.redis_url)
-    prefix = f"{settings.redis_prefix}state:"
+    client = connect_sync(settings.redis_url, settings.redis_cluster)
+    keys = settings.state_keys()
+    mget = client.mget_nonatomic if settings.redis_cluster else client.mget
     out = []
     try:
         series = [s for s in _state_keys(client, settings, "*")
                   if fnmatch.fnmatchcase(s, selector)]
         for lo in range(0, len(series), 1000):
             chunk = series[lo : lo + 1000]
-            for s, value in zip(chunk, client.mget([prefix + c for c in chunk]), strict=True):
+            for s, value in zip(chunk, mget([keys.state(c) for c in chunk]), strict=True):
                 if value is None:
                     continue
                 try:
@@ -162,7 +164,7 @@ def taught(settings: Settings, selector: str = "*", now_ms: int | None = None
 def verdicts(settings: Settings) -> tuple[np.ndarray, np.ndarray]:
     """The operators' verdicts the notifier collected (``notify:verdicts``): feature rows and
     0/1 labels (1: acknowledged, a real anomaly; 0: not an anomaly)."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_sync(settings.redis_url, settings.redis_cluster)
     try:
         records = [orjson.loads(v) for v in
                    client.hgetall(f"{settings.redis_prefix}notify:verdicts").values()]

@@ -19,7 +19,6 @@ import logging
 
 import faust
 import orjson
-import redis.asyncio as aioredis
 from mode import CrashingSupervisor
 
 from vigil.events import AlertDeadLetter, AnomalyEvent, Feedback
@@ -31,6 +30,7 @@ from vigil.sinks.telegram import (
 )
 from vigil.streams.app import add_web_pages, new_app
 from vigil.streams.settings import Settings
+from vigil.streams.state import connect
 
 __all__ = ["create_notifier_app", "decode_event"]
 
@@ -59,7 +59,7 @@ def create_notifier_app(settings: Settings | None = None) -> faust.App:
     feedback_topic = app.topic(settings.feedback_topic, internal=True, key_serializer="raw")
     dead_letters = app.topic(settings.alerts_deadletter_topic, internal=True,
                              key_serializer="raw")
-    redis_client = aioredis.from_url(settings.redis_url, decode_responses=False)
+    redis_client = connect(settings.redis_url, settings.redis_cluster)
     store = NotifierStore(redis_client, settings.redis_prefix, notifier_state(settings))
     uses_telegram = any(r.telegram for r in config.receivers)
     bot = TelegramBot(config.telegram, config.telegram_chats()) if uses_telegram else None

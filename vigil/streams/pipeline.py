@@ -372,7 +372,7 @@ class RecentSteps:
         pos = (self.head[rows] + rank[keep]) % self.steps
         columns = self._compact(results.steps.ts_ms[keep], results.steps.value[keep],
                                 results.expected[keep], results.upper[keep], results.z[keep])
-        for ring, column in zip(self._rings(), columns):
+        for ring, column in zip(self._rings()[:5], columns, strict=True):
             ring[rows, pos] = column
         firsts = slots[starts]
         self.head[firsts] = (self.head[firsts] + counts) % self.steps

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
-import redis.asyncio as aioredis
 
 from vigil.events import AlertDeadLetter
 from vigil.sinks.delivery import Notifier, NotifierStore, build_channels
 from vigil.sinks.telegram import TelegramBot
 from vigil.streams.settings import Settings
+from vigil.streams.state import connect
 from vigil.streams.topic_reader import read_to_end
 
 __all__ = ["RedeliveryReport", "read_dead_letters", "redeliver_dead_letters"]
@@ -83,7 +83,7 @@ async def redeliver_dead_letters(
             latest[(record.notification_id, record.channel)] = record
     report = RedeliveryReport()
     config = settings.alerts.model_copy(update={"outage_max_s": wait_s})
-    client = aioredis.from_url(settings.redis_url, decode_responses=False)
+    client = connect(settings.redis_url, settings.redis_cluster)
     store = NotifierStore(client, settings.redis_prefix)
     bot = None
     if not dry_run and any(r.channel == "telegram" for r in latest.values()):

@@ -14,7 +14,7 @@ import json
 import os
 import ssl
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -28,6 +28,9 @@ from pydantic_settings import (
 from vigil.detectors.lstm import LSTM_Z_OPEN
 from vigil.detectors.online import DetectorParams
 from vigil.sinks.alerts import AlertingConfig
+
+if TYPE_CHECKING:
+    from vigil.streams.state import StateKeys
 
 __all__ = ["Settings"]
 
@@ -162,6 +165,15 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0", description="Redis holding every series' state."
     )
     redis_prefix: str = Field("vigil:", description="Prefix of every Redis key vigil writes.")
+    redis_cluster: bool = Field(
+        False, description="VIGIL_REDIS_URL names one node of a Redis Cluster: the worker, the "
+        "notifier and the CLI use a cluster client, and state keys carry a hash tag "
+        "(docs/state.md#redis-cluster)."
+    )
+    redis_slot_groups: int = Field(
+        16, ge=2, le=16384, description="On a Redis Cluster: the hash-tag groups the state "
+        "keys fall into; a batch is one MGET and one transaction per group it touches."
+    )
     max_cached_series: int = Field(
         500_000, description="Series states kept in worker memory before the cache is reset."
     )
@@ -363,6 +375,12 @@ class Settings(BaseSettings):
             raise ValueError("set VIGIL_POSTGRES_URL or VIGIL_CLICKHOUSE_URL, not both: "
                              "history is kept in one store")
         return self
+
+    def state_keys(self) -> StateKeys:
+        """The names of the series' Redis keys (hash-tagged on a Redis Cluster)."""
+        from vigil.streams.state import StateKeys  # the state store imports no settings
+
+        return StateKeys(self.redis_prefix, self.redis_slot_groups if self.redis_cluster else 1)
 
     @property
     def store_url(self) -> str:

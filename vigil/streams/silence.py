@@ -276,14 +276,14 @@ def forget_series(settings: Settings, pattern: str, dry_run: bool = False) -> li
     ``forgotten`` hash) to stop judging them. Returns the series found."""
     import fnmatch
 
-    import redis
+    from vigil.streams.state import connect_sync
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect_sync(settings.redis_url, settings.redis_cluster)
     prefix = settings.redis_prefix
+    keys = settings.state_keys()
     found: set[str] = set()
-    state_prefix = f"{prefix}state:"
-    for key in client.scan_iter(f"{state_prefix}*", count=1000):
-        series = key.decode()[len(state_prefix):]
+    for key in client.scan_iter(keys.state_pattern(), count=1000):
+        series = keys.series_of(key)
         if fnmatch.fnmatchcase(series, pattern):
             found.add(series)
     seen = {p: read_seen(client.get(f"{prefix}seen:{p}"))
@@ -300,8 +300,9 @@ def forget_series(settings: Settings, pattern: str, dry_run: bool = False) -> li
         pipe.hset(f"{prefix}forgotten", pattern, now_ms)
         for lo in range(0, len(ordered), 1000):
             chunk = ordered[lo:lo + 1000]
-            pipe.delete(*[f"{prefix}state:{s}" for s in chunk],
-                        *[f"{prefix}held:{s}" for s in chunk])
+            gone = [keys.state(s) for s in chunk] + [keys.held(s) for s in chunk]
+            for some in ([k] for k in gone) if settings.redis_cluster else [gone]:
+                pipe.delete(*some)  # on a cluster one by one: the keys are in many slots
             by_partition: dict[int, list[str]] = {}
             for s in chunk:
                 by_partition.setdefault(partition_for(s, settings.points_partitions), []).append(s)

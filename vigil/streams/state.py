@@ -17,6 +17,13 @@ With an idle expiry (``VIGIL_IDLE_EXPIRY_DAYS``, default 30), every write sets t
 time to live again (one Lua script per batch, :data:`SET_WITH_EXPIRY`): a series that stops
 for good leaves Redis after that long.
 
+On a Redis Cluster (``VIGIL_REDIS_CLUSTER``) the keys carry a hash tag: ``{prefix}{g}state:
+{series id}``, ``{prefix}{g}held:…`` and one instance marker ``{prefix}{g}instance`` per
+group, where ``g`` is the series' slot group (CRC-32 of its id modulo
+``VIGIL_REDIS_SLOT_GROUPS``, :class:`StateKeys`). A group's keys share one hash slot, so a
+batch is read with one MGET and written with one transaction per group it touches, sent to
+the groups' masters at once; the points-processed counter is incremented after them.
+
 A Redis that restarts, drops the connection or cannot write for now (out of memory,
 READONLY, MISCONF) is retried with capped exponential backoff while ``/health`` reports 503
 (the batch waits; nothing is lost and the worker does not crash). Any other error stops the
@@ -25,13 +32,18 @@ worker without committing the batch's offsets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from vigil.detectors.bank import (
     ADDED_IN_V3,
@@ -50,6 +62,9 @@ __all__ = [
     "FORMAT_VERSION",
     "RedisStateStore",
     "StateFormatError",
+    "StateKeys",
+    "connect",
+    "connect_sync",
     "pack",
     "pack_held",
     "readable",
@@ -194,36 +209,128 @@ def unpack_held(value: bytes | None) -> tuple[np.ndarray, np.ndarray]:
             np.frombuffer(body, "<f8", n, 8 * n).astype(np.float64))
 
 
+def connect(url: str, cluster: bool = False) -> aioredis.Redis | RedisCluster:
+    """An asyncio client (binary replies) for the Redis at ``url``; with ``cluster``, for
+    the Redis Cluster whose node ``url`` names (its other nodes are discovered)."""
+    if cluster:
+        return RedisCluster.from_url(url)
+    return aioredis.from_url(url, decode_responses=False)
+
+
+def connect_sync(url: str, cluster: bool = False) -> redis.Redis | redis.RedisCluster:
+    """The blocking twin of :func:`connect`, for the CLI's one-off commands."""
+    if cluster:
+        return redis.RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
+
+
+@dataclass(frozen=True)
+class StateKeys:
+    """The names of a series' keys. On one Redis (``groups == 1``): ``{prefix}state:{id}``.
+    On a Redis Cluster the series' slot group is a hash tag after the prefix, so the keys
+    of one group live in one hash slot and one transaction can write them:
+
+    >>> keys = StateKeys("vigil:", groups=16)
+    >>> keys.state('cpu{host="a"}'), keys.group('cpu{host="a"}')
+    ('vigil:{6}state:cpu{host="a"}', 6)
+    >>> keys.series_of(b'vigil:{6}state:cpu{host="a"}'), keys.state_pattern("cpu*")
+    ('cpu{host="a"}', 'vigil:{*}state:cpu*')
+    >>> StateKeys("vigil:").state('cpu{host="a"}')
+    'vigil:state:cpu{host="a"}'
+    """
+
+    prefix: str = "vigil:"
+    groups: int = 1
+
+    def __post_init__(self) -> None:
+        if self.groups > 1 and "{" in self.prefix:
+            raise ValueError("on a Redis Cluster the key prefix may not hold '{' (it would "
+                             "become the hash tag)")
+
+    def group(self, series: str) -> int:
+        return zlib.crc32(series.encode()) % self.groups if self.groups > 1 else 0
+
+    def _tag(self, group: int) -> str:
+        return f"{{{group}}}" if self.groups > 1 else ""
+
+    def state(self, series: str) -> str:
+        return f"{self.prefix}{self._tag(self.group(series))}state:{series}"
+
+    def held(self, series: str) -> str:
+        return f"{self.prefix}{self._tag(self.group(series))}held:{series}"
+
+    def instance(self, group: int = 0) -> str:
+        return f"{self.prefix}{self._tag(group)}instance"
+
+    def state_pattern(self, match: str = "*") -> str:
+        """A SCAN pattern for the state keys of the series matching ``match``."""
+        return f"{self.prefix}{'{*}' if self.groups > 1 else ''}state:{match}"
+
+    def series_of(self, key: bytes | str) -> str:
+        """The series id of a state key."""
+        key = key.decode() if isinstance(key, bytes) else key
+        rest = key[len(self.prefix):]
+        return rest.split("}state:", 1)[1] if self.groups > 1 else rest[len("state:"):]
+
+    def by_group(self, series: Sequence[str]) -> dict[int, list[int]]:
+        """Positions of ``series`` by slot group, in order."""
+        out: dict[int, list[int]] = {}
+        for i, s in enumerate(series):
+            out.setdefault(self.group(s), []).append(i)
+        return out
+
+
 class RedisStateStore:
     """Batched state reads and writes; the worker's in-memory copy sits in front of it.
 
     Parameters
     ----------
     client
-        A ``redis.asyncio.Redis`` (binary responses, i.e. ``decode_responses=False``).
+        A ``redis.asyncio.Redis`` (binary responses, i.e. ``decode_responses=False``), or a
+        ``RedisCluster`` (:func:`connect`).
     prefix
         Prefix of every key, so several deployments (or tests) share one Redis.
     idle_expiry_ms
         Time to live of every key written, renewed by each write (0 = keys never expire).
+    slot_groups
+        On a Redis Cluster, the hash-tag groups of the keys (:class:`StateKeys`); ignored on
+        one Redis.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "vigil:",
-                 idle_expiry_ms: int = 0) -> None:
+    def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str = "vigil:",
+                 idle_expiry_ms: int = 0, slot_groups: int = 16) -> None:
         self.client = client
         self.prefix = prefix
+        self.keys = StateKeys(prefix, slot_groups if isinstance(client, RedisCluster) else 1)
         self.idle_expiry_ms = int(idle_expiry_ms)
         self._set_with_expiry = client.register_script(SET_WITH_EXPIRY) if client else None
-        #: The instance marker this process has seen (``{prefix}instance``): a random id
-        #: written with the first save, so a Redis that lost its data is told from a new one.
-        self.instance: bytes | None = None
+        #: Per slot group, the instance marker this process has seen (``{prefix}instance``):
+        #: a random id written with the first save, so a Redis that lost its data is told
+        #: from a new one (on a cluster, per group: a master that lost its data is noticed).
+        self.instances: dict[int, bytes | None] = {}
         #: Set once Redis was found emptied: series without state count as restarted.
         self.data_lost = False
 
     def key(self, series: str) -> str:
-        return f"{self.prefix}state:{series}"
+        return self.keys.state(series)
 
     def held_key(self, series: str) -> str:
-        return f"{self.prefix}held:{series}"
+        return self.keys.held(series)
+
+    @property
+    def instance(self) -> bytes | None:
+        """The instance marker seen in slot group 0 (the only one on one Redis)."""
+        return self.instances.get(0)
+
+    @property
+    def instance_key(self) -> str:
+        return self.keys.instance(0)
+
+    async def _mget(self, keys: list[str]) -> list[bytes | None]:
+        """MGET on one Redis; on a cluster, one MGET per hash slot, sent at once."""
+        if self.keys.groups == 1:
+            return await self.client.mget(keys)
+        return await self.client.mget_nonatomic(keys)
 
     async def load_held(self, series: Sequence[str]) -> list[bytes | None]:
         """The held-back points of ``series`` (see :func:`pack_held`), in one MGET."""
@@ -231,56 +338,58 @@ class RedisStateStore:
             return []
         async for attempt in redis_retrying():
             with attempt:
-                values = await self.client.mget([self.held_key(s) for s in series])
+                values = await self._mget([self.held_key(s) for s in series])
         STORE_OUTAGE.recovered()
         return values
 
-    @property
-    def instance_key(self) -> str:
-        return f"{self.prefix}instance"
-
     async def load(self, series: Sequence[str], resumed: bool = False) -> list[bytes | None]:
-        """The stored values of ``series`` (None where a series is new), in one MGET.
+        """The stored values of ``series`` (None where a series is new), in one MGET (on a
+        cluster, one per slot group).
 
         ``resumed`` says the caller's stream had been processed before (its first batch
         started past offset 0): a Redis without an instance marker then lost its data.
         """
         if not series:
             return []
-        keys = [self.key(s) for s in series] + [self.instance_key]
+        groups = self.keys.by_group(series)
+        markers = [self.keys.instance(g) for g in groups]
         started = time.perf_counter()
         async for attempt in redis_retrying():
             with attempt:
-                *values, marker = await self.client.mget(keys)
+                found = await self._mget([self.key(s) for s in series] + markers)
         STORE_OUTAGE.recovered()
         STATE_LATENCY.observe(time.perf_counter() - started)
-        if marker is None and self.instance is None and resumed:
+        values, found_markers = found[:len(series)], found[len(series):]
+        if resumed and not self.instances and not any(found_markers):
             # Upgraded from a version without the marker: its processed count is still there.
             async for attempt in redis_retrying():
                 with attempt:
                     resumed = not await self.client.exists(f"{self.prefix}stats")
-        self._check_instance(marker, resumed)
+        for g, marker in zip(groups, found_markers, strict=True):
+            self._check_instance(g, marker, resumed)
         if self.data_lost:
             SERIES_RESTARTED.inc(sum(v is None for v in values))
         return values
 
-    def _check_instance(self, marker: bytes | None, resumed: bool) -> None:
+    def _check_instance(self, group: int, marker: bytes | None, resumed: bool) -> None:
+        seen = self.instances.get(group)
+        where = f" (slot group {group})" if self.keys.groups > 1 else ""
         if marker is not None:
-            if self.instance is None:
-                self.instance = marker
-            elif marker != self.instance:
-                self._lost("its instance marker changed")
-                self.instance = marker
+            if seen is None:
+                self.instances[group] = marker
+            elif marker != seen:
+                self._lost(f"its instance marker changed{where}")
+                self.instances[group] = marker
             return
-        if self.instance is not None:
-            self._lost("its instance marker is gone")
+        if seen is not None:
+            self._lost(f"its instance marker is gone{where}")
+            del self.instances[group]
         elif resumed:
             self._lost("it holds no instance marker, yet this worker resumes a stream "
-                       "processed before")
+                       f"processed before{where}")
 
     def _lost(self, why: str) -> None:
         self.data_lost = True
-        self.instance = None
         REDIS_DATA_LOST.inc()
         log.error("Redis has lost its data (%s): every series without a stored state starts "
                   "learning from scratch (counted in vigil_series_restarted_total). Enable "
@@ -294,10 +403,49 @@ class RedisStateStore:
         points: int = 0,
         held: Sequence[bytes | None] | None = None,
     ) -> None:
-        """Write states (and count ``points`` processed) atomically, in one pipeline;
-        ``held`` (one per series, None = nothing held) the points they hold back."""
+        """Write states (and count ``points`` processed) atomically, in one transaction (on
+        a cluster, one per slot group, and the count after them); ``held`` (one per series,
+        None = nothing held) the points they hold back."""
         if not series:
             return
+        if len(values) != len(series) or (held is not None and len(held) != len(series)):
+            raise ValueError("one value (and one held entry) per series")
+        groups = self.keys.by_group(series)
+        count_inside = self.keys.groups == 1
+        started = time.perf_counter()
+        async for attempt in redis_retrying():
+            with attempt:
+                await asyncio.gather(*(
+                    self._save_group(g, [series[i] for i in rows], [values[i] for i in rows],
+                                     None if held is None else [held[i] for i in rows],
+                                     points if count_inside else 0)
+                    for g, rows in groups.items()))
+        if not count_inside:
+            async for attempt in redis_retrying():
+                with attempt:
+                    if points:
+                        await self.client.hincrby(f"{self.prefix}stats", "points_processed",
+                                                  points)
+                    await self._mark_every_group()
+        STORE_OUTAGE.recovered()
+        STATE_LATENCY.observe(time.perf_counter() - started)
+
+    async def _mark_every_group(self) -> None:
+        """Put the instance markers of the groups no save has touched yet (on a cluster), so
+        that a later batch finding a group without its marker knows that master lost it."""
+        missing = [g for g in range(self.keys.groups) if self.instances.get(g) is None]
+        if not missing:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for g in missing:
+                pipe.set(self.keys.instance(g), os.urandom(8).hex().encode(), nx=True)
+                pipe.get(self.keys.instance(g))
+            replies = await pipe.execute()
+        self.instances.update(zip(missing, replies[1::2], strict=True))
+
+    async def _save_group(self, group: int, series: list[str], values: list[bytes],
+                          held: list[bytes | None] | None, points: int) -> None:
+        """One transaction: the states of one slot group (on one Redis, the whole batch)."""
         mapping = {self.key(s): v for s, v in zip(series, values, strict=True)}
         released: list[str] = []
         if held is not None:
@@ -306,30 +454,34 @@ class RedisStateStore:
                     released.append(self.held_key(s))
                 else:
                     mapping[self.held_key(s)] = h
-        if self.instance is None:
-            candidate = os.urandom(8).hex().encode()
-        started = time.perf_counter()
-        async for attempt in redis_retrying():
-            with attempt:
-                async with self.client.pipeline(transaction=True) as pipe:
-                    if self.instance is None:
-                        pipe.set(self.instance_key, candidate, nx=True)
-                        pipe.get(self.instance_key)
-                    if self.idle_expiry_ms > 0:
-                        await self._set_with_expiry(
-                            keys=list(mapping), args=[self.idle_expiry_ms, *mapping.values()],
-                            client=pipe)
-                    else:
-                        pipe.mset(mapping)
-                    if released:
-                        pipe.delete(*released)
-                    if points:
-                        pipe.hincrby(f"{self.prefix}stats", "points_processed", points)
-                    replies = await pipe.execute()
-        STORE_OUTAGE.recovered()
-        STATE_LATENCY.observe(time.perf_counter() - started)
-        if self.instance is None:
-            self.instance = replies[1]
+        marker_key = self.keys.instance(group)
+        fresh = self.instances.get(group) is None
+        async with self.client.pipeline(transaction=True) as pipe:
+            if fresh:
+                pipe.set(marker_key, os.urandom(8).hex().encode(), nx=True)
+                pipe.get(marker_key)
+            if self.keys.groups > 1:
+                # A cluster pipeline refuses multi-key commands (even within one slot) and
+                # does not load scripts: one SET each, inside the group's transaction.
+                expiry = self.idle_expiry_ms or None
+                for key, value in mapping.items():
+                    pipe.set(key, value, px=expiry)
+            elif self.idle_expiry_ms > 0:
+                # EVALSHA inside the transaction (redis-py loads the script first).
+                await self._set_with_expiry(
+                    keys=list(mapping), args=[self.idle_expiry_ms, *mapping.values()],
+                    client=pipe)
+            else:
+                pipe.mset(mapping)
+            if released and self.keys.groups == 1:
+                pipe.delete(*released)
+            for key in released if self.keys.groups > 1 else ():
+                pipe.delete(key)
+            if points:
+                pipe.hincrby(f"{self.prefix}stats", "points_processed", points)
+            replies = await pipe.execute()
+        if fresh:
+            self.instances[group] = replies[1]
 
     async def count_processed(self, field: str = "points_processed") -> int:
         value = await self.client.hget(f"{self.prefix}stats", field)
