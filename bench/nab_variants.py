@@ -34,7 +34,7 @@ import numpy as np
 from vigil.lab.datasets import load_dataset, parse_timestamps_ms
 from vigil.lab.nab import PROFILES, detection_counts, normalised, sweep_threshold
 from vigil.lab.run import _scored_file
-from vigil.lab.score_files import OPENING_SCORE, score_csv_files
+from vigil.lab.score_files import Z_CAP, score_csv_files
 
 Rows = tuple[np.ndarray, np.ndarray]  # (timestamps in ms, values)
 SHIFT_MS = (7 * 60 + 35) * 60_000
@@ -129,7 +129,7 @@ def score_variant(folder: Path, out: Path) -> dict:
     for profile in PROFILES:
         _, raw = sweep_threshold(files, scores, profile)
         result[profile] = normalised(raw, n_windows, profile)
-    hit, outside = detection_counts(files, [s >= OPENING_SCORE for s in scores])
+    hit, outside = detection_counts(files, [s > Z_CAP for s in scores])  # the openings
     result["windows"] = f"{hit}/{n_windows}"
     result["outside"] = outside
     return result

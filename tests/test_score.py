@@ -15,7 +15,7 @@ from vigil.cli import app
 from vigil.lab.datasets import load_dataset, parse_timestamps_ms
 from vigil.lab.nab import normalised, sweep_threshold
 from vigil.lab.run import run_detectors, summarise
-from vigil.lab.score_files import Z_CAP, anomaly_score, score_csv_files
+from vigil.lab.score_files import Z_CAP, anomaly_score, opening_novelty, score_csv_files
 
 NAB_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab-dev"
 SUBSET = [  # one with duplicate timestamps, one without anomalies, one short one
@@ -54,10 +54,13 @@ def test_one_row_per_input_row_in_order_with_scores_in_0_1(nab_subset, tmp_path)
         assert [r[:2] for r in out[1:]] == [r[:2] for r in src[1:]]
         scores = np.array([float(r[2]) for r in out[1:]])
         assert ((scores >= 0) & (scores <= 1)).all()
-    # Some rows are incident openings (1.0), others lie strictly below the cap.
+    # Some rows are incident openings (graded from the cap to 1 by their novelty), others lie
+    # strictly below the cap.
     all_scores = np.concatenate([[float(r[2]) for r in _read(tmp_path / rel)[1:]]
                                  for rel in SUBSET])
-    assert (all_scores == 1.0).any() and ((all_scores > 0) & (all_scores < Z_CAP)).any()
+    openings = all_scores[all_scores >= Z_CAP]
+    assert len(openings) and len(np.unique(openings)) > 1  # graded, not all 1.0
+    assert ((all_scores > 0) & (all_scores < Z_CAP)).any()
 
 
 def test_nab_sweep_over_the_output_gives_the_labs_figure(nab_subset, tmp_path):
@@ -97,7 +100,7 @@ def test_a_single_file_to_a_file_and_bad_input(tmp_path):
     out = _read(tmp_path / "scored.csv")
     assert run.rows == 400 and len(out) == 401 and out[11] == [str(t[10]), "n/a", "0.0"]
     scores = np.array([float(r[2]) for r in out[1:]])
-    assert int(np.argmax(scores)) == 350 and scores[350] == 1.0
+    assert int(np.argmax(scores)) == 350 and scores[350] > Z_CAP  # the spike: an opening
     # NAB's results layout names files <detector>_<file>.csv.
     score_csv_files(tmp_path, tmp_path / "results" / "vigil", prefix="vigil_", progress=False)
     assert (tmp_path / "results" / "vigil" / "vigil_one.csv").read_text() == (
@@ -114,6 +117,31 @@ def test_the_mapping_is_monotone_in_z_and_keeps_openings_on_top():
     s = anomaly_score(z, np.zeros(500, bool))
     assert (np.diff(s) >= 0).all() and s.max() < Z_CAP and s.min() == 0.0
     assert anomaly_score(np.array([0.0]), np.array([True]))[0] == 1.0
+
+
+def test_an_opening_scores_by_its_novelty_for_its_own_series():
+    """A burst like the week's earlier ones scores under a record; only earlier rows count."""
+    day = 86_400_000
+    ts = np.arange(20) * day // 2
+    z = np.zeros(20)
+    opened = np.zeros(20, bool)
+    for i, size in ((2, 9.0), (6, 9.0), (10, 8.0), (14, 30.0)):
+        z[i], opened[i] = size, True
+    z[13] = 4.0  # the record's rise (over z_close): its own excursion, not its history
+    novelty = opening_novelty(z, ts, opened)
+    assert novelty[2] == 1.0  # nothing before it
+    assert novelty[6] == pytest.approx(0.5)  # as large as the earlier burst
+    assert novelty[10] < 0.5 < novelty[14]  # smaller than the week's largest; a record
+    assert novelty[14] == pytest.approx((30 / 9) / (1 + 30 / 9))
+    scores = anomaly_score(z, opened, novelty)
+    assert Z_CAP < scores[10] < scores[6] < scores[14] < 1.0
+    # Causal: what comes later changes nothing before it.
+    later = z.copy()
+    later[15:] = 100.0
+    assert (opening_novelty(later, ts, opened)[:15] == novelty[:15]).all()
+    # A week back only: two days apart, every opening is the first of its week.
+    far = opening_novelty(z, np.arange(20) * 2 * day, opened)
+    assert far[6] == far[14] == 1.0
 
 
 def test_each_file_is_scored_at_its_own_step(nab_subset, tmp_path):

@@ -65,7 +65,7 @@ from vigil.lab.perceptron import (
 )
 from vigil.lab.prepare import Preparation, PreparedModel
 from vigil.lab.protocol import Splits, clip_windows, rolling_origin_splits
-from vigil.lab.score_files import anomaly_score
+from vigil.lab.score_files import anomaly_score, opening_novelty
 
 __all__ = [
     "CV_GRID", "ENTRY_NAMES", "LabRun", "decompose_series",
@@ -76,7 +76,7 @@ __all__ = [
 ENTRY_NAMES = {
     "online_incidents": "online detector, incident openings (no threshold)",
     "online": "online detector, equivalent z-score swept",
-    "online_score": "online detector, vigil score output (openings = 1, z squashed < 1) swept",
+    "online_score": "online detector, vigil score output (openings 0.99–1 by novelty) swept",
     "iforest": "IsolationForest on window features",
     "ocsvm": "One-Class SVM on window features",
     "hst": "river HalfSpaceTrees (reference)",
@@ -208,9 +208,10 @@ def run_detectors(
         # pass gives both its z-scores and its incident openings.
         start = time.perf_counter()
         run.scores["online_score"] = []
-        for z, opened in _online_many(dataset, ids, steps):
+        for sid, (z, opened) in zip(ids, _online_many(dataset, ids, steps), strict=True):
             run.scores["online"].append(z)
-            run.scores["online_score"].append(anomaly_score(z, opened))
+            novelty = opening_novelty(z, dataset.series[sid].ts_ms, opened)
+            run.scores["online_score"].append(anomaly_score(z, opened, novelty))
             run.openings.append(opened)
         run.seconds["online"] = run.seconds["online_score"] = time.perf_counter() - start
     names = [n for n in names if n in MODELS and n != "online"]
@@ -313,13 +314,18 @@ def run_cv(
                            {sid: splits[sid].development.stop for sid in ids})
         full = _online_many(dataset, ids, steps)
         by_sid = dict(zip(ids, dev, strict=True))
-        for entry, mapping in (("online", lambda z, o: z), ("online_score", anomaly_score)):
-            val = [mapping(*by_sid[sid])[fold.validation.start:fold.validation.stop]
+
+        def graded(sid: str, z: np.ndarray, o: np.ndarray) -> np.ndarray:
+            ts = dataset.series[sid].ts_ms[:len(z)]
+            return anomaly_score(z, o, opening_novelty(z, ts, o))
+
+        for entry, mapping in (("online", lambda sid, z, o: z), ("online_score", graded)):
+            val = [mapping(sid, *by_sid[sid])[fold.validation.start:fold.validation.stop]
                    for sid, fold in pairs]
             choices[entry], _ = choose(val)
             choices[entry]["params"] = {}
-            run.scores[entry] = [mapping(z, o)[r.start:r.stop]
-                                 for (z, o), r in zip(full, run.rows, strict=True)]
+            run.scores[entry] = [mapping(sid, z, o)[r.start:r.stop]
+                                 for sid, (z, o), r in zip(ids, full, run.rows, strict=True)]
         run.openings = [o[r.start:r.stop] for (_, o), r in zip(full, run.rows, strict=True)]
         run.seconds["online"] = run.seconds["online_score"] = time.perf_counter() - start
 

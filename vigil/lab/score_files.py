@@ -7,10 +7,12 @@ scorer (which expects exactly this) can be run on the output.
 
 Scores come from :class:`~vigil.lab.models.OnlineModel` with its shipped defaults
 (all files in one batch, as the lab runs it) and are mapped into [0, 1] by
-:func:`anomaly_score`: an incident opening is 1.0; any other row is its equivalent z-score
-squashed below :data:`Z_CAP` (< 1). A threshold sweep over them (NAB's optimiser) can then
-pick the incident openings alone (any threshold above the cap) or add the rows with the
-highest z-scores, so it reaches at least the openings' own NAB score.
+:func:`anomaly_score`: an incident opening scores from :data:`Z_CAP` to 1 by its *novelty*
+for its own series (:func:`opening_novelty`: its z against the largest z the series reached
+in the week before it, so a burst like last week's scores lower than a new record); any
+other row is its equivalent z-score squashed below :data:`Z_CAP`. A threshold sweep over
+them (NAB's optimiser) can then pick every opening (a threshold at the cap), only the novel
+ones (above it), or add the rows with the highest z-scores.
 
 Rows the detector never saw — a non-numeric value, or an earlier row with the same timestamp
 as a later one (the loader keeps the last) — score 0, as does a row that closes no step of
@@ -29,7 +31,16 @@ import numpy as np
 
 from vigil.lab.datasets import read_series_csv, typical_step_s
 
-__all__ = ["OPENING_SCORE", "Z_CAP", "Z_HALF", "ScoreRun", "anomaly_score", "score_csv_files"]
+__all__ = [
+    "NOVELTY_WINDOW_MS",
+    "OPENING_SCORE",
+    "Z_CAP",
+    "Z_HALF",
+    "ScoreRun",
+    "anomaly_score",
+    "opening_novelty",
+    "score_csv_files",
+]
 
 #: The score of a row where the detector opened an incident.
 OPENING_SCORE = 1.0
@@ -37,19 +48,54 @@ OPENING_SCORE = 1.0
 Z_CAP = 0.99
 #: The z-score that maps to half the cap.
 Z_HALF = 5.0
+#: How far back an opening's novelty looks: a week, so that a weekly pattern counts as seen.
+NOVELTY_WINDOW_MS = 7 * 86_400_000
+#: A score under this ends an excursion (the detector's ``z_close``): the excursion an opening
+#: belongs to is not part of its own history.
+_Z_CLOSE = 3.0
 
 
-def anomaly_score(z: np.ndarray, opened: np.ndarray) -> np.ndarray:
-    """``1`` where an incident opened, else ``Z_CAP · z⁺ / (z⁺ + Z_HALF)`` (``nan`` → 0).
+def opening_novelty(z: np.ndarray, ts_ms: np.ndarray, opened: np.ndarray,
+                    window_ms: int = NOVELTY_WINDOW_MS) -> np.ndarray:
+    """Per row: ``r / (1 + r)`` at an opening, where ``r`` is its z over the largest z of
+    the same series in the ``window_ms`` before its excursion began (1 when there is none);
+    0 elsewhere. Causal: it reads only earlier rows.
 
-    Monotone in ``z``, so a threshold on it is a threshold on ``z``.
+    Bursty series reach z 6–10 every day; an opening there is rarely bigger than the week's
+    largest (r ≈ 1, novelty ≈ 0.5), while an anomaly no other week had is (r ≫ 1, → 1).
+
+    >>> z = np.array([0, 8, 0, 0, 9, 0, 0, 20, 0], float)
+    >>> ts = np.arange(9) * 86_400_000
+    >>> opening_novelty(z, ts, z > 5).round(2).tolist()  # 9 vs 8; 20 vs 9
+    [0.0, 1.0, 0.0, 0.0, 0.53, 0.0, 0.0, 0.69, 0.0]
+    """
+    z = np.nan_to_num(np.asarray(z, np.float64), nan=0.0, posinf=1e12)
+    ts = np.asarray(ts_ms, np.int64)
+    out = np.zeros(len(z))
+    for i in np.flatnonzero(np.asarray(opened, bool)):
+        start = i
+        while start > 0 and z[start - 1] >= _Z_CLOSE:
+            start -= 1  # the rise of this very excursion
+        lo = int(np.searchsorted(ts, ts[i] - window_ms))
+        before = z[lo:start].max() if start > lo else 0.0
+        out[i] = 1.0 if before <= 0.0 else (r := z[i] / before) / (1.0 + r)
+    return out
+
+
+def anomaly_score(z: np.ndarray, opened: np.ndarray,
+                  novelty: np.ndarray | None = None) -> np.ndarray:
+    """Where an incident opened, ``Z_CAP + (1 − Z_CAP) · novelty`` (1 without ``novelty``,
+    :func:`opening_novelty`); elsewhere ``Z_CAP · z⁺ / (z⁺ + Z_HALF)`` (``nan`` → 0).
+
+    Monotone in ``z`` off the openings, so a threshold under the cap is a threshold on ``z``.
 
     >>> anomaly_score(np.array([0.0, 5.0, 100.0, np.nan, -3.0]),
     ...               np.array([False, False, False, False, True])).round(3).tolist()
     [0.0, 0.495, 0.943, 0.0, 1.0]
     """
     zp = np.clip(np.nan_to_num(np.asarray(z, np.float64), nan=0.0, posinf=1e12), 0.0, None)
-    return np.where(np.asarray(opened, bool), OPENING_SCORE, Z_CAP * zp / (zp + Z_HALF))
+    opening = OPENING_SCORE if novelty is None else Z_CAP + (1.0 - Z_CAP) * novelty
+    return np.where(np.asarray(opened, bool), opening, Z_CAP * zp / (zp + Z_HALF))
 
 
 @dataclass
@@ -110,11 +156,12 @@ def score_csv_files(
     results = OnlineModel.score_and_openings_at_steps(
         [(s.values, s.ts_ms) for s, _ in read], steps)
     total = 0
-    for f, out, (_, rows), (z, opened) in tqdm(
+    for f, out, (s, rows), (z, opened) in tqdm(
         list(zip(files, outputs, read, results, strict=True)), desc="write", unit="file",
         disable=not progress,
     ):
-        total += _write_scores(f, out, rows, anomaly_score(z, opened))
+        novelty = opening_novelty(z, s.ts_ms, opened)
+        total += _write_scores(f, out, rows, anomaly_score(z, opened, novelty))
     return ScoreRun(files, outputs, total, steps, time.perf_counter() - start)
 
 
