@@ -383,6 +383,8 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
                                 settings.max_cached_series),
         # With PostgreSQL, taught patterns are kept there too: they survive a Redis wipe.
         taught_store=notifier_state(settings),
+        # Counters become rates inside the pipeline: after the hold-back, in time order.
+        rates=rates,
     )
 
     history = attach_storage(app, settings)  # ClickHouse or PostgreSQL, when configured
@@ -480,10 +482,9 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
             for item in lessons:
                 metrics.LESSONS.labels(action=item["action"]).inc()
         resets = rates.resets
-        series, ts_ms, values, held = rates.apply(series, ts_ms, values, counters)
-        metrics.COUNTER_POINTS_HELD.inc(held)
+        batch = await pipeline.process(series, ts_ms, values, resumed, counters)
+        metrics.COUNTER_POINTS_HELD.inc(batch.counter_points_held)
         metrics.COUNTER_RESETS.inc(rates.resets - resets)
-        batch = await pipeline.process(series, ts_ms, values, resumed)
         delivered = [
             await anomalies_topic.send(key=e.series.encode(), value=e) for e in batch.events
         ]

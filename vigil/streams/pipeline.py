@@ -56,6 +56,7 @@ from vigil.times import iso
 if TYPE_CHECKING:
     from vigil.streams.forecasts import ForecastWatch
     from vigil.streams.lstm_scorer import LstmScorer
+    from vigil.streams.rates import CounterRates
 
 __all__ = [
     "Batch",
@@ -430,6 +431,9 @@ class Batch:
     results: StepResults | None = None
     #: CPU seconds (this thread's) the detector took: resampling and the compiled step.
     detector_cpu_s: float = 0.0
+    #: Counter samples that gave no rate (a counter's first sample, a reset, one not after
+    #: the previous), see :class:`~vigil.streams.rates.CounterRates`.
+    counter_points_held: int = 0
 
 
 class DetectionPipeline:
@@ -444,6 +448,10 @@ class DetectionPipeline:
     ``taught_store`` (optional; the PostgreSQL ``notifier_state`` table when PostgreSQL is
     the history store) keeps each series' taught patterns beside its Redis state: after a
     Redis that lost its data, a series starting afresh gets them back (docs/feedback.md).
+
+    ``rates`` (optional) turns counters into per-second rates: after the hold-back, so a
+    counter's samples that arrive out of order (within the lateness) are taken in time order
+    instead of being skipped; with no lateness, before everything, as they arrive.
     """
 
     def __init__(
@@ -458,8 +466,10 @@ class DetectionPipeline:
         lateness_steps: int = 0,
         forecasts: ForecastWatch | None = None,
         taught_store: Any = None,
+        rates: CounterRates | None = None,
     ) -> None:
         self.store = store
+        self.rates = rates
         self.taught_store = taught_store
         self._taught: dict[str, str] | None = None  # series → its patterns (JSON), once read
         self.lateness_steps = lateness_steps
@@ -515,12 +525,18 @@ class DetectionPipeline:
         return len(self._cache)
 
     async def process(
-        self, series: list[str], ts_ms: np.ndarray, values: np.ndarray, resumed: bool = False
+        self, series: list[str], ts_ms: np.ndarray, values: np.ndarray, resumed: bool = False,
+        counters: Iterable[str] = (),
     ) -> Batch:
         """Detect on one batch; the caller sends ``events`` and then calls :meth:`save`.
 
         ``resumed``: the batch continues a stream processed before (see
-        :meth:`RedisStateStore.load`)."""
+        :meth:`RedisStateStore.load`). ``counters``: series the input marked as counters
+        (turned into rates with ``rates``, as are those its patterns name)."""
+        counter_points_held = 0
+        if self.rates is not None and self.lateness_steps == 0:
+            series, ts_ms, values, counter_points_held = self.rates.apply(
+                series, np.asarray(ts_ms, np.int64), np.asarray(values, np.float64), counters)
         row_of: dict[str, int] = {}
         for s in series:
             if s not in row_of:
@@ -542,6 +558,10 @@ class DetectionPipeline:
             )
             index, ts_ms, values = release.index, release.ts_ms, release.values
             held = self._pack_held(len(touched), still)
+            if self.rates is not None:  # released in time order: now the rates
+                names, ts_ms, values, counter_points_held = self.rates.apply(
+                    [touched[i] for i in index.tolist()], ts_ms, values, counters)
+                index = np.fromiter((row_of[s] for s in names), np.int64, len(names))
         forecast_events: list[AnomalyEvent] = []
         cpu_started = time.thread_time()
         if self.forecasts is None:
@@ -565,7 +585,8 @@ class DetectionPipeline:
             events=events,
             series=touched,
             states=states,
-            points=len(series),
+            points=len(series) - (counter_points_held if self.lateness_steps else 0),
+            counter_points_held=counter_points_held,
             steps=len(results.steps),
             dropped=sum(dropped_by_reason.values()),
             dropped_by_reason=dropped_by_reason,

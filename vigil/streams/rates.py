@@ -14,7 +14,10 @@ Redis state: after a restart or a rebalance a counter's first sample only primes
 
 Like Prometheus' ``rate()``, a decrease is a counter reset (a restarted process), never an
 anomaly: that step gets no rate and the new value primes the next. A sample at or before
-the previous one's time (a replay, a late point) is skipped.
+the previous one's time (a replay, a late point) is skipped. With an allowed lateness the
+detection pipeline applies the rates after its hold-back, to the samples it releases in time
+order (:class:`~vigil.streams.pipeline.DetectionPipeline`), so only samples later than the
+lateness are skipped.
 
 >>> rates = CounterRates(patterns=["*_bytes_total"])
 >>> s, t, v, held = rates.apply(
