@@ -262,7 +262,21 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def stack(broker: str, redis_url: str, request, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(broker, redis_url, request.node.name, tmp_path)
+    yield from _stack(Stack(broker, redis_url, request.node.name, tmp_path), request)
+
+
+@pytest.fixture
+def cluster_stack(broker: str, redis_cluster_url: str, request, tmp_path: Path
+                  ) -> Iterator[Stack]:
+    """A :class:`Stack` whose Redis is the test Redis Cluster (its workers need
+    ``VIGIL_REDIS_CLUSTER=true``)."""
+    s = Stack(broker, redis_cluster_url, request.node.name, tmp_path)
+    s.redis.close()
+    s.redis = redis.RedisCluster.from_url(redis_cluster_url)  # processed(), close()
+    yield from _stack(s, request)
+
+
+def _stack(s: Stack, request) -> Iterator[Stack]:
     try:
         yield s
     finally:

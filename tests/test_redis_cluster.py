@@ -7,7 +7,6 @@ splits the slots between them (``redis_cluster_url`` in ``conftest.py``).
 from __future__ import annotations
 
 import asyncio
-import uuid
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import redis
 
 from tests.conftest import Stack
-from tests.test_state_store import _learned_bank
+from tests.test_state_store import _learned_bank, _store
 from tests.test_worker_integration import _expected_events, _month, _wait_for_events
 from vigil.devtools.embedded import TopicCollector
 from vigil.devtools.replay import replay
@@ -23,9 +22,7 @@ from vigil.streams.feedback import taught
 from vigil.streams.settings import Settings
 from vigil.streams.silence import forget_series
 from vigil.streams.state import (
-    RedisStateStore,
     StateKeys,
-    connect,
     pack,
     pack_held,
     unpack,
@@ -63,9 +60,7 @@ def test_a_batch_is_one_mget_and_one_transaction_per_slot_group(redis_cluster_ur
             for i in range(len(series))]
 
     async def run() -> None:
-        client = connect(redis_cluster_url, cluster=True)
-        store = RedisStateStore(client, f"vigil-test-{uuid.uuid4().hex[:8]}:", slot_groups=16)
-        try:
+        async with _store(redis_cluster_url, cluster=True) as (client, store):
             multi, mget = _calls(masters, "multi"), _calls(masters, "mget")
             await store.save(series, pack(bank), points=len(series), held=held)
             assert _calls(masters, "multi") - multi == 16  # 200 series touch every group
@@ -89,11 +84,6 @@ def test_a_batch_is_one_mget_and_one_transaction_per_slot_group(redis_cluster_ur
                 assert slot == await client.cluster_keyslot(
                     store.keys.instance(store.keys.group(s)))
             assert len(store.instances) == 16 and not store.data_lost
-        finally:
-            keys = [k async for k in client.scan_iter(f"{store.prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
 
     asyncio.run(run())
 
@@ -105,9 +95,7 @@ def test_a_master_that_lost_its_data_is_noticed(redis_cluster_url: str):
     series = [f"mem{{host=\"h{i}\"}}" for i in range(60)]
 
     async def run() -> None:
-        client = connect(redis_cluster_url, cluster=True)
-        store = RedisStateStore(client, f"vigil-test-{uuid.uuid4().hex[:8]}:", slot_groups=16)
-        try:
+        async with _store(redis_cluster_url, cluster=True) as (client, store):
             await store.save(series, pack(_learned_bank(len(series))))
             assert all(v is not None for v in await store.load(series))
             wiped = masters[1]
@@ -122,28 +110,8 @@ def test_a_master_that_lost_its_data_is_noticed(redis_cluster_url: str):
             gone = {store.keys.series_of(k) for k in lost if b"}state:" in k}
             assert {s for s, v in zip(series, values, strict=True) if v is None} == gone
             assert 0 < len(gone) < len(series)
-        finally:
-            keys = [k async for k in client.scan_iter(f"{store.prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await client.aclose()
 
     asyncio.run(run())
-
-
-@pytest.fixture
-def cluster_stack(broker: str, redis_cluster_url: str, request, tmp_path):
-    s = Stack(broker, redis_cluster_url, request.node.name, tmp_path)
-    s.redis.close()
-    s.redis = redis.RedisCluster.from_url(redis_cluster_url)  # processed(), close()
-    try:
-        yield s
-    finally:
-        s.close()
-        report = getattr(request.node, "report_call", None)
-        if report is not None and report.failed:
-            for worker in s.workers:
-                print(f"\n----- {worker.log_path} -----\n{worker.log_tail(6000)}")
 
 
 def test_a_worker_on_a_redis_cluster_detects_as_on_one_redis(

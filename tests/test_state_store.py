@@ -8,7 +8,6 @@ import uuid
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 
 from vigil.detectors.bank import (
     ADDED_IN_V3,
@@ -25,6 +24,7 @@ from vigil.streams.state import (
     VALUE_BYTES,
     RedisStateStore,
     StateFormatError,
+    connect,
     pack,
     readable,
     unpack,
@@ -34,12 +34,13 @@ T0 = 1_699_833_600_000
 
 
 @contextlib.asynccontextmanager
-async def _store(redis_url: str):
-    """A store under a unique key prefix on the real Redis, emptied afterwards."""
-    client = aioredis.from_url(redis_url)
+async def _store(redis_url: str, cluster: bool = False):
+    """A store under a unique key prefix on the real Redis (or Redis Cluster, 16 slot
+    groups), emptied afterwards."""
+    client = connect(redis_url, cluster)
     prefix = f"vigil-test-store-{uuid.uuid4().hex[:8]}:"
     try:
-        yield client, RedisStateStore(client, prefix)
+        yield client, RedisStateStore(client, prefix, slot_groups=16)
     finally:
         keys = [k async for k in client.scan_iter(f"{prefix}*")]
         if keys:
