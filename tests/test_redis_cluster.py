@@ -7,6 +7,7 @@ splits the slots between them (``redis_cluster_url`` in ``conftest.py``).
 from __future__ import annotations
 
 import asyncio
+import uuid
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,7 +23,9 @@ from vigil.streams.feedback import taught
 from vigil.streams.settings import Settings
 from vigil.streams.silence import forget_series
 from vigil.streams.state import (
+    RedisStateStore,
     StateKeys,
+    connect,
     pack,
     pack_held,
     unpack,
@@ -152,3 +155,67 @@ def test_a_worker_on_a_redis_cluster_detects_as_on_one_redis(
     assert stack.redis.get(keys.state(victim)) is None
     others = [s for s in telemetry.series if s != victim]
     assert all(stack.redis.get(keys.state(s)) is not None for s in others)
+
+
+def test_series_copy_moves_learned_states_to_the_cluster_and_back(
+        redis_url: str, redis_cluster_url: str):
+    """``vigil series copy``: states, held points (with their time to live) and the processed
+    count from one Redis to the cluster under hash-tagged names, and back again."""
+    from typer.testing import CliRunner
+
+    from vigil.cli import app
+
+    series = [f'disk{{host="h{i}"}}' for i in range(30)]
+    bank = _learned_bank(len(series))
+    held = [pack_held(np.array([60_000 * i]), np.array([1.0])) if i % 2 else None
+            for i in range(len(series))]
+    prefix = f"vigil-test-copy-{uuid.uuid4().hex[:8]}:"
+    back_prefix = prefix.replace("copy", "back")
+
+    async def seed() -> None:
+        client = connect(redis_url)
+        store = RedisStateStore(client, prefix, idle_expiry_ms=86_400_000)
+        await store.save(series, pack(bank), points=123, held=held)
+        await client.aclose()
+
+    async def read(url: str, cluster: bool, key_prefix: str):
+        client = connect(url, cluster)
+        store = RedisStateStore(client, key_prefix, slot_groups=16)
+        try:
+            states, found = unpack(await store.load(series))
+            ttl = await client.pttl(store.key(series[0]))
+            return (states.tobytes(), found.all(), await store.load_held(series),
+                    await store.count_processed(), ttl)
+        finally:
+            await client.aclose()
+
+    runner = CliRunner()
+    try:
+        asyncio.run(seed())
+        result = runner.invoke(app, ["series", "copy", redis_url], env={
+            "VIGIL_REDIS_URL": redis_cluster_url, "VIGIL_REDIS_CLUSTER": "true",
+            "VIGIL_REDIS_PREFIX": prefix})
+        assert result.exit_code == 0, result.output
+        assert "copied 30 series" in result.output
+        states, found, back_held, processed, ttl = asyncio.run(
+            read(redis_cluster_url, True, prefix))
+        assert found and states == bank.tobytes() and processed == 123
+        assert back_held == held
+        assert 0 < ttl <= 86_400_000  # the idle expiry came along
+        # And back, from the cluster into one Redis under another prefix.
+        result = runner.invoke(app, ["series", "copy", redis_cluster_url, "--source-cluster",
+                                     "--source-prefix", prefix], env={
+            "VIGIL_REDIS_URL": redis_url, "VIGIL_REDIS_CLUSTER": "false",
+            "VIGIL_REDIS_PREFIX": back_prefix})
+        assert result.exit_code == 0, result.output
+        states, found, back_held, processed, _ = asyncio.run(
+            read(redis_url, False, back_prefix))
+        assert found and states == bank.tobytes() and back_held == held and processed == 123
+    finally:
+        plain = redis.Redis.from_url(redis_url)
+        cluster = redis.RedisCluster.from_url(redis_cluster_url)
+        for client, p in ((plain, prefix), (plain, back_prefix), (cluster, prefix)):
+            keys = list(client.scan_iter(f"{p}*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()

@@ -279,6 +279,32 @@ def series_forget(
     typer.echo(f"{verb} {len(found)} series")
 
 
+@series_app.command("copy")
+def series_copy(
+    source: str = typer.Argument(..., help="URL of the Redis to copy from, e.g. "
+                                 "redis://old-redis:6379/0."),
+    source_cluster: bool = typer.Option(False, "--source-cluster",
+                                        help="The source is a Redis Cluster node."),
+    source_prefix: str = typer.Option("", help="Its key prefix (default: VIGIL_REDIS_PREFIX)."),
+) -> None:
+    """Copy every series' learned state into the configured Redis (VIGIL_REDIS_URL; a Redis
+    Cluster with VIGIL_REDIS_CLUSTER): moving from one Redis to a cluster keeps what the
+    series learned (docs/state.md#redis-cluster). Stop the workers first."""
+    from vigil.streams.state import StateKeys, connect_sync, copy_states
+
+    settings = _startup_settings()
+    prefix = source_prefix or settings.redis_prefix
+    groups = settings.redis_slot_groups if source_cluster else 1
+    src = connect_sync(source, source_cluster)
+    dst = connect_sync(settings.redis_url, settings.redis_cluster)
+    try:
+        n = copy_states(src, StateKeys(prefix, groups), dst, settings.state_keys())
+    finally:
+        src.close()
+        dst.close()
+    typer.echo(f"copied {n} series")
+
+
 @app.command()
 def generate(
     out: Path = typer.Option(Path("telemetry"), help="Folder to write."),

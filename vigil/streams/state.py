@@ -65,6 +65,7 @@ __all__ = [
     "StateKeys",
     "connect",
     "connect_sync",
+    "copy_states",
     "pack",
     "pack_held",
     "readable",
@@ -222,6 +223,49 @@ def connect_sync(url: str, cluster: bool = False) -> redis.Redis | redis.RedisCl
     if cluster:
         return redis.RedisCluster.from_url(url)
     return redis.Redis.from_url(url)
+
+
+def copy_states(source: redis.Redis | redis.RedisCluster, source_keys: StateKeys,
+                target: redis.Redis | redis.RedisCluster, target_keys: StateKeys,
+                chunk: int = 1000) -> int:
+    """Copy every series' state and held points from ``source`` to ``target`` under the
+    target's key names (one Redis → a Redis Cluster, or back), and the points-processed
+    counter, so that a worker resuming its streams there does not take the target for a
+    Redis that lost its data. Keys already in the target are overwritten; their time to
+    live is kept. Returns the series copied (``vigil series copy``)."""
+    copied = 0
+    pattern = source_keys.state_pattern()
+    batch: list[str] = []
+
+    def flush() -> None:
+        read = [source_keys.state(s) for s in batch] + [source_keys.held(s) for s in batch]
+        with source.pipeline(transaction=False) as pipe:  # value and time to live of each
+            for key in read:
+                pipe.get(key)
+                pipe.pttl(key)
+            found = pipe.execute()
+        with target.pipeline(transaction=False) as pipe:
+            for k, s in enumerate(batch * 2):
+                value, ttl = found[2 * k], found[2 * k + 1]
+                if value is None:
+                    continue
+                key = target_keys.state(s) if k < len(batch) else target_keys.held(s)
+                pipe.set(key, value, px=ttl if ttl > 0 else None)
+            pipe.execute()
+
+    for key in source.scan_iter(pattern, count=chunk):
+        batch.append(source_keys.series_of(key))
+        if len(batch) == chunk:
+            flush()
+            copied += len(batch)
+            batch = []
+    if batch:
+        flush()
+        copied += len(batch)
+    stats = source.hgetall(f"{source_keys.prefix}stats")
+    if stats:
+        target.hset(f"{target_keys.prefix}stats", mapping=stats)
+    return copied
 
 
 @dataclass(frozen=True)
