@@ -26,7 +26,7 @@ from bench.bursty_noise import STEP_S, bursty_series
 from vigil.lab.datasets import load_dataset, series_steps
 from vigil.lab.models import OnlineModel
 from vigil.lab.nab import ScoredFile, normalised, sweep_threshold
-from vigil.lab.score_files import anomaly_score, opening_novelty
+from vigil.lab.score_files import anomaly_score
 
 __all__ = ["labelled_bursty", "main"]
 
@@ -48,7 +48,7 @@ def labelled_bursty(seed: int, spike: float) -> tuple[np.ndarray, np.ndarray, li
 
 
 def _scores(results, stamps, graded: bool) -> list[np.ndarray]:
-    return [anomaly_score(z, o, opening_novelty(z, ts, o) if graded else None)
+    return [anomaly_score(z, o, ts if graded else None)
             for (z, o), ts in zip(results, stamps, strict=True)]
 
 

@@ -133,7 +133,7 @@ def test_an_opening_scores_by_its_novelty_for_its_own_series():
     assert novelty[6] == pytest.approx(0.5)  # as large as the earlier burst
     assert novelty[10] < 0.5 < novelty[14]  # smaller than the week's largest; a record
     assert novelty[14] == pytest.approx((30 / 9) / (1 + 30 / 9))
-    scores = anomaly_score(z, opened, novelty)
+    scores = anomaly_score(z, opened, ts)
     assert Z_CAP < scores[10] < scores[6] < scores[14] < 1.0
     # Causal: what comes later changes nothing before it.
     later = z.copy()

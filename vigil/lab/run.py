@@ -65,7 +65,7 @@ from vigil.lab.perceptron import (
 )
 from vigil.lab.prepare import Preparation, PreparedModel
 from vigil.lab.protocol import Splits, clip_windows, rolling_origin_splits
-from vigil.lab.score_files import anomaly_score, opening_novelty
+from vigil.lab.score_files import anomaly_score
 
 __all__ = [
     "CV_GRID", "ENTRY_NAMES", "LabRun", "decompose_series",
@@ -210,8 +210,8 @@ def run_detectors(
         run.scores["online_score"] = []
         for sid, (z, opened) in zip(ids, _online_many(dataset, ids, steps), strict=True):
             run.scores["online"].append(z)
-            novelty = opening_novelty(z, dataset.series[sid].ts_ms, opened)
-            run.scores["online_score"].append(anomaly_score(z, opened, novelty))
+            run.scores["online_score"].append(
+                anomaly_score(z, opened, dataset.series[sid].ts_ms))
             run.openings.append(opened)
         run.seconds["online"] = run.seconds["online_score"] = time.perf_counter() - start
     names = [n for n in names if n in MODELS and n != "online"]
@@ -316,8 +316,7 @@ def run_cv(
         by_sid = dict(zip(ids, dev, strict=True))
 
         def graded(sid: str, z: np.ndarray, o: np.ndarray) -> np.ndarray:
-            ts = dataset.series[sid].ts_ms[:len(z)]
-            return anomaly_score(z, o, opening_novelty(z, ts, o))
+            return anomaly_score(z, o, dataset.series[sid].ts_ms[:len(z)])
 
         for entry, mapping in (("online", lambda sid, z, o: z), ("online_score", graded)):
             val = [mapping(sid, *by_sid[sid])[fold.validation.start:fold.validation.stop]

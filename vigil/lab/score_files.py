@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vigil.detectors.online import DetectorParams
 from vigil.lab.datasets import read_series_csv, typical_step_s
 
 __all__ = [
@@ -50,9 +51,9 @@ Z_CAP = 0.99
 Z_HALF = 5.0
 #: How far back an opening's novelty looks: a week, so that a weekly pattern counts as seen.
 NOVELTY_WINDOW_MS = 7 * 86_400_000
-#: A score under this ends an excursion (the detector's ``z_close``): the excursion an opening
-#: belongs to is not part of its own history.
-_Z_CLOSE = 3.0
+#: A score under this ends an excursion (the shipped detector's ``z_close``): the excursion an
+#: opening belongs to is not part of its own history.
+_Z_CLOSE = DetectorParams().z_close
 
 
 def opening_novelty(z: np.ndarray, ts_ms: np.ndarray, opened: np.ndarray,
@@ -83,9 +84,10 @@ def opening_novelty(z: np.ndarray, ts_ms: np.ndarray, opened: np.ndarray,
 
 
 def anomaly_score(z: np.ndarray, opened: np.ndarray,
-                  novelty: np.ndarray | None = None) -> np.ndarray:
-    """Where an incident opened, ``Z_CAP + (1 − Z_CAP) · novelty`` (1 without ``novelty``,
-    :func:`opening_novelty`); elsewhere ``Z_CAP · z⁺ / (z⁺ + Z_HALF)`` (``nan`` → 0).
+                  ts_ms: np.ndarray | None = None) -> np.ndarray:
+    """Where an incident opened, ``Z_CAP + (1 − Z_CAP) · novelty`` (:func:`opening_novelty`
+    over the rows' times ``ts_ms``; 1 without them); elsewhere ``Z_CAP · z⁺ / (z⁺ +
+    Z_HALF)`` (``nan`` → 0).
 
     Monotone in ``z`` off the openings, so a threshold under the cap is a threshold on ``z``.
 
@@ -94,7 +96,8 @@ def anomaly_score(z: np.ndarray, opened: np.ndarray,
     [0.0, 0.495, 0.943, 0.0, 1.0]
     """
     zp = np.clip(np.nan_to_num(np.asarray(z, np.float64), nan=0.0, posinf=1e12), 0.0, None)
-    opening = OPENING_SCORE if novelty is None else Z_CAP + (1.0 - Z_CAP) * novelty
+    opening = (OPENING_SCORE if ts_ms is None
+               else Z_CAP + (1.0 - Z_CAP) * opening_novelty(z, ts_ms, opened))
     return np.where(np.asarray(opened, bool), opening, Z_CAP * zp / (zp + Z_HALF))
 
 
@@ -160,8 +163,7 @@ def score_csv_files(
         list(zip(files, outputs, read, results, strict=True)), desc="write", unit="file",
         disable=not progress,
     ):
-        novelty = opening_novelty(z, s.ts_ms, opened)
-        total += _write_scores(f, out, rows, anomaly_score(z, opened, novelty))
+        total += _write_scores(f, out, rows, anomaly_score(z, opened, s.ts_ms))
     return ScoreRun(files, outputs, total, steps, time.perf_counter() - start)
 
 

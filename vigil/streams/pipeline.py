@@ -533,7 +533,7 @@ class DetectionPipeline:
         ``resumed``: the batch continues a stream processed before (see
         :meth:`RedisStateStore.load`). ``counters``: series the input marked as counters
         (turned into rates with ``rates``, as are those its patterns name)."""
-        counter_points_held = 0
+        raw_points, counter_points_held = len(series), 0
         if self.rates is not None and self.lateness_steps == 0:
             series, ts_ms, values, counter_points_held = self.rates.apply(
                 series, np.asarray(ts_ms, np.int64), np.asarray(values, np.float64), counters)
@@ -585,7 +585,7 @@ class DetectionPipeline:
             events=events,
             series=touched,
             states=states,
-            points=len(series) - (counter_points_held if self.lateness_steps else 0),
+            points=raw_points - counter_points_held,
             counter_points_held=counter_points_held,
             steps=len(results.steps),
             dropped=sum(dropped_by_reason.values()),

@@ -301,8 +301,11 @@ def forget_series(settings: Settings, pattern: str, dry_run: bool = False) -> li
         for lo in range(0, len(ordered), 1000):
             chunk = ordered[lo:lo + 1000]
             gone = [keys.state(s) for s in chunk] + [keys.held(s) for s in chunk]
-            for some in ([k] for k in gone) if settings.redis_cluster else [gone]:
-                pipe.delete(*some)  # on a cluster one by one: the keys are in many slots
+            if keys.cluster:  # one by one: the keys are in many slots
+                for key in gone:
+                    pipe.delete(key)
+            else:
+                pipe.delete(*gone)
             by_partition: dict[int, list[str]] = {}
             for s in chunk:
                 by_partition.setdefault(partition_for(s, settings.points_partitions), []).append(s)

@@ -238,19 +238,17 @@ def copy_states(source: redis.Redis | redis.RedisCluster, source_keys: StateKeys
     batch: list[str] = []
 
     def flush() -> None:
-        read = [source_keys.state(s) for s in batch] + [source_keys.held(s) for s in batch]
+        pairs = ([(source_keys.state(s), target_keys.state(s)) for s in batch]
+                 + [(source_keys.held(s), target_keys.held(s)) for s in batch])
         with source.pipeline(transaction=False) as pipe:  # value and time to live of each
-            for key in read:
+            for key, _ in pairs:
                 pipe.get(key)
                 pipe.pttl(key)
             found = pipe.execute()
         with target.pipeline(transaction=False) as pipe:
-            for k, s in enumerate(batch * 2):
-                value, ttl = found[2 * k], found[2 * k + 1]
-                if value is None:
-                    continue
-                key = target_keys.state(s) if k < len(batch) else target_keys.held(s)
-                pipe.set(key, value, px=ttl if ttl > 0 else None)
+            for (_, key), value, ttl in zip(pairs, found[0::2], found[1::2], strict=True):
+                if value is not None:
+                    pipe.set(key, value, px=ttl if ttl > 0 else None)
             pipe.execute()
 
     for key in source.scan_iter(pattern, count=chunk):
@@ -286,16 +284,21 @@ class StateKeys:
     prefix: str = "vigil:"
     groups: int = 1
 
+    @property
+    def cluster(self) -> bool:
+        """Whether the keys are laid out for a Redis Cluster (hash-tagged by group)."""
+        return self.groups > 1
+
     def __post_init__(self) -> None:
-        if self.groups > 1 and "{" in self.prefix:
+        if self.cluster and "{" in self.prefix:
             raise ValueError("on a Redis Cluster the key prefix may not hold '{' (it would "
                              "become the hash tag)")
 
     def group(self, series: str) -> int:
-        return zlib.crc32(series.encode()) % self.groups if self.groups > 1 else 0
+        return zlib.crc32(series.encode()) % self.groups if self.cluster else 0
 
     def _tag(self, group: int) -> str:
-        return f"{{{group}}}" if self.groups > 1 else ""
+        return f"{{{group}}}" if self.cluster else ""
 
     def state(self, series: str) -> str:
         return f"{self.prefix}{self._tag(self.group(series))}state:{series}"
@@ -308,13 +311,13 @@ class StateKeys:
 
     def state_pattern(self, match: str = "*") -> str:
         """A SCAN pattern for the state keys of the series matching ``match``."""
-        return f"{self.prefix}{'{*}' if self.groups > 1 else ''}state:{match}"
+        return f"{self.prefix}{'{*}' if self.cluster else ''}state:{match}"
 
     def series_of(self, key: bytes | str) -> str:
         """The series id of a state key."""
         key = key.decode() if isinstance(key, bytes) else key
         rest = key[len(self.prefix):]
-        return rest.split("}state:", 1)[1] if self.groups > 1 else rest[len("state:"):]
+        return rest.split("}state:", 1)[1] if self.cluster else rest[len("state:"):]
 
     def by_group(self, series: Sequence[str]) -> dict[int, list[int]]:
         """Positions of ``series`` by slot group, in order."""
@@ -372,9 +375,9 @@ class RedisStateStore:
 
     async def _mget(self, keys: list[str]) -> list[bytes | None]:
         """MGET on one Redis; on a cluster, one MGET per hash slot, sent at once."""
-        if self.keys.groups == 1:
-            return await self.client.mget(keys)
-        return await self.client.mget_nonatomic(keys)
+        if self.keys.cluster:
+            return await self.client.mget_nonatomic(keys)
+        return await self.client.mget(keys)
 
     async def load_held(self, series: Sequence[str]) -> list[bytes | None]:
         """The held-back points of ``series`` (see :func:`pack_held`), in one MGET."""
@@ -417,7 +420,7 @@ class RedisStateStore:
 
     def _check_instance(self, group: int, marker: bytes | None, resumed: bool) -> None:
         seen = self.instances.get(group)
-        where = f" (slot group {group})" if self.keys.groups > 1 else ""
+        where = f" (slot group {group})" if self.keys.cluster else ""
         if marker is not None:
             if seen is None:
                 self.instances[group] = marker
@@ -455,7 +458,7 @@ class RedisStateStore:
         if len(values) != len(series) or (held is not None and len(held) != len(series)):
             raise ValueError("one value (and one held entry) per series")
         groups = self.keys.by_group(series)
-        count_inside = self.keys.groups == 1
+        count_inside = not self.keys.cluster
         started = time.perf_counter()
         async for attempt in redis_retrying():
             with attempt:
@@ -504,7 +507,7 @@ class RedisStateStore:
             if fresh:
                 pipe.set(marker_key, os.urandom(8).hex().encode(), nx=True)
                 pipe.get(marker_key)
-            if self.keys.groups > 1:
+            if self.keys.cluster:
                 # A cluster pipeline refuses multi-key commands (even within one slot) and
                 # does not load scripts: one SET each, inside the group's transaction.
                 expiry = self.idle_expiry_ms or None
@@ -517,10 +520,11 @@ class RedisStateStore:
                     client=pipe)
             else:
                 pipe.mset(mapping)
-            if released and self.keys.groups == 1:
+            if released and self.keys.cluster:
+                for key in released:  # one by one, as above
+                    pipe.delete(key)
+            elif released:
                 pipe.delete(*released)
-            for key in released if self.keys.groups > 1 else ():
-                pipe.delete(key)
             if points:
                 pipe.hincrby(f"{self.prefix}stats", "points_processed", points)
             replies = await pipe.execute()
