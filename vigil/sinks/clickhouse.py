@@ -33,6 +33,7 @@ import fnmatch
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -229,7 +230,7 @@ def feedback_row(feedback: Any) -> tuple:
 # --------------------------------------------------------------------------- store
 
 
-class FoldedUpserts:
+class FoldedUpserts(ABC):
     """Writes that merge with what is stored, the same on every store: the series catalogue
     (first seen kept, last seen moved on) and each incident's latest state folded from its
     events (a replayed event counted once). A store provides :meth:`insert`,
@@ -240,16 +241,18 @@ class FoldedUpserts:
     _first_seen: dict[str, int]
     cache_limit: int
 
+    @abstractmethod
     def insert(self, table: str, rows: Sequence[tuple]) -> int:
-        raise NotImplementedError
+        """Append ``rows`` to ``table``; returns the rows written."""
 
+    @abstractmethod
     def _stored_first_seen(self, series: Sequence[str]) -> list[tuple[str, int]]:
-        raise NotImplementedError
+        """``(series, first_ms)`` of those of ``series`` the catalogue holds."""
 
+    @abstractmethod
     def _incident_rows(self, ids: Sequence[str]) -> list[dict]:
         """Stored incidents as dicts of their columns, ``updated_ms`` in ms and
         ``event_ids`` (the set of their stored events' ids)."""
-        raise NotImplementedError
 
     def upsert_series(self, seen: Mapping[str, tuple[int, int]]) -> int:
         """Update the catalogue from ``series → (first_ms, last_ms)`` seen in a batch."""
