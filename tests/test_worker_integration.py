@@ -25,7 +25,7 @@ from vigil.lab.evaluation import match_incidents
 from vigil.lab.synthetic import generate_telemetry
 from vigil.streams.pipeline import DetectionPipeline
 from vigil.streams.settings import Settings
-from vigil.streams.state import RedisStateStore, unpack, unpack_held
+from vigil.streams.state import RedisStateStore, unpack
 
 pytestmark = pytest.mark.integration
 
@@ -417,16 +417,17 @@ def _metrics(worker) -> dict[str, float]:
 
 
 def test_unkeyed_producer_across_partitions_loses_no_point(stack: Stack):
-    """Issue 17: 300 points of one series, each message with a random key (as collectd
-    sends them), produced into 4 input partitions while the worker is stopped. The worker
-    reads the partitions in chunks of 10 messages, and detects each routed message as its
-    own batch: the points reach the detector out of order, but never by more than the
-    allowed lateness the docs advise for unkeyed producers (3 steps; they span 2.5), so none
-    may be dropped."""
+    """Issue 17's scenario: 300 points of one series a minute apart, each message with a
+    random key (as collectd sends them), produced into 4 input partitions while the worker
+    is stopped; then the worker starts with the default settings (no allowed lateness). It
+    reads the backlog a partition's chunk at a time (10 messages an ingest batch, each
+    routed message its own detection batch), so unmerged, a series' points would reach the
+    detector hours out of order. The ingest merges the partitions by event time: none is
+    dropped, and every point is in its own step, in order."""
     step = 60_000
     now = time.time_ns() // 1_000_000
-    s0 = now - now % step - 20 * step  # a step 20 minutes ago; it holds [s0 - 30 s, s0 + 30 s)
-    ts = s0 - step // 2 + 500 * np.arange(300)  # every 0.5 s: steps s0, s0 + 1, s0 + 2
+    s0 = now - now % step - 400 * step  # 400 minutes ago
+    ts = s0 + step * np.arange(300)
     values = np.arange(300) % 7 + 1.0
     producer = Producer({"bootstrap.servers": stack.broker})
     for t, v in zip(ts.tolist(), values.tolist(), strict=True):
@@ -436,35 +437,23 @@ def test_unkeyed_producer_across_partitions_loses_no_point(stack: Stack):
     partitions = {p for p, n in enumerate(stack.offsets(stack.input_topic, 4)) if n}
     assert len(partitions) == 4, "the random keys spread the series over every partition"
 
-    worker = stack.start_worker(VIGIL_INGEST_BATCH="10", VIGIL_DETECT_BATCH="1",
-                                VIGIL_ALLOWED_LATENESS_STEPS="3")
+    worker = stack.start_worker(VIGIL_INGEST_BATCH="10", VIGIL_DETECT_BATCH="1")
     stack.wait_processed(300, worker)
-    # Two later points close the three steps (a step closes once a point 3 steps later is
-    # released, i.e. 3 + 3 steps after it has arrived).
-    for late_step, v in ((12, 50.0), (16, 60.0)):
-        producer.produce(stack.input_topic, key=b'cpu{host="a"}', value=orjson.dumps(
-            {"name": "cpu", "labels": {"host": "a"}, "timestamp": s0 + late_step * step,
-             "value": v}))
-        producer.flush(10)
-    stack.wait_processed(302, worker)
     samples = wait_until(
-        lambda: (m := _metrics(worker)).get("vigil_steps_scored_total", 0) >= 3 and m,
-        30, "the three steps scored",
+        lambda: (m := _metrics(worker)).get("vigil_points_detected_total", 0) >= 300 and m,
+        30, "the 300 points detected",
     )
     dropped = {k: v for k, v in samples.items() if k.startswith("vigil_points_dropped_total")}
     assert len(dropped) == 3 and sum(dropped.values()) == 0, dropped
-    assert samples["vigil_points_detected_total"] == 302
-    assert samples["vigil_steps_scored_total"] == 3
+    assert samples["vigil_points_detected_total"] == 300
+    assert samples["vigil_input_points_waiting"] == 0
+    assert samples["vigil_input_points_forced_total"] == 0
 
-    # Every point is in its step: the state's last closed step is s0 + 2 with the mean of
-    # its points, step s0 + 12 is open, and s0 + 16 is held back.
+    # Every point is in its step: 299 steps closed, the last one holds the last point.
     series = 'cpu{host="a"}'
     bank, found = unpack([stack.redis.get(f"{stack.prefix}state:{series}")])
     assert found.all()
-    last = ts >= s0 + 3 * step // 2
-    assert int(bank["last_step_ms"][0]) == s0 + 2 * step
-    assert float(bank["last_value"][0]) == pytest.approx(values[last].mean(), rel=1e-12)
-    assert int(bank["n_steps"][0]) == 3
-    assert (int(bank["bucket_ms"][0]), int(bank["bucket_count"][0])) == (s0 + 12 * step, 1)
-    held_ts, held_values = unpack_held(stack.redis.get(f"{stack.prefix}held:{series}"))
-    assert held_ts.tolist() == [s0 + 16 * step] and held_values.tolist() == [60.0]
+    assert int(bank["n_steps"][0]) == 299
+    assert int(bank["last_step_ms"][0]) == int(ts[298])
+    assert float(bank["last_value"][0]) == values[298]
+    assert (int(bank["bucket_ms"][0]), int(bank["bucket_count"][0])) == (int(ts[299]), 1)

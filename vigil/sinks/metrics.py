@@ -35,6 +35,14 @@ REMOTE_WRITE_STALE = Counter(
 REMOTE_WRITE_REQUESTS = Counter(
     "vigil_remote_write_requests", "Prometheus remote_write requests, by HTTP status", ["status"]
 )
+INPUT_POINTS_WAITING = Gauge(
+    "vigil_input_points_waiting",
+    "Parsed points waiting for lagging input partitions (event-time merge of the input)",
+)
+INPUT_POINTS_FORCED = Counter(
+    "vigil_input_points_forced",
+    "Points sent on before their input partitions caught up (too many were waiting)",
+)
 COUNTER_POINTS_HELD = Counter(
     "vigil_counter_points_held",
     "Counter points with no rate: a series' first sample, a reset, or not after the previous",

@@ -43,6 +43,7 @@ from vigil.series import parse_series
 from vigil.sinks import metrics
 from vigil.streams.forecasts import ForecastWatch
 from vigil.streams.input_health import InputHealth, reason_class
+from vigil.streams.input_order import InputOrder
 from vigil.streams.limits import SeriesLimits
 from vigil.streams.lstm_scorer import LstmScorer
 from vigil.streams.parsers import TimestampPolicy, make_parser
@@ -407,45 +408,87 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         )
         return await deadletter_topic.send(key=message.topic.encode(), value=record)
 
+    # The ingest merges its input partitions by event time (vigil/streams/input_order.py):
+    # a message is acked once all its points have gone on to detection.
+    order: InputOrder[EventT] = InputOrder(settings.input_idle_s, settings.input_max_held_points)
+    release_lock = asyncio.Lock()
+    ingest_stream: list = []  # the ingest agent's stream, for the timer's acks
+
     # An agent that fails on something unexpected stops the worker (non-zero exit) rather
     # than leaving a live process that silently consumes nothing. Its batch is not acked.
     @app.agent(input_topic, name="vigil.ingest", supervisor_strategy=CrashingSupervisor)
     async def ingest(stream):
+        ingest_stream[:] = [stream]
         async for events in stream.noack_take(settings.ingest_batch, settings.batch_window_s):
-            await ingest_batch(events)
-            for event in events:
-                await stream.ack(event)
+            await ingest_batch(events, stream)
 
-    async def ingest_batch(events: list[EventT]) -> None:
+    async def ingest_batch(events: list[EventT], stream) -> None:
         now = _now_ms()
         pending: list[asyncio.Future] = []
-        results = []
+        points = 0
+        order.assign(input_partitions(), time.monotonic())
         for event in events:
             result = parser.parse(event.value or b"", now)
             for reject in result.rejects:
                 pending.append(await dead_letter(reject, event))
-            if len(result):
-                results.append(result)
+            points += len(result)
             input_health.record(event.message.topic, len(result),
                                 [r.reason for r in result.rejects], time.monotonic())
+            order.add(event.message.tp, event.message.offset, result, event, time.monotonic())
         report_inputs()
-        points = sum(len(r) for r in results)
         metrics.POINTS_IN.inc(points)
         metrics.POINTS_RATE.add(points)
         metrics.MESSAGES_IN.inc(len(events))
-        routed = route(results, settings.points_partitions, settings.max_points_per_message,
-                       settings.max_message_bytes)
-        for series in routed.oversized:
-            reason = f"point too large to route (series id of {len(series)} characters)"
-            pending.append(await dead_letter(Reject(reason, series.encode()), events[0], "route"))
-        for partition, blob in routed.messages:
-            pending.append(
-                await points_topic.send(key=str(partition).encode(), value=blob,
-                                        partition=partition)
-            )
-        # Offsets are acked when this batch ends: wait until everything is delivered.
+        # Dead letters are delivered before the messages they came from are acked.
         if pending:
             await asyncio.gather(*pending)
+        await release_points(stream)
+
+    def input_partitions() -> list:
+        return [tp for tp in app.consumer.assignment() if tp.topic in input_topic.topics]
+
+    def offsets(tp) -> tuple[int | None, int | None]:
+        # (committed offset, high watermark as of the last fetch); unknown holds back.
+        consumer = app.consumer
+        try:
+            return consumer._committed_offset.get(tp), consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - not started, or no longer assigned
+            return None, None
+
+    async def release_points(stream) -> None:
+        async with release_lock:
+            released = order.release(offsets, time.monotonic())
+            metrics.INPUT_POINTS_WAITING.set(order.held)
+            if released.forced:
+                metrics.INPUT_POINTS_FORCED.inc(released.forced)
+                log.warning("%d points went on to detection before their input partitions "
+                            "caught up (more than VIGIL_INPUT_MAX_HELD_POINTS=%d waited)",
+                            released.forced, settings.input_max_held_points)
+            pending: list[asyncio.Future] = []
+            routed = route(released.results, settings.points_partitions,
+                           settings.max_points_per_message, settings.max_message_bytes)
+            for series in routed.oversized:
+                reason = f"point too large to route (series id of {len(series)} characters)"
+                pending.append(await dead_letter(Reject(reason, series.encode()),
+                                                 released.sources[0], "route"))
+            for partition, blob in routed.messages:
+                pending.append(
+                    await points_topic.send(key=str(partition).encode(), value=blob,
+                                            partition=partition)
+                )
+            # Offsets are acked once everything from their messages is delivered.
+            if pending:
+                await asyncio.gather(*pending)
+            for event in released.done:
+                await stream.ack(event)
+
+    @app.timer(settings.input_idle_s / 4)
+    async def release_waiting() -> None:
+        # Points wait for lagging partitions; when no new message comes to release them
+        # (the partition went idle, or the backlog ended), this does.
+        if ingest_stream and order.waiting:
+            order.assign(input_partitions(), time.monotonic())
+            await release_points(ingest_stream[0])
 
     @app.agent(points_topic, name="vigil.detect", supervisor_strategy=CrashingSupervisor)
     async def detect(stream):

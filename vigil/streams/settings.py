@@ -205,9 +205,19 @@ class Settings(BaseSettings):
     allowed_lateness_steps: int = Field(
         0, ge=0, description="Points of a series up to this many detector steps out of order "
         "still join their step; each step is then scored this many steps later than it "
-        "could be. Set 3 for unkeyed producers (collectd, Telegraf without a key), which "
-        "spread a series over partitions. Older points are dropped and counted; 0 (the "
-        "default) = a step is scored as soon as a later point arrives."
+        "could be. A worker merges its own input partitions by event time already; set 3 "
+        "for unkeyed producers (collectd, Telegraf without a key) when several workers "
+        "share the input topic. Older points are dropped and counted; 0 (the default) = a "
+        "step is scored as soon as a later point arrives."
+    )
+    input_idle_s: float = Field(
+        2.0, gt=0, description="The ingest merges its input partitions by event time: points "
+        "wait for partitions that still have older records to read. A partition that "
+        "delivers nothing for this long stops holding the others back."
+    )
+    input_max_held_points: int = Field(
+        200_000, ge=1, description="Most points waiting for lagging input partitions; beyond, "
+        "the oldest go on to detection (counted in vigil_input_points_forced_total)."
     )
     ingest_batch: int = Field(2_000, description="Input messages per batch (Faust take).")
     detect_batch: int = Field(500, description="Routed messages per detection batch.")
