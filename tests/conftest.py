@@ -101,15 +101,18 @@ def redis_cluster_url() -> Iterator[str]:
         cluster.stop()
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.2):
-    """Poll until ``predicate()`` is truthy; fail the test with ``what`` on timeout."""
+def wait_until(predicate: Callable[[], object], timeout: float, what: str | Callable[[], str],
+               poll: float = 0.2):
+    """Poll until ``predicate()`` is truthy; fail the test with ``what`` (or what it returns,
+    worked out at the timeout) on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for "
+                        f"{what() if callable(what) else what}")
         time.sleep(poll)
 
 
@@ -215,7 +218,7 @@ class Stack:
                 pytest.fail("worker died:\n" + worker.log_tail())
             return self.processed() >= count
 
-        wait_until(done, timeout, f"{count} points processed (now {self.processed()})")
+        wait_until(done, timeout, lambda: f"{count} points processed (now {self.processed()})")
 
     def close(self) -> None:
         for worker in self.workers:
