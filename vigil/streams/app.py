@@ -426,15 +426,15 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         now = _now_ms()
         pending: list[asyncio.Future] = []
         points = 0
-        order.assign(input_partitions(), time.monotonic())
         for event in events:
             result = parser.parse(event.value or b"", now)
             for reject in result.rejects:
                 pending.append(await dead_letter(reject, event))
             points += len(result)
+            seen = time.monotonic()
             input_health.record(event.message.topic, len(result),
-                                [r.reason for r in result.rejects], time.monotonic())
-            order.add(event.message.tp, event.message.offset, result, event, time.monotonic())
+                                [r.reason for r in result.rejects], seen)
+            order.add(event.message.tp, event.message.offset, result, event, seen)
         report_inputs()
         metrics.POINTS_IN.inc(points)
         metrics.POINTS_RATE.add(points)
@@ -457,7 +457,10 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
 
     async def release_points(stream) -> None:
         async with release_lock:
-            released = order.release(offsets, time.monotonic())
+            # The partitions owned now: newly assigned ones are tracked, revoked ones dropped.
+            clock = time.monotonic()
+            order.assign(input_partitions(), clock)
+            released = order.release(offsets, clock)
             metrics.INPUT_POINTS_WAITING.set(order.held)
             if released.forced:
                 metrics.INPUT_POINTS_FORCED.inc(released.forced)
@@ -487,7 +490,6 @@ def create_app(settings: Settings | None = None, topics: list[str] | None = None
         # Points wait for lagging partitions; when no new message comes to release them
         # (the partition went idle, or the backlog ended), this does.
         if ingest_stream and order.waiting:
-            order.assign(input_partitions(), time.monotonic())
             await release_points(ingest_stream[0])
 
     @app.agent(points_topic, name="vigil.detect", supervisor_strategy=CrashingSupervisor)

@@ -128,11 +128,8 @@ class InputOrder(Generic[Token]):
         part.active_s = now_s
         part.next_offset = max(offset + 1, part.next_offset or 0)
         oldest = newest = 0
-        if len(points) == 1:
-            oldest = newest = points.ts_ms[0]
-        elif len(points):
-            oldest, newest = min(points.ts_ms), max(points.ts_ms)
         if len(points):
+            oldest, newest = min(points.ts_ms), max(points.ts_ms)
             part.newest_ms = newest if part.newest_ms is None else max(part.newest_ms, newest)
         self._waiting.append(_Held(partition, token, points, oldest, newest))
         self.held += len(points)
