@@ -654,6 +654,36 @@ def test_at_an_hourly_step_incidents_resolve_within_hours_not_days():
     # Counting 40 hourly steps instead, the second spike falls inside the first incident.
     r, _ = run(np.zeros(hours.size, np.int64), hours * 60, y, replace(hourly, resolve_max_s=1e9))
     assert list(np.flatnonzero(r.event == EVENT_KINDS.index("open"))) == [spikes[0]]
+
+
+def test_at_an_hourly_step_the_baseline_is_as_steady_as_at_five_minutes():
+    # The estimates' half-lives are times set on 5-minute data. At an hourly step the fast
+    # level's hour would be one step (weight ½): the baseline followed the noise and half of
+    # every spike's clipped residual. Beyond estimate_max_step_s (300 s) each step weighs as
+    # a 5-minute one, so the same values give the same baseline at either step.
+    rng = np.random.default_rng(3)
+    n = 21 * 24
+    y = BASE + SIGMA * rng.normal(size=n)
+    spike = 15 * 24 + 8
+    y[spike] += 30 * SIGMA
+
+    def baseline(step_s, **params):
+        p = replace(PARAMS, step_s=step_s, **params)
+        r, _ = run(np.zeros(n, np.int64), np.arange(n) * step_s // 60, y, p)
+        return (r.expected - BASE) / SIGMA
+
+    hourly, five_minutes = baseline(3600), baseline(300)
+    calm = slice(3 * 24, spike)
+    rms = {name: float(np.sqrt(np.mean(e[calm] ** 2)))
+           for name, e in (("hourly", hourly), ("5 min", five_minutes))}
+    assert rms["hourly"] < 0.25 and abs(rms["hourly"] - rms["5 min"]) < 0.02, rms
+    assert abs(hourly[spike + 1]) < 0.5, hourly[spike - 1:spike + 3]  # the spike moved it little
+    # Weighing each hourly step as an hour: the level's weight is ½, the noise's echo √⅓.
+    before = baseline(3600, estimate_max_step_s=3600)
+    assert float(np.sqrt(np.mean(before[calm] ** 2))) > 0.5
+    assert before[spike + 1] > 1.0
+
+
 @pytest.mark.parametrize("shift_sigmas", [1.0, 2.0])
 def test_a_sustained_small_rise_is_found_as_drift_and_only_once(shift_sigmas):
     # A rise of 1–2σ that lasts five hours: no single step stands out, and the fast level

@@ -178,6 +178,15 @@ class DetectorParams:
         "seasonality and drift are measured around it.")
     scale_halflife_s: float = _knob(
         6 * 3_600.0, "Half-life in seconds of the scale σ (an EW mean absolute residual).")
+    estimate_max_step_s: float = _knob(
+        300.0, "Longest step in seconds the estimates weigh as one step of its own length "
+        "(the level, trend, slow baseline, scale, window spreads, seasonality variances and "
+        "burst rates). At a longer step each step weighs as one of this length, so an "
+        "estimate keeps the number of observations its half-life holds here: an average's "
+        "noise depends on how many observations it holds, not on the time they span. The "
+        "half-lives were set on 5-minute data; at an hourly step the fast level's 1-hour "
+        "half-life would otherwise be one step and follow every spike. The profiles and the "
+        "memories of what happened (rarity, recurrence) keep their times.")
     hourly_scale_halflife_days: float = _knob(
         3.0, "Half-life in days of the scale's hour-of-day profile (each hour's slot learns "
         "once a day; after a day σ is the hour's own).")
@@ -422,6 +431,7 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
     """The parameters as the compiled step uses them: per-step weights of the exponential
     averages, the floors of the window statistics' spreads, and ages in steps."""
     s = p.step_s
+    e = min(s, p.estimate_max_step_s)  # the step as the estimates weigh it
     a_short = 2.0 / (p.short_window_steps + 1.0)
     a_var = 2.0 / (p.variance_window_steps + 1.0)
     a_drift = 2.0 / (p.drift_window_steps + 1.0)
@@ -429,20 +439,20 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
     return KernelConstants(
         step_ms=p.step_ms,
         warmup_steps=float(p.warmup_steps),
-        a_level=_alpha(s, p.level_halflife_s),
-        a_trend=_alpha(s, p.trend_halflife_s),
-        a_slow=_alpha(s, p.slow_level_halflife_s),
-        a_scale=_alpha(s, p.scale_halflife_s),
+        a_level=_alpha(e, p.level_halflife_s),
+        a_trend=_alpha(e, p.trend_halflife_s),
+        a_slow=_alpha(e, p.slow_level_halflife_s),
+        a_scale=_alpha(e, p.scale_halflife_s),
         a_daily=_alpha(s, p.daily_halflife_days * 900.0),
         a_weekly=_alpha(s, p.weekly_halflife_weeks * 3600.0),
-        a_season=_alpha(s, p.seasonality_halflife_s),
+        a_season=_alpha(e, p.seasonality_halflife_s),
         a_short=a_short,
         a_var=a_var,
         a_drift=a_drift,
-        a_spread=_alpha(s, p.spread_halflife_s),
+        a_spread=_alpha(e, p.spread_halflife_s),
         a_hour=_alpha(s, p.hourly_scale_halflife_days * 3600.0),
-        a_burst=_alpha(s, p.burst_window_s),
-        a_burst_long=_alpha(s, p.burst_halflife_s),
+        a_burst=_alpha(e, p.burst_window_s),
+        a_burst_long=_alpha(e, p.burst_halflife_s),
         # Spread of a short EW mean of iid N(0,1): the floor of the level statistic's spread;
         # of a short EW mean of |N(0,1)| (sd of |z| is 0.60); of the log of a short EW mean
         # of |Δy| for Gaussian noise (CV of |Δy| 0.76); of the drift window's EW mean.
