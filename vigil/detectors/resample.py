@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numba import njit
 
 if TYPE_CHECKING:
     from vigil.detectors.bank import StateBank
@@ -195,6 +196,13 @@ def resample_batch(
     :mod:`vigil.detectors.bank`); it is updated in place. ``index[i]`` is the bank row of
     point ``i``.
 
+    The points are ordered by series then time (a stable sort, so equal timestamps keep
+    their arrival order; skipped when they are in order already), then one compiled pass
+    (:func:`_fold`) drops replays, repeats and non-finite values, sums each step's points as
+    numpy's ``add.reduceat`` does (:func:`_step_sum`: the same steps to the last bit as the
+    vectorised version it replaced, ``bench/reference_resample.py``), closes steps and fills
+    short gaps. It runs twice: once to count the steps it will close, once to write them.
+
     >>> from vigil.detectors.bank import new_state_bank
     >>> bank = new_state_bank(1)
     >>> t0 = 1_699_999_980_000  # a whole minute
@@ -212,99 +220,166 @@ def resample_batch(
     values = np.asarray(values, np.float64)
     if len(index) == 0:
         return _empty_steps(0)
-
-    # Order by series then time (stable, so equal timestamps keep arrival order).
     if not _in_order(index, ts_ms):
         order = np.lexsort((ts_ms, index))
         index, ts_ms, values = index[order], ts_ms[order], values[order]
-
-    # Idempotency: drop points at or before the watermark, and repeated timestamps.
-    fresh = ts_ms > bank["watermark_ms"][index]
-    repeat = np.zeros(len(index), bool)
-    repeat[1:] = (index[1:] == index[:-1]) & (ts_ms[1:] == ts_ms[:-1])
-    keep = fresh & ~repeat & np.isfinite(values)
-    dropped = int(len(keep) - keep.sum())
-    index, ts_ms, values = index[keep], ts_ms[keep], values[keep]
-    if len(index) == 0:
+    records = bank.records
+    n_out, dropped = _fold(records, index, ts_ms, values, step_ms, max_fill_steps, False,
+                           *_outputs(0))
+    if n_out == 0:
+        _fold(records, index, ts_ms, values, step_ms, max_fill_steps, True, *_outputs(0))
         return _empty_steps(dropped)
+    out = _outputs(n_out)
+    _fold(records, index, ts_ms, values, step_ms, max_fill_steps, True, *out)
+    return Steps(*out, dropped=dropped)
 
-    # Aggregate within steps: runs of equal (series, bucket).
-    bucket = step_of(ts_ms, step_ms)
-    starts = np.flatnonzero(
-        np.r_[True, (index[1:] != index[:-1]) | (bucket[1:] != bucket[:-1])]
-    )
-    g_index = index[starts]
-    g_bucket = bucket[starts]
-    g_sum = np.add.reduceat(values, starts)
-    g_count = np.diff(np.r_[starts, len(values)]).astype(np.int64)
 
-    # New watermark per touched series = its newest point in this batch.
-    last_of_series = np.flatnonzero(np.r_[index[1:] != index[:-1], True])
-    bank["watermark_ms"][index[last_of_series]] = ts_ms[last_of_series]
+def _outputs(n: int) -> tuple[np.ndarray, ...]:
+    return (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.float64),
+            np.empty(n, np.bool_), np.empty(n, np.bool_))
 
-    first_group = np.r_[True, g_index[1:] != g_index[:-1]]
-    last_group = np.r_[g_index[1:] != g_index[:-1], True]
 
-    # The open bucket stored in state joins the first group when it is the same step;
-    # otherwise it is closed by this batch and goes out before the batch's groups.
-    state_bucket = bank["bucket_ms"][g_index]
-    has_open = bank["bucket_count"][g_index] > 0
-    merge = first_group & has_open & (state_bucket == g_bucket)
-    g_sum[merge] += bank["bucket_sum"][g_index[merge]]
-    g_count[merge] += bank["bucket_count"][g_index[merge]]
-    close_state = first_group & has_open & (state_bucket != g_bucket)
-    cs_index = g_index[close_state]
-    cs_bucket = state_bucket[close_state]
-    cs_value = bank["bucket_sum"][cs_index] / bank["bucket_count"][cs_index]
+# The pairwise summation numpy's add.reduce uses for float64 (numpy/_core/src/umath/
+# loops_utils.h.src): below 8 terms one by one from −0.0, up to PW_BLOCKSIZE in 8
+# interleaved partial sums, above it split in two halves of multiples of 8.
+PW_BLOCKSIZE = 128
 
-    # The last group of each series stays open in state; all others are closed steps.
-    bank["bucket_ms"][g_index[last_group]] = g_bucket[last_group]
-    bank["bucket_sum"][g_index[last_group]] = g_sum[last_group]
-    bank["bucket_count"][g_index[last_group]] = g_count[last_group]
-    closed = ~last_group
-    c_index = np.r_[cs_index, g_index[closed]]
-    c_ts = np.r_[cs_bucket, g_bucket[closed]]
-    c_value = np.r_[cs_value, g_sum[closed] / g_count[closed]]
-    if len(c_index) == 0:
-        return _empty_steps(dropped)
-    if not _in_order(c_index, c_ts):
-        order = np.lexsort((c_ts, c_index))
-        c_index, c_ts, c_value = c_index[order], c_ts[order], c_value[order]
 
-    # Gaps: compare each closed step with the previous closed step of its series.
-    first_of_series = np.r_[True, c_index[1:] != c_index[:-1]]
-    prev_ts = np.empty_like(c_ts)
-    prev_ts[1:] = c_ts[:-1]
-    prev_ts[first_of_series] = bank["last_step_ms"][c_index[first_of_series]]
-    prev_value = np.empty_like(c_value)
-    prev_value[1:] = c_value[:-1]
-    prev_value[first_of_series] = bank["last_value"][c_index[first_of_series]]
-    known = prev_ts >= 0
-    missing = np.where(known, (c_ts - prev_ts) // step_ms - 1, 0)
-    fill = np.where((missing >= 1) & (missing <= max_fill_steps), missing, 0)
-    after_gap = missing > max_fill_steps
+@njit(cache=True)
+def _pairwise_sum(x, start, n):
+    if n < 8:
+        res = -0.0
+        for i in range(start, start + n):
+            res += x[i]
+        return res
+    if n <= PW_BLOCKSIZE:
+        r0, r1, r2, r3 = x[start], x[start + 1], x[start + 2], x[start + 3]
+        r4, r5, r6, r7 = x[start + 4], x[start + 5], x[start + 6], x[start + 7]
+        i = 8
+        while i < n - (n % 8):
+            a = start + i
+            r0 += x[a]
+            r1 += x[a + 1]
+            r2 += x[a + 2]
+            r3 += x[a + 3]
+            r4 += x[a + 4]
+            r5 += x[a + 5]
+            r6 += x[a + 6]
+            r7 += x[a + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += x[start + i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise_sum(x, start, n2) + _pairwise_sum(x, start + n2, n - n2)
 
-    last_closed = np.r_[c_index[1:] != c_index[:-1], True]
-    bank["last_step_ms"][c_index[last_closed]] = c_ts[last_closed]
-    bank["last_value"][c_index[last_closed]] = c_value[last_closed]
 
-    if not fill.any():
-        return Steps(c_index, c_ts, c_value, np.zeros(len(c_ts), bool), after_gap, dropped)
+@njit(cache=True, inline="always")
+def _step_sum(x, start, stop):
+    """The sum of ``x[start:stop]`` as ``np.add.reduceat`` gives it: the first term, plus the
+    pairwise sum of the others."""
+    if stop - start == 1:
+        return x[start]
+    return x[start] + _pairwise_sum(x, start + 1, stop - start - 1)
 
-    # Insert filled steps before each step that follows a short gap.
-    reps = fill + 1
-    out_index = np.repeat(c_index, reps)
-    out_value = np.repeat(c_value, reps)
-    out_filled = np.ones(len(out_index), bool)
-    out_after_gap = np.zeros(len(out_index), bool)
-    ends = np.cumsum(reps) - 1  # position of each real step
-    out_filled[ends] = False
-    out_after_gap[ends] = after_gap
-    # Filled steps carry the previous value and consecutive step times.
-    offset_in_run = np.arange(len(out_index)) - np.repeat(ends - fill, reps)
-    out_ts = np.repeat(c_ts - fill * step_ms, reps) + offset_in_run * step_ms
-    out_value[out_filled] = np.repeat(prev_value, reps)[out_filled]
-    return Steps(out_index, out_ts, out_value, out_filled, out_after_gap, dropped)
+
+@njit(cache=True)
+def _fold(states, index, ts_ms, values, step_ms, max_fill_steps, write,
+          out_index, out_ts, out_value, out_filled, out_after_gap):
+    """Fold points (ordered by series, then time) into ``states``; return the number of
+    steps closed (written to the ``out_*`` arrays when ``write``, which also updates the
+    states) and of points dropped.
+
+    Per series: points at or before its watermark, repeating the previous point's timestamp
+    or not finite are dropped; the others are summed per step; the step open in its state
+    joins its first step or is closed before it; its last step stays open; each closed step
+    is preceded by the copies of the last value that fill a gap of at most
+    ``max_fill_steps`` steps (a longer gap marks it ``after_gap``).
+    """
+    n = len(index)
+    kept = np.empty(n, np.float64)  # a series' kept values, contiguous for the step sums
+    kept_step = np.empty(n, np.int64)
+    n_out = 0
+    dropped = 0
+    i = 0
+    while i < n:
+        row = index[i]
+        end = i
+        while end < n and index[end] == row:
+            end += 1
+        s = states[row]
+        # Idempotency: points at or before the watermark, and repeated timestamps, go.
+        k = 0
+        newest = np.int64(-1)
+        watermark = s.watermark_ms
+        for p in range(i, end):
+            t = ts_ms[p]
+            if t <= watermark or (p > i and ts_ms[p - 1] == t) or not np.isfinite(values[p]):
+                dropped += 1
+                continue
+            kept[k] = values[p]
+            kept_step[k] = (t + step_ms // 2) // step_ms * step_ms
+            newest = t
+            k += 1
+        if k > 0:
+            last_ts, last_value = s.last_step_ms, s.last_value
+            g = 0
+            while g < k:
+                stop = g + 1
+                while stop < k and kept_step[stop] == kept_step[g]:
+                    stop += 1
+                bucket = kept_step[g]
+                total = _step_sum(kept, g, stop)
+                count = np.int64(stop - g)
+                # The step open in the state joins this series' first step, or is closed.
+                close_open = g == 0 and s.bucket_count > 0 and s.bucket_ms != bucket
+                if g == 0 and s.bucket_count > 0 and not close_open:
+                    total = total + s.bucket_sum
+                    count = count + s.bucket_count
+                # Up to two closed steps: the state's open one, then this one unless it is
+                # the series' newest, which stays open.
+                for which in range(2):
+                    if which == 0:
+                        if not close_open:
+                            continue
+                        t, value = s.bucket_ms, s.bucket_sum / s.bucket_count
+                    else:
+                        if stop == k:
+                            continue
+                        t, value = bucket, total / count
+                    # A gap of at most max_fill_steps since the previous closed step (if
+                    # known) is filled with copies of its value; a longer one is marked.
+                    missing = (t - last_ts) // step_ms - 1 if last_ts >= 0 else 0
+                    fill = missing if 1 <= missing <= max_fill_steps else 0
+                    if write:
+                        for m in range(fill):
+                            out_index[n_out + m] = row
+                            out_ts[n_out + m] = t - (fill - m) * step_ms
+                            out_value[n_out + m] = last_value
+                            out_filled[n_out + m] = True
+                            out_after_gap[n_out + m] = False
+                        j = n_out + fill
+                        out_index[j] = row
+                        out_ts[j] = t
+                        out_value[j] = value
+                        out_filled[j] = False
+                        out_after_gap[j] = missing > max_fill_steps
+                    n_out += fill + 1
+                    last_ts, last_value = t, value
+                if stop == k and write:
+                    s.bucket_ms = bucket
+                    s.bucket_sum = total
+                    s.bucket_count = count
+                g = stop
+            if write:
+                s.watermark_ms = newest
+                s.last_step_ms = last_ts
+                s.last_value = last_value
+        i = end
+    return n_out, dropped
 
 
 def last_row_of_step(row_ts_ms: np.ndarray, step_ts_ms: np.ndarray, step_ms: int) -> np.ndarray:

@@ -1,0 +1,166 @@
+"""The numpy resampler as it was before the compiled one (commit 2bd5ecd, verbatim).
+
+``vigil.detectors.resample.resample_batch`` folds a batch's points into steps in one compiled
+pass; this is the vectorised numpy version it replaced, kept for the comparison only
+(``tests/test_resample.py`` checks on random batches that both give the same steps, to the
+last bit, and leave the same state; ``bench/compare_detector.py`` documents the detector's).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vigil.detectors.bank import StateBank
+from vigil.detectors.resample import Steps, step_of
+
+__all__ = ["resample_batch"]
+
+
+def _empty_steps(dropped: int) -> Steps:
+    return Steps(
+        index=np.empty(0, np.int64),
+        ts_ms=np.empty(0, np.int64),
+        value=np.empty(0, np.float64),
+        filled=np.empty(0, bool),
+        after_gap=np.empty(0, bool),
+        dropped=dropped,
+    )
+
+
+def _in_order(index: np.ndarray, ts_ms: np.ndarray) -> bool:
+    """Whether the points are ordered by series then time already (the stable sort would
+    leave them as they are: a history, or a batch of whole series, skips the sort).
+
+    >>> _in_order(np.array([0, 0, 1]), np.array([5, 5, 1])), _in_order(np.array([1, 0]),
+    ...                                                                  np.array([0, 0]))
+    (True, False)
+    """
+    same = index[1:] == index[:-1]
+    return bool(np.all((index[1:] > index[:-1]) | (same & (ts_ms[1:] >= ts_ms[:-1]))))
+
+
+def resample_batch(
+    bank: StateBank,
+    index: np.ndarray,
+    ts_ms: np.ndarray,
+    values: np.ndarray,
+    step_ms: int,
+    max_fill_steps: int,
+) -> Steps:
+    """Fold a batch of raw points into ``bank`` and return the steps it closed.
+
+    ``bank`` holds the series states (its fields ``watermark_ms``, ``bucket_ms``,
+    ``bucket_sum``, ``bucket_count``, ``last_step_ms`` and ``last_value`` are used, see
+    :mod:`vigil.detectors.bank`); it is updated in place. ``index[i]`` is the bank row of
+    point ``i``.
+
+    >>> from vigil.detectors.bank import new_state_bank
+    >>> bank = new_state_bank(1)
+    >>> t0 = 1_699_999_980_000  # a whole minute
+    >>> ts = t0 + np.array([0, 30_000, 60_000, 250_000])
+    >>> steps = resample_batch(bank, np.zeros(4, np.int64), ts, np.array([1., 3., 5., 7.]),
+    ...                        step_ms=60_000, max_fill_steps=5)
+    >>> steps.value.tolist()  # step 0 (0 s), step 1 (30 s, 60 s); step 4 (250 s) stays open
+    [1.0, 4.0]
+    >>> steps = resample_batch(bank, [0], [t0 + 300_000], [9.0], step_ms=60_000, max_fill_steps=5)
+    >>> steps.value.tolist(), steps.filled.tolist()  # steps 2 and 3 were missing
+    ([4.0, 4.0, 7.0], [True, True, False])
+    """
+    index = np.asarray(index, np.int64)
+    ts_ms = np.asarray(ts_ms, np.int64)
+    values = np.asarray(values, np.float64)
+    if len(index) == 0:
+        return _empty_steps(0)
+
+    # Order by series then time (stable, so equal timestamps keep arrival order).
+    if not _in_order(index, ts_ms):
+        order = np.lexsort((ts_ms, index))
+        index, ts_ms, values = index[order], ts_ms[order], values[order]
+
+    # Idempotency: drop points at or before the watermark, and repeated timestamps.
+    fresh = ts_ms > bank["watermark_ms"][index]
+    repeat = np.zeros(len(index), bool)
+    repeat[1:] = (index[1:] == index[:-1]) & (ts_ms[1:] == ts_ms[:-1])
+    keep = fresh & ~repeat & np.isfinite(values)
+    dropped = int(len(keep) - keep.sum())
+    index, ts_ms, values = index[keep], ts_ms[keep], values[keep]
+    if len(index) == 0:
+        return _empty_steps(dropped)
+
+    # Aggregate within steps: runs of equal (series, bucket).
+    bucket = step_of(ts_ms, step_ms)
+    starts = np.flatnonzero(
+        np.r_[True, (index[1:] != index[:-1]) | (bucket[1:] != bucket[:-1])]
+    )
+    g_index = index[starts]
+    g_bucket = bucket[starts]
+    g_sum = np.add.reduceat(values, starts)
+    g_count = np.diff(np.r_[starts, len(values)]).astype(np.int64)
+
+    # New watermark per touched series = its newest point in this batch.
+    last_of_series = np.flatnonzero(np.r_[index[1:] != index[:-1], True])
+    bank["watermark_ms"][index[last_of_series]] = ts_ms[last_of_series]
+
+    first_group = np.r_[True, g_index[1:] != g_index[:-1]]
+    last_group = np.r_[g_index[1:] != g_index[:-1], True]
+
+    # The open bucket stored in state joins the first group when it is the same step;
+    # otherwise it is closed by this batch and goes out before the batch's groups.
+    state_bucket = bank["bucket_ms"][g_index]
+    has_open = bank["bucket_count"][g_index] > 0
+    merge = first_group & has_open & (state_bucket == g_bucket)
+    g_sum[merge] += bank["bucket_sum"][g_index[merge]]
+    g_count[merge] += bank["bucket_count"][g_index[merge]]
+    close_state = first_group & has_open & (state_bucket != g_bucket)
+    cs_index = g_index[close_state]
+    cs_bucket = state_bucket[close_state]
+    cs_value = bank["bucket_sum"][cs_index] / bank["bucket_count"][cs_index]
+
+    # The last group of each series stays open in state; all others are closed steps.
+    bank["bucket_ms"][g_index[last_group]] = g_bucket[last_group]
+    bank["bucket_sum"][g_index[last_group]] = g_sum[last_group]
+    bank["bucket_count"][g_index[last_group]] = g_count[last_group]
+    closed = ~last_group
+    c_index = np.r_[cs_index, g_index[closed]]
+    c_ts = np.r_[cs_bucket, g_bucket[closed]]
+    c_value = np.r_[cs_value, g_sum[closed] / g_count[closed]]
+    if len(c_index) == 0:
+        return _empty_steps(dropped)
+    if not _in_order(c_index, c_ts):
+        order = np.lexsort((c_ts, c_index))
+        c_index, c_ts, c_value = c_index[order], c_ts[order], c_value[order]
+
+    # Gaps: compare each closed step with the previous closed step of its series.
+    first_of_series = np.r_[True, c_index[1:] != c_index[:-1]]
+    prev_ts = np.empty_like(c_ts)
+    prev_ts[1:] = c_ts[:-1]
+    prev_ts[first_of_series] = bank["last_step_ms"][c_index[first_of_series]]
+    prev_value = np.empty_like(c_value)
+    prev_value[1:] = c_value[:-1]
+    prev_value[first_of_series] = bank["last_value"][c_index[first_of_series]]
+    known = prev_ts >= 0
+    missing = np.where(known, (c_ts - prev_ts) // step_ms - 1, 0)
+    fill = np.where((missing >= 1) & (missing <= max_fill_steps), missing, 0)
+    after_gap = missing > max_fill_steps
+
+    last_closed = np.r_[c_index[1:] != c_index[:-1], True]
+    bank["last_step_ms"][c_index[last_closed]] = c_ts[last_closed]
+    bank["last_value"][c_index[last_closed]] = c_value[last_closed]
+
+    if not fill.any():
+        return Steps(c_index, c_ts, c_value, np.zeros(len(c_ts), bool), after_gap, dropped)
+
+    # Insert filled steps before each step that follows a short gap.
+    reps = fill + 1
+    out_index = np.repeat(c_index, reps)
+    out_value = np.repeat(c_value, reps)
+    out_filled = np.ones(len(out_index), bool)
+    out_after_gap = np.zeros(len(out_index), bool)
+    ends = np.cumsum(reps) - 1  # position of each real step
+    out_filled[ends] = False
+    out_after_gap[ends] = after_gap
+    # Filled steps carry the previous value and consecutive step times.
+    offset_in_run = np.arange(len(out_index)) - np.repeat(ends - fill, reps)
+    out_ts = np.repeat(c_ts - fill * step_ms, reps) + offset_in_run * step_ms
+    out_value[out_filled] = np.repeat(prev_value, reps)[out_filled]
+    return Steps(out_index, out_ts, out_value, out_filled, out_after_gap, dropped)
