@@ -1,4 +1,4 @@
-"""The numpy resampler as it was before the compiled one (commit 2bd5ecd, verbatim).
+"""The numpy resampler as it was before the compiled one (commit 43c4968, verbatim).
 
 ``vigil.detectors.resample.resample_batch`` folds a batch's points into steps in one compiled
 pass; this is the vectorised numpy version it replaced, kept for the comparison only
