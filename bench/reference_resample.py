@@ -1,4 +1,5 @@
-"""The numpy resampler as it was before the compiled one (commit 43c4968, verbatim).
+"""The numpy resampler as it was before the compiled one (commit 43c4968, verbatim; its
+helpers ``_empty_steps`` and ``_in_order`` are still the live module's, imported).
 
 ``vigil.detectors.resample.resample_batch`` folds a batch's points into steps in one compiled
 pass; this is the vectorised numpy version it replaced, kept for the comparison only
@@ -11,32 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from vigil.detectors.bank import StateBank
-from vigil.detectors.resample import Steps, step_of
+from vigil.detectors.resample import Steps, _empty_steps, _in_order, step_of
 
 __all__ = ["resample_batch"]
-
-
-def _empty_steps(dropped: int) -> Steps:
-    return Steps(
-        index=np.empty(0, np.int64),
-        ts_ms=np.empty(0, np.int64),
-        value=np.empty(0, np.float64),
-        filled=np.empty(0, bool),
-        after_gap=np.empty(0, bool),
-        dropped=dropped,
-    )
-
-
-def _in_order(index: np.ndarray, ts_ms: np.ndarray) -> bool:
-    """Whether the points are ordered by series then time already (the stable sort would
-    leave them as they are: a history, or a batch of whole series, skips the sort).
-
-    >>> _in_order(np.array([0, 0, 1]), np.array([5, 5, 1])), _in_order(np.array([1, 0]),
-    ...                                                                  np.array([0, 0]))
-    (True, False)
-    """
-    same = index[1:] == index[:-1]
-    return bool(np.all((index[1:] > index[:-1]) | (same & (ts_ms[1:] >= ts_ms[:-1]))))
 
 
 def resample_batch(

@@ -226,9 +226,6 @@ def resample_batch(
     records = bank.records
     n_out, dropped = _fold(records, index, ts_ms, values, step_ms, max_fill_steps, False,
                            *_outputs(0))
-    if n_out == 0:
-        _fold(records, index, ts_ms, values, step_ms, max_fill_steps, True, *_outputs(0))
-        return _empty_steps(dropped)
     out = _outputs(n_out)
     _fold(records, index, ts_ms, values, step_ms, max_fill_steps, True, *out)
     return Steps(*out, dropped=dropped)
@@ -277,6 +274,10 @@ def _pairwise_sum(x, start, n):
     return _pairwise_sum(x, start, n2) + _pairwise_sum(x, start + n2, n - n2)
 
 
+#: :func:`step_of` for the compiled pass (the same code, compiled for int64 scalars).
+_step_of = njit(cache=True)(step_of)
+
+
 @njit(cache=True, inline="always")
 def _step_sum(x, start, stop):
     """The sum of ``x[start:stop]`` as ``np.add.reduceat`` gives it: the first term, plus the
@@ -321,7 +322,7 @@ def _fold(states, index, ts_ms, values, step_ms, max_fill_steps, write,
                 dropped += 1
                 continue
             kept[k] = values[p]
-            kept_step[k] = (t + step_ms // 2) // step_ms * step_ms
+            kept_step[k] = _step_of(t, step_ms)
             newest = t
             k += 1
         if k > 0:
@@ -335,8 +336,9 @@ def _fold(states, index, ts_ms, values, step_ms, max_fill_steps, write,
                 total = _step_sum(kept, g, stop)
                 count = np.int64(stop - g)
                 # The step open in the state joins this series' first step, or is closed.
-                close_open = g == 0 and s.bucket_count > 0 and s.bucket_ms != bucket
-                if g == 0 and s.bucket_count > 0 and not close_open:
+                has_open = g == 0 and s.bucket_count > 0
+                close_open = has_open and s.bucket_ms != bucket
+                if has_open and not close_open:
                     total = total + s.bucket_sum
                     count = count + s.bucket_count
                 # Up to two closed steps: the state's open one, then this one unless it is
