@@ -1,4 +1,4 @@
-"""The numpy resampler as it was before the compiled one (commit 43c4968, verbatim; its
+"""The numpy resampler as it was before the compiled one (commit 43c4968, its code verbatim;
 helpers ``_empty_steps`` and ``_in_order`` are still the live module's, imported).
 
 ``vigil.detectors.resample.resample_batch`` folds a batch's points into steps in one compiled
@@ -25,25 +25,7 @@ def resample_batch(
     step_ms: int,
     max_fill_steps: int,
 ) -> Steps:
-    """Fold a batch of raw points into ``bank`` and return the steps it closed.
-
-    ``bank`` holds the series states (its fields ``watermark_ms``, ``bucket_ms``,
-    ``bucket_sum``, ``bucket_count``, ``last_step_ms`` and ``last_value`` are used, see
-    :mod:`vigil.detectors.bank`); it is updated in place. ``index[i]`` is the bank row of
-    point ``i``.
-
-    >>> from vigil.detectors.bank import new_state_bank
-    >>> bank = new_state_bank(1)
-    >>> t0 = 1_699_999_980_000  # a whole minute
-    >>> ts = t0 + np.array([0, 30_000, 60_000, 250_000])
-    >>> steps = resample_batch(bank, np.zeros(4, np.int64), ts, np.array([1., 3., 5., 7.]),
-    ...                        step_ms=60_000, max_fill_steps=5)
-    >>> steps.value.tolist()  # step 0 (0 s), step 1 (30 s, 60 s); step 4 (250 s) stays open
-    [1.0, 4.0]
-    >>> steps = resample_batch(bank, [0], [t0 + 300_000], [9.0], step_ms=60_000, max_fill_steps=5)
-    >>> steps.value.tolist(), steps.filled.tolist()  # steps 2 and 3 were missing
-    ([4.0, 4.0, 7.0], [True, True, False])
-    """
+    """:func:`vigil.detectors.resample.resample_batch` as numpy did it (same contract)."""
     index = np.asarray(index, np.int64)
     ts_ms = np.asarray(ts_ms, np.int64)
     values = np.asarray(values, np.float64)
