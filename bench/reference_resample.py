@@ -1,5 +1,5 @@
 """The numpy resampler as it was before the compiled one (commit 43c4968, its code verbatim;
-helpers ``_empty_steps`` and ``_in_order`` are still the live module's, imported).
+its helpers ``_empty_steps`` and ``_in_order`` are still the live module's, imported).
 
 ``vigil.detectors.resample.resample_batch`` folds a batch's points into steps in one compiled
 pass; this is the vectorised numpy version it replaced, kept for the comparison only
