@@ -148,7 +148,6 @@ class KernelConstants(NamedTuple):
     recur_margin: float
     recur_min_count: float
     burst_p: float
-    burst_min_hits: float
     gammainc_address: int
     stdtr_address: int
     ndtri_address: int
@@ -465,12 +464,17 @@ def is_news(s, w, c):
 @part
 def burst(s, w, c):
     """Many extreme steps lately where they are rare: the recent EW count against the Poisson
-    tail of the long-run rate (and learn both)."""
+    tail of the long-run rate (and learn both).
+
+    No minimum count is needed: one extreme step is improbable (P ≤ ``burst_p``) only where
+    the long-run rate is about nil, and there the rarity memory already calls it news — a
+    series whose memories hold an excursion recently (not rare) or at this hour (recurring)
+    has a long-run rate that needs several steps to reach the tail."""
     hit = 1.0 if w.learned_extreme else 0.0
     b_short = np.float32(1 - c.a_burst) * s.burst_short + c.a_burst * hit
     b_mean = np.float64(s.burst_mean)
     is_burst = False
-    if w.scoring and w.learned_extreme and b_short >= c.burst_min_hits * c.a_burst:
+    if w.scoring and w.learned_extreme:
         count = b_short / c.a_burst
         mean = fmax(b_mean / c.a_burst, 1e-6)
         is_burst = call_double_double(c.gammainc_address, count, mean) <= c.burst_p

@@ -40,8 +40,8 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
   (a nightly job). Flatlines are exempt (their score already says how rare an
   unchanged step is for the series). A *burst* is news even where single extreme steps are
   not: the count of extreme steps in the last ``burst_window_s`` (EW) is improbable under
-  the series' long-run rate of them (Poisson tail ``≤ burst_p``, at least
-  ``burst_min_hits``) — spikes that come much denser than usual. The scores themselves are
+  the series' long-run rate of them (Poisson tail ``≤ burst_p``) — spikes that come much
+  denser than usual. The scores themselves are
   unchanged.
 * **Incidents** open when a score that is news passes ``z_open``, stay open while it is above
   ``z_close``, and resolve after ``resolve_steps`` calm steps, at most ``resolve_max_s`` of
@@ -285,8 +285,6 @@ class DetectorParams:
     burst_p: float = _knob(
         1e-4, "Poisson tail probability of the recent count, under the long-run rate, at or "
         "below which extreme steps are a burst (news even where single ones are not).")
-    burst_min_hits: float = _knob(
-        3.0, "Fewest extreme steps (EW count) in the burst window that can be a burst.")
     forecast_halflife_s: float = _knob(
         6 * 3_600.0, "Half-life in seconds of the capacity forecast's trend: an EW linear fit "
         "of the deseasonalised value against time (docs/forecasts.md).")
@@ -478,7 +476,6 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
         recur_margin=float(p.recur_margin),
         recur_min_count=float(p.recur_min_count),
         burst_p=float(p.burst_p),
-        burst_min_hits=float(p.burst_min_hits),
         gammainc_address=GAMMAINC_ADDRESS,
         stdtr_address=STDTR_ADDRESS,
         ndtri_address=NDTRI_ADDRESS,
