@@ -1016,7 +1016,7 @@ def test_every_detector_parameter_says_what_it_is_and_its_unit():
     from vigil.streams.settings import Settings
 
     units = ("_s", "_steps", "_days", "_weeks")
-    kinds = ("ratio", "count", "probability")
+    kinds = ("ratio", "count", "probability", "switch")
     schema = Settings.model_json_schema()["$defs"]["DetectorParams"]["properties"]
     for f in fields(DetectorParams):
         description = f.metadata.get("description", "")
@@ -1083,22 +1083,49 @@ def test_a_level_shift_that_comes_back_is_not_told_as_the_other_way():
 
 def test_a_new_series_alerts_early_on_a_gross_anomaly_only():
     # Before warmup_steps (60) only the point statistic scores, as the Gaussian z of the
-    # same t tail (σ rests on n residuals): 80σ at step 20 is told, 9σ at step 20 is not,
-    # and the same 9σ after warm-up is.
+    # same t tail (σ rests on n residuals): 80σ at step 20 is told, 9σ at step 20 is not.
+    # Until the daily profile may apply (quiet_until_daily), the same 9σ after warm-up is
+    # told only where quiet starts are off, while 20σ (critical) is told either way.
     rng = np.random.default_rng(9)
     n = 400
-    y = 50 + rng.normal(0, 1, (3, n))
+    y = 50 + rng.normal(0, 1, (4, n))
     y[0, 20] += 80
     y[1, 20] += 9
     y[2, 300] += 9
-    index = np.repeat(np.arange(3), n)
-    r, _ = run(index, np.tile(np.arange(n), 3), y.ravel())
-    opens = [[m for m, kind, _ in _incident_events(r, k) if kind == "open"] for k in range(3)]
-    assert opens == [[20], [], [300]]
+    y[3, 300] += 20
+    index = np.repeat(np.arange(4), n)
+    for quiet, expected in ((True, [[20], [], [], [300]]), (False, [[20], [], [300], [300]])):
+        r, _ = run(index, np.tile(np.arange(n), 4), y.ravel(),
+                   replace(PARAMS, quiet_until_daily=quiet))
+        opens = [[m for m, kind, _ in _incident_events(r, k) if kind == "open"] for k in range(4)]
+        assert opens == expected, quiet
     early = (r.steps.index == 1) & ((r.steps.ts_ms - T0) // MINUTE == 20)
     assert 0 < r.z[early][0] < PARAMS.z_open  # scored, but discounted
     assert (r.z[(r.steps.index == 0) & (r.steps.ts_ms < T0 + PARAMS.first_alert_steps * MINUTE)]
             == 0).all()  # nothing at all before first_alert_steps
+    assert r.z[(r.steps.index == 2) & ((r.steps.ts_ms - T0) // MINUTE == 300)][0] > PARAMS.z_open
+
+
+def test_the_first_morning_ramp_is_no_incident_but_a_spike_after_it_is():
+    # A series born at midnight meets its business-hours ramp (20σ over two hours) for the
+    # first time at 06:00: the baseline learned overnight lags it by up to 10σ. Nothing tells
+    # a daily ramp from an anomaly before the daily profile may apply (daily_min_days), so
+    # only critical scores open until then; after it, a 9σ spike opens as usual.
+    rng = np.random.default_rng(12)
+    n = 3 * DAY
+    hours = (np.arange(n) % DAY) / 60
+    business = 1 / (1 + np.exp(-2.5 * (hours - 7))) / (1 + np.exp(2.5 * (hours - 19)))
+    y = 100 + 20 * business + rng.normal(0, 1, n)
+    spike = 2 * DAY + 3 * 60  # 03:00 on the third day
+    y[spike] += 30  # σ still holds the ramps' residuals (~3): about 9σ
+    for quiet in (True, False):
+        r, _ = run(np.zeros(n, int), np.arange(n), y, replace(PARAMS, quiet_until_daily=quiet))
+        opens = [m for m, kind, _ in _incident_events(r, 0) if kind == "open"]
+        ramp = [m for m in opens if m < DAY]
+        assert r.z[:DAY].max() > PARAMS.z_open  # the ramp does score
+        assert (ramp == []) == quiet, opens
+        assert PARAMS.z_open < r.z[spike] < PARAMS.z_critical
+        assert spike in opens
 
 
 def test_early_scores_raise_no_false_alarm_on_new_noisy_series():

@@ -152,9 +152,9 @@ class DetectorParams:
     ('step_s', 'Step length in seconds')
 
     A name carries its unit (``_s``, ``_steps``, ``_days``, ``_weeks``; ``z`` for a score in
-    σ); the others are ratios, counts or a probability, as their description says. Scores are
-    equivalent Gaussian z-scores: multiples of σ, the series' robust scale (or of a window
-    statistic's own long-run spread).
+    σ); the others are ratios, counts, a probability or a switch, as their description says.
+    Scores are equivalent Gaussian z-scores: multiples of σ, the series' robust scale (or of a
+    window statistic's own long-run spread).
     """
 
     step_s: int = _knob(
@@ -207,6 +207,12 @@ class DetectorParams:
         "switched off again (hysteresis with daily_on).")
     daily_min_days: float = _knob(
         1.5, "Age in days a series needs before its daily profile may be applied.")
+    quiet_until_daily: bool = _knob(
+        True, "On/off switch: until a series may apply its daily profile (daily_min_days), "
+        "only a critical score (z_critical, before the early discount) opens an incident. "
+        "Before a series has seen its daily cycle, its first morning's ramp departs 6σ and more "
+        "from a baseline learned overnight, and nothing yet tells it from an anomaly. Off: "
+        "from z_open, as later.")
     learn_all_days: float = _knob(
         2.0, "During a series' first days (this many), the profiles learn from every observed "
         "step, extreme ones too (a sharp daily shape must be learned before it is normal).")
@@ -460,6 +466,7 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
         drift_floor=float(np.sqrt(a_drift / (2.0 - a_drift))),
         day_steps=day_steps,
         daily_min_steps=p.daily_min_days * 86_400 / s,
+        quiet_steps=p.daily_min_days * 86_400 / s if p.quiet_until_daily else 0.0,
         weekly_min_steps=p.weekly_min_days * 86_400 / s,
         learn_all_steps=p.learn_all_days * 86_400 / s,
         drift_min_steps=p.drift_min_days * 86_400 / s,
