@@ -66,8 +66,9 @@ _LIMITS = [
     "Bursty, heavy-tailed counts (social-media volumes) open too many incidents.",
     "Short anomalies that recur every day (hourly crash rates) look ordinary to the rarity "
     "memory after a few days and are missed.",
-    "A new series alerts only on gross anomalies in its first 60 steps (from step 10); "
-    "its first days' profiles are still being learned.",
+    "A new series alerts only on gross anomalies in its first 60 steps (from step 10), and "
+    "only on critical ones (12σ) until its daily profile may apply (1.5 days): before it "
+    "has seen its daily cycle, the first morning's ramp looks like an anomaly.",
     "The offline models are scored with a threshold fitted on the labels of the same corpus: "
     "their figures are upper bounds.",
 ]
