@@ -139,3 +139,13 @@ def test_remote_write_bench_requests_decode_to_their_samples():
     parsed = [make_parser("json").parse(m, 1_714_564_800_000) for m in out[1].messages]
     assert sum(len(p) for p in parsed) == 30 and all(p.rejects == [] for p in parsed)
     assert sum(len(p.counters) for p in parsed) == 30
+
+
+def test_generated_month_spreads_its_starts_over_a_week_on_the_minute():
+    from bench.generated_month import STARTS_MS, spread_starts
+
+    starts = spread_starts(16)
+    assert len(set(starts)) == 16 and all(s % 60_000 == 0 for s in starts)
+    assert starts[0] >= STARTS_MS[0] and starts[-1] < STARTS_MS[0] + 7 * 86_400_000
+    hours = {(s % 86_400_000) // 3_600_000 for s in starts}
+    assert len(hours) >= 8  # the demo starts at any hour: so must the spread
