@@ -41,12 +41,12 @@ For every closed step ``y_t`` of a series (see :mod:`vigil.detectors.resample`):
   unchanged step is for the series). A *burst* is news even where single extreme steps are
   not: the count of extreme steps in the last ``burst_window_s`` (EW) is improbable under
   the series' long-run rate of them (Poisson tail ``≤ burst_p``) — spikes that come much
-  denser than usual. The scores themselves are
-  unchanged.
-* **Incidents** open when a score that is news passes ``z_open``, stay open while it is above
-  ``z_close``, and resolve after ``resolve_steps`` calm steps, at most ``resolve_max_s`` of
-  them (hysteresis): a long anomaly is one ``open``, an ``update`` when it becomes critical,
-  and one ``resolve``.
+  denser than usual. The scores themselves are unchanged.
+* **Incidents** open when a score that is news passes ``z_open`` (``z_critical`` until the
+  daily profile may apply: ``quiet_until_daily``), stay open while it is above ``z_close``,
+  and resolve after ``resolve_steps`` calm steps, at most ``resolve_max_s`` of them
+  (hysteresis): a long anomaly is one ``open``, an ``update`` when it becomes critical, and
+  one ``resolve``.
 
 All state lives in one fixed-size record per series (:data:`STATE_DTYPE`, about 1.8 KB),
 held in a :class:`~vigil.detectors.bank.StateBank`; a batch's steps are scored and learned
