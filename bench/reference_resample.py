@@ -1,5 +1,6 @@
 """The numpy resampler as it was before the compiled one (commit 43c4968, its code verbatim;
-its helpers ``_empty_steps`` and ``_in_order`` are still the live module's, imported).
+its helpers ``_empty_steps``, ``_in_order`` and ``_ordered`` — the points' coercion and sort,
+which both versions share — are the live module's, imported).
 
 ``vigil.detectors.resample.resample_batch`` folds a batch's points into steps in one compiled
 pass; this is the vectorised numpy version it replaced, kept for the comparison only
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from vigil.detectors.bank import StateBank
-from vigil.detectors.resample import Steps, _empty_steps, _in_order, step_of
+from vigil.detectors.resample import Steps, _empty_steps, _in_order, _ordered, step_of
 
 __all__ = ["resample_batch"]
 
@@ -26,16 +27,10 @@ def resample_batch(
     max_fill_steps: int,
 ) -> Steps:
     """:func:`vigil.detectors.resample.resample_batch` as numpy did it (same contract)."""
-    index = np.asarray(index, np.int64)
-    ts_ms = np.asarray(ts_ms, np.int64)
-    values = np.asarray(values, np.float64)
+    # Order by series then time (stable, so equal timestamps keep arrival order).
+    index, ts_ms, values = _ordered(index, ts_ms, values)
     if len(index) == 0:
         return _empty_steps(0)
-
-    # Order by series then time (stable, so equal timestamps keep arrival order).
-    if not _in_order(index, ts_ms):
-        order = np.lexsort((ts_ms, index))
-        index, ts_ms, values = index[order], ts_ms[order], values[order]
 
     # Idempotency: drop points at or before the watermark, and repeated timestamps.
     fresh = ts_ms > bank["watermark_ms"][index]

@@ -177,7 +177,7 @@ WORK_DTYPE = np.dtype([
     ("dy_c", "f8"), ("zero", "u1"), ("flat_run", "i8"), ("log_ratio", "f8"),
     ("drift_short", "f8"),
     ("stat_point", "f8"), ("stat_level", "f8"), ("stat_var", "f8"), ("stat_osc", "f8"),
-    ("stat_flat", "f8"), ("best", "i8"), ("z_eff", "f8"), ("z_raw", "f8"), ("scoring", "u1"),
+    ("stat_flat", "f8"), ("best", "i8"), ("z_eff", "f8"), ("scoring", "u1"),
     ("extreme", "u1"), ("early", "u1"), ("learned_extreme", "u1"), ("direction", "i8"),
     ("new_excursion", "u1"), ("news", "u1"),
     # decisions
@@ -392,7 +392,6 @@ def best_statistic(s, w, c):
         if stats[k] > z_eff or (stats[k] != stats[k] and z_eff == z_eff):
             best, z_eff = k, stats[k]
     warm = w.n >= c.warmup_steps
-    w.z_raw = w.stat_point if not warm else z_eff  # in σ, before any early discount
     w.scoring = w.observed and (warm or w.n >= c.first_alert_steps)
     if w.scoring and not warm:
         best, z_eff = 0, t_equivalent(w.stat_point, w.n - 1.0, c)
@@ -779,9 +778,11 @@ def step(s, w, c):
     news = news or w.best == FLATLINE
     is_burst = burst(s, w, c)
     is_open = s.incident_open != 0
-    # Before the daily profile may apply, a daily ramp looks like an anomaly: critical only.
+    # Before the daily profile may apply, a daily ramp looks like an anomaly: critical only
+    # (the score in σ, before the early discount of a point statistic).
+    z_raw = w.stat_point if w.early else w.z_eff
     w.news = (w.extreme and (news or is_burst)
-              and (w.n >= c.quiet_steps or w.z_raw >= c.z_critical))
+              and (w.n >= c.quiet_steps or z_raw >= c.z_critical))
     w.anomalous = w.news or (w.extreme and is_open)
     w.kind = w.best + 1
     drift(s, w, c, is_open)

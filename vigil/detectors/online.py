@@ -440,6 +440,7 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
     a_var = 2.0 / (p.variance_window_steps + 1.0)
     a_drift = 2.0 / (p.drift_window_steps + 1.0)
     day_steps = 86_400 / s
+    daily_min_steps = p.daily_min_days * 86_400 / s
     return KernelConstants(
         step_ms=p.step_ms,
         warmup_steps=float(p.warmup_steps),
@@ -465,8 +466,8 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
         tv_floor=float(0.76 * np.sqrt(a_var / (2.0 - a_var))),
         drift_floor=float(np.sqrt(a_drift / (2.0 - a_drift))),
         day_steps=day_steps,
-        daily_min_steps=p.daily_min_days * 86_400 / s,
-        quiet_steps=p.daily_min_days * 86_400 / s if p.quiet_until_daily else 0.0,
+        daily_min_steps=daily_min_steps,
+        quiet_steps=daily_min_steps if p.quiet_until_daily else 0.0,
         weekly_min_steps=p.weekly_min_days * 86_400 / s,
         learn_all_steps=p.learn_all_days * 86_400 / s,
         drift_min_steps=p.drift_min_days * 86_400 / s,

@@ -181,6 +181,18 @@ def _in_order(index: np.ndarray, ts_ms: np.ndarray) -> bool:
     return bool(np.all((index[1:] > index[:-1]) | (same & (ts_ms[1:] >= ts_ms[:-1]))))
 
 
+def _ordered(index, ts_ms, values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points as arrays (int64, int64, float64) ordered by series then time: a stable
+    sort, so equal timestamps keep their arrival order, skipped when they are in order."""
+    index = np.asarray(index, np.int64)
+    ts_ms = np.asarray(ts_ms, np.int64)
+    values = np.asarray(values, np.float64)
+    if not _in_order(index, ts_ms):
+        order = np.lexsort((ts_ms, index))
+        index, ts_ms, values = index[order], ts_ms[order], values[order]
+    return index, ts_ms, values
+
+
 def resample_batch(
     bank: StateBank,
     index: np.ndarray,
@@ -215,14 +227,9 @@ def resample_batch(
     >>> steps.value.tolist(), steps.filled.tolist()  # steps 2 and 3 were missing
     ([4.0, 4.0, 7.0], [True, True, False])
     """
-    index = np.asarray(index, np.int64)
-    ts_ms = np.asarray(ts_ms, np.int64)
-    values = np.asarray(values, np.float64)
+    index, ts_ms, values = _ordered(index, ts_ms, values)
     if len(index) == 0:
         return _empty_steps(0)
-    if not _in_order(index, ts_ms):
-        order = np.lexsort((ts_ms, index))
-        index, ts_ms, values = index[order], ts_ms[order], values[order]
     records = bank.records
     n_out, dropped = _fold(records, index, ts_ms, values, step_ms, max_fill_steps, False,
                            *_outputs(0))
