@@ -13,6 +13,7 @@ from vigil.cli import app
 from vigil.lab.datasets import infer_step_s, load_dataset, write_telemetry
 from vigil.lab.nab import PROFILES, normalised, raw_score
 from vigil.lab.run import (
+    EARLIER_ONLINE,
     ENTRY_NAMES,
     LSTM_ENTRIES,
     decompose_series,
@@ -44,8 +45,10 @@ def test_evaluate_writes_metrics_and_a_report_naming_every_detector(telemetry, t
                             "best_worst", "run_seconds"}
     assert metrics["protocol"]["name"] == "nab"
     assert metrics["dataset"]["step_s"] == 300 and metrics["dataset"]["series"] == 2
-    # The default run: every detector but those trained on other series (run on request).
-    on_request = {"mlp", *LSTM_ENTRIES, *(f"online+{n}" for n in LSTM_ENTRIES)}
+    # The default run: every detector but those trained on other series and the detector of
+    # an earlier day (run on request).
+    on_request = {"mlp", *LSTM_ENTRIES, *(f"online+{n}" for n in LSTM_ENTRIES),
+                  *EARLIER_ONLINE}
     assert set(metrics["detectors"]) == set(ENTRY_NAMES) - on_request
     for entry in metrics["detectors"].values():
         assert set(entry["nab"]) == set(PROFILES)
@@ -116,6 +119,18 @@ def test_evaluate_runs_only_the_chosen_detectors(telemetry, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert set(json.loads((out / "metrics.json").read_text())["detectors"]) == {"ocsvm"}
+
+
+def test_the_detector_of_an_earlier_day_is_an_entry_under_both_protocols(telemetry, tmp_path):
+    for protocol in ("nab", "cv"):
+        out = tmp_path / protocol
+        result = CliRunner().invoke(app, [
+            "evaluate", "--data", str(telemetry), "--out", str(out), "--protocol", protocol,
+            "--detectors", "online,online_2026_12_04"])
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert "online_2026_12_04" in metrics["detectors"]
+        assert "online_2026_12_04" in (out / "report.html").read_text()
 
 
 def test_an_unknown_detector_is_refused(telemetry, tmp_path):

@@ -170,3 +170,21 @@ def test_a_one_row_window_is_scored_without_dividing_by_zero():
     sigma = lambda y: 2 / (1 + np.exp(5 * y)) - 1  # noqa: E731
     raw = sigma(-1) / sigma(-1) + 0.11 * sigma(2 / 1)  # hit at the edge, FP 2 rows later
     assert raw_score([f], [det], "standard") == pytest.approx(raw)
+
+
+@pytest.mark.skipif(not NAB.exists(), reason="needs ../shared/data/nab-dev")
+def test_the_detector_of_2026_12_04_still_gives_that_days_figures():
+    # The "before" row of the lab's tables (issue 16 was filed that day: 71.4 / 66.6 / 75.4 on
+    # nab-dev, its openings and its `vigil score` output alike). It is today's code with the
+    # later switches set back; if a change of the code moves it, the row no longer says what
+    # it claims to.
+    from vigil.lab.datasets import load_dataset
+    from vigil.lab.run import run_detectors, summarise
+
+    summary, _ = summarise(run_detectors(load_dataset(NAB), ["online", "online_2026_12_04"],
+                                         300, progress=False))
+    before = summary["detectors"]["online_2026_12_04"]["nab"]
+    now = summary["detectors"]["online_incidents"]["nab"]
+    figures = [round(before[p]["score"], 1) for p in PROFILES]
+    assert figures == [71.4, 66.6, 75.4]
+    assert [round(now[p]["score"], 1) for p in PROFILES] != figures

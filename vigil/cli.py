@@ -480,7 +480,8 @@ def evaluate(
         "online,iforest,ocsvm,hst,prophet",
         help="Comma-separated: online, iforest, ocsvm, hst, prophet, mlp (supervised, by series "
         "folds), lstm, lstm_forecast, online+lstm, online+lstm_forecast (global LSTM trained "
-        "by series folds).",
+        "by series folds), online_2026_12_04 (the online detector as shipped that day, before "
+        "issue 16).",
     ),
     step: int = typer.Option(
         0, min=0, help="Resampling step in seconds for every series (0: each series' own "

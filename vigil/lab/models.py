@@ -175,10 +175,12 @@ class OnlineModel:
 
     @staticmethod
     def score_and_openings_at_steps(
-        series: Sequence[tuple[np.ndarray, np.ndarray]], steps: Sequence[int]
+        series: Sequence[tuple[np.ndarray, np.ndarray]], steps: Sequence[int],
+        params: DetectorParams | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`score_and_openings_many` with each series at its own step ``steps[k]``
         (an hourly file beside 5-minute ones): one batch per step, results in input order.
+        ``params`` as in the constructor (the shipped defaults when ``None``).
 
         >>> t = 1_700_006_400_000 + np.arange(400) * 300_000
         >>> y = 10 + np.sin(np.arange(400) / 5.0)
@@ -189,7 +191,7 @@ class OnlineModel:
         """
         return batches_per_step(
             series, steps,
-            lambda batch, step: OnlineModel(step_s=step).fit(None, None)
+            lambda batch, step: OnlineModel(step_s=step, params=params).fit(None, None)
             .score_and_openings_many(batch))
 
 

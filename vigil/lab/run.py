@@ -27,13 +27,13 @@ import itertools
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
 
 from vigil.detectors.lstm import LSTM_Z_OPEN  # the combination's threshold, as the worker's
-from vigil.detectors.online import MAX_FILL_S
+from vigil.detectors.online import MAX_FILL_S, DetectorParams
 from vigil.lab.datasets import Dataset
 from vigil.lab.decompose import Decomposition, decompose
 from vigil.lab.evaluation import (
@@ -68,7 +68,7 @@ from vigil.lab.protocol import Splits, clip_windows, rolling_origin_splits
 from vigil.lab.score_files import anomaly_score
 
 __all__ = [
-    "CV_GRID", "ENTRY_NAMES", "LabRun", "decompose_series",
+    "CV_GRID", "EARLIER_ONLINE", "ENTRY_NAMES", "LabRun", "decompose_series",
     "run_cv", "run_detectors", "summarise",
 ]
 
@@ -77,6 +77,8 @@ ENTRY_NAMES = {
     "online_incidents": "online detector, incident openings (no threshold)",
     "online": "online detector, equivalent z-score swept",
     "online_score": "online detector, vigil score output (openings 0.99–1 by novelty) swept",
+    "online_2026_12_04": "the online detector as shipped on 2026-12-04 (before issue 16), "
+    "vigil score output of that day (every opening 1.0) swept",
     "iforest": "IsolationForest on window features",
     "ocsvm": "One-Class SVM on window features",
     "hst": "river HalfSpaceTrees (reference)",
@@ -91,6 +93,14 @@ ENTRY_NAMES = {
     "online+lstm_forecast": "the worker's combination with the LSTM forecaster: online "
     "incident openings plus the LSTM's own (no threshold)",
 }
+
+#: ``online_2026_12_04``: today's detector with the switches of what came after 2026-12-04
+#: set back, which reproduces that day's openings on both development corpora (issue 16
+#: was filed then): each step weighs as its own length in the estimates, no alert before
+#: ``warmup_steps``, no first-days rule. The day's ``vigil score`` gave every opening 1.0.
+EARLIER_ONLINE = {"online_2026_12_04": {"estimate_max_step_s": math.inf,
+                                        "first_alert_steps": DetectorParams().warmup_steps,
+                                        "quiet_until_daily": False}}
 
 #: The global LSTM entries (:mod:`vigil.detectors.lstm`) and their kind; ``online+NAME`` is
 #: the combination with the online detector's z-score.
@@ -142,15 +152,21 @@ class LabRun:
 
 
 def _online_many(dataset: Dataset, ids: Sequence[str], steps: dict[str, int],
-                 stop: dict[str, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                 stop: dict[str, int] | None = None, params: DetectorParams | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The online detector's ``(z, openings)`` per series (``ids`` order), each at its own
-    step, on rows up to ``stop[sid]`` if given."""
+    step, on rows up to ``stop[sid]`` if given, with ``params`` (the defaults if ``None``)."""
     series = []
     for sid in ids:
         s = dataset.series[sid]
         end = len(s) if stop is None else stop[sid]
         series.append((s.values[:end], s.ts_ms[:end]))
-    return OnlineModel.score_and_openings_at_steps(series, [steps[sid] for sid in ids])
+    return OnlineModel.score_and_openings_at_steps(series, [steps[sid] for sid in ids],
+                                                   params)
+
+
+def _earlier_params(name: str) -> DetectorParams:
+    return replace(DetectorParams(), **EARLIER_ONLINE[name])
 
 
 def _scored_file(dataset: Dataset, sid: str) -> ScoredFile:
@@ -170,7 +186,7 @@ def make_model(name: str, step_s: int, preparation: Preparation | None = None, *
 
 
 def _check_names(dataset: Dataset, names: Sequence[str]) -> None:
-    known = {**MODELS, **SUPERVISED_MODELS, **LSTM_ENTRIES,
+    known = {**MODELS, **SUPERVISED_MODELS, **LSTM_ENTRIES, **EARLIER_ONLINE,
              **{f"online+{n}": None for n in LSTM_ENTRIES}}
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -214,6 +230,11 @@ def run_detectors(
                 anomaly_score(z, opened, dataset.series[sid].ts_ms))
             run.openings.append(opened)
         run.seconds["online"] = run.seconds["online_score"] = time.perf_counter() - start
+    for name in (n for n in names if n in EARLIER_ONLINE):
+        start = time.perf_counter()
+        run.scores[name] = [anomaly_score(z, opened) for z, opened in
+                            _online_many(dataset, ids, steps, params=_earlier_params(name))]
+        run.seconds[name] = time.perf_counter() - start
     names = [n for n in names if n in MODELS and n != "online"]
     with tqdm(total=len(ids) * len(names), desc="evaluate", unit="fit",
               disable=not progress or not names) as bar:
@@ -327,6 +348,20 @@ def run_cv(
                                  for sid, (z, o), r in zip(ids, full, run.rows, strict=True)]
         run.openings = [o[r.start:r.stop] for (_, o), r in zip(full, run.rows, strict=True)]
         run.seconds["online"] = run.seconds["online_score"] = time.perf_counter() - start
+    for name in (n for n in names if n in EARLIER_ONLINE):
+        start = time.perf_counter()
+        params = _earlier_params(name)
+        dev = _online_many(dataset, ids, steps,
+                           {sid: splits[sid].development.stop for sid in ids}, params)
+        full = _online_many(dataset, ids, steps, params=params)
+        by_sid = dict(zip(ids, dev, strict=True))
+        choices[name], _ = choose([anomaly_score(*by_sid[sid])[fold.validation.start:
+                                                               fold.validation.stop]
+                                   for sid, fold in pairs])
+        choices[name]["params"] = {}
+        run.scores[name] = [anomaly_score(z, o)[r.start:r.stop]
+                            for (z, o), r in zip(full, run.rows, strict=True)]
+        run.seconds[name] = time.perf_counter() - start
 
     # The models trained on other series (the perceptron, the LSTM): series folds as under
     # the NAB protocol, each fold's model trained only on the other series' development
