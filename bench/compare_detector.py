@@ -40,6 +40,7 @@ from bench import reference_online
 from vigil.detectors import online
 from vigil.detectors.bank import ADDED_IN_V5, ADDED_IN_V6, ADDED_IN_V7
 from vigil.lab.datasets import Dataset, load_dataset, series_steps
+from vigil.lab.run import EARLIER_ONLINE
 from vigil.lab.synthetic import generate_telemetry
 
 __all__ = [
@@ -51,9 +52,9 @@ if not SHARED.is_dir():  # a worktree beside /work/shared
     SHARED = Path("/work/shared/data")
 MONTH_START_MS = 1_700_438_400_000  # Monday 2023-11-20 00:00 UTC
 DAY_MS = 86_400_000
-#: The current detector's settings that the reference had no choice of: no early scores.
-AS_THE_REFERENCE = {"first_alert_steps": 60, "estimate_max_step_s": float("inf"),
-                    "quiet_until_daily": False}
+#: The current detector's settings that the reference had no choice of (the lab's entry for
+#: the detector of that day uses the same).
+AS_THE_REFERENCE = EARLIER_ONLINE["online_2026_12_04"]
 RESULT_FIELDS = (
     "expected", "lower", "upper", "z", "score", "anomaly_type", "contextual", "event",
     "severity", "incident_start_ms", "seasonality",

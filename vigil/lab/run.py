@@ -95,9 +95,11 @@ ENTRY_NAMES = {
 }
 
 #: ``online_2026_12_04``: today's detector with the switches of what came after 2026-12-04
-#: set back, which reproduces that day's openings on both development corpora (issue 16
-#: was filed then): each step weighs as its own length in the estimates, no alert before
-#: ``warmup_steps``, no first-days rule. The day's ``vigil score`` gave every opening 1.0.
+#: set back (issue 16 was filed then): each step weighs as its own length in the estimates,
+#: no alert before ``warmup_steps``, no first-days rule. ``python -m bench.compare_detector``
+#: checks, step by step, that these settings give the numpy detector of that day (commit
+#: 3b7ed60, kept verbatim in ``bench/reference_online.py``). The day's ``vigil score`` gave
+#: every opening 1.0.
 EARLIER_ONLINE = {"online_2026_12_04": {"estimate_max_step_s": math.inf,
                                         "first_alert_steps": DetectorParams().warmup_steps,
                                         "quiet_until_daily": False}}
