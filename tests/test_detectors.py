@@ -1026,6 +1026,31 @@ def test_every_detector_parameter_says_what_it_is_and_its_unit():
         assert schema[f.name]["description"] == description
 
 
+def test_a_removed_detector_setting_is_refused_at_start_and_says_what_replaced_it(monkeypatch):
+    from pydantic import ValidationError
+
+    from vigil.streams.settings import Settings
+
+    monkeypatch.setenv("VIGIL_DETECTOR__ROUTINE_HALFLIFE_DAYS", "2")
+    assert Settings().detector.routine_halflife_days == 2.0
+    monkeypatch.setenv("VIGIL_DETECTOR__RECUR_HALFLIFE_S", "86400")
+    with pytest.raises(ValidationError, match="VIGIL_DETECTOR__ROUTINE_HALFLIFE_DAYS"):
+        Settings()
+
+
+def test_the_routine_memories_share_one_half_life():
+    # Five memories of a series' days (the daily slots, the hour-of-day scale, the
+    # seasonality test's variances, recurrence, the burst rate) follow one setting.
+    from vigil.detectors.online import kernel_constants
+
+    names = ("a_daily", "a_hour", "a_season", "a_burst_long", "recur_decay")
+    base = kernel_constants(DetectorParams(step_s=300))
+    longer = kernel_constants(DetectorParams(step_s=300, routine_halflife_days=6.0))
+    for name in names:
+        assert getattr(longer, name) != getattr(base, name), name
+    assert longer.a_level == base.a_level
+
+
 # --------------------------------------------------------------------------- inside an incident
 
 

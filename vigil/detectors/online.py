@@ -187,18 +187,17 @@ class DetectorParams:
         "half-lives were set on 5-minute data; at an hourly step the fast level's 1-hour "
         "half-life would otherwise be one step and follow every spike. The profiles and the "
         "memories of what happened (rarity, recurrence) keep their times.")
-    hourly_scale_halflife_days: float = _knob(
-        3.0, "Half-life in days of the scale's hour-of-day profile (each hour's slot learns "
-        "once a day; after a day σ is the hour's own).")
-    daily_halflife_days: float = _knob(
-        3.0, "Half-life in days of the daily profile's 15-minute slots (each learns once a "
-        "day).")
+    routine_halflife_days: float = _knob(
+        3.0, "Half-life in days of everything that remembers the series' routine: the daily "
+        "profile's 15-minute slots and the scale's hour-of-day profile (each slot learns once "
+        "a day; after a day σ is the hour's own), the out-of-sample variances that switch the "
+        "profiles on and off, the hour-of-day memory of extreme scores (recurrence: their "
+        "count and maximum) and the long-run rate of extreme steps that a burst is measured "
+        "against. One odd day weighs a fifth of it, and a changed routine is learned within "
+        "a week.")
     weekly_halflife_weeks: float = _knob(
         2.0, "Half-life in weeks of the weekly profile's hourly slots (each learns once a "
         "week).")
-    seasonality_halflife_s: float = _knob(
-        3 * 86_400.0, "Half-life in seconds of the out-of-sample variances (around B, B + "
-        "daily, B + daily + weekly) that switch the profiles on and off.")
     daily_on: float = _knob(
         0.30, "Share of the variance around B (ratio, 0–1) the daily profile must explain to "
         "be switched on.")
@@ -273,9 +272,6 @@ class DetectorParams:
     rarity_growth: float = _knob(
         1.3, "Factor (ratio) by which the rarity half-life grows per level up (levels "
         "z_open·√2^k).")
-    recur_halflife_s: float = _knob(
-        3 * 86_400.0, "Half-life in seconds of the hour-of-day memory of extreme scores (their "
-        "count and maximum).")
     recur_margin: float = _knob(
         1.5, "A score at most this multiple (ratio) of the highest one at this hour on "
         "previous days is recurring (a nightly job), not news.")
@@ -285,9 +281,6 @@ class DetectorParams:
     burst_window_s: float = _knob(
         3_600.0, "Half-life in seconds of the recent count of extreme steps (the burst "
         "window).")
-    burst_halflife_s: float = _knob(
-        3 * 86_400.0, "Half-life in seconds of the long-run rate of extreme steps that a "
-        "burst is measured against.")
     burst_p: float = _knob(
         1e-4, "Poisson tail probability of the recent count, under the long-run rate, at or "
         "below which extreme steps are a burst (news even where single ones are not).")
@@ -441,6 +434,7 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
     a_drift = 2.0 / (p.drift_window_steps + 1.0)
     day_steps = 86_400 / s
     daily_min_steps = p.daily_min_days * 86_400 / s
+    routine_s = p.routine_halflife_days * 86_400.0
     return KernelConstants(
         step_ms=p.step_ms,
         warmup_steps=float(p.warmup_steps),
@@ -448,16 +442,16 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
         a_trend=_alpha(e, p.trend_halflife_s),
         a_slow=_alpha(e, p.slow_level_halflife_s),
         a_scale=_alpha(e, p.scale_halflife_s),
-        a_daily=_alpha(s, p.daily_halflife_days * 900.0),
+        a_daily=_alpha(s, p.routine_halflife_days * 900.0),
         a_weekly=_alpha(s, p.weekly_halflife_weeks * 3600.0),
-        a_season=_alpha(e, p.seasonality_halflife_s),
+        a_season=_alpha(e, routine_s),
         a_short=a_short,
         a_var=a_var,
         a_drift=a_drift,
         a_spread=_alpha(e, p.spread_halflife_s),
-        a_hour=_alpha(s, p.hourly_scale_halflife_days * 3600.0),
+        a_hour=_alpha(s, p.routine_halflife_days * 3600.0),
         a_burst=_alpha(e, p.burst_window_s),
-        a_burst_long=_alpha(e, p.burst_halflife_s),
+        a_burst_long=_alpha(e, routine_s),
         # Spread of a short EW mean of iid N(0,1): the floor of the level statistic's spread;
         # of a short EW mean of |N(0,1)| (sd of |z| is 0.60); of the log of a short EW mean
         # of |Δy| for Gaussian noise (CV of |Δy| 0.76); of the drift window's EW mean.
@@ -480,7 +474,7 @@ def kernel_constants(p: DetectorParams) -> KernelConstants:
         z_open=float(p.z_open), z_close=float(p.z_close), z_critical=float(p.z_critical),
         drift_z=float(p.drift_z), drift_level_z=float(p.drift_level_z),
         rarity_max=float(p.rarity_max),
-        recur_decay=0.5 ** (s / p.recur_halflife_s),
+        recur_decay=0.5 ** (s / routine_s),
         recur_margin=float(p.recur_margin),
         recur_min_count=float(p.recur_min_count),
         burst_p=float(p.burst_p),

@@ -35,6 +35,18 @@ if TYPE_CHECKING:
 __all__ = ["Settings"]
 
 
+#: Detector settings that were removed, and why: a deployment that still sets one is told at
+#: start instead of silently running with another value.
+REMOVED_DETECTOR_KNOBS = {
+    **dict.fromkeys(
+        ("hourly_scale_halflife_days", "daily_halflife_days", "seasonality_halflife_s",
+         "recur_halflife_s", "burst_halflife_s"),
+        "the memories of a series' routine share one half-life, "
+        "VIGIL_DETECTOR__ROUTINE_HALFLIFE_DAYS (days; it was 3 days for each of them)"),
+    "burst_min_hits": "it never decided anything (docs/lab-notebook.md, 2026-12-06)",
+}
+
+
 class Settings(BaseSettings):
     """Everything the worker, the CLI and the demo read; defaults suit a local setup."""
 
@@ -378,6 +390,16 @@ class Settings(BaseSettings):
         if url and urlsplit(url).scheme not in ("postgresql", "postgres"):
             raise ValueError(f"must start with postgresql:// (got {redact_url(url)!r})")
         return url
+
+    @field_validator("detector", mode="before")
+    @classmethod
+    def _no_removed_knob(cls, value: object) -> object:
+        if isinstance(value, dict):
+            for name in value:
+                if str(name).lower() in REMOVED_DETECTOR_KNOBS:
+                    raise ValueError(f"VIGIL_DETECTOR__{str(name).upper()} is no longer a "
+                                     f"setting: {REMOVED_DETECTOR_KNOBS[str(name).lower()]}")
+        return value
 
     @model_validator(mode="after")
     def _one_history_store(self) -> Settings:
