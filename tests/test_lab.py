@@ -42,7 +42,7 @@ def test_evaluate_writes_metrics_and_a_report_naming_every_detector(telemetry, t
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"dataset", "protocol", "preparation", "detectors", "series",
-                            "best_worst", "run_seconds"}
+                            "best_worst", "run_seconds", "cross_validation"}
     assert metrics["protocol"]["name"] == "nab"
     assert metrics["dataset"]["step_s"] == 300 and metrics["dataset"]["series"] == 2
     # The default run: every detector but those trained on other series and the detector of
@@ -290,10 +290,28 @@ def test_several_corpora_are_judged_in_one_run_with_each_one_and_their_mean(tele
     report = (out / "report.html").read_text()
     assert all(f'href="{n}/report.html"' in report for n in names) and "mean of 2" in report
     assert "online_incidents" in result.output and " mean " in result.output
-    # The presentation of the same run: ten slides, the alert slide drawn from a real opening.
+    # The presentation of the same run: eleven slides, the alert slide drawn from a real
+    # opening.
     pdf = (out / "slides.pdf").read_bytes()
-    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") - pdf.count(b"/Type /Pages") == 10
+    assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") - pdf.count(b"/Type /Pages") == 11
     assert (out / "alert-example.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_nab_run_cross_validates_the_online_entries_as_a_cv_run_does(telemetry, tmp_path):
+    common = ["--data", str(telemetry), "--detectors", "online", "--test-fraction", "0.5",
+              "--folds", "2"]
+    for protocol in ("nab", "cv"):
+        result = CliRunner().invoke(app, ["evaluate", "--out", str(tmp_path / protocol),
+                                          "--protocol", protocol, *common])
+        assert result.exit_code == 0, result.output
+    beside = json.loads((tmp_path / "nab" / "metrics.json").read_text())["cross_validation"]
+    cv = json.loads((tmp_path / "cv" / "metrics.json").read_text())
+    assert beside["folds"] == 2 and beside["test_fraction"] == 0.5
+    assert set(beside["detectors"]) == {"online_incidents", "online", "online_score"}
+    for name, r in beside["detectors"].items():
+        assert r["test"] == {p: v["score"] for p, v in cv["detectors"][name]["nab"].items()}
+    assert beside["detectors"]["online"]["validation_standard"] == (
+        cv["cv"]["detectors"]["online"]["validation_nab"]["standard"])
 
 
 def test_a_nab_window_on_rows_without_a_value_narrows_to_the_rows_that_have_one(tmp_path):

@@ -33,6 +33,7 @@ from vigil.lab.prepare import Preparation
 __all__ = ["corpus_figures", "evaluate", "evaluate_corpora"]
 
 from vigil.lab.run import (
+    EARLIER_ONLINE,
     LSTM_EPOCHS,
     LSTM_MAX_WINDOWS,
     LSTM_WINDOW,
@@ -66,7 +67,9 @@ def evaluate(
     """Run the lab on a dataset (or its path) and write ``metrics.json`` and ``report.html``.
 
     ``protocol`` is ``nab`` (the default on a NAB checkout) or ``cv`` (the default
-    elsewhere); ``folds``, ``gap`` (rows) and ``test_fraction`` set up ``cv``.
+    elsewhere); ``folds``, ``gap`` (rows) and ``test_fraction`` set up ``cv``. A NAB run
+    cross-validates its online entries too (``metrics.json`` → ``cross_validation``,
+    :func:`online_cross_validation`).
     """
     start = time.perf_counter()
     dataset = path if isinstance(path, Dataset) else load_dataset(path)
@@ -77,16 +80,21 @@ def evaluate(
     # is the run's nominal step.
     step = step_s or infer_step_s(dataset)
     steps = series_steps(dataset, step_s)
+    cross_validation = None  # of the online entries, beside a NAB-protocol run
     if protocol == "cv":
         run = run_cv(dataset, names, step, progress, preparation, folds, gap, test_fraction,
                      steps=steps)
     else:
         run = run_detectors(dataset, names, step, progress, preparation, steps=steps)
+        cross_validation = online_cross_validation(dataset, names, step, steps, folds, gap,
+                                                   test_fraction)
     run.decompositions = [
         decompose_series(dataset.series[sid].ts_ms, dataset.series[sid].values, steps[sid])
         for sid in tqdm(run.ids, desc="decompose", disable=not progress)
     ]
     summary, detections = summarise(run)
+    if cross_validation is not None:
+        summary["cross_validation"] = cross_validation
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = _write_plots(run, detections, out / "plots", progress)
@@ -95,6 +103,39 @@ def evaluate(
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "report.html").write_text(_report_html(summary, plots, stl_plots), encoding="utf-8")
     return summary
+
+
+#: The entries cross-validated beside a NAB-protocol run: the online detector's (it needs no
+#: fit, so a cross-validation of its thresholds takes seconds).
+CV_BESIDE_NAB = ("online", *EARLIER_ONLINE)
+
+
+def online_cross_validation(dataset: Dataset, names: Sequence[str], step: int,
+                            steps: dict[str, int], folds: int, gap: int,
+                            test_fraction: float) -> dict | None:
+    """Beside a NAB-protocol run, the online entries under ``--protocol cv`` as well: their
+    thresholds chosen on rolling-origin validation blocks of each series' first part, then
+    scored on its held-out test period (:func:`~vigil.lab.run.run_cv`). ``None`` when no
+    online entry was asked for; ``{"error": …}`` when the series are too short to split.
+    """
+    chosen = [n for n in names if n in CV_BESIDE_NAB]
+    if not chosen:
+        return None
+    try:
+        run = run_cv(dataset, chosen, step, False, None, folds, gap, test_fraction,
+                     steps=steps)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    summary, _ = summarise(run)
+    chosen_by_cv = run.cv["detectors"]
+    return {
+        **{k: v for k, v in run.cv.items() if k != "detectors"},
+        "detectors": {
+            name: {"validation_standard": chosen_by_cv.get(name, {})
+                   .get("validation_nab", {}).get("standard"),
+                   "test": {p: v["score"] for p, v in entry["nab"].items()}}
+            for name, entry in summary["detectors"].items()},
+    }
 
 
 def evaluate_corpora(
@@ -119,6 +160,8 @@ def evaluate_corpora(
             "series": summary["dataset"]["series"],
             "windows": summary["dataset"]["scored_windows"],
             "detectors": {d: corpus_figures(e) for d, e in summary["detectors"].items()},
+            **({"cross_validation": summary["cross_validation"]}
+               if "cross_validation" in summary else {}),
         }
     combined = {
         "corpora": corpora,

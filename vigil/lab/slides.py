@@ -1,9 +1,10 @@
-"""The presentation of a lab run: ``slides.pdf``, ten slides drawn from the run's own figures.
+"""The presentation of a lab run: ``slides.pdf``, eleven slides drawn from the run's own figures.
 
 The brief asks for a report and a presentation of the results. :func:`write_slides` turns a
 several-corpora run (:func:`vigil.lab.report.evaluate_corpora`) into a PDF deck: the problem,
 the data, seasonality and trend removal on a real series (its STL plot from the run), how
-vigil detects, the models compared on every corpus, the protocol, an alert as on-call sees it
+vigil detects, the models compared on every corpus, the protocol, the online detector's
+cross-validation and test-period figures, an alert as on-call sees it
 (a real opening of the detector on a labelled window, drawn by the alert chart of the
 notifier) and the limits. Every number on a slide comes from the run's ``metrics.json``.
 """
@@ -86,7 +87,7 @@ def write_slides(out_dir: str | Path, combined: dict | None = None) -> Path:
     path = out / "slides.pdf"
     with PdfPages(path) as pdf:
         for draw in (_title, _problem, _data, _stl, _pipeline, _models, _results, _protocol,
-                     _alert, _limits):
+                     _cross_validation, _alert, _limits):
             fig = _slide()
             draw(fig, combined, corpora, out)
             pdf.savefig(fig)
@@ -224,6 +225,44 @@ def _num(x, digits: int = 1) -> str:
 def _protocol(fig, combined, corpora, out) -> None:
     _heading(fig, "Protocol: NAB scoring, cross-validation")
     _bullets(fig, _PROTOCOL, size=12)
+
+
+def _cross_validation(fig, combined, corpora, out) -> None:
+    _heading(fig, "Cross-validation and test results")
+    rows, notes = [], []
+    for name, corpus in combined["corpora"].items():
+        cv = corpus.get("cross_validation")
+        if cv is None:
+            continue
+        if "error" in cv:
+            notes.append(f"{name}: not cross-validated ({cv['error']}).")
+            continue
+        for entry, r in cv["detectors"].items():
+            rows.append([name, entry, _num(r["validation_standard"]),
+                         *(_num(r["test"][p]) for p in PROFILES)])
+        if cv.get("warning"):
+            notes.append(f"{name}: {cv['warning']}")
+    if not rows:
+        _bullets(fig, [*notes, "Run with --protocol cv, every detector is cross-validated: "
+                       "the tables of this deck are then test-period figures."])
+        return
+    first = next(c["cross_validation"] for c in combined["corpora"].values()
+                 if "folds" in c.get("cross_validation", {}))
+    _bullets(fig, [
+        f"The online entries again under `--protocol cv`: each series' first "
+        f"{1 - first['test_fraction']:.0%} is split into {first['folds']} rolling-origin "
+        f"folds ({first['gap_rows']} rows' gap before each validation block); the threshold "
+        "per profile that scores best over the validation blocks is kept and the held-out "
+        "rest of each series (the test period, which no choice saw) is scored with it. "
+        "online_incidents needs no threshold.", *notes], top=0.84, size=11)
+    ax = fig.add_axes((0.04, 0.06, 0.92, 0.58))
+    ax.axis("off")
+    table = ax.table(cellText=rows, colLabels=["corpus", "entry", "validation (standard)",
+                                               "test: standard", "low FP", "low FN"],
+                     loc="upper center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(10)
+    table.scale(1, 1.4)
 
 
 def _alert(fig, combined, corpora, out) -> None:
